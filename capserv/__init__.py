@@ -1,0 +1,24 @@
+"""
+capserv: the uppercase network service of the classic socket-programming
+lesson, as embeddable Twisted protocols and a C{twistd capserv} daemon.
+
+Importing capserv never imports the global reactor.
+"""
+
+from capserv._version import __version__
+from capserv.config import CapservConfig, ConfigError
+from capserv.tcp import UppercaseFactory, UppercaseProtocol
+from capserv.text import Uppercaser, uppercase
+from capserv.udp import MAX_DATAGRAM, UppercaseDatagramProtocol
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "CapservConfig",
+    "ConfigError",
+    "UppercaseDatagramProtocol",
+    "UppercaseFactory",
+    "UppercaseProtocol",
+    "Uppercaser",
+    "__version__",
+    "uppercase",
+]

@@ -1,0 +1,62 @@
+"""
+Turn Twisted address objects into the key that limits count by.
+
+An IPv6 listener on C{::} sees IPv4 peers as C{::ffff:a.b.c.d}; limits must
+treat them as the IPv4 address they are, or one client could double its
+share by connecting both ways.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.internet.interfaces import IAddress
+
+__all__ = ["host_key", "is_loopback"]
+
+
+def host_key(address: object) -> str | None:
+    """
+    The IP address that per-address limits count, or L{None} for addresses
+    that have none (UNIX sockets, pipes).
+
+    @param address: an L{IAddress} (C{IPv4Address}, C{IPv6Address},
+        C{UNIXAddress}...) or a C{(host, port)} tuple as UDP delivers.
+    """
+    if isinstance(address, tuple):
+        host = address[0]
+    else:
+        host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    if "%" in host:
+        # A scope id (fe80::1%eth0) names the same host on every scope.
+        host = host.split("%", 1)[0]
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    """
+    Tell whether C{host} (as L{host_key} returns it) is a loopback address.
+    """
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe(address: IAddress | object) -> str:
+    """
+    A short human form of an address for log lines: C{1.2.3.4:5678},
+    C{[::1]:5678}, or the UNIX path.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return str(address)

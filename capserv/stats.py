@@ -1,0 +1,65 @@
+"""
+Counters that the factories keep, for logs now and metrics later.
+
+They are plain integers updated in place: cheap enough to keep on every
+connection and datagram, and read by whatever exports them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+__all__ = ["TCPStats", "UDPStats"]
+
+
+class TCPStats:
+    """
+    Totals for every connection one L{UppercaseFactory} has served.
+
+    Byte totals of open connections are added when they close; call
+    L{UppercaseFactory.snapshot} for figures that include them.
+    """
+
+    __slots__ = (
+        "connections_total",
+        "connections_refused",
+        "idle_timeouts",
+        "aborts",
+        "bytes_in",
+        "bytes_out",
+        "pauses",
+    )
+
+    def __init__(self) -> None:
+        #: Connections accepted and served.
+        self.connections_total = 0
+        #: Connections closed at once, by the limit that refused them
+        #: (C{"max_connections"}, C{"max_connections_per_ip"}, C{"shutdown"}).
+        self.connections_refused: Counter[str] = Counter()
+        #: Connections closed for being idle.
+        self.idle_timeouts = 0
+        #: Connections aborted because they would not take their last bytes.
+        self.aborts = 0
+        #: Bytes read from closed connections.
+        self.bytes_in = 0
+        #: Bytes written to closed connections.
+        self.bytes_out = 0
+        #: Times reading was paused because a reply backed up.
+        self.pauses = 0
+
+
+class UDPStats:
+    """
+    Totals for one L{UppercaseDatagramProtocol}.
+    """
+
+    __slots__ = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "drops")
+
+    def __init__(self) -> None:
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Datagrams not answered, by reason: C{"rate_limit"},
+        #: C{"oversize"}, C{"low_port"}, C{"send_error"}.
+        self.drops: Counter[str] = Counter()

@@ -1,0 +1,401 @@
+"""
+The uppercase service over streams: a L{Protocol} and its L{Factory}.
+
+Whatever arrives is uppercased and written back as soon as it arrives, with
+no framing, so one-shot clients, interactive ones and bulk pipes all work.
+The factory holds the state shared by its connections: configuration,
+clock, counters and the connection limits.
+
+Data flows one way: transport -> L{UppercaseProtocol.dataReceived} ->
+L{Uppercaser} -> C{transport.write}.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capserv.addresses import describe, host_key
+from capserv.config import CapservConfig
+from capserv.logthrottle import LogThrottle
+from capserv.stats import TCPStats
+from capserv.text import Uppercaser
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["UppercaseFactory", "UppercaseProtocol"]
+
+
+@implementer(IPushProducer)
+class _ReadThrottle:
+    """
+    Stop reading from a peer while its unsent reply is over the high-water
+    mark.
+
+    Registered as the transport's streaming producer: the transport calls
+    L{pauseProducing} when its write buffer passes the mark and
+    L{resumeProducing} once it has drained, and this object turns those into
+    "stop reading" and "start reading" on the same transport.  So a client
+    that sends without reading cannot make the server buffer without bound.
+    """
+
+    __slots__ = ("_protocol", "paused")
+
+    def __init__(self, protocol: UppercaseProtocol) -> None:
+        self._protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._protocol._readPaused()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._protocol._readResumed()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+@implementer(IHalfCloseableProtocol)
+class UppercaseProtocol(Protocol):
+    """
+    Uppercase one connection's byte stream, with backpressure, half-close
+    and an idle timeout.
+    """
+
+    _log = Logger()
+
+    factory: UppercaseFactory
+    transport: ITransport
+
+    def __init__(self, factory: UppercaseFactory, peer: IAddress) -> None:
+        self.factory = factory
+        self.peer = peer
+        config = factory.config
+        self._codec = Uppercaser(config.encoding, config.ascii_only)
+        self._clock = factory.clock
+        self._idleTimeout = config.idle_timeout
+        self._throttle = _ReadThrottle(self)
+        self._timer: IDelayedCall | None = None
+        self._abortCall: IDelayedCall | None = None
+        #: Set once the connection is on its way out: after end of input,
+        #: an idle timeout or a shutdown.
+        self.closing = False
+        self._closeWhenDrained = False
+        self._reason = "closed"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self._lastActivity = 0.0
+
+    # -- connection lifetime -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        factory._register(self)
+        now = self._clock.seconds()
+        self.started = self._lastActivity = now
+        transport = self.transport
+        highWater = factory.config.high_water
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            # The transport pauses its producer once this many bytes are
+            # waiting to be sent.
+            transport.bufferSize = highWater  # type: ignore[attr-defined]
+        transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
+        if self._idleTimeout > 0:
+            self._timer = self._clock.callLater(self._idleTimeout, self._timerFired)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._lastActivity = self._clock.seconds()
+        self.bytes_in += len(data)
+        reply = self._codec.feed(data)
+        if reply:
+            self.bytes_out += len(reply)
+            self.transport.write(reply)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer has finished sending: send what is still owed, then close.
+        """
+        self._lastActivity = self._clock.seconds()
+        tail = self._codec.flush()
+        if tail:
+            self.bytes_out += len(tail)
+            self.transport.write(tail)
+        self._reason = "end of input"
+        self._finish(drain=True)
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nothing more can be sent; there is nothing left to do.
+        """
+        self._finish(drain=False)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._timer, self._abortCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._abortCall = None
+        self._throttle.stopProducing()
+        factory = self.factory
+        factory._unregister(self)
+        duration = self._clock.seconds() - self.started
+        if not self.closing:
+            self._reason = reason.getErrorMessage() if reason is not None else "closed"
+        self._log.info(
+            "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, "
+            "{bytes_out} bytes out ({reason})",
+            peer=describe(self.peer),
+            duration=duration,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            reason=self._reason,
+        )
+
+    # -- backpressure ----------------------------------------------------------
+
+    def _readPaused(self) -> None:
+        self.factory.stats.pauses += 1
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _readResumed(self) -> None:
+        # The peer took everything it was owed: that is traffic too.
+        self._lastActivity = self._clock.seconds()
+        if self._closeWhenDrained:
+            self._closeNow(self._idleTimeout)
+        elif not self.closing:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- closing ---------------------------------------------------------------
+
+    def _finish(self, drain: bool) -> None:
+        """
+        Close once what is owed is sent.  If reading is paused because the
+        reply backed up, wait for it to drain first (the transport will not
+        close while a producer is registered).
+        """
+        if self.closing:
+            return
+        self.closing = True
+        if drain and self._throttle.paused:
+            self._closeWhenDrained = True
+        else:
+            self._closeNow(self._idleTimeout)
+
+    def _closeNow(self, grace: float) -> None:
+        """
+        Stop reading, send what is buffered and close; abort if the peer has
+        not taken it within C{grace} seconds (0: wait as long as it takes).
+        """
+        self.closing = True
+        self._closeWhenDrained = False
+        transport = self.transport
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+        if grace > 0 and self._abortCall is None:
+            self._abortCall = self._clock.callLater(grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abortCall = None
+        self.factory.stats.aborts += 1
+        self._reason += ", aborted: peer did not take its last bytes"
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _timerFired(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        deadline = self._lastActivity + self._idleTimeout
+        if now < deadline:
+            self._timer = self._clock.callLater(deadline - now, self._timerFired)
+            return
+        if self.closing and not self._closeWhenDrained:
+            # Already closing and still silent: the abort timer handles it.
+            return
+        self.factory.stats.idle_timeouts += 1
+        self._reason = f"idle for {self._idleTimeout:g}s"
+        self._closeNow(self.factory.config.abort_grace or 0.001)
+
+    def shutdown(self) -> None:
+        """
+        Close now, as a graceful stop does once its time is up: send what is
+        buffered and abort after the configured grace.
+        """
+        if self._abortCall is not None:
+            return
+        self._reason = "server shutting down"
+        self._closeNow(self.factory.config.abort_grace or 0.001)
+
+
+class _Refused(Protocol):
+    """
+    Close a connection over a limit at once, touching nothing else.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class UppercaseFactory(ServerFactory):
+    """
+    Build L{UppercaseProtocol} connections that share one configuration,
+    one clock, one set of counters and the connection limits.
+
+    Listen with it on any stream endpoint::
+
+        from twisted.internet.endpoints import serverFromString
+        serverFromString(reactor, "tcp:50007").listen(UppercaseFactory())
+    """
+
+    _log = Logger()
+    protocol = UppercaseProtocol  # type: ignore[assignment]
+    #: capserv logs its own listening and connection lines.
+    noisy = False
+
+    def __init__(
+        self, config: CapservConfig | None = None, clock: IReactorTime | None = None
+    ) -> None:
+        """
+        @param config: the behaviour; the daemon's defaults if L{None}.
+        @param clock: where time comes from (timeouts, durations); the global
+            reactor if L{None}, looked up now rather than at import time.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        assert clock is not None
+        self.config = config if config is not None else CapservConfig()
+        self.clock: IReactorTime = clock
+        self.stats = TCPStats()
+        #: Open connections.
+        self.connections: set[UppercaseProtocol] = set()
+        self._perHost: dict[str, int] = {}
+        self._refusedLog = LogThrottle(clock, 10.0)
+        self._accepting = True
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """
+        Build a protocol for a new connection, or a refusal if a limit says
+        no.
+        """
+        config = self.config
+        refusal = None
+        if not self._accepting:
+            refusal = "shutdown"
+        elif config.max_connections and len(self.connections) >= config.max_connections:
+            refusal = "max_connections"
+        elif config.max_connections_per_ip:
+            key = host_key(addr)
+            if key is not None and self._perHost.get(key, 0) >= config.max_connections_per_ip:
+                refusal = "max_connections_per_ip"
+        if refusal is not None:
+            self._refuse(addr, refusal)
+            return _Refused()
+        return UppercaseProtocol(self, addr)
+
+    def _refuse(self, addr: IAddress, limit: str) -> None:
+        self.stats.connections_refused[limit] += 1
+        held = self._refusedLog.check()
+        if held is not None:
+            self._log.warn(
+                "Refused connection from {peer}: {limit} reached "
+                "({held} more refused since the last report)",
+                peer=describe(addr),
+                limit=limit,
+                held=held,
+            )
+
+    def _register(self, protocol: UppercaseProtocol) -> None:
+        self.connections.add(protocol)
+        self.stats.connections_total += 1
+        key = host_key(protocol.peer)
+        if key is not None:
+            self._perHost[key] = self._perHost.get(key, 0) + 1
+
+    def _unregister(self, protocol: UppercaseProtocol) -> None:
+        if protocol not in self.connections:
+            return
+        self.connections.discard(protocol)
+        stats = self.stats
+        stats.bytes_in += protocol.bytes_in
+        stats.bytes_out += protocol.bytes_out
+        key = host_key(protocol.peer)
+        if key is not None:
+            left = self._perHost.get(key, 1) - 1
+            if left > 0:
+                self._perHost[key] = left
+            else:
+                self._perHost.pop(key, None)
+        if not self.connections and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def connectionsFrom(self, address: IAddress | str) -> int:
+        """
+        How many connections are open from one IP address.
+        """
+        key = address if isinstance(address, str) else host_key(address)
+        return self._perHost.get(key, 0) if key is not None else 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The counters as a dict, byte totals including open connections.
+        """
+        stats = self.stats
+        return {
+            "connections_active": len(self.connections),
+            "connections_total": stats.connections_total,
+            "connections_refused": dict(stats.connections_refused),
+            "idle_timeouts": stats.idle_timeouts,
+            "aborts": stats.aborts,
+            "pauses": stats.pauses,
+            "bytes_in": stats.bytes_in + sum(p.bytes_in for p in self.connections),
+            "bytes_out": stats.bytes_out + sum(p.bytes_out for p in self.connections),
+        }
+
+    def drain(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Stop accepting connections and wait for the open ones to finish.
+
+        New connections are refused from now on.  After C{timeout} seconds
+        (the configured C{shutdown_timeout} if L{None}; 0 means at once) the
+        connections still open are closed: what is buffered is sent, and
+        those that will not take it are aborted after the configured grace.
+
+        @return: a L{Deferred} that fires once every connection has closed.
+        """
+        self._accepting = False
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        if timeout is None:
+            timeout = self.config.shutdown_timeout
+
+        def closeTheRest() -> None:
+            for protocol in list(self.connections):
+                protocol.shutdown()
+
+        if timeout > 0:
+            call = self.clock.callLater(timeout, closeTheRest)
+            d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
+        else:
+            closeTheRest()
+        return d

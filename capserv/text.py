@@ -1,0 +1,171 @@
+"""
+The uppercasing codec: bytes in, uppercase bytes out, one chunk at a time.
+
+TCP delivers a byte stream in arbitrary pieces, so a multi-byte character can
+arrive split across two reads.  L{Uppercaser} keeps such a partial character
+until the rest of it arrives (it is never mangled), passes bytes that are not
+valid in the encoding through unchanged (C{surrogateescape}: nothing a client
+sends is lost or replaced), and flushes a trailing partial character
+unchanged at end of input.
+
+Two fast paths keep the common case cheap:
+
+    - ASCII mode (C{ascii_only=True}) maps only C{a}-C{z} with
+      L{bytes.upper}; every other byte is left alone and the length never
+      changes.
+    - In Unicode mode, a chunk of pure ASCII with nothing pending is
+      uppercased with L{bytes.upper} too, with no decode/encode round trip,
+      as long as the encoding maps ASCII bytes to ASCII characters one to one
+      (UTF-8, Latin-1, the cp125x family...).
+"""
+
+from __future__ import annotations
+
+import codecs
+from functools import lru_cache
+
+__all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "uppercase"]
+
+_ERRORS = "surrogateescape"
+
+
+def lookup_encoding(name: str) -> str:
+    """
+    Resolve a codec name to its canonical Python name.
+
+    @param name: any name Python's L{codecs} registry knows (C{"utf8"},
+        C{"latin-1"}, C{"cp1252"}...).
+    @return: the canonical name, e.g. C{"utf-8"}.
+    @raise LookupError: if C{name} is not a text encoding Python knows, so
+        configuration can report the culprit instead of failing per packet.
+    """
+    info = codecs.lookup(name)
+    if not getattr(info, "_is_text_encoding", True):
+        raise LookupError(f"{name!r} is not a text encoding")
+    return info.name
+
+
+@lru_cache(maxsize=None)
+def is_ascii_compatible(encoding: str) -> bool:
+    """
+    Tell whether every ASCII byte stands for the same ASCII character alone.
+
+    When it does, a chunk of pure ASCII bytes means the same text in this
+    encoding as in ASCII, so L{bytes.upper} gives the right answer without
+    decoding.  Stateful encodings (UTF-7, ISO-2022) and wide ones (UTF-16,
+    UTF-32) fail the test and always take the full path.
+    """
+    for i in range(128):
+        b = bytes([i])
+        try:
+            if b.decode(encoding) != chr(i) or chr(i).encode(encoding) != b:
+                return False
+        except UnicodeError:
+            return False
+    return True
+
+
+def uppercase(data: bytes, encoding: str = "utf-8", ascii_only: bool = False) -> bytes:
+    """
+    Uppercase one complete message (a datagram, a whole input).
+
+    The same rules as L{Uppercaser}, for input that has no continuation.
+    """
+    if ascii_only:
+        return data.upper()
+    codec = Uppercaser(encoding)
+    return codec.feed(data) + codec.flush()
+
+
+class Uppercaser:
+    """
+    An incremental uppercaser for a byte stream.
+
+    Feed it chunks with L{feed} as they arrive and call L{flush} at end of
+    input.  The concatenated output is exactly what uppercasing the whole
+    input at once gives, however the input was cut.
+    """
+
+    __slots__ = ("encoding", "ascii_only", "_fast", "_decoder", "_pending")
+
+    def __init__(self, encoding: str = "utf-8", ascii_only: bool = False) -> None:
+        """
+        @param encoding: the name of a Python text codec; UTF-8 by default.
+        @param ascii_only: map only C{a}-C{z} and leave every other byte
+            alone, whatever the encoding.
+        """
+        self.encoding = lookup_encoding(encoding)
+        self.ascii_only = ascii_only
+        self._fast = ascii_only or is_ascii_compatible(self.encoding)
+        self._decoder = codecs.getincrementaldecoder(self.encoding)(_ERRORS)
+        # True while the decoder may hold bytes of an incomplete character.
+        self._pending = False
+
+    @property
+    def pending(self) -> bytes:
+        """
+        The bytes held back: the start of a character not yet complete.
+        """
+        if not self._pending:
+            return b""
+        state = self._decoder.getstate()
+        return state[0] if isinstance(state[0], bytes) else b""
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        Uppercase the next chunk of the stream.
+
+        @return: the uppercase bytes for every character completed by
+            C{data}; a partial character at its end is held back.
+        """
+        if self.ascii_only or (self._fast and not self._pending and data.isascii()):
+            return data.upper()
+        return self._slow(data, False)
+
+    def flush(self) -> bytes:
+        """
+        End the stream: return whatever is still held, unchanged if it is a
+        partial character, and reset for a new stream.
+        """
+        if self.ascii_only or not self._pending:
+            self._decoder.reset()
+            return b""
+        return self._slow(b"", True)
+
+    def _slow(self, data: bytes, final: bool) -> bytes:
+        decoder = self._decoder
+        before = self.pending
+        try:
+            text = decoder.decode(data, final)
+        except UnicodeDecodeError:
+            # A codec whose errors surrogateescape cannot carry (bytes below
+            # 0x80 inside an invalid UTF-16 unit, say): pass the raw bytes
+            # through rather than lose them, and start afresh.
+            decoder.reset()
+            self._pending = False
+            return before + data
+        state = decoder.getstate()
+        self._pending = bool(state[0]) or bool(state[1])
+        if final:
+            decoder.reset()
+            self._pending = False
+        return _encode_upper(text, self.encoding)
+
+
+def _encode_upper(text: str, encoding: str) -> bytes:
+    """
+    Encode C{text.upper()}, keeping any character whose capital the
+    encoding cannot represent (Latin-1 has C{"ÿ"} but not C{"Ÿ"}).
+    """
+    upper = text.upper()
+    try:
+        return upper.encode(encoding, _ERRORS)
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in text:
+        try:
+            out.append(ch.upper().encode(encoding, _ERRORS))
+        except UnicodeEncodeError:
+            out.append(ch.encode(encoding, _ERRORS))
+    return b"".join(out)

@@ -1,0 +1,139 @@
+"""
+The uppercase service over datagrams: one reply datagram per datagram.
+
+Besides uppercasing, this is where capserv keeps a UDP service from being
+abused: a per-source rate limit (reflection), no answers to low source ports
+(loops between servers), a size check on replies, and send errors counted
+rather than raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from capserv.addresses import host_key, is_loopback
+from capserv.config import CapservConfig
+from capserv.logthrottle import LogThrottle
+from capserv.ratelimit import TokenBuckets
+from capserv.stats import UDPStats
+from capserv.text import uppercase
+
+__all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "UppercaseDatagramProtocol"]
+
+#: The largest datagram read whole (Twisted's default of 8,192 truncates).
+MAX_DATAGRAM = 65535
+#: The largest UDP payload over IPv4: 65,535 - 20 (IP header) - 8 (UDP).
+MAX_REPLY_IPV4 = 65507
+#: The largest UDP payload over IPv6 without jumbograms: 65,535 - 8.
+MAX_REPLY_IPV6 = 65527
+
+
+class UppercaseDatagramProtocol(DatagramProtocol):
+    """
+    Answer each datagram with its uppercase text, sent to its source.
+
+    Listen with it like any Twisted datagram protocol, asking for whole
+    datagrams::
+
+        reactor.listenUDP(50007, UppercaseDatagramProtocol(),
+                          interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
+
+    (L{startProtocol} raises a smaller C{maxPacketSize} it finds on its
+    transport, so a plain C{listenUDP} works too.)
+    """
+
+    _log = Logger()
+    #: The listener logs the address; Twisted's start/stop lines add nothing.
+    noisy = False
+
+    def __init__(
+        self, config: CapservConfig | None = None, clock: IReactorTime | None = None
+    ) -> None:
+        """
+        @param config: the behaviour; the daemon's defaults if L{None}.
+        @param clock: where time comes from (rate limit, log throttling);
+            the global reactor if L{None}, looked up now.
+        """
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        assert clock is not None
+        self.config = config if config is not None else CapservConfig()
+        self.clock: IReactorTime = clock
+        self.stats = UDPStats()
+        self.buckets: TokenBuckets | None = None
+        if self.config.udp_rate > 0:
+            self.buckets = TokenBuckets(
+                self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size
+            )
+        self._dropLog = LogThrottle(clock, 10.0)
+
+    def startProtocol(self) -> None:
+        transport = self.transport
+        if getattr(transport, "maxPacketSize", MAX_DATAGRAM) < MAX_DATAGRAM:
+            transport.maxPacketSize = MAX_DATAGRAM  # type: ignore[union-attr]
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        stats = self.stats
+        stats.datagrams_in += 1
+        stats.bytes_in += len(data)
+        config = self.config
+        if addr[1] < 1024 and not config.udp_allow_low_ports:
+            self._drop("low_port", addr, len(data))
+            return
+        buckets = self.buckets
+        if buckets is not None:
+            key = host_key(addr)
+            if key is not None and (config.udp_rate_loopback or not is_loopback(key)):
+                if not buckets.allow(key, self.clock.seconds()):
+                    self._drop("rate_limit", addr, len(data))
+                    return
+        if config.ascii_only:
+            reply = data.upper()
+        else:
+            reply = uppercase(data, config.encoding)
+        host = addr[0]
+        limit = MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
+        if len(reply) > limit:
+            self._drop("oversize", addr, len(reply))
+            return
+        try:
+            self.transport.write(reply, addr)  # type: ignore[union-attr]
+        except (OSError, MessageLengthError) as e:
+            self._drop("send_error", addr, len(reply), str(e))
+            return
+        stats.datagrams_out += 1
+        stats.bytes_out += len(reply)
+
+    def _drop(self, reason: str, addr: Any, size: int, detail: str = "") -> None:
+        self.stats.drops[reason] += 1
+        held = self._dropLog.check()
+        if held is not None:
+            self._log.warn(
+                "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
+                "{held} more drops since the last report; totals: {drops}",
+                peer=f"{addr[0]}:{addr[1]}",
+                reason=reason,
+                size=size,
+                detail=f": {detail}" if detail else "",
+                held=held,
+                drops=dict(self.stats.drops),
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The counters as a dict.
+        """
+        stats = self.stats
+        return {
+            "datagrams_in": stats.datagrams_in,
+            "datagrams_out": stats.datagrams_out,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "drops": dict(stats.drops),
+            "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
+        }

@@ -1,0 +1,67 @@
+"""
+Packaging for capserv.
+
+The twistd plugin lives in C{twisted_plugins/} in the source tree and is
+installed as C{twisted/plugins/capserv_plugin.py}, next to Twisted's own
+plugins, so that C{twistd capserv} finds it.  Nothing else of Twisted's
+namespace is shipped (no C{twisted/__init__.py}, no C{twisted/plugins/__init__.py}).
+"""
+
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    namespace: dict = {}
+    with open(os.path.join(HERE, "capserv", "_version.py")) as f:
+        exec(f.read(), namespace)
+    return namespace["__version__"]
+
+
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="capserv",
+    version=read_version(),
+    description="The uppercase network service of the socket-programming lesson, as a Twisted daemon and library",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["capserv", "twisted.plugins"],
+    package_dir={"twisted.plugins": "twisted_plugins"},
+    package_data={"capserv": ["py.typed"]},
+    include_package_data=False,
+    install_requires=[
+        # 23.10.0 is the oldest Twisted the tox matrix runs against.
+        "Twisted>=23.10.0",
+        "zope.interface>=5",
+    ],
+    extras_require={
+        # TLS listen strings (ssl:) and capserv-client --connect tls:.
+        "tls": ["Twisted[tls]>=23.10.0"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.80",
+            "trustme>=1.1",
+            "Twisted[tls]>=23.10.0",
+        ],
+    },
+    entry_points={},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Internet",
+    ],
+    zip_safe=False,
+)

@@ -1,0 +1,77 @@
+"""
+Helpers for tests on real loopback sockets: listen on port 0, talk with
+blocking sockets in a thread, clean up both ends.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IListeningPort
+
+from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol, UppercaseFactory
+
+
+def have_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@defer.inlineCallbacks
+def listen_tcp(host: str, config: CapservConfig | None = None) -> Any:
+    from twisted.internet import reactor
+
+    factory = UppercaseFactory(config, clock=reactor)
+    port = reactor.listenTCP(0, factory, interface=host)
+    return factory, port
+    yield
+
+
+def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[UppercaseDatagramProtocol, IListeningPort]:
+    from twisted.internet import reactor
+
+    proto = UppercaseDatagramProtocol(config, clock=reactor)
+    port = reactor.listenUDP(0, proto, interface=host, maxPacketSize=MAX_DATAGRAM)
+    return proto, port
+
+
+@defer.inlineCallbacks
+def stop_tcp(factory: UppercaseFactory, port: IListeningPort) -> Any:
+    """Stop listening and wait until every server connection is gone."""
+    yield port.stopListening()
+    yield factory.drain(timeout=0)
+
+
+def tcp_exchange(host: str, port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    """A blocking client: send, half-close, read to the end (run in a thread)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def udp_exchange(host: str, port: int, payload: bytes, timeout: float = 5.0) -> bytes:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(payload, (host, port))
+        reply, _ = s.recvfrom(MAX_DATAGRAM)
+        return reply
+
+
+def in_thread(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return threads.deferToThread(f, *args)

@@ -1,0 +1,339 @@
+"""
+In-memory tests for L{capserv.tcp}: StringTransport, Clock, no sockets.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import CapservConfig, UppercaseFactory, UppercaseProtocol
+from capserv.tcp import _Refused
+
+
+def peer(host: str = "192.0.2.1", port: int = 40000) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)
+
+
+class AbortableTransport(StringTransport):
+    """A StringTransport that also records abortConnection."""
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+
+class Harness:
+    """One factory, one clock, and helpers to connect in memory."""
+
+    def __init__(self, **config: object) -> None:
+        self.clock = Clock()
+        self.factory = UppercaseFactory(CapservConfig(**config), clock=self.clock)  # type: ignore[arg-type]
+
+    def connect(self, host: str = "192.0.2.1", port: int = 40000) -> tuple[UppercaseProtocol, AbortableTransport]:
+        address = peer(host, port)
+        protocol = self.factory.buildProtocol(address)
+        transport = AbortableTransport(peerAddress=address)
+        protocol.makeConnection(transport)  # type: ignore[union-attr]
+        return protocol, transport  # type: ignore[return-value]
+
+    def lose(self, protocol: object) -> None:
+        protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+
+
+class StreamTests(SynchronousTestCase):
+    def test_echoes_uppercase_as_it_arrives(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"hello ")
+        self.assertEqual(tr.value(), b"HELLO ")
+        proto.dataReceived("straße\n".encode())
+        self.assertEqual(tr.value(), "HELLO STRASSE\n".encode())
+        self.assertFalse(tr.disconnecting)
+
+    def test_split_character_across_reads(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        snow = "☃".encode()
+        proto.dataReceived(b"a" + snow[:2])
+        self.assertEqual(tr.value(), b"A")
+        proto.dataReceived(snow[2:])
+        self.assertEqual(tr.value(), b"A" + snow)
+
+    def test_invalid_bytes_unchanged(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"x\xff\xfey")
+        self.assertEqual(tr.value(), b"X\xff\xfeY")
+
+    def test_ascii_mode(self) -> None:
+        h = Harness(ascii_only=True)
+        proto, tr = h.connect()
+        proto.dataReceived("é straße".encode())
+        self.assertEqual(tr.value(), "é STRAßE".encode())
+
+    def test_other_encoding(self) -> None:
+        h = Harness(encoding="latin-1")
+        proto, tr = h.connect()
+        proto.dataReceived("é".encode("latin-1"))
+        self.assertEqual(tr.value(), "É".encode("latin-1"))
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def test_flushes_partial_then_closes(self) -> None:
+        """On end of input, the held partial character is sent, then the
+        connection closes after everything owed."""
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"hi\xe2\x82")
+        self.assertEqual(tr.value(), b"HI")
+        self.assertFalse(tr.disconnecting)
+        proto.readConnectionLost()
+        self.assertEqual(tr.value(), b"HI\xe2\x82")
+        self.assertTrue(tr.disconnecting)
+        self.assertIsNone(tr.producer, "producer must be unregistered or the transport never closes")
+
+    def test_waits_for_backlog_to_drain_before_closing(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"x" * 10)
+        tr.producer.pauseProducing()  # the transport's buffer is over the mark
+        proto.readConnectionLost()
+        self.assertFalse(tr.disconnecting)
+        self.assertIsNotNone(tr.producer)
+        tr.producer.resumeProducing()  # drained
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(tr.producerState, "paused", "must not resume reading after end of input")
+
+    def test_abort_if_last_bytes_never_taken(self) -> None:
+        h = Harness(idle_timeout=30)
+        proto, tr = h.connect()
+        proto.readConnectionLost()
+        h.clock.advance(29)
+        self.assertFalse(tr.aborted)
+        h.clock.advance(2)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(h.factory.stats.aborts, 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_transport_registered_as_streaming_producer(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        self.assertTrue(tr.streaming)
+        self.assertIsNotNone(tr.producer)
+
+    def test_pause_stops_reading_and_resume_restarts(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        tr.producer.pauseProducing()
+        self.assertEqual(tr.producerState, "paused")
+        self.assertEqual(h.factory.stats.pauses, 1)
+        tr.producer.resumeProducing()
+        self.assertEqual(tr.producerState, "producing")
+
+    def test_high_water_sets_transport_buffer_size(self) -> None:
+        h = Harness(high_water=4096)
+        address = peer()
+        proto = h.factory.buildProtocol(address)
+        tr = AbortableTransport(peerAddress=address)
+        tr.bufferSize = 65536  # type: ignore[attr-defined]
+        proto.makeConnection(tr)
+        self.assertEqual(tr.bufferSize, 4096)  # type: ignore[attr-defined]
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    def test_idle_connection_closed_then_aborted(self) -> None:
+        h = Harness(idle_timeout=10, abort_grace=2)
+        proto, tr = h.connect()
+        h.clock.advance(9.9)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTrue(tr.disconnecting)
+        self.assertFalse(tr.aborted)
+        self.assertEqual(h.factory.stats.idle_timeouts, 1)
+        h.clock.advance(2)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_traffic_postpones_timeout(self) -> None:
+        h = Harness(idle_timeout=10)
+        proto, tr = h.connect()
+        for _ in range(5):
+            h.clock.advance(8)
+            proto.dataReceived(b"x")
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(10)
+        self.assertTrue(tr.disconnecting)
+
+    def test_drain_counts_as_traffic(self) -> None:
+        h = Harness(idle_timeout=10)
+        proto, tr = h.connect()
+        tr.producer.pauseProducing()
+        h.clock.advance(8)
+        tr.producer.resumeProducing()
+        h.clock.advance(8)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(3)
+        self.assertTrue(tr.disconnecting)
+
+    def test_zero_disables(self) -> None:
+        h = Harness(idle_timeout=0)
+        proto, tr = h.connect()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        h.clock.advance(10**6)
+        self.assertFalse(tr.disconnecting)
+
+    def test_one_timer_per_connection(self) -> None:
+        """Reads do not create or reset timers: one DelayedCall only."""
+        h = Harness(idle_timeout=10)
+        proto, tr = h.connect()
+        for _ in range(100):
+            proto.dataReceived(b"x")
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+
+    def test_timers_cancelled_on_close(self) -> None:
+        h = Harness()
+        proto, tr = h.connect()
+        h.lose(proto)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class LimitTests(SynchronousTestCase):
+    def test_max_connections(self) -> None:
+        h = Harness(max_connections=2)
+        a, _ = h.connect(port=1)
+        b, _ = h.connect(port=2)
+        refused = h.factory.buildProtocol(peer(port=3))
+        self.assertIsInstance(refused, _Refused)
+        tr = StringTransport()
+        refused.makeConnection(tr)
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections"], 1)
+        # The others are not disturbed, and a slot frees when one closes.
+        a.dataReceived(b"ok")
+        h.lose(b)
+        self.assertIsInstance(h.factory.buildProtocol(peer(port=4)), UppercaseProtocol)
+
+    def test_max_connections_per_ip(self) -> None:
+        h = Harness(max_connections_per_ip=2)
+        h.connect("192.0.2.1", 1)
+        h.connect("192.0.2.1", 2)
+        self.assertIsInstance(h.factory.buildProtocol(peer("192.0.2.1", 3)), _Refused)
+        self.assertIsInstance(h.factory.buildProtocol(peer("192.0.2.2", 3)), UppercaseProtocol)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
+
+    def test_ipv4_mapped_counts_as_ipv4(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        h.connect("192.0.2.7", 1)
+        self.assertIsInstance(h.factory.buildProtocol(peer("::ffff:192.0.2.7", 2)), _Refused)
+        self.assertEqual(h.factory.connectionsFrom("192.0.2.7"), 1)
+
+    def test_per_ip_count_released_on_close(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        proto, _ = h.connect("2001:db8::1", 1)
+        h.lose(proto)
+        self.assertEqual(h.factory.connectionsFrom("2001:db8::1"), 0)
+        self.assertIsInstance(h.factory.buildProtocol(peer("2001:db8::1", 2)), UppercaseProtocol)
+
+    def test_unix_peers_have_no_per_ip_limit(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        for _ in range(3):
+            proto = h.factory.buildProtocol(UNIXAddress(None))
+            self.assertIsInstance(proto, UppercaseProtocol)
+            proto.makeConnection(StringTransport(peerAddress=UNIXAddress(None)))
+
+    def test_refusals_logged_but_throttled(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(max_connections=1)
+        h.connect()
+        for i in range(5):
+            h.factory.buildProtocol(peer(port=i))
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 1)
+        self.assertEqual(refusals[0]["limit"], "max_connections")
+        h.clock.advance(11)
+        h.factory.buildProtocol(peer(port=9))
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(refusals[-1]["held"], 4)
+
+
+class LoggingAndStatsTests(SynchronousTestCase):
+    def test_one_line_at_close(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness()
+        proto, tr = h.connect("192.0.2.5", 4242)
+        proto.dataReceived(b"abc")
+        h.clock.advance(1.5)
+        proto.readConnectionLost()
+        h.lose(proto)
+        lines = [e for e in events if e.get("log_namespace") == "capserv.tcp.UppercaseProtocol"]
+        self.assertEqual(len(lines), 1)
+        event = lines[0]
+        self.assertEqual(event["peer"], "192.0.2.5:4242")
+        self.assertEqual((event["bytes_in"], event["bytes_out"]), (3, 3))
+        self.assertEqual(event["duration"], 1.5)
+        self.assertEqual(event["reason"], "end of input")
+
+    def test_counters(self) -> None:
+        h = Harness()
+        a, _ = h.connect(port=1)
+        b, _ = h.connect(port=2)
+        a.dataReceived(b"abcd")
+        h.lose(a)
+        b.dataReceived(b"xy")
+        snap = h.factory.snapshot()
+        self.assertEqual(snap["connections_active"], 1)
+        self.assertEqual(snap["connections_total"], 2)
+        self.assertEqual(snap["bytes_in"], 6)
+        self.assertEqual(snap["bytes_out"], 6)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drain_refuses_new_and_waits(self) -> None:
+        h = Harness(shutdown_timeout=10)
+        proto, tr = h.connect()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        self.assertIsInstance(h.factory.buildProtocol(peer(port=2)), _Refused)
+        proto.dataReceived(b"still served")
+        self.assertEqual(tr.value(), b"STILL SERVED")
+        self.assertEqual(fired, [])
+        proto.readConnectionLost()
+        h.lose(proto)
+        self.assertEqual(fired, [None])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_drain_timeout_closes_the_rest(self) -> None:
+        h = Harness(shutdown_timeout=10, abort_grace=1)
+        proto, tr = h.connect()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        h.clock.advance(10)
+        self.assertTrue(tr.disconnecting)
+        h.clock.advance(1)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(fired, [None])
+
+    def test_drain_with_nothing_open(self) -> None:
+        h = Harness()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        self.assertEqual(fired, [None])

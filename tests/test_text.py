@@ -1,0 +1,154 @@
+"""
+Tests for L{capserv.text}: the incremental uppercasing codec.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding, uppercase
+
+
+def reference(data: bytes, encoding: str = "utf-8") -> bytes:
+    """What uppercasing the whole input at once must give."""
+    return data.decode(encoding, "surrogateescape").upper().encode(encoding, "surrogateescape")
+
+
+def feed_all(codec: Uppercaser, chunks: list[bytes]) -> bytes:
+    return b"".join(codec.feed(c) for c in chunks) + codec.flush()
+
+
+@st.composite
+def chunked(draw: st.DrawFn, data: st.SearchStrategy[bytes]) -> tuple[bytes, list[bytes]]:
+    """Some bytes and one way of cutting them into chunks."""
+    whole = draw(data)
+    cuts = sorted(draw(st.lists(st.integers(0, len(whole)), max_size=12)))
+    bounds = [0, *cuts, len(whole)]
+    return whole, [whole[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+# Arbitrary bytes, and bytes that are mostly valid UTF-8 text with some noise,
+# so both the invalid-byte and the split-character paths are exercised often.
+_noisy_text = st.lists(
+    st.one_of(st.text().map(lambda s: s.encode("utf-8", "surrogatepass")), st.binary(max_size=4)),
+    max_size=8,
+).map(b"".join)
+
+
+class PropertyTests(SynchronousTestCase):
+    """
+    However the input is cut, the stream gives the whole input's answer.
+    """
+
+    @settings(max_examples=400, deadline=None)
+    @given(chunked(st.one_of(st.binary(), _noisy_text)))
+    def test_chunks_equal_whole(self, case: tuple[bytes, list[bytes]]) -> None:
+        whole, chunks = case
+        self.assertEqual(feed_all(Uppercaser(), chunks), reference(whole))
+
+    @settings(max_examples=200, deadline=None)
+    @given(chunked(st.binary()), st.sampled_from(["latin-1", "cp1252", "utf-8", "shift_jis"]))
+    def test_other_encodings(self, case: tuple[bytes, list[bytes]], encoding: str) -> None:
+        whole, chunks = case
+        out = feed_all(Uppercaser(encoding), chunks)
+        self.assertEqual(out, feed_all(Uppercaser(encoding), [whole]))
+        if encoding == "utf-8":
+            self.assertEqual(out, reference(whole))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary())
+    def test_ascii_mode_maps_only_a_to_z(self, data: bytes) -> None:
+        out = feed_all(Uppercaser(ascii_only=True), [data[:3], data[3:]])
+        self.assertEqual(len(out), len(data))
+        for before, after in zip(data, out):
+            expected = before - 32 if 0x61 <= before <= 0x7A else before
+            self.assertEqual(after, expected)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary())
+    def test_nothing_is_lost(self, data: bytes) -> None:
+        """Invalid bytes come back unchanged: lowering the reply gives the
+        input's own lowering, byte for byte where the input was not text."""
+        out = uppercase(data)
+        self.assertEqual(out.decode("utf-8", "surrogateescape"), data.decode("utf-8", "surrogateescape").upper())
+
+
+class ExampleTests(SynchronousTestCase):
+    """
+    The spec's examples and the edges of the stream.
+    """
+
+    def test_full_case_mapping(self) -> None:
+        self.assertEqual(uppercase("straße".encode()), "STRASSE".encode())
+        self.assertEqual(uppercase("ǆ".encode()), "Ǆ".encode())
+        self.assertEqual(uppercase("ΐ".encode()).decode(), "\u0399\u0308\u0301")
+
+    def test_split_character_held(self) -> None:
+        codec = Uppercaser()
+        euro = "€".encode()
+        self.assertEqual(codec.feed(b"a" + euro[:1]), b"A")
+        self.assertEqual(codec.pending, euro[:1])
+        self.assertEqual(codec.feed(euro[1:2]), b"")
+        self.assertEqual(codec.feed(euro[2:] + b"b"), euro + b"B")
+        self.assertEqual(codec.flush(), b"")
+
+    def test_partial_character_flushed_unchanged(self) -> None:
+        codec = Uppercaser()
+        self.assertEqual(codec.feed(b"x\xe2\x82"), b"X")
+        self.assertEqual(codec.flush(), b"\xe2\x82")
+        # The codec is ready for a new stream afterwards.
+        self.assertEqual(codec.feed(b"y"), b"Y")
+
+    def test_invalid_bytes_pass_through(self) -> None:
+        self.assertEqual(uppercase(b"caf\xe9 \xff\xfe ok"), b"CAF\xe9 \xff\xfe OK")
+
+    def test_ascii_fast_path_skips_decoder(self) -> None:
+        """A pure-ASCII chunk with nothing pending never reaches the decoder."""
+        codec = Uppercaser()
+
+        class Boom:
+            def decode(self, data: bytes, final: bool = False) -> str:
+                raise AssertionError("decoder used for ASCII")
+
+        codec._decoder = Boom()  # type: ignore[assignment]
+        self.assertEqual(codec.feed(b"hello, world\n"), b"HELLO, WORLD\n")
+
+    def test_ascii_after_pending_takes_slow_path(self) -> None:
+        codec = Uppercaser()
+        codec.feed(b"\xc3")
+        self.assertEqual(codec.feed(b"a"), b"\xc3A")
+
+    def test_ascii_mode_leaves_unicode_alone(self) -> None:
+        data = "straße é".encode()
+        self.assertEqual(Uppercaser(ascii_only=True).feed(data), b"STRA\xc3\x9fE \xc3\xa9")
+
+    def test_capital_not_in_encoding_kept(self) -> None:
+        """Latin-1 has ÿ and µ but not their capitals: they stay."""
+        data = "ÿµé".encode("latin-1")
+        self.assertEqual(uppercase(data, "latin-1"), "ÿµÉ".encode("latin-1"))
+
+    def test_wide_encoding(self) -> None:
+        data = "abc€".encode("utf-16-le")
+        codec = Uppercaser("utf-16-le")
+        out = codec.feed(data[:3]) + codec.feed(data[3:]) + codec.flush()
+        self.assertEqual(out, "ABC€".encode("utf-16-le"))
+
+    def test_wide_encoding_undecodable_passes_through(self) -> None:
+        """A lone UTF-16 surrogate cannot be escaped; its bytes still come back."""
+        data = b"a\x00\x00\xd8b\x00"
+        out = uppercase(data, "utf-16-le")
+        self.assertEqual(len(out), len(data))
+        self.assertIn(b"\x00\xd8", out)
+
+    def test_ascii_compatibility(self) -> None:
+        self.assertTrue(is_ascii_compatible("utf-8"))
+        self.assertTrue(is_ascii_compatible("latin-1"))
+        self.assertFalse(is_ascii_compatible("utf-16-le"))
+        self.assertFalse(is_ascii_compatible("utf-7"))
+
+    def test_lookup_encoding(self) -> None:
+        self.assertEqual(lookup_encoding("UTF8"), "utf-8")
+        self.assertRaises(LookupError, lookup_encoding, "no-such-codec")
+        self.assertRaises(LookupError, lookup_encoding, "rot13")

@@ -1,0 +1,208 @@
+"""
+In-memory tests for L{capserv.udp}: a fake datagram transport and a Clock.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import MessageLengthError
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol
+from capserv.ratelimit import TokenBuckets
+from capserv.udp import MAX_REPLY_IPV4, MAX_REPLY_IPV6
+
+CLIENT = ("192.0.2.1", 40000)
+
+
+class FakeDatagramTransport:
+    """Records what is sent; can be told to fail."""
+
+    maxPacketSize = 8192
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.error: Exception | None = None
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.written.append((data, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", "127.0.0.1", 50007)
+
+
+def make(**config: object) -> tuple[UppercaseDatagramProtocol, FakeDatagramTransport, Clock]:
+    clock = Clock()
+    proto = UppercaseDatagramProtocol(CapservConfig(**config), clock=clock)  # type: ignore[arg-type]
+    transport = FakeDatagramTransport()
+    proto.makeConnection(transport)  # type: ignore[arg-type]
+    return proto, transport, clock
+
+
+class ReplyTests(SynchronousTestCase):
+    def test_one_reply_per_datagram_to_source(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived("straße".encode(), CLIENT)
+        proto.datagramReceived(b"two", ("192.0.2.2", 5000))
+        self.assertEqual(tr.written, [("STRASSE".encode(), CLIENT), (b"TWO", ("192.0.2.2", 5000))])
+        self.assertEqual(proto.stats.datagrams_out, 2)
+
+    def test_empty_datagram_gets_empty_reply(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived(b"", CLIENT)
+        self.assertEqual(tr.written, [(b"", CLIENT)])
+
+    def test_invalid_and_partial_bytes_unchanged(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived(b"a\xff\xe2\x82", CLIENT)
+        self.assertEqual(tr.written[0][0], b"A\xff\xe2\x82")
+
+    def test_ascii_mode(self) -> None:
+        proto, tr, _ = make(ascii_only=True)
+        proto.datagramReceived("ß é".encode(), CLIENT)
+        self.assertEqual(tr.written[0][0], "ß é".encode())
+
+    def test_max_packet_size_raised(self) -> None:
+        _, tr, _ = make()
+        self.assertEqual(tr.maxPacketSize, MAX_DATAGRAM)
+
+    def test_ipv6_source(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived(b"v6", ("2001:db8::1", 40000, 0, 0))
+        self.assertEqual(tr.written[0][0], b"V6")
+
+
+class OversizeTests(SynchronousTestCase):
+    def test_reply_over_ipv4_limit_dropped(self) -> None:
+        proto, tr, _ = make()
+        # 'ΐ' is 2 bytes and uppercases to 6: a 30,000-byte datagram grows
+        # to 90,000, over the limit.
+        proto.datagramReceived("ΐ".encode() * 15000, CLIENT)
+        self.assertEqual(tr.written, [])
+        self.assertEqual(proto.stats.drops["oversize"], 1)
+
+    def test_largest_reply_sent(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived(b"a" * MAX_REPLY_IPV4, CLIENT)
+        self.assertEqual(len(tr.written[0][0]), MAX_REPLY_IPV4)
+
+    def test_ipv6_limit(self) -> None:
+        proto, tr, _ = make()
+        proto.datagramReceived(b"a" * MAX_REPLY_IPV6, ("2001:db8::1", 4000, 0, 0))
+        proto.datagramReceived(b"a" * MAX_REPLY_IPV6, ("::ffff:192.0.2.1", 4000, 0, 0))
+        self.assertEqual(len(tr.written), 1)
+        self.assertEqual(proto.stats.drops["oversize"], 1)
+
+
+class LowPortTests(SynchronousTestCase):
+    def test_low_source_ports_not_answered(self) -> None:
+        proto, tr, _ = make()
+        for port in (7, 19, 1023):
+            proto.datagramReceived(b"loop", ("192.0.2.1", port))
+        proto.datagramReceived(b"ok", ("192.0.2.1", 1024))
+        self.assertEqual(tr.written, [(b"OK", ("192.0.2.1", 1024))])
+        self.assertEqual(proto.stats.drops["low_port"], 3)
+
+    def test_option_allows_them(self) -> None:
+        proto, tr, _ = make(udp_allow_low_ports=True)
+        proto.datagramReceived(b"echo", ("192.0.2.1", 7))
+        self.assertEqual(tr.written, [(b"ECHO", ("192.0.2.1", 7))])
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_burst_then_rate(self) -> None:
+        proto, tr, clock = make(udp_rate=10, udp_burst=5)
+        for _ in range(8):
+            proto.datagramReceived(b"x", CLIENT)
+        self.assertEqual(len(tr.written), 5)
+        self.assertEqual(proto.stats.drops["rate_limit"], 3)
+        clock.advance(0.25)  # 2.5 tokens refilled
+        for _ in range(5):
+            proto.datagramReceived(b"x", CLIENT)
+        self.assertEqual(len(tr.written), 7)
+
+    def test_sources_independent(self) -> None:
+        proto, tr, _ = make(udp_rate=1, udp_burst=1)
+        proto.datagramReceived(b"a", ("192.0.2.1", 2000))
+        proto.datagramReceived(b"b", ("192.0.2.1", 2001))  # same IP, other port: same bucket
+        proto.datagramReceived(b"c", ("192.0.2.2", 2000))
+        self.assertEqual([w[0] for w in tr.written], [b"A", b"C"])
+
+    def test_ipv4_mapped_shares_ipv4_bucket(self) -> None:
+        proto, tr, _ = make(udp_rate=1, udp_burst=1)
+        proto.datagramReceived(b"a", ("192.0.2.9", 2000))
+        proto.datagramReceived(b"b", ("::ffff:192.0.2.9", 2000, 0, 0))
+        self.assertEqual(len(tr.written), 1)
+
+    def test_loopback_exempt_by_default(self) -> None:
+        proto, tr, _ = make(udp_rate=1, udp_burst=1)
+        for _ in range(10):
+            proto.datagramReceived(b"x", ("127.0.0.1", 2000))
+            proto.datagramReceived(b"x", ("::1", 2000, 0, 0))
+        self.assertEqual(len(tr.written), 20)
+
+    def test_loopback_limited_when_asked(self) -> None:
+        proto, tr, _ = make(udp_rate=1, udp_burst=1, udp_rate_loopback=True)
+        for _ in range(10):
+            proto.datagramReceived(b"x", ("127.0.0.1", 2000))
+        self.assertEqual(len(tr.written), 1)
+
+    def test_zero_disables(self) -> None:
+        proto, tr, _ = make(udp_rate=0)
+        for _ in range(3000):
+            proto.datagramReceived(b"x", CLIENT)
+        self.assertEqual(len(tr.written), 3000)
+        self.assertIsNone(proto.buckets)
+
+    def test_table_bounded(self) -> None:
+        proto, tr, _ = make(udp_rate=1, udp_burst=1, udp_rate_table_size=100)
+        for i in range(1000):
+            proto.datagramReceived(b"x", (f"10.0.{i // 256}.{i % 256}", 2000))
+        assert proto.buckets is not None
+        self.assertEqual(len(proto.buckets), 100)
+        self.assertEqual(proto.buckets.evictions, 900)
+
+    def test_buckets_least_recently_seen_evicted(self) -> None:
+        buckets = TokenBuckets(rate=1, burst=1, max_size=2)
+        self.assertTrue(buckets.allow("a", 0))
+        self.assertTrue(buckets.allow("b", 0))
+        self.assertFalse(buckets.allow("a", 0))  # a is now the most recent
+        self.assertTrue(buckets.allow("c", 0))  # evicts b
+        self.assertFalse(buckets.allow("a", 0))  # a was kept, still empty
+
+    def test_clock_going_backwards_refills_nothing(self) -> None:
+        buckets = TokenBuckets(rate=1, burst=1, max_size=2)
+        self.assertTrue(buckets.allow("a", 100))
+        self.assertFalse(buckets.allow("a", 50))
+        self.assertFalse(buckets.allow("a", 100.5))
+        self.assertTrue(buckets.allow("a", 101.1))
+
+
+class SendErrorTests(SynchronousTestCase):
+    def test_errors_counted_and_logged_now_and_then(self) -> None:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, tr, clock = make()
+        tr.error = OSError(errno.ENOBUFS, "No buffer space available")
+        for _ in range(100):
+            proto.datagramReceived(b"x", CLIENT)
+        tr.error = MessageLengthError("message too long")
+        proto.datagramReceived(b"x", CLIENT)
+        self.assertEqual(proto.stats.drops["send_error"], 101)
+        warnings = [e for e in events if "Dropped" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertNotIn("log_failure", warnings[0])
+        clock.advance(11)
+        tr.error = OSError(errno.EAGAIN, "try again")
+        proto.datagramReceived(b"x", CLIENT)
+        warnings = [e for e in events if "Dropped" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 2)
+        self.assertEqual(warnings[1]["held"], 100)
+        self.assertEqual(proto.stats.datagrams_out, 0)
