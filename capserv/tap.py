@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from capserv._internals import clear_exit_signal
 from capserv._version import __version__
 from capserv.config import CapservConfig, ConfigError
 from capserv.listen import (
@@ -207,8 +208,11 @@ class CapservService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: CapservConfig, factory: UppercaseFactory, datagram: UppercaseDatagramProtocol) -> None:
+    def __init__(
+        self, config: CapservConfig, factory: UppercaseFactory, datagram: UppercaseDatagramProtocol, reactor: Any
+    ) -> None:
         super().__init__()
+        self.reactor = reactor
         self.config = config
         self.factory = factory
         self.datagram = datagram
@@ -226,7 +230,6 @@ class CapservService(MultiService):
             # SystemExit with a message: one line on stderr, exit status 1,
             # no traceback, nothing left listening.
             raise SystemExit(f"capserv: {e}") from None
-        self._log.info("capserv {version} started", version=__version__)
 
     def startService(self) -> None:
         # Children are already listening; only mark them running.
@@ -236,30 +239,38 @@ class CapservService(MultiService):
         for child in self:
             if not child.running:
                 child.startService()
+        # Logged once the reactor runs, when its signal handlers are in
+        # place: from this line on, SIGTERM means a graceful stop.
+        self.reactor.callWhenRunning(self._log.info, "capserv {version} started", version=__version__)
 
     def stopService(self) -> Deferred[None]:
         from twisted.application.service import Service
 
         Service.stopService(self)
-        stopping = [maybeDeferred(child.stopService) for child in reversed(list(self))]
-        open_now = len(self.factory.connections)
-        if open_now:
-            self._log.info(
-                "Stopping: {count} connections open, waiting up to {timeout:g}s for them to finish",
-                count=open_now,
-                timeout=self.config.shutdown_timeout,
-            )
-        stopping.append(self.factory.drain(self.config.shutdown_timeout))
-        d = DeferredList(stopping, consumeErrors=True)
+        # Refuse at once anything accepted before the listeners are closed.
+        self.factory.stop_accepting()
+        listeners = DeferredList([maybeDeferred(child.stopService) for child in reversed(list(self))], consumeErrors=True)
+
+        def drain(_: object) -> Deferred[None]:
+            open_now = len(self.factory.connections)
+            if open_now:
+                self._log.info(
+                    "Stopping: no longer listening; {count} connections open, "
+                    "waiting up to {timeout:g}s for them to finish",
+                    count=open_now,
+                    timeout=self.config.shutdown_timeout,
+                )
+            return self.factory.drain(self.config.shutdown_timeout)
 
         def stopped(_: object) -> None:
+            clear_exit_signal(self.reactor)
             self._log.info(
                 "capserv stopped: {tcp} TCP connections and {udp} datagrams served",
                 tcp=self.factory.stats.connections_total,
                 udp=self.datagram.stats.datagrams_in,
             )
 
-        return d.addCallback(stopped)
+        return listeners.addCallback(drain).addCallback(stopped)
 
 
 def _raise_file_limit(wanted: int) -> None:
@@ -290,10 +301,15 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
     settings: CapservConfig = config["config"]
     factory = UppercaseFactory(settings, clock=reactor)
     datagram = UppercaseDatagramProtocol(settings, clock=reactor)
-    service = CapservService(settings, factory, datagram)
+    service = CapservService(settings, factory, datagram, reactor)
+    udp_listeners = 0
     for description in config["listen"]:
         if is_udp(description):
-            DatagramListener(description, parse_udp(description), datagram, reactor).setServiceParent(service)
+            # A datagram protocol serves one port; further ports get siblings
+            # that share its counters and rate limiter.
+            protocol = datagram if udp_listeners == 0 else datagram.sibling()
+            udp_listeners += 1
+            DatagramListener(description, parse_udp(description), protocol, reactor).setServiceParent(service)
         else:
             endpoint = endpoints.serverFromString(reactor, description)
             StreamListener(description, endpoint, factory).setServiceParent(service)

@@ -370,6 +370,12 @@ class UppercaseFactory(ServerFactory):
             "bytes_out": stats.bytes_out + sum(p.bytes_out for p in self.connections),
         }
 
+    def stop_accepting(self) -> None:
+        """
+        Refuse every new connection from now on (a graceful stop has begun).
+        """
+        self._accepting = False
+
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
         Stop accepting connections and wait for the open ones to finish.

@@ -72,6 +72,18 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             )
         self._dropLog = LogThrottle(clock, 10.0)
 
+    def sibling(self) -> UppercaseDatagramProtocol:
+        """
+        Another protocol for another port (a protocol serves one port), with
+        the same configuration and clock, sharing these counters and this
+        rate limiter so that limits hold across ports.
+        """
+        other = UppercaseDatagramProtocol(self.config, self.clock)
+        other.stats = self.stats
+        other.buckets = self.buckets
+        other._dropLog = self._dropLog
+        return other
+
     def startProtocol(self) -> None:
         transport = self.transport
         if getattr(transport, "maxPacketSize", MAX_DATAGRAM) < MAX_DATAGRAM:

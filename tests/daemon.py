@@ -1,0 +1,141 @@
+"""
+Run the real C{twistd -n capserv} in a subprocess for end-to-end tests.
+
+Listeners use port 0; the actual addresses are read from the daemon's own
+"Listening ..." log lines, so tests never guess at free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+_LISTENING = re.compile(r"Listening for (streams|datagrams) on (\S+) \((.*)\)$")
+
+
+def twistd_path() -> str:
+    """The twistd script of the interpreter running the tests."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(candidate):
+        return candidate
+    found = shutil.which("twistd")
+    if found is None:
+        raise RuntimeError("twistd not found next to the interpreter or on PATH")
+    return found
+
+
+class Daemon:
+    """One running C{twistd -n capserv}; use as a context manager."""
+
+    def __init__(self, args: Sequence[str], cwd: str | None = None, reactor: str | None = None) -> None:
+        command = [twistd_path(), "-n", "--pidfile="]
+        reactor = reactor or os.environ.get("CAPSERV_TEST_REACTOR")
+        if reactor and reactor != "default":
+            command.append(f"--reactor={reactor}")
+        command += ["capserv", *args]
+        self.command = command
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 20.0) -> str:
+        """Wait for a log line containing C{needle}; return it."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if needle in line:
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no log line with {needle!r}; output so far:\n" + "\n".join(self.lines))
+                self._changed.wait(min(left, 0.2))
+
+    def started(self, timeout: float = 20.0) -> Daemon:
+        self.wait_for("capserv", timeout)
+        self.wait_for(" started", timeout)
+        return self
+
+    def listening(self) -> list[tuple[str, str, str]]:
+        """(kind, address, description) for each listener, in order."""
+        found = []
+        for line in self.lines:
+            match = _LISTENING.search(line)
+            if match:
+                found.append((match.group(1), match.group(2), match.group(3)))
+        return found
+
+    def address(self, index: int) -> tuple[str, int]:
+        """The host and port of the index-th listener."""
+        address = self.listening()[index][1]
+        host, port = address.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def run_daemon(args: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
+    """Run a daemon that is expected to exit by itself; (status, output)."""
+    result = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "capserv", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, result.stdout + result.stderr

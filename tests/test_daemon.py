@@ -1,0 +1,238 @@
+"""
+End-to-end tests of the real C{twistd -n capserv} in a subprocess, on
+loopback: default ports, several listeners, IPv6, UNIX sockets, TLS, ports in
+use, bad options, and the graceful stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .daemon import Daemon, run_daemon
+from .loopback import have_ipv6, tcp_exchange, udp_exchange
+
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
+
+LESSON = Path(__file__).parent / "lesson"
+TCP0 = "tcp:0:interface=127.0.0.1"
+UDP0 = "udp:0:interface=127.0.0.1"
+
+
+def port_free(kind: int, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_lesson_client(name: str, sentence: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(LESSON / name)], input=sentence + "\n", capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(
+    not (port_free(socket.SOCK_STREAM, 50007) and port_free(socket.SOCK_DGRAM, 50007)),
+    reason="port 50007 is taken on this machine",
+)
+def test_defaults_serve_the_lesson_clients_on_50007() -> None:
+    with Daemon([]) as daemon:
+        daemon.started()
+        assert [(kind, addr) for kind, addr, _ in daemon.listening()] == [
+            ("streams", "127.0.0.1:50007"),
+            ("datagrams", "127.0.0.1:50007"),
+        ]
+        out = run_lesson_client("udp_client.py", "hello from the udp client")
+        assert out == "Input lowercase sentence:HELLO FROM THE UDP CLIENT\n"
+        out = run_lesson_client("tcp_client.py", "hello from the tcp client")
+        assert out == "Input lowercase sentence:From Server:  HELLO FROM THE TCP CLIENT\n"
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
+def test_several_listeners_at_once(tmp_path: Path) -> None:
+    sock = tmp_path / "capserv.sock"
+    listen = [TCP0, UDP0, f"unix:{sock}"]
+    if have_ipv6():
+        listen += ["tcp6:0:interface=\\:\\:1", "udp:0:interface=\\:\\:1"]
+    args = [a for d in listen for a in ("--listen", d)]
+    with Daemon(args) as daemon:
+        daemon.started()
+        kinds = [kind for kind, _, _ in daemon.listening()]
+        assert len(kinds) == len(listen)
+        host, port = daemon.address(0)
+        assert tcp_exchange(host, port, "tcp straße".encode()) == "TCP STRASSE".encode()
+        host, port = daemon.address(1)
+        assert udp_exchange(host, port, b"udp") == b"UDP"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(sock))
+            s.sendall(b"over unix")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b"OVER UNIX"
+        if have_ipv6():
+            host, port = daemon.address(3)
+            assert host == "::1"
+            assert tcp_exchange(host, port, b"six") == b"SIX"
+            host, port = daemon.address(4)
+            assert udp_exchange(host, port, b"six") == b"SIX"
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait() == 0
+    assert "127.0.0.1:" in daemon.output and "closed after" in daemon.output
+
+
+def test_tls(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    with Daemon(["--listen", f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}"]) as daemon:
+        daemon.started()
+        host, port = daemon.address(0)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with socket.create_connection((host, port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall("secret straße".encode())
+                reply = b""
+                while len(reply) < len("SECRET STRASSE"):
+                    reply += s.recv(100)
+        assert reply == "SECRET STRASSE".encode()
+        daemon.signal()
+        assert daemon.wait() == 0
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp", "udp"])
+def test_port_in_use_is_one_clear_line(kind: int) -> None:
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            holder.listen(1)
+        port = holder.getsockname()[1]
+        proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        other = "udp" if proto == "tcp" else "tcp"
+        status, output = run_daemon(
+            ["--listen", f"{other}:0:interface=127.0.0.1", "--listen", f"{proto}:{port}:interface=127.0.0.1"]
+        )
+    assert status != 0
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(errors) == 1, output
+    assert f"{proto}:{port}" in errors[0] and "in use" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--idle-timeout=-1"], "--idle-timeout"),
+        (["--max-connections=many"], "--max-connections"),
+        (["--udp-rate=fast"], "--udp-rate"),
+        (["--encoding=klingon"], "--encoding"),
+        (["--listen", "bogus:1"], "bogus:1"),
+        (["--listen", "udp:99999"], "udp:99999"),
+        (["--listen", "udp:50007:interface=nowhere"], "nowhere"),
+        (["--listen", "tcp:notaport"], "tcp:notaport"),
+        (["--listen", "ssl:0:privateKey=/nonexistent.pem"], "ssl:0"),
+        (["--no-such-option"], "no-such-option"),
+    ],
+)
+def test_bad_options_name_the_culprit(args: list[str], culprit: str) -> None:
+    status, output = run_daemon(args)
+    assert status != 0
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert culprit in last, output
+    assert "Listening" not in output
+
+
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_sigterm_mid_transfer_completes_the_reply() -> None:
+    with Daemon(["--listen", TCP0, "--shutdown-timeout=20"]) as daemon:
+        daemon.started()
+        host, port = daemon.address(0)
+        part = b"abcdefghij" * 50000
+        with socket.create_connection((host, port), timeout=20) as s:
+            s.sendall(part)
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_for("Stopping: no longer listening; 1 connections open")
+            # New connections are refused...
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((host, port), timeout=5).close()
+            # ...while the open one goes on being served to the end.
+            s.sendall(part)
+            s.shutdown(socket.SHUT_WR)
+            assert _read_all(s) == (part + part).upper()
+        assert daemon.wait() == 0
+    assert "capserv stopped" in daemon.output
+
+
+def test_shutdown_timeout_closes_the_rest() -> None:
+    with Daemon(["--listen", TCP0, "--shutdown-timeout=1", "--abort-grace=1"]) as daemon:
+        daemon.started()
+        host, port = daemon.address(0)
+        with socket.create_connection((host, port), timeout=20) as s:
+            s.sendall(b"hello")
+            assert s.recv(5) == b"HELLO"
+            started = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            # The silent client is closed once the timeout is up.
+            assert s.recv(100) == b""
+            assert daemon.wait() == 0
+            elapsed = time.monotonic() - started
+        # Generous bound: only that the daemon did not wait for the client.
+        assert elapsed < 15
+    assert "server shutting down" in daemon.output
+
+
+def test_logfile_option_still_works(tmp_path: Path) -> None:
+    logfile = tmp_path / "capserv.log"
+    with Daemon([]) as probe:
+        pass
+    del probe
+    process = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={logfile}",
+            "capserv",
+            "--listen",
+            TCP0,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if logfile.exists() and " started" in logfile.read_text():
+                break
+            time.sleep(0.1)
+        text = logfile.read_text()
+        assert "Listening for streams on 127.0.0.1:" in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
