@@ -1,6 +1,6 @@
 """
 capserv: the uppercase network service of the classic socket-programming
-lesson, as embeddable Twisted protocols and a C{twistd capserv} daemon.
+lesson, as embeddable Twisted protocols and a ``twistd capserv`` daemon.
 
 Importing capserv never imports the global reactor.
 """

@@ -18,13 +18,13 @@ def clear_exit_signal(reactor: Any) -> bool:
     """
     Make twistd exit with status 0 after a graceful stop caused by a signal.
 
-    twistd records the signal that stopped the reactor (C{_exitSignal}) and,
+    twistd records the signal that stopped the reactor (``_exitSignal``) and,
     once the reactor has stopped, kills itself with that signal again, so a
     clean SIGTERM stop ends with status -15.  capserv's contract is status 0
     once open connections were let finish; forgetting the recorded signal
     gives that.
 
-    @return: whether a recorded signal was cleared.
+    :return: whether a recorded signal was cleared.
     """
     if isinstance(getattr(reactor, "_exitSignal", None), int):
         reactor._exitSignal = None

@@ -1,7 +1,7 @@
 """
 Turn Twisted address objects into the key that limits count by.
 
-An IPv6 listener on C{::} sees IPv4 peers as C{::ffff:a.b.c.d}; limits must
+An IPv6 listener on ``::`` sees IPv4 peers as ``::ffff:a.b.c.d``; limits must
 treat them as the IPv4 address they are, or one client could double its
 share by connecting both ways.
 """
@@ -17,11 +17,11 @@ __all__ = ["host_key", "is_loopback"]
 
 def host_key(address: object) -> str | None:
     """
-    The IP address that per-address limits count, or L{None} for addresses
+    The IP address that per-address limits count, or `None` for addresses
     that have none (UNIX sockets, pipes).
 
-    @param address: an L{IAddress} (C{IPv4Address}, C{IPv6Address},
-        C{UNIXAddress}...) or a C{(host, port)} tuple as UDP delivers.
+    :param address: an `IAddress` (``IPv4Address``, ``IPv6Address``,
+        ``UNIXAddress``...) or a ``(host, port)`` tuple as UDP delivers.
     """
     if isinstance(address, tuple):
         host = address[0]
@@ -39,7 +39,7 @@ def host_key(address: object) -> str | None:
 
 def is_loopback(host: str) -> bool:
     """
-    Tell whether C{host} (as L{host_key} returns it) is a loopback address.
+    Tell whether ``host`` (as `host_key` returns it) is a loopback address.
     """
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -49,8 +49,8 @@ def is_loopback(host: str) -> bool:
 
 def describe(address: IAddress | object) -> str:
     """
-    A short human form of an address for log lines: C{1.2.3.4:5678},
-    C{[::1]:5678}, or the UNIX path.
+    A short human form of an address for log lines: ``1.2.3.4:5678``,
+    ``[::1]:5678``, or the UNIX path.
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)

@@ -1,7 +1,7 @@
 """
 The one configuration object that every capserv factory takes.
 
-The daemon builds a L{CapservConfig} from its command line; a program that
+The daemon builds a `CapservConfig` from its command line; a program that
 embeds capserv builds one in code.  Either way the factories see the same
 typed, validated values, so an embedding program gets exactly the daemon's
 behaviour.

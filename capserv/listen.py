@@ -1,10 +1,10 @@
 """
 Listen descriptions: Twisted endpoint strings for streams, and capserv's own
-C{udp:PORT[:interface=ADDRESS]} for datagrams (Twisted has no UDP endpoint
+``udp:PORT[:interface=ADDRESS]`` for datagrams (Twisted has no UDP endpoint
 strings), each turned into a service that listens when started.
 
-A listener that cannot bind raises L{ListenError} from
-C{privilegedStartService} with one line naming the description, so the
+A listener that cannot bind raises `ListenError` from
+``privilegedStartService`` with one line naming the description, so the
 daemon exits with a clear message instead of a traceback.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.testing import MemoryReactor
@@ -35,7 +36,7 @@ __all__ = [
     "parse_udp",
 ]
 
-#: What the daemon serves with no C{--listen}: the lesson's port, on
+#: What the daemon serves with no ``--listen``: the lesson's port, on
 #: loopback only (an open UDP service on a public address is an amplifier
 #: until the operator decides otherwise).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
@@ -50,7 +51,7 @@ class ListenError(Exception):
 @dataclass(frozen=True)
 class UDPDescription:
     """
-    A parsed C{udp:} listen description.
+    A parsed ``udp:`` listen description.
     """
 
     port: int
@@ -60,7 +61,7 @@ class UDPDescription:
 def _split(description: str) -> list[str]:
     """
     Split on colons not escaped with a backslash, as Twisted's endpoint
-    strings do (C{interface=\\:\\:1}).
+    strings do (``interface=\\:\\:1``).
     """
     parts, current, chars = [], [], iter(description)
     for ch in chars:
@@ -77,16 +78,16 @@ def _split(description: str) -> list[str]:
 
 def is_udp(description: str) -> bool:
     """
-    Tell whether a listen description is capserv's C{udp:} kind.
+    Tell whether a listen description is capserv's ``udp:`` kind.
     """
     return description.split(":", 1)[0].strip().lower() == "udp"
 
 
 def parse_udp(description: str) -> UDPDescription:
     """
-    Parse C{udp:PORT[:interface=ADDRESS]} (also C{port=PORT}).
+    Parse ``udp:PORT[:interface=ADDRESS]`` (also ``port=PORT``).
 
-    @raise ListenError: naming what is wrong.
+    :raises ListenError: naming what is wrong.
     """
     parts = _split(description)
     args: list[str] = []
@@ -131,7 +132,7 @@ def check_stream_description(description: str) -> None:
     Parsers check what they can here: an unknown type, a malformed port, a
     TLS key file that cannot be read, a systemd socket that was not passed.
 
-    @raise ListenError: with Twisted's reason.
+    :raises ListenError: with Twisted's reason.
     """
     try:
         endpoints.serverFromString(MemoryReactor(), description)
@@ -188,7 +189,7 @@ class StreamListener(Service):
             self._pending.cancel()
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
+            return port.stopListening()
         return None
 
 
@@ -211,7 +212,7 @@ class DatagramListener(Service):
             self.port = self.reactor.listenUDP(
                 self.udp.port, self.protocol, interface=self.udp.interface, maxPacketSize=MAX_DATAGRAM
             )
-        except Exception as e:
+        except (CannotListenError, OSError) as e:
             raise ListenError(f"cannot listen on {self.description!r}: {e}") from None
         self._log.info(
             "Listening for datagrams on {address} ({description})",

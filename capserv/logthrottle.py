@@ -2,7 +2,7 @@
 Keep a flood of identical events from becoming a flood of log lines.
 
 A send error per packet or a refused connection per attempt is useful once,
-noise a thousand times a second.  L{LogThrottle} lets one line through per
+noise a thousand times a second.  `LogThrottle` lets one line through per
 interval and reports how many it held back in between.
 """
 
@@ -18,12 +18,12 @@ class LogThrottle:
     Decide whether an event should be logged now.
     """
 
-    __slots__ = ("_clock", "interval", "_next", "_held")
+    __slots__ = ("_clock", "_held", "_next", "interval")
 
     def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
         """
-        @param clock: where the time comes from.
-        @param interval: the fewest seconds between two lines.
+        :param clock: where the time comes from.
+        :param interval: the fewest seconds between two lines.
         """
         self._clock = clock
         self.interval = interval
@@ -34,7 +34,7 @@ class LogThrottle:
         """
         Record one event.
 
-        @return: L{None} if this event should not be logged, else the number
+        :return: `None` if this event should not be logged, else the number
             of events held back since the last line that was let through.
         """
         now = self._clock.seconds()

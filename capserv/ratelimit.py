@@ -3,9 +3,9 @@ Per-source token buckets with a bounded table, for the UDP reflection guard.
 
 A UDP server answers whatever address a datagram claims to come from, so a
 spoofed flood turns it into a reflector aimed at a victim.  Each source
-address gets a bucket of C{burst} tokens refilled at C{rate} per second;
+address gets a bucket of ``burst`` tokens refilled at ``rate`` per second;
 a datagram spends one token or is dropped.  The table forgets the source seen
-least recently once it holds C{max_size} addresses, so a flood from many
+least recently once it holds ``max_size`` addresses, so a flood from many
 (spoofed) sources cannot grow memory without bound.
 """
 
@@ -19,14 +19,14 @@ class TokenBuckets:
     A bounded, least-recently-seen table of token buckets keyed by address.
     """
 
-    __slots__ = ("rate", "burst", "max_size", "evictions", "_table")
+    __slots__ = ("_table", "burst", "evictions", "max_size", "rate")
 
     def __init__(self, rate: float, burst: int, max_size: int) -> None:
         """
-        @param rate: tokens added per second to each bucket.
-        @param burst: the most tokens a bucket holds (and a new one starts
+        :param rate: tokens added per second to each bucket.
+        :param burst: the most tokens a bucket holds (and a new one starts
             with).
-        @param max_size: the most addresses remembered at once.
+        :param max_size: the most addresses remembered at once.
         """
         self.rate = float(rate)
         self.burst = float(burst)
@@ -42,11 +42,11 @@ class TokenBuckets:
 
     def allow(self, key: str, now: float) -> bool:
         """
-        Spend one token of C{key}'s bucket if it has one.
+        Spend one token of ``key``'s bucket if it has one.
 
-        @param key: the source address.
-        @param now: the current time in seconds (from the injected clock).
-        @return: C{True} if the datagram may be answered.
+        :param key: the source address.
+        :param now: the current time in seconds (from the injected clock).
+        :return: ``True`` if the datagram may be answered.
         """
         table = self._table
         entry = table.pop(key, None)

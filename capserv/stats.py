@@ -14,19 +14,19 @@ __all__ = ["TCPStats", "UDPStats"]
 
 class TCPStats:
     """
-    Totals for every connection one L{UppercaseFactory} has served.
+    Totals for every connection one `UppercaseFactory` has served.
 
     Byte totals of open connections are added when they close; call
-    L{UppercaseFactory.snapshot} for figures that include them.
+    `UppercaseFactory.snapshot` for figures that include them.
     """
 
     __slots__ = (
-        "connections_total",
-        "connections_refused",
-        "idle_timeouts",
         "aborts",
         "bytes_in",
         "bytes_out",
+        "connections_refused",
+        "connections_total",
+        "idle_timeouts",
         "pauses",
     )
 
@@ -34,7 +34,7 @@ class TCPStats:
         #: Connections accepted and served.
         self.connections_total = 0
         #: Connections closed at once, by the limit that refused them
-        #: (C{"max_connections"}, C{"max_connections_per_ip"}, C{"shutdown"}).
+        #: (``"max_connections"``, ``"max_connections_per_ip"``, ``"shutdown"``).
         self.connections_refused: Counter[str] = Counter()
         #: Connections closed for being idle.
         self.idle_timeouts = 0
@@ -50,16 +50,16 @@ class TCPStats:
 
 class UDPStats:
     """
-    Totals for one L{UppercaseDatagramProtocol}.
+    Totals for one `UppercaseDatagramProtocol`.
     """
 
-    __slots__ = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "drops")
+    __slots__ = ("bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "drops")
 
     def __init__(self) -> None:
         self.datagrams_in = 0
         self.datagrams_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: Datagrams not answered, by reason: C{"rate_limit"},
-        #: C{"oversize"}, C{"low_port"}, C{"send_error"}.
+        #: Datagrams not answered, by reason: ``"rate_limit"``,
+        #: ``"oversize"``, ``"low_port"``, ``"send_error"``.
         self.drops: Counter[str] = Counter()

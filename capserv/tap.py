@@ -1,7 +1,7 @@
 """
-The C{twistd capserv} command line: L{Options} and L{makeService}.
+The ``twistd capserv`` command line: `Options` and `makeService`.
 
-Options are turned into one L{CapservConfig} here and handed to the
+Options are turned into one `CapservConfig` here and handed to the
 factories; nothing else reads the command line.
 """
 
@@ -29,6 +29,7 @@ from capserv.listen import (
     is_udp,
     parse_udp,
 )
+from capserv.reactor import global_reactor
 from capserv.tcp import UppercaseFactory
 from capserv.udp import UppercaseDatagramProtocol
 
@@ -58,7 +59,7 @@ def _number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]
 
 class Options(usage.Options):
     """
-    Command-line options for C{twistd capserv}.
+    Command-line options for ``twistd capserv``.
     """
 
     synopsis = "[options]"
@@ -142,7 +143,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
@@ -202,7 +203,7 @@ class CapservService(MultiService):
     protocol, with a graceful stop.
 
     Stopping stops every listener at once (new connections are refused),
-    then waits up to C{shutdown_timeout} seconds for open connections to
+    then waits up to ``shutdown_timeout`` seconds for open connections to
     finish before closing them.
     """
 
@@ -211,7 +212,7 @@ class CapservService(MultiService):
     def __init__(
         self, config: CapservConfig, factory: UppercaseFactory, datagram: UppercaseDatagramProtocol, reactor: Any
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.config = config
         self.factory = factory
@@ -249,7 +250,9 @@ class CapservService(MultiService):
         Service.stopService(self)
         # Refuse at once anything accepted before the listeners are closed.
         self.factory.stop_accepting()
-        listeners = DeferredList([maybeDeferred(child.stopService) for child in reversed(list(self))], consumeErrors=True)
+        listeners = DeferredList(
+            [maybeDeferred(child.stopService) for child in reversed(list(self))], consumeErrors=True
+        )
 
         def drain(_: object) -> Deferred[None]:
             open_now = len(self.factory.connections)
@@ -275,8 +278,8 @@ class CapservService(MultiService):
 
 def _raise_file_limit(wanted: int) -> None:
     """
-    Raise the soft limit on open files towards C{wanted} (at most the hard
-    limit), so C{--max-connections} is not cut short by the default 1,024.
+    Raise the soft limit on open files towards ``wanted`` (at most the hard
+    limit), so ``--max-connections`` is not cut short by the default 1,024.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -289,15 +292,13 @@ def _raise_file_limit(wanted: int) -> None:
 
 def makeService(config: Options | dict[str, Any], reactor: Any = None) -> CapservService:
     """
-    Build the capserv service from parsed L{Options}.
+    Build the capserv service from parsed `Options`.
 
-    @param reactor: the reactor to listen with and take time from; the
-        global one if L{None}, looked up now.
+    :param reactor: the reactor to listen with and take time from; the
+        global one if `None`, looked up now.
     """
     if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+        reactor = global_reactor()
     settings: CapservConfig = config["config"]
     factory = UppercaseFactory(settings, clock=reactor)
     datagram = UppercaseDatagramProtocol(settings, clock=reactor)
@@ -309,8 +310,8 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
             # that share its counters and rate limiter.
             protocol = datagram if udp_listeners == 0 else datagram.sibling()
             udp_listeners += 1
-            DatagramListener(description, parse_udp(description), protocol, reactor).setServiceParent(service)
+            DatagramListener(description, parse_udp(description), protocol, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
         else:
             endpoint = endpoints.serverFromString(reactor, description)
-            StreamListener(description, endpoint, factory).setServiceParent(service)
+            StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service

@@ -1,13 +1,13 @@
 """
-The uppercase service over streams: a L{Protocol} and its L{Factory}.
+The uppercase service over streams: a `Protocol` and its `Factory`.
 
 Whatever arrives is uppercased and written back as soon as it arrives, with
 no framing, so one-shot clients, interactive ones and bulk pipes all work.
 The factory holds the state shared by its connections: configuration,
 clock, counters and the connection limits.
 
-Data flows one way: transport -> L{UppercaseProtocol.dataReceived} ->
-L{Uppercaser} -> C{transport.write}.
+Data flows one way: transport -> `UppercaseProtocol.dataReceived` ->
+`Uppercaser` -> ``transport.write``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from zope.interface import implementer
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
+from capserv.reactor import global_reactor
 from capserv.stats import TCPStats
 from capserv.text import Uppercaser
 
@@ -47,8 +48,8 @@ class _ReadThrottle:
     mark.
 
     Registered as the transport's streaming producer: the transport calls
-    L{pauseProducing} when its write buffer passes the mark and
-    L{resumeProducing} once it has drained, and this object turns those into
+    `pauseProducing` when its write buffer passes the mark and
+    `resumeProducing` once it has drained, and this object turns those into
     "stop reading" and "start reading" on the same transport.  So a client
     that sends without reading cannot make the server buffer without bound.
     """
@@ -85,7 +86,7 @@ class UppercaseProtocol(Protocol):
     factory: UppercaseFactory
     transport: ITransport
 
-    def __init__(self, factory: UppercaseFactory, peer: IAddress) -> None:
+    def __init__(self, factory: UppercaseFactory, peer: IAddress | None) -> None:
         self.factory = factory
         self.peer = peer
         config = factory.config
@@ -113,11 +114,11 @@ class UppercaseProtocol(Protocol):
         now = self._clock.seconds()
         self.started = self._lastActivity = now
         transport = self.transport
-        highWater = factory.config.high_water
+        high_water = factory.config.high_water
         if isinstance(getattr(transport, "bufferSize", None), int):
             # The transport pauses its producer once this many bytes are
             # waiting to be sent.
-            transport.bufferSize = highWater  # type: ignore[attr-defined]
+            transport.bufferSize = high_water  # type: ignore[attr-defined]
         transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
         if self._idleTimeout > 0:
             self._timer = self._clock.callLater(self._idleTimeout, self._timerFired)
@@ -160,8 +161,7 @@ class UppercaseProtocol(Protocol):
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
         self._log.info(
-            "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, "
-            "{bytes_out} bytes out ({reason})",
+            "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({reason})",
             peer=describe(self.peer),
             duration=duration,
             bytes_in=self.bytes_in,
@@ -202,7 +202,7 @@ class UppercaseProtocol(Protocol):
     def _closeNow(self, grace: float) -> None:
         """
         Stop reading, send what is buffered and close; abort if the peer has
-        not taken it within C{grace} seconds (0: wait as long as it takes).
+        not taken it within ``grace`` seconds (0: wait as long as it takes).
         """
         self.closing = True
         self._closeWhenDrained = False
@@ -254,7 +254,7 @@ class _Refused(Protocol):
 
 class UppercaseFactory(ServerFactory):
     """
-    Build L{UppercaseProtocol} connections that share one configuration,
+    Build `UppercaseProtocol` connections that share one configuration,
     one clock, one set of counters and the connection limits.
 
     Listen with it on any stream endpoint::
@@ -268,16 +268,14 @@ class UppercaseFactory(ServerFactory):
     #: capserv logs its own listening and connection lines.
     noisy = False
 
-    def __init__(
-        self, config: CapservConfig | None = None, clock: IReactorTime | None = None
-    ) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
         """
-        @param config: the behaviour; the daemon's defaults if L{None}.
-        @param clock: where time comes from (timeouts, durations); the global
-            reactor if L{None}, looked up now rather than at import time.
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (timeouts, durations); the global
+            reactor if `None`, looked up now rather than at import time.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            clock = global_reactor()
         assert clock is not None
         self.config = config if config is not None else CapservConfig()
         self.clock: IReactorTime = clock
@@ -289,7 +287,7 @@ class UppercaseFactory(ServerFactory):
         self._accepting = True
         self._drained: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
         Build a protocol for a new connection, or a refusal if a limit says
         no.
@@ -309,13 +307,12 @@ class UppercaseFactory(ServerFactory):
             return _Refused()
         return UppercaseProtocol(self, addr)
 
-    def _refuse(self, addr: IAddress, limit: str) -> None:
+    def _refuse(self, addr: IAddress | None, limit: str) -> None:
         self.stats.connections_refused[limit] += 1
         held = self._refusedLog.check()
         if held is not None:
             self._log.warn(
-                "Refused connection from {peer}: {limit} reached "
-                "({held} more refused since the last report)",
+                "Refused connection from {peer}: {limit} reached ({held} more refused since the last report)",
                 peer=describe(addr),
                 limit=limit,
                 held=held,
@@ -380,12 +377,12 @@ class UppercaseFactory(ServerFactory):
         """
         Stop accepting connections and wait for the open ones to finish.
 
-        New connections are refused from now on.  After C{timeout} seconds
-        (the configured C{shutdown_timeout} if L{None}; 0 means at once) the
+        New connections are refused from now on.  After ``timeout`` seconds
+        (the configured ``shutdown_timeout`` if `None`; 0 means at once) the
         connections still open are closed: what is buffered is sent, and
         those that will not take it are aborted after the configured grace.
 
-        @return: a L{Deferred} that fires once every connection has closed.
+        :return: a `Deferred` that fires once every connection has closed.
         """
         self._accepting = False
         if not self.connections:
@@ -401,7 +398,13 @@ class UppercaseFactory(ServerFactory):
 
         if timeout > 0:
             call = self.clock.callLater(timeout, closeTheRest)
-            d.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
+
+            def cancelTimer(result: None) -> None:
+                if call.active():
+                    call.cancel()
+                return result
+
+            d.addCallback(cancelTimer)
         else:
             closeTheRest()
         return d

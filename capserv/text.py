@@ -2,19 +2,19 @@
 The uppercasing codec: bytes in, uppercase bytes out, one chunk at a time.
 
 TCP delivers a byte stream in arbitrary pieces, so a multi-byte character can
-arrive split across two reads.  L{Uppercaser} keeps such a partial character
+arrive split across two reads.  `Uppercaser` keeps such a partial character
 until the rest of it arrives (it is never mangled), passes bytes that are not
-valid in the encoding through unchanged (C{surrogateescape}: nothing a client
+valid in the encoding through unchanged (``surrogateescape``: nothing a client
 sends is lost or replaced), and flushes a trailing partial character
 unchanged at end of input.
 
 Two fast paths keep the common case cheap:
 
-    - ASCII mode (C{ascii_only=True}) maps only C{a}-C{z} with
-      L{bytes.upper}; every other byte is left alone and the length never
+    - ASCII mode (``ascii_only=True``) maps only ``a``-``z`` with
+      `bytes.upper`; every other byte is left alone and the length never
       changes.
     - In Unicode mode, a chunk of pure ASCII with nothing pending is
-      uppercased with L{bytes.upper} too, with no decode/encode round trip,
+      uppercased with `bytes.upper` too, with no decode/encode round trip,
       as long as the encoding maps ASCII bytes to ASCII characters one to one
       (UTF-8, Latin-1, the cp125x family...).
 """
@@ -22,7 +22,7 @@ Two fast paths keep the common case cheap:
 from __future__ import annotations
 
 import codecs
-from functools import lru_cache
+from functools import cache
 
 __all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "uppercase"]
 
@@ -33,10 +33,10 @@ def lookup_encoding(name: str) -> str:
     """
     Resolve a codec name to its canonical Python name.
 
-    @param name: any name Python's L{codecs} registry knows (C{"utf8"},
-        C{"latin-1"}, C{"cp1252"}...).
-    @return: the canonical name, e.g. C{"utf-8"}.
-    @raise LookupError: if C{name} is not a text encoding Python knows, so
+    :param name: any name Python's `codecs` registry knows (``"utf8"``,
+        ``"latin-1"``, ``"cp1252"``...).
+    :return: the canonical name, e.g. ``"utf-8"``.
+    :raises LookupError: if ``name`` is not a text encoding Python knows, so
         configuration can report the culprit instead of failing per packet.
     """
     info = codecs.lookup(name)
@@ -45,13 +45,13 @@ def lookup_encoding(name: str) -> str:
     return info.name
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_ascii_compatible(encoding: str) -> bool:
     """
     Tell whether every ASCII byte stands for the same ASCII character alone.
 
     When it does, a chunk of pure ASCII bytes means the same text in this
-    encoding as in ASCII, so L{bytes.upper} gives the right answer without
+    encoding as in ASCII, so `bytes.upper` gives the right answer without
     decoding.  Stateful encodings (UTF-7, ISO-2022) and wide ones (UTF-16,
     UTF-32) fail the test and always take the full path.
     """
@@ -69,7 +69,7 @@ def uppercase(data: bytes, encoding: str = "utf-8", ascii_only: bool = False) ->
     """
     Uppercase one complete message (a datagram, a whole input).
 
-    The same rules as L{Uppercaser}, for input that has no continuation.
+    The same rules as `Uppercaser`, for input that has no continuation.
     """
     if ascii_only:
         return data.upper()
@@ -81,17 +81,17 @@ class Uppercaser:
     """
     An incremental uppercaser for a byte stream.
 
-    Feed it chunks with L{feed} as they arrive and call L{flush} at end of
+    Feed it chunks with `feed` as they arrive and call `flush` at end of
     input.  The concatenated output is exactly what uppercasing the whole
     input at once gives, however the input was cut.
     """
 
-    __slots__ = ("encoding", "ascii_only", "_fast", "_decoder", "_pending")
+    __slots__ = ("_decoder", "_fast", "_pending", "ascii_only", "encoding")
 
     def __init__(self, encoding: str = "utf-8", ascii_only: bool = False) -> None:
         """
-        @param encoding: the name of a Python text codec; UTF-8 by default.
-        @param ascii_only: map only C{a}-C{z} and leave every other byte
+        :param encoding: the name of a Python text codec; UTF-8 by default.
+        :param ascii_only: map only ``a``-``z`` and leave every other byte
             alone, whatever the encoding.
         """
         self.encoding = lookup_encoding(encoding)
@@ -115,8 +115,8 @@ class Uppercaser:
         """
         Uppercase the next chunk of the stream.
 
-        @return: the uppercase bytes for every character completed by
-            C{data}; a partial character at its end is held back.
+        :return: the uppercase bytes for every character completed by
+            ``data``; a partial character at its end is held back.
         """
         if self.ascii_only or (self._fast and not self._pending and data.isascii()):
             return data.upper()
@@ -154,8 +154,8 @@ class Uppercaser:
 
 def _encode_upper(text: str, encoding: str) -> bytes:
     """
-    Encode C{text.upper()}, keeping any character whose capital the
-    encoding cannot represent (Latin-1 has C{"ÿ"} but not C{"Ÿ"}).
+    Encode ``text.upper()``, keeping any character whose capital the
+    encoding cannot represent (Latin-1 has ``"ÿ"`` but not ``"Ÿ"``).
     """
     upper = text.upper()
     try:

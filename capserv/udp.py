@@ -20,6 +20,7 @@ from capserv.addresses import host_key, is_loopback
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
 from capserv.ratelimit import TokenBuckets
+from capserv.reactor import global_reactor
 from capserv.stats import UDPStats
 from capserv.text import uppercase
 
@@ -43,33 +44,29 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         reactor.listenUDP(50007, UppercaseDatagramProtocol(),
                           interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
 
-    (L{startProtocol} raises a smaller C{maxPacketSize} it finds on its
-    transport, so a plain C{listenUDP} works too.)
+    (`startProtocol` raises a smaller ``maxPacketSize`` it finds on its
+    transport, so a plain ``listenUDP`` works too.)
     """
 
     _log = Logger()
     #: The listener logs the address; Twisted's start/stop lines add nothing.
     noisy = False
 
-    def __init__(
-        self, config: CapservConfig | None = None, clock: IReactorTime | None = None
-    ) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
         """
-        @param config: the behaviour; the daemon's defaults if L{None}.
-        @param clock: where time comes from (rate limit, log throttling);
-            the global reactor if L{None}, looked up now.
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (rate limit, log throttling);
+            the global reactor if `None`, looked up now.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            clock = global_reactor()
         assert clock is not None
         self.config = config if config is not None else CapservConfig()
         self.clock: IReactorTime = clock
         self.stats = UDPStats()
         self.buckets: TokenBuckets | None = None
         if self.config.udp_rate > 0:
-            self.buckets = TokenBuckets(
-                self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size
-            )
+            self.buckets = TokenBuckets(self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size)
         self._dropLog = LogThrottle(clock, 10.0)
 
     def sibling(self) -> UppercaseDatagramProtocol:

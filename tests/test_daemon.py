@@ -74,7 +74,7 @@ def test_several_listeners_at_once(tmp_path: Path) -> None:
         kinds = [kind for kind, _, _ in daemon.listening()]
         assert len(kinds) == len(listen)
         host, port = daemon.address(0)
-        assert tcp_exchange(host, port, "tcp straße".encode()) == "TCP STRASSE".encode()
+        assert tcp_exchange(host, port, "tcp straße".encode()) == b"TCP STRASSE"
         host, port = daemon.address(1)
         assert udp_exchange(host, port, b"udp") == b"UDP"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -111,7 +111,7 @@ def test_tls(tmp_path: Path) -> None:
                 reply = b""
                 while len(reply) < len("SECRET STRASSE"):
                     reply += s.recv(100)
-        assert reply == "SECRET STRASSE".encode()
+        assert reply == b"SECRET STRASSE"
         daemon.signal()
         assert daemon.wait() == 0
 
@@ -208,9 +208,6 @@ def test_shutdown_timeout_closes_the_rest() -> None:
 
 def test_logfile_option_still_works(tmp_path: Path) -> None:
     logfile = tmp_path / "capserv.log"
-    with Daemon([]) as probe:
-        pass
-    del probe
     process = subprocess.Popen(
         [
             os.path.join(os.path.dirname(sys.executable), "twistd"),
@@ -236,3 +233,45 @@ def test_logfile_option_still_works(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
+
+
+def test_json_lines_logger() -> None:
+    import json
+
+    process = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "twistd"),
+            "-n",
+            "--pidfile=",
+            "--logger=capserv.logs.json_lines",
+            "capserv",
+            "--listen",
+            TCP0,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        events = []
+        for line in process.stdout:
+            assert not line.startswith("\x1e")
+            events.append(json.loads(line))
+            if "capserv {version} started" in events[-1].get("log_format", ""):
+                break
+        (listening,) = [e for e in events if "Listening for streams" in e.get("log_format", "")]
+        host, port = listening["address"].rsplit(":", 1)
+        assert tcp_exchange(host, int(port), b"json") == b"JSON"
+        for line in process.stdout:
+            event = json.loads(line)
+            if "closed after" in event.get("log_format", ""):
+                assert (event["bytes_in"], event["bytes_out"], event["reason"]) == (4, 4, "end of input")
+                break
+        else:
+            raise AssertionError("no connection line")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        process.stdout.close()

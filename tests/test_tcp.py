@@ -57,7 +57,7 @@ class StreamTests(SynchronousTestCase):
         proto.dataReceived(b"hello ")
         self.assertEqual(tr.value(), b"HELLO ")
         proto.dataReceived("straße\n".encode())
-        self.assertEqual(tr.value(), "HELLO STRASSE\n".encode())
+        self.assertEqual(tr.value(), b"HELLO STRASSE\n")
         self.assertFalse(tr.disconnecting)
 
     def test_split_character_across_reads(self) -> None:
@@ -130,13 +130,13 @@ class HalfCloseTests(SynchronousTestCase):
 class BackpressureTests(SynchronousTestCase):
     def test_transport_registered_as_streaming_producer(self) -> None:
         h = Harness()
-        proto, tr = h.connect()
+        _proto, tr = h.connect()
         self.assertTrue(tr.streaming)
         self.assertIsNotNone(tr.producer)
 
     def test_pause_stops_reading_and_resume_restarts(self) -> None:
         h = Harness()
-        proto, tr = h.connect()
+        _proto, tr = h.connect()
         tr.producer.pauseProducing()
         self.assertEqual(tr.producerState, "paused")
         self.assertEqual(h.factory.stats.pauses, 1)
@@ -180,7 +180,7 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_drain_counts_as_traffic(self) -> None:
         h = Harness(idle_timeout=10)
-        proto, tr = h.connect()
+        _proto, tr = h.connect()
         tr.producer.pauseProducing()
         h.clock.advance(8)
         tr.producer.resumeProducing()
@@ -191,7 +191,7 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_zero_disables(self) -> None:
         h = Harness(idle_timeout=0)
-        proto, tr = h.connect()
+        _proto, tr = h.connect()
         self.assertEqual(h.clock.getDelayedCalls(), [])
         h.clock.advance(10**6)
         self.assertFalse(tr.disconnecting)
@@ -199,14 +199,14 @@ class IdleTimeoutTests(SynchronousTestCase):
     def test_one_timer_per_connection(self) -> None:
         """Reads do not create or reset timers: one DelayedCall only."""
         h = Harness(idle_timeout=10)
-        proto, tr = h.connect()
+        proto, _tr = h.connect()
         for _ in range(100):
             proto.dataReceived(b"x")
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
 
     def test_timers_cancelled_on_close(self) -> None:
         h = Harness()
-        proto, tr = h.connect()
+        proto, _tr = h.connect()
         h.lose(proto)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
@@ -278,7 +278,7 @@ class LoggingAndStatsTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         h = Harness()
-        proto, tr = h.connect("192.0.2.5", 4242)
+        proto, _tr = h.connect("192.0.2.5", 4242)
         proto.dataReceived(b"abc")
         h.clock.advance(1.5)
         proto.readConnectionLost()

@@ -1,12 +1,13 @@
 # The lesson's TCP client ("connect, send a sentence, read the reply, print
 # it, close"), written as the course's textbook gives it, on port 50007.
 from socket import *
-serverName = 'localhost'
+
+serverName = "localhost"
 serverPort = 50007
 clientSocket = socket(AF_INET, SOCK_STREAM)
 clientSocket.connect((serverName, serverPort))
-sentence = input('Input lowercase sentence:')
+sentence = input("Input lowercase sentence:")
 clientSocket.send(sentence.encode())
 modifiedSentence = clientSocket.recv(1024)
-print ('From Server: ', modifiedSentence.decode())
+print("From Server: ", modifiedSentence.decode())
 clientSocket.close()

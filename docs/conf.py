@@ -1,0 +1,23 @@
+"""Sphinx configuration for the capserv documentation."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+from capserv import __version__  # noqa: E402
+
+project = "capserv"
+author = "the capserv developers"
+copyright = "2026, the capserv developers"
+version = release = __version__
+
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode"]
+default_role = "py:obj"
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+# No network on the build machines: no intersphinx inventories are fetched.
+intersphinx_mapping: dict = {}
