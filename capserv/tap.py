@@ -7,7 +7,9 @@ factories; nothing else reads the command line.
 
 from __future__ import annotations
 
+import os
 import resource
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +168,25 @@ class Options(usage.Options):
         "haproxy:tcp:50007...) or udp:PORT[:interface=ADDRESS] for datagrams. "
         "Default: tcp:50007:interface=127.0.0.1 and udp:50007:interface=127.0.0.1."
     )
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line; a bad option raises `usage.UsageError`.
+
+        Run as twistd's subcommand, a usage error instead prints the usage
+        and exits with status 1 and the error as the last line: twistd
+        before 26.10 printed it and exited 0, which a service manager would
+        take for success.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            parent = getattr(self, "parent", None)
+            if parent is None:
+                raise
+            print(parent)
+            command = " ".join(os.path.basename(a) for a in sys.argv[0:2])
+            raise SystemExit(f"{command}: {e}") from None
 
     def opt_version(self) -> None:
         """

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-from capserv import __version__  # noqa: E402
+from capserv import __version__
 
 project = "capserv"
 author = "the capserv developers"

@@ -6,13 +6,17 @@ use, bad options, and the graceful stop.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,12 +48,24 @@ def run_lesson_client(name: str, sentence: str) -> str:
     return result.stdout
 
 
-@pytest.mark.skipif(
-    not (port_free(socket.SOCK_STREAM, 50007) and port_free(socket.SOCK_DGRAM, 50007)),
-    reason="port 50007 is taken on this machine",
-)
+@contextlib.contextmanager
+def lesson_port() -> Iterator[None]:
+    """
+    Hold port 50007 for one test: parallel test runs (tox run-parallel)
+    take turns through a lock file; a port taken by anything else skips.
+    """
+    with open(os.path.join(tempfile.gettempdir(), "capserv-tests-50007.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (port_free(socket.SOCK_STREAM, 50007) and port_free(socket.SOCK_DGRAM, 50007)):
+                pytest.skip("port 50007 is taken on this machine by something other than these tests")
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def test_defaults_serve_the_lesson_clients_on_50007() -> None:
-    with Daemon([]) as daemon:
+    with lesson_port(), Daemon([]) as daemon:
         daemon.started()
         assert [(kind, addr) for kind, addr, _ in daemon.listening()] == [
             ("streams", "127.0.0.1:50007"),
@@ -175,6 +191,9 @@ def test_sigterm_mid_transfer_completes_the_reply() -> None:
         part = b"abcdefghij" * 50000
         with socket.create_connection((host, port), timeout=20) as s:
             s.sendall(part)
+            # The server has accepted and is serving before the stop begins.
+            first = s.recv(10)
+            assert first and part.upper().startswith(first)
             daemon.signal(signal.SIGTERM)
             daemon.wait_for("Stopping: no longer listening; 1 connections open")
             # New connections are refused...
@@ -183,7 +202,7 @@ def test_sigterm_mid_transfer_completes_the_reply() -> None:
             # ...while the open one goes on being served to the end.
             s.sendall(part)
             s.shutdown(socket.SHUT_WR)
-            assert _read_all(s) == (part + part).upper()
+            assert first + _read_all(s) == (part + part).upper()
         assert daemon.wait() == 0
     assert "capserv stopped" in daemon.output
 

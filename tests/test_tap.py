@@ -184,3 +184,19 @@ class ServiceTests(SynchronousTestCase):
         listener = next(iter(service))
         self.assertIsInstance(listener, StreamListener)
         self.assertIsNone(listener.port)  # type: ignore[attr-defined]
+
+
+class TwistdUsageErrorTests(SynchronousTestCase):
+    def test_usage_error_under_twistd_exits_non_zero(self) -> None:
+        """As twistd's subcommand, a bad option exits with a message (twistd
+        before 26.10 would print it and exit 0)."""
+        import io
+        from contextlib import redirect_stdout
+
+        options = Options()
+        options.parent = usage.Options()  # type: ignore[attr-defined]
+        out = io.StringIO()
+        with redirect_stdout(out), self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--udp-burst=lots"])
+        self.assertIn("--udp-burst", str(caught.exception.code))
+        self.assertNotEqual(caught.exception.code, 0)
