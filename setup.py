@@ -53,7 +53,7 @@ setup(
             "Twisted[tls]>=23.10.0",
         ],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["capserv-client = capserv.client_cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
