@@ -126,6 +126,13 @@ def main(dist: str) -> None:
                 u.settimeout(10)
                 u.sendto(b"datagram", addresses["datagrams"])
                 check(u.recvfrom(2048)[0] == b"DATAGRAM", "UDP round trip through the installed daemon")
+            client = os.path.join(bindir, "capserv-client")
+            host, port = addresses["streams"]
+            result = run([client, "--host", host, "--port", str(port), "console", "script"], cwd=outside)
+            check(result.stdout == "CONSOLE SCRIPT\n", "the installed capserv-client talks TCP")
+            host, port = addresses["datagrams"]
+            result = run([client, "--udp", "--host", host, "--port", str(port), "console", "udp"], cwd=outside)
+            check(result.stdout == "CONSOLE UDP\n", "the installed capserv-client talks UDP")
         finally:
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(30)
