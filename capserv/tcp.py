@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from capserv._internals import stream_writer
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
@@ -120,6 +121,7 @@ class UppercaseProtocol(Protocol):
             # waiting to be sent.
             transport.bufferSize = high_water  # type: ignore[attr-defined]
         transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
+        self._write = stream_writer(transport)
         if self._idleTimeout > 0:
             self._timer = self._clock.callLater(self._idleTimeout, self._timerFired)
 
@@ -129,7 +131,7 @@ class UppercaseProtocol(Protocol):
         reply = self._codec.feed(data)
         if reply:
             self.bytes_out += len(reply)
-            self.transport.write(reply)
+            self._write(reply)
 
     def readConnectionLost(self) -> None:
         """

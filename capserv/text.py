@@ -97,7 +97,9 @@ class Uppercaser:
         self.encoding = lookup_encoding(encoding)
         self.ascii_only = ascii_only
         self._fast = ascii_only or is_ascii_compatible(self.encoding)
-        self._decoder = codecs.getincrementaldecoder(self.encoding)(_ERRORS)
+        # Made on first use: most connections only ever see ASCII, and an
+        # idle connection should cost as little memory as possible.
+        self._decoder: codecs.IncrementalDecoder | None = None
         # True while the decoder may hold bytes of an incomplete character.
         self._pending = False
 
@@ -106,7 +108,7 @@ class Uppercaser:
         """
         The bytes held back: the start of a character not yet complete.
         """
-        if not self._pending:
+        if not self._pending or self._decoder is None:
             return b""
         state = self._decoder.getstate()
         return state[0] if isinstance(state[0], bytes) else b""
@@ -128,12 +130,15 @@ class Uppercaser:
         partial character, and reset for a new stream.
         """
         if self.ascii_only or not self._pending:
-            self._decoder.reset()
+            if self._decoder is not None:
+                self._decoder.reset()
             return b""
         return self._slow(b"", True)
 
     def _slow(self, data: bytes, final: bool) -> bytes:
         decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = codecs.getincrementaldecoder(self.encoding)(_ERRORS)
         before = self.pending
         try:
             text = decoder.decode(data, final)

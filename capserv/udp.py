@@ -16,13 +16,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from capserv._internals import datagram_sender
 from capserv.addresses import host_key, is_loopback
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
 from capserv.ratelimit import TokenBuckets
 from capserv.reactor import global_reactor
 from capserv.stats import UDPStats
-from capserv.text import uppercase
+from capserv.text import is_ascii_compatible, uppercase
 
 __all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "UppercaseDatagramProtocol"]
 
@@ -32,6 +33,17 @@ MAX_DATAGRAM = 65535
 MAX_REPLY_IPV4 = 65507
 #: The largest UDP payload over IPv6 without jumbograms: 65,535 - 8.
 MAX_REPLY_IPV6 = 65527
+
+
+def _loopback(host: str) -> bool:
+    """
+    Tell whether a source is on loopback, cheaply for the common forms.
+    """
+    if host.startswith("127.") or host == "::1" or host.startswith("::ffff:127."):
+        return True
+    if "." in host and not host.startswith("::ffff:"):
+        return False  # any other IPv4 address
+    return is_loopback(host.split("%", 1)[0][7:] if host.startswith("::ffff:") else host.split("%", 1)[0])
 
 
 class UppercaseDatagramProtocol(DatagramProtocol):
@@ -68,6 +80,10 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if self.config.udp_rate > 0:
             self.buckets = TokenBuckets(self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size)
         self._dropLog = LogThrottle(clock, 10.0)
+        # ASCII input can be uppercased with bytes.upper() in this encoding.
+        self._ascii = self.config.ascii_only
+        self._fast = is_ascii_compatible(self.config.encoding)
+        self._send: Any = None
 
     def sibling(self) -> UppercaseDatagramProtocol:
         """
@@ -83,6 +99,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         transport = self.transport
+        self._send = datagram_sender(transport)
         if getattr(transport, "maxPacketSize", MAX_DATAGRAM) < MAX_DATAGRAM:
             transport.maxPacketSize = MAX_DATAGRAM  # type: ignore[union-attr]
 
@@ -94,24 +111,24 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if addr[1] < 1024 and not config.udp_allow_low_ports:
             self._drop("low_port", addr, len(data))
             return
+        host = addr[0]
         buckets = self.buckets
-        if buckets is not None:
+        if buckets is not None and (config.udp_rate_loopback or not _loopback(host)):
             key = host_key(addr)
-            if key is not None and (config.udp_rate_loopback or not is_loopback(key)):
-                if not buckets.allow(key, self.clock.seconds()):
-                    self._drop("rate_limit", addr, len(data))
-                    return
-        if config.ascii_only:
+            if key is not None and not buckets.allow(key, self.clock.seconds()):
+                self._drop("rate_limit", addr, len(data))
+                return
+        if self._ascii or (self._fast and data.isascii()):
             reply = data.upper()
         else:
             reply = uppercase(data, config.encoding)
-        host = addr[0]
-        limit = MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
-        if len(reply) > limit:
+        if len(reply) > MAX_REPLY_IPV4 and (
+            len(reply) > MAX_REPLY_IPV6 or ":" not in host or host.startswith("::ffff:")
+        ):
             self._drop("oversize", addr, len(reply))
             return
         try:
-            self.transport.write(reply, addr)  # type: ignore[union-attr]
+            self._send(reply, addr)
         except (OSError, MessageLengthError) as e:
             self._drop("send_error", addr, len(reply), str(e))
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport, _FakePort
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +16,25 @@ from capserv import CapservConfig
 from capserv._internals import clear_exit_signal
 from capserv.listen import DEFAULT_LISTEN, ListenError, StreamListener, parse_udp
 from capserv.tap import Options, makeService
+
+
+class _FakeUDPPort:
+    """A listening UDP port that records what is sent."""
+
+    maxPacketSize = 8192
+
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+        self.sent: list[tuple[bytes, object]] = []
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+    def write(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+    def stopListening(self) -> None:
+        pass
 
 
 class UDPMemoryReactor(MemoryReactorClock):
@@ -27,7 +46,7 @@ class UDPMemoryReactor(MemoryReactorClock):
 
     def listenUDP(self, port: int, protocol: object, interface: str = "", maxPacketSize: int = 8192) -> object:  # noqa: N803
         self.udpServers.append((port, protocol, interface, maxPacketSize))
-        listening = _FakePort(IPv4Address("UDP", interface or "0.0.0.0", port))
+        listening = _FakeUDPPort(IPv4Address("UDP", interface or "0.0.0.0", port))
         protocol.makeConnection(listening)  # type: ignore[attr-defined]
         return listening
 

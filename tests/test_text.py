@@ -109,6 +109,7 @@ class ExampleTests(SynchronousTestCase):
     def test_ascii_fast_path_skips_decoder(self) -> None:
         """A pure-ASCII chunk with nothing pending never reaches the decoder."""
         codec = Uppercaser()
+        self.assertIsNone(codec._decoder, "the decoder is made only when needed")
 
         class Boom:
             def decode(self, data: bytes, final: bool = False) -> str:

@@ -1,0 +1,432 @@
+"""
+capserv's side-by-side benchmark: capserv against its peers, on loopback.
+
+One command (see bench/README.md)::
+
+    python bench/run.py                 # full run, writes docs/benchmarks/
+    python bench/run.py --smoke --out /tmp/bench   # seconds-long check
+
+Servers: capserv (the installed ``twistd -n capserv``, default options plus
+a per-IP limit so every limit is on), a plain asyncio Protocol server, the
+same on uvloop, the tutorial-level Twisted server, and the lesson's iterative
+socket server where the workload allows.  Load comes from ``loadgen.c``,
+compiled here, which checks every reply byte for byte.  The server is pinned
+to CPU 0 and the load generator to CPU 1; the server's CPU use is recorded
+for every run, to show the server, not the load, is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# name: (loadgen arguments after HOST PORT, unit, what it measures)
+WORKLOADS: dict[str, tuple[list[str], str, str]] = {
+    "rr_1x64": (["rr", "1", "64"], "req/s", "request/response, 1 connection, 64 B"),
+    "rr_1x1k": (["rr", "1", "1024"], "req/s", "request/response, 1 connection, 1 KiB"),
+    "rr_100x64": (["rr", "100", "64"], "req/s", "request/response, 100 connections, 64 B"),
+    "rr_100x1k": (["rr", "100", "1024"], "req/s", "request/response, 100 connections, 1 KiB"),
+    "bulk": (["bulk"], "MB/s", "one bulk stream"),
+    "connect_20": (["connect", "20", "64"], "sessions/s", "connect-send-receive-close, 20 in parallel"),
+    "udp_50x64": (["udp", "50", "64"], "datagrams/s", "UDP, 50 sockets, 64 B"),
+    "idle_10k": (["idle"], "KiB/conn", "server memory per idle connection (lower is better)"),
+}
+
+# Workloads the lesson's iterative server can take (one client at a time).
+ITERATIVE_OK = {"rr_1x64", "rr_1x1k", "bulk", "connect_20", "udp_50x64"}
+
+# Targets from the issue, as ratios capserv / uvloop (idle: absolute KiB).
+TARGETS = {
+    "rr_1x64": 0.8,
+    "rr_1x1k": 0.8,
+    "rr_100x64": 0.8,
+    "rr_100x1k": 0.8,
+    "udp_50x64": 0.8,
+    "bulk": 1.0,
+    "connect_20": 0.6,
+}
+IDLE_TARGET_KIB = 4.0
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def pinned(cpu: int | None) -> Any:
+    def setup() -> None:
+        raise_nofile()
+        if cpu is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {cpu})
+
+    return setup
+
+
+def server_command(name: str, port: int, workers: int) -> list[str]:
+    python = sys.executable
+    if name.startswith("capserv"):
+        twistd = str(Path(python).parent / "twistd")
+        command = [twistd, "-n", "--pidfile=", "capserv"]
+        command += ["--listen", f"tcp:{port}:interface=127.0.0.1", "--listen", f"udp:{port}:interface=127.0.0.1"]
+        command += ["--max-connections-per-ip=16384"]
+        if workers > 1:
+            command += [f"--workers={workers}"]
+        return command
+    if name == "asyncio":
+        return [python, str(HERE / "peers" / "asyncio_server.py"), str(port)]
+    if name == "uvloop":
+        return [python, str(HERE / "peers" / "asyncio_server.py"), str(port), "--uvloop"]
+    if name == "twisted-tutorial":
+        return [python, str(HERE / "peers" / "twisted_tutorial.py"), str(port)]
+    if name == "iterative":
+        return [python, str(HERE / "peers" / "iterative.py"), str(port)]
+    raise ValueError(name)
+
+
+class Server:
+    def __init__(self, name: str, workers: int = 1, cpu: int | None = 0) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            server_command(name, self.port, workers),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pinned(cpu),
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.log.seek(0)
+            text = self.log.read().decode(errors="replace")
+            if "ready" in text or " started" in text:
+                break
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited: {text}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        """The server and its children (workers)."""
+        pids = [self.process.pid]
+        try:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            pids += [int(p) for p in children]
+        except OSError:
+            pass
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / CLK_TCK
+
+    def rss_kib(self) -> int:
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def build_loadgen(workdir: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("bench: a C compiler (cc or gcc) is needed for loadgen.c")
+    binary = workdir / "loadgen"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(HERE / "loadgen.c")], check=True)
+    return binary
+
+
+def run_workload(
+    loadgen: Path, server: Server, workload: str, seconds: float, bulk_mb: int, idle: int, cpu: int | None
+) -> dict[str, float]:
+    args, _, _ = WORKLOADS[workload]
+    target = ["127.0.0.1", str(server.port)]
+    if workload == "bulk":
+        command = [str(loadgen), "bulk", *target, str(bulk_mb)]
+    elif workload == "idle_10k":
+        command = [str(loadgen), "idle", *target, str(idle), "2"]
+    else:
+        command = [str(loadgen), args[0], *target, *args[1:], str(seconds)]
+    if workload == "idle_10k":
+        before = server.rss_kib()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=pinned(cpu))
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        if first.get("ready") != idle:
+            raise RuntimeError(f"idle: {first}")
+        time.sleep(0.5)
+        held = server.rss_kib()
+        rest = process.stdout.read()
+        if process.wait() != 0:
+            raise RuntimeError(f"loadgen failed: {rest}")
+        return {"value": (held - before) / idle, "cpu": 0.0, "errors": 0}
+    cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=seconds * 10 + 120)
+    wall = time.monotonic() - wall_before
+    cpu_used = server.cpu_seconds() - cpu_before
+    if result.returncode != 0:
+        raise RuntimeError(f"loadgen {workload} against {server.name}: {result.stderr.strip()}")
+    data = json.loads(result.stdout)
+    if data["errors"]:
+        raise RuntimeError(f"{server.name} gave {data['errors']} wrong replies in {workload}")
+    value = data["ops"] if workload == "bulk" else data["ops"] / data["seconds"]
+    return {"value": value, "cpu": cpu_used / wall, "errors": data["errors"]}
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="capserv side-by-side benchmark")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed run")
+    parser.add_argument("--bulk-mb", type=int, default=1000)
+    parser.add_argument("--idle", type=int, default=10000, help="connections for the idle workload")
+    parser.add_argument("--servers", default="capserv,uvloop,asyncio,twisted-tutorial,iterative")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--workers", action="store_true", help="also compare capserv with 1 and 2 workers")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run: 1 round, tiny loads")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.bulk_mb, args.idle = 1, 0.3, 20, 200
+
+    servers = args.servers.split(",")
+    workloads = args.workloads.split(",")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raise_nofile()
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        loadgen = build_loadgen(Path(work))
+        for round_number in range(args.rounds):
+            for name in servers:
+                server = Server(name)
+                try:
+                    for workload in workloads:
+                        if name == "iterative" and workload not in ITERATIVE_OK:
+                            continue
+                        sample = run_workload(loadgen, server, workload, args.seconds, args.bulk_mb, args.idle, 1)
+                        slot = results.setdefault(name, {}).setdefault(workload, {"value": [], "cpu": []})
+                        slot["value"].append(sample["value"])
+                        slot["cpu"].append(sample["cpu"])
+                        print(
+                            f"round {round_number + 1} {name:17} {workload:11} {sample['value']:12.1f}  server cpu {sample['cpu']:.2f}",
+                            flush=True,
+                        )
+                finally:
+                    server.stop()
+        workers_results = {}
+        if args.workers:
+            for count in (1, 2):
+                for _ in range(args.rounds):
+                    server = Server("capserv", workers=count, cpu=None)
+                    try:
+                        for workload in ("rr_100x64", "connect_20", "udp_50x64"):
+                            sample = run_workload(
+                                loadgen, server, workload, args.seconds, args.bulk_mb, args.idle, None
+                            )
+                            slot = workers_results.setdefault(str(count), {}).setdefault(
+                                workload, {"value": [], "cpu": []}
+                            )
+                            slot["value"].append(sample["value"])
+                            slot["cpu"].append(sample["cpu"])
+                            print(
+                                f"workers {count} {workload:11} {sample['value']:12.1f}  cpu {sample['cpu']:.2f}",
+                                flush=True,
+                            )
+                    finally:
+                        server.stop()
+
+    report = build_report(results, workers_results, args)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_table(report, out / "results.rst")
+    plot(report, out)
+    print(f"wrote {out / 'results.json'}, {out / 'results.rst'} and plots")
+
+
+def build_report(results: dict[str, Any], workers_results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    summary = {
+        name: {w: {"value": summarize(v["value"]), "server_cpu": summarize(v["cpu"])} for w, v in per.items()}
+        for name, per in results.items()
+    }
+    ratios: dict[str, dict[str, Any]] = {}
+    capserv = summary.get("capserv", {})
+    for peer in summary:
+        if peer == "capserv":
+            continue
+        for workload, data in capserv.items():
+            other = summary[peer].get(workload)
+            if other and workload != "idle_10k" and other["value"]["median"]:
+                ratios.setdefault(peer, {})[workload] = data["value"]["median"] / other["value"]["median"]
+    targets = {}
+    for workload, target in TARGETS.items():
+        ratio = ratios.get("uvloop", {}).get(workload)
+        if ratio is not None:
+            targets[workload] = {"target": target, "ratio": ratio, "met": ratio >= target}
+    idle = capserv.get("idle_10k")
+    if idle:
+        kib = idle["value"]["median"]
+        targets["idle_10k"] = {"target_kib": IDLE_TARGET_KIB, "kib_per_conn": kib, "met": kib <= IDLE_TARGET_KIB}
+    return {
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "bulk_mb": args.bulk_mb, "idle": args.idle},
+        "workloads": {w: {"unit": WORKLOADS[w][1], "what": WORKLOADS[w][2]} for w in WORKLOADS},
+        "results": summary,
+        "ratios": ratios,
+        "targets": targets,
+        "workers": {
+            count: {w: {"value": summarize(v["value"]), "cpu": summarize(v["cpu"])} for w, v in per.items()}
+            for count, per in workers_results.items()
+        },
+    }
+
+
+def write_table(report: dict[str, Any], path: Path) -> None:
+    servers = list(report["results"])
+    lines = [
+        ".. Generated by bench/run.py; do not edit.",
+        "",
+        f"Command: ``{report['command']}``, {report['when']}, {report['machine']['cpus']} CPUs, "
+        f"Python {report['machine']['python']}. Medians of {report['settings']['rounds']} rounds (min–max); "
+        "server CPU is the share of one core the server used.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - workload",
+    ]
+    lines += [f"     - {s}" for s in servers]
+    lines += ["     - capserv / uvloop"]
+    for workload, meta in report["workloads"].items():
+        if not any(workload in report["results"][s] for s in servers):
+            continue
+        lines.append(f"   * - {meta['what']} ({meta['unit']})")
+        for s in servers:
+            data = report["results"][s].get(workload)
+            if data is None:
+                lines.append("     - n/a")
+                continue
+            v = data["value"]
+            cpu = data["server_cpu"]["median"]
+            cpu_text = f", cpu {cpu:.2f}" if workload != "idle_10k" else ""
+            lines.append(f"     - {v['median']:,.1f} ({v['min']:,.1f}–{v['max']:,.1f}{cpu_text})")
+        ratio = report["ratios"].get("uvloop", {}).get(workload)
+        lines.append(f"     - {ratio:.2f}" if ratio is not None else "     - ")
+    if report["workers"]:
+        lines += ["", "capserv with ``--workers`` (unpinned, both cores shared with the load generator):", ""]
+        lines += [".. list-table::", "   :header-rows: 1", "", "   * - workload", "     - 1 worker", "     - 2 workers"]
+        for workload in ("rr_100x64", "connect_20", "udp_50x64"):
+            lines.append(f"   * - {report['workloads'][workload]['what']}")
+            for count in ("1", "2"):
+                v = report["workers"].get(count, {}).get(workload, {}).get("value")
+                lines.append(f"     - {v['median']:,.1f}" if v else "     - n/a")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    servers = list(report["results"])
+    workloads = [w for w in report["workloads"] if w != "idle_10k" and any(w in report["results"][s] for s in servers)]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / max(len(servers), 1)
+    for i, s in enumerate(servers):
+        xs, heights, low, high = [], [], [], []
+        for j, w in enumerate(workloads):
+            base = report["results"].get("uvloop", {}).get(w, {}).get("value", {}).get("median")
+            data = report["results"][s].get(w)
+            if not data or not base:
+                continue
+            v = data["value"]
+            xs.append(j + i * width)
+            heights.append(v["median"] / base)
+            low.append((v["median"] - v["min"]) / base)
+            high.append((v["max"] - v["median"]) / base)
+        ax.bar(xs, heights, width, yerr=[low, high], label=s, capsize=2)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(workloads))])
+    ax.set_xticklabels(workloads, rotation=20)
+    ax.set_ylabel("throughput relative to uvloop (median, min–max)")
+    ax.set_title("capserv and its peers on loopback (higher is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+
+    idle = [
+        (s, report["results"][s]["idle_10k"]["value"]["median"]) for s in servers if "idle_10k" in report["results"][s]
+    ]
+    if idle:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar([s for s, _ in idle], [v for _, v in idle])
+        ax.axhline(IDLE_TARGET_KIB, color="red", linewidth=0.8, label="target: 4 KiB")
+        ax.set_ylabel("server KiB per idle connection")
+        ax.set_title(f"{report['settings']['idle']:,} idle connections (lower is better)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "idle_memory.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
