@@ -40,6 +40,10 @@ setup(
         # 23.10.0 is the oldest Twisted the tox matrix runs against.
         "Twisted>=23.10.0",
         "zope.interface>=5",
+        # The event loop under the daemon's reactor: measured faster than
+        # Twisted's epoll reactor (docs/benchmarks).  Optional in effect:
+        # without it the daemon runs on twistd's default reactor.
+        'uvloop>=0.17; sys_platform != "win32" and platform_python_implementation == "CPython"',
     ],
     extras_require={
         # TLS listen strings (ssl:) and capserv-client --connect tls:.

@@ -34,6 +34,7 @@ from capserv.listen import (
 from capserv.reactor import global_reactor
 from capserv.tcp import UppercaseFactory
 from capserv.udp import UppercaseDatagramProtocol
+from capserv.workers import ReusePortListener, WorkerPool, parse_shared, reuse_port_supported
 
 __all__ = ["CapservService", "Options", "makeService"]
 
@@ -73,7 +74,14 @@ class Options(usage.Options):
 
     optFlags = [
         ["ascii", None, "Uppercase only a-z and leave every other byte alone (fastest)."],
+        [
+            "no-uvloop",
+            None,
+            "Keep twistd's default reactor even when uvloop is installed "
+            "(without --reactor, capserv runs Twisted's asyncio reactor on uvloop).",
+        ],
         ["udp-allow-low-ports", None, "Answer datagrams from source ports below 1024 (off by default: loop guard)."],
+        ["worker", None, "(internal) run as one of --workers: share ports, start no others."],
         ["udp-rate-loopback", None, "Apply --udp-rate to loopback sources too (exempt by default)."],
     ]
 
@@ -136,6 +144,13 @@ class Options(usage.Options):
             _number("udp-rate-table-size", int, 1),
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the same tcp:/tcp6:/udp: ports (Linux, SO_REUSEPORT).",
+            _number("workers", int, 1),
+        ],
+        [
             "shutdown-timeout",
             None,
             _DEFAULTS.shutdown_timeout,
@@ -178,6 +193,7 @@ class Options(usage.Options):
         before 26.10 printed it and exited 0, which a service manager would
         take for success.
         """
+        self["argv"] = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
@@ -198,6 +214,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = list(DEFAULT_LISTEN)
+        if self["workers"] > 1 or self["worker"]:
+            if not reuse_port_supported():
+                raise usage.UsageError("--workers needs Linux's SO_REUSEPORT")
+            for description in self["listen"]:
+                try:
+                    parse_shared(description)
+                except ListenError as e:
+                    raise usage.UsageError(f"--listen {e}") from None
         try:
             self["config"] = CapservConfig(
                 encoding=self["encoding"],
@@ -263,7 +287,13 @@ class CapservService(MultiService):
                 child.startService()
         # Logged once the reactor runs, when its signal handlers are in
         # place: from this line on, SIGTERM means a graceful stop.
-        self.reactor.callWhenRunning(self._log.info, "capserv {version} started", version=__version__)
+        self.reactor.callWhenRunning(
+            self._log.info,
+            "capserv {version} started ({reactor}, pid {pid})",
+            version=__version__,
+            pid=os.getpid(),
+            reactor=_describe_reactor(self.reactor),
+        )
 
     def stopService(self) -> Deferred[None]:
         from twisted.application.service import Service
@@ -297,6 +327,14 @@ class CapservService(MultiService):
         return listeners.addCallback(drain).addCallback(stopped)
 
 
+def _describe_reactor(reactor: Any) -> str:
+    name = type(reactor).__name__
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is not None:
+        name += f" on {type(loop).__module__}.{type(loop).__name__}"
+    return name
+
+
 def _raise_file_limit(wanted: int) -> None:
     """
     Raise the soft limit on open files towards ``wanted`` (at most the hard
@@ -311,6 +349,34 @@ def _raise_file_limit(wanted: int) -> None:
             Logger().warn("Could not raise the open-file limit from {soft} to {target}", soft=soft, target=target)
 
 
+def install_uvloop_reactor() -> bool:
+    """
+    Install Twisted's asyncio reactor on a uvloop event loop, if uvloop is
+    importable and no reactor has been installed yet.
+
+    twistd installs a reactor before ``makeService`` only when given
+    ``--reactor``; otherwise capserv picks this one, which the benchmark
+    measured as the fastest (``docs/benchmarks``).  An explicit
+    ``--reactor`` always wins.
+
+    :return: whether it was installed.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    return True
+
+
 def makeService(config: Options | dict[str, Any], reactor: Any = None) -> CapservService:
     """
     Build the capserv service from parsed `Options`.
@@ -319,14 +385,27 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
         global one if `None`, looked up now.
     """
     if reactor is None:
+        if not config.get("no-uvloop"):
+            install_uvloop_reactor()
         reactor = global_reactor()
     settings: CapservConfig = config["config"]
     factory = UppercaseFactory(settings, clock=reactor)
     datagram = UppercaseDatagramProtocol(settings, clock=reactor)
     service = CapservService(settings, factory, datagram, reactor)
+    shared = config.get("workers", 1) > 1 or bool(config.get("worker"))
+    shared_listeners: list[ReusePortListener] = []
     udp_listeners = 0
     for description in config["listen"]:
-        if is_udp(description):
+        if shared:
+            address = parse_shared(description)
+            handler: Any = factory
+            if address.kind == "udp":
+                handler = datagram if udp_listeners == 0 else datagram.sibling()
+                udp_listeners += 1
+            listener = ReusePortListener(description, address, handler, reactor)
+            listener.setServiceParent(service)  # type: ignore[no-untyped-call]
+            shared_listeners.append(listener)
+        elif is_udp(description):
             # A datagram protocol serves one port; further ports get siblings
             # that share its counters and rate limiter.
             protocol = datagram if udp_listeners == 0 else datagram.sibling()
@@ -335,4 +414,44 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
         else:
             endpoint = endpoints.serverFromString(reactor, description)
             StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if config.get("workers", 1) > 1:
+        WorkerPool(
+            config["workers"],
+            _twistd_args(config),
+            _child_args(config.get("argv", [])),
+            shared_listeners,
+            reactor,
+            settings.shutdown_timeout + settings.abort_grace + 5,
+        ).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
+
+
+def _twistd_args(config: Options | dict[str, Any]) -> list[str]:
+    """twistd's own options to give the other workers: foreground, no pid
+    file, and the same logging and reactor as this process."""
+    args = ["--nodaemon", "--pidfile="]
+    parent = getattr(config, "parent", None)
+    if parent is not None:
+        for name in ("logfile", "logger", "reactor"):
+            value = parent.get(name)
+            if value:
+                args.append(f"--{name}={value}")
+    return args
+
+
+def _child_args(argv: list[str]) -> list[str]:
+    """capserv's own arguments for the other workers, less --workers and
+    --listen (they get the concrete ports this process bound)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--listen"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--listen=")):
+            continue
+        out.append(arg)
+    return out

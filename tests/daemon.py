@@ -36,7 +36,8 @@ class Daemon:
 
     def __init__(self, args: Sequence[str], cwd: str | None = None, reactor: str | None = None) -> None:
         command = [twistd_path(), "-n", "--pidfile="]
-        reactor = reactor or os.environ.get("CAPSERV_TEST_REACTOR")
+        if reactor is None:
+            reactor = os.environ.get("CAPSERV_TEST_REACTOR")
         if reactor and reactor != "default":
             command.append(f"--reactor={reactor}")
         command += ["capserv", *args]

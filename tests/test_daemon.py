@@ -184,9 +184,21 @@ def _read_all(s: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
-def test_sigterm_mid_transfer_completes_the_reply() -> None:
-    with Daemon(["--listen", TCP0, "--shutdown-timeout=20"]) as daemon:
-        daemon.started()
+@pytest.mark.parametrize(
+    "reactor, extra, expect",
+    [
+        (None, [], "on uvloop"),
+        ("epoll", [], "EPollReactor"),
+        (None, ["--no-uvloop"], "EPollReactor"),
+        ("asyncio", [], "AsyncioSelectorReactor on asyncio"),
+    ],
+    ids=["default-uvloop", "epoll", "no-uvloop", "asyncio"],
+)
+def test_sigterm_mid_transfer_completes_the_reply(reactor: str | None, extra: list[str], expect: str) -> None:
+    args = ["--listen", TCP0, "--shutdown-timeout=20", *extra]
+    with Daemon(args, reactor=reactor or "default") as daemon:
+        started = daemon.wait_for(" started")
+        assert expect in started
         host, port = daemon.address(0)
         part = b"abcdefghij" * 50000
         with socket.create_connection((host, port), timeout=20) as s:
@@ -294,3 +306,32 @@ def test_json_lines_logger() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
         process.stdout.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+def test_workers_share_ports_and_stop_together() -> None:
+    import re
+
+    with Daemon(["--workers", "2", "--listen", TCP0, "--listen", UDP0]) as daemon:
+        daemon.wait_for("Started 1 more workers")
+        # Both processes are up once each has logged its start.
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.output.count(" started (") == 2
+        host, port = daemon.address(0)
+        _, uport = daemon.address(1)
+        for i in range(40):
+            assert tcp_exchange(host, port, f"conn {i}".encode()) == f"CONN {i}".encode()
+            assert udp_exchange(host, uport, f"dgram {i}".encode()) == f"DGRAM {i}".encode()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    served = [int(n) for n in re.findall(r"capserv stopped: (\d+) TCP connections", daemon.output)]
+    assert len(served) == 2 and sum(served) == 40
+    assert all(n > 0 for n in served), f"one worker got everything: {served}"
+
+
+def test_workers_refuse_unshareable_listeners(tmp_path: Path) -> None:
+    status, output = run_daemon(["--workers", "2", "--listen", f"unix:{tmp_path / 's.sock'}"])
+    assert status != 0
+    assert "--workers shares only" in output.strip().splitlines()[-1]

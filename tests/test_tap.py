@@ -58,6 +58,10 @@ def parse(*args: str) -> Options:
 
 
 class OptionsTests(SynchronousTestCase):
+    def test_no_uvloop_flag(self) -> None:
+        self.assertTrue(parse("--no-uvloop")["no-uvloop"])
+        self.assertFalse(parse()["no-uvloop"])
+
     def test_defaults(self) -> None:
         options = parse()
         self.assertEqual(options["listen"], list(DEFAULT_LISTEN))

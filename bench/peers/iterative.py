@@ -31,9 +31,12 @@ server.listen(1024)
 print("ready", flush=True)
 while True:
     connection, address = server.accept()
-    while True:
-        sentence = connection.recv(65536)
-        if not sentence:
-            break
-        connection.sendall(sentence.upper())
+    try:
+        while True:
+            sentence = connection.recv(65536)
+            if not sentence:
+                break
+            connection.sendall(sentence.upper())
+    except OSError:
+        pass  # the client reset the connection: on to the next one
     connection.close()
