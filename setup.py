@@ -46,6 +46,9 @@ setup(
         'uvloop>=0.17; sys_platform != "win32" and platform_python_implementation == "CPython"',
     ],
     extras_require={
+        # --metrics: Prometheus text format through prometheus-client's
+        # Twisted resource.
+        "metrics": ["prometheus-client>=0.17"],
         # TLS listen strings (ssl:) and capserv-client --connect tls:.
         "tls": ["Twisted[tls]>=23.10.0"],
         "test": [
@@ -54,6 +57,7 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.80",
             "trustme>=1.1",
+            "prometheus-client>=0.17",
             "Twisted[tls]>=23.10.0",
         ],
     },

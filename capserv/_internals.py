@@ -9,10 +9,28 @@ newest Twisted capserv supports.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["clear_exit_signal", "datagram_sender", "stream_writer"]
+__all__ = [
+    "clear_exit_signal",
+    "datagram_sender",
+    "fast_paths_enabled",
+    "is_proxy_protocol",
+    "proxy_protocol_endpoint",
+    "stream_writer",
+    "systemd_descriptors",
+]
+
+
+def fast_paths_enabled() -> bool:
+    """
+    Whether the fast paths below are used.  Setting ``CAPSERV_NO_FASTPATH=1``
+    in the environment turns them off: for measuring what they are worth,
+    and as a way out should a Twisted release break them.
+    """
+    return os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0")
 
 
 def clear_exit_signal(reactor: Any) -> bool:
@@ -52,6 +70,8 @@ def stream_writer(transport: Any) -> Any:
     """
     from twisted.internet import tcp
 
+    if not fast_paths_enabled():
+        return transport.write
     needed = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "connected", "_writeDisconnected", "disconnecting")
     if not isinstance(transport, tcp.Connection) or not all(hasattr(transport, name) for name in needed):
         return transport.write
@@ -94,6 +114,90 @@ def datagram_sender(transport: Any) -> Any:
     """
     from twisted.internet import udp
 
-    if not isinstance(transport, udp.Port) or not hasattr(transport, "socket") or transport._connectedAddr:
+    if (
+        not fast_paths_enabled()
+        or not isinstance(transport, udp.Port)
+        or not hasattr(transport, "socket")
+        or transport._connectedAddr
+    ):
         return transport.write
     return transport.socket.sendto
+
+
+def is_proxy_protocol(transport: Any) -> bool:
+    """
+    Whether a connection comes through Twisted's PROXY-protocol wrapper,
+    whose ``getPeer()`` becomes the real client's address once the header
+    is read (before the first data reaches capserv).
+    """
+    return hasattr(transport, "_proxyInfo") and hasattr(transport, "wrappedProtocol")
+
+
+def proxy_protocol_endpoint(reactor: Any, description: str) -> Any:
+    """
+    Build the endpoint for a ``haproxy:...`` listen string, keeping
+    half-close.
+
+    Twisted's PROXY-protocol wrapper (``twisted.protocols.haproxy``) is a
+    ``ProtocolWrapper`` that does not provide ``IHalfCloseableProtocol``:
+    when a client behind HAProxy shuts down its sending side, the
+    connection is torn down at once and capserv's reply, still buffered, is
+    lost (``printf hi | nc -N`` through HAProxy prints nothing).  This
+    subclass passes the half-close on to capserv.
+
+    :return: an endpoint, or `None` when Twisted's internals are not the
+        expected ones (then Twisted's own ``haproxy:`` endpoint is used).
+    """
+    try:
+        from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+        from zope.interface import implementer
+    except ImportError:
+        return None
+    if not description.lower().startswith("haproxy:") or not fast_paths_enabled():
+        return None
+
+    @implementer(IHalfCloseableProtocol)
+    class HalfCloseableProxyWrapper(HAProxyProtocolWrapper):
+        def readConnectionLost(self) -> None:
+            half = IHalfCloseableProtocol(self.wrappedProtocol, None)
+            if half is not None:
+                half.readConnectionLost()
+            else:
+                self.loseConnection()
+
+        def writeConnectionLost(self) -> None:
+            half = IHalfCloseableProtocol(self.wrappedProtocol, None)
+            if half is not None:
+                half.writeConnectionLost()
+            else:
+                self.loseConnection()
+
+        def loseWriteConnection(self) -> None:
+            self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    class HalfCloseableProxyFactory(HAProxyWrappingFactory):
+        protocol = HalfCloseableProxyWrapper  # type: ignore[assignment]
+
+    inner = serverFromString(reactor, description.split(":", 1)[1])
+    return _WrapperServerEndpoint(inner, HalfCloseableProxyFactory)
+
+
+def systemd_descriptors() -> list[int]:
+    """
+    The sockets systemd passed to this process (``LISTEN_FDS``), in order.
+
+    Twisted's ``systemd:`` endpoint parser reads the variables once, when
+    ``twisted.internet.endpoints`` is imported, and removes them from the
+    environment (as ``sd_listen_fds`` does), so asking
+    ``ListenFDs.fromEnvironment()`` later finds nothing.  The parser keeps
+    what it read; use that, and the environment only if it is not there.
+    """
+    from twisted.internet import endpoints
+    from twisted.python.systemd import ListenFDs
+
+    parsed = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
+    if isinstance(parsed, ListenFDs) and parsed.inheritedDescriptors():
+        return list(parsed.inheritedDescriptors())
+    return list(ListenFDs.fromEnvironment().inheritedDescriptors())

@@ -36,6 +36,16 @@ __all__ = [
     "parse_udp",
 ]
 
+
+def _systemd_descriptors() -> list[int]:
+    """
+    The descriptors systemd passed (``LISTEN_FDS``), in order.
+    """
+    from capserv._internals import systemd_descriptors
+
+    return systemd_descriptors()
+
+
 #: What the daemon serves with no ``--listen``: the lesson's port, on
 #: loopback only (an open UDP service on a public address is an amplifier
 #: until the operator decides otherwise).
@@ -56,6 +66,9 @@ class UDPDescription:
 
     port: int
     interface: str = ""
+    #: Adopt the socket systemd passed at this index (``LISTEN_FDS``)
+    #: instead of binding one.
+    systemd: int | None = None
 
 
 def _split(description: str) -> list[str]:
@@ -102,9 +115,13 @@ def parse_udp(description: str) -> UDPDescription:
         if "port" in kwargs or len(args) > 1:
             raise ListenError(f"{description!r}: expected udp:PORT[:interface=ADDRESS]")
         kwargs["port"] = args[0]
-    unknown = set(kwargs) - {"port", "interface"}
+    unknown = set(kwargs) - {"port", "interface", "systemd"}
     if unknown:
-        raise ListenError(f"{description!r}: unknown parameter {sorted(unknown)[0]!r} (udp takes port and interface)")
+        raise ListenError(
+            f"{description!r}: unknown parameter {sorted(unknown)[0]!r} (udp takes port, interface or systemd)"
+        )
+    if "systemd" in kwargs:
+        return _parse_udp_systemd(description, kwargs)
     if "port" not in kwargs:
         raise ListenError(f"{description!r}: no port given (udp:PORT[:interface=ADDRESS])")
     try:
@@ -122,6 +139,23 @@ def parse_udp(description: str) -> UDPDescription:
         except ValueError:
             raise ListenError(f"{description!r}: interface must be an IP address, not {interface!r}") from None
     return UDPDescription(port, interface)
+
+
+def _parse_udp_systemd(description: str, kwargs: dict[str, str]) -> UDPDescription:
+    """
+    ``udp:systemd=INDEX``: a datagram socket passed by systemd socket
+    activation (``ListenDatagram=`` in the .socket unit).
+    """
+    if set(kwargs) != {"systemd"}:
+        raise ListenError(f"{description!r}: udp:systemd=INDEX takes no port or interface")
+    try:
+        index = int(kwargs["systemd"])
+    except ValueError:
+        raise ListenError(f"{description!r}: systemd= takes the socket's index, a number") from None
+    descriptors = _systemd_descriptors()
+    if not 0 <= index < len(descriptors):
+        raise ListenError(f"{description!r}: systemd passed {len(descriptors)} sockets (LISTEN_FDS), no index {index}")
+    return UDPDescription(0, "", index)
 
 
 def check_stream_description(description: str) -> None:
@@ -209,9 +243,12 @@ class DatagramListener(Service):
 
     def privilegedStartService(self) -> None:
         try:
-            self.port = self.reactor.listenUDP(
-                self.udp.port, self.protocol, interface=self.udp.interface, maxPacketSize=MAX_DATAGRAM
-            )
+            if self.udp.systemd is not None:
+                self.port = self._adopt(self.udp.systemd)
+            else:
+                self.port = self.reactor.listenUDP(
+                    self.udp.port, self.protocol, interface=self.udp.interface, maxPacketSize=MAX_DATAGRAM
+                )
         except (CannotListenError, OSError) as e:
             raise ListenError(f"cannot listen on {self.description!r}: {e}") from None
         self._log.info(
@@ -220,6 +257,17 @@ class DatagramListener(Service):
             description=self.description,
         )
         Service.privilegedStartService(self)
+
+    def _adopt(self, index: int) -> Any:
+        import socket
+
+        fd = _systemd_descriptors()[index]
+        with socket.socket(fileno=fd) as probe:
+            family, kind = probe.family, probe.type
+            probe.detach()
+        if kind != socket.SOCK_DGRAM:
+            raise OSError(f"systemd socket {index} is not a datagram socket")
+        return self.reactor.adoptDatagramPort(fd, family, self.protocol, maxPacketSize=MAX_DATAGRAM)
 
     def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from capserv._internals import clear_exit_signal
+from capserv._internals import clear_exit_signal, proxy_protocol_endpoint
 from capserv._version import __version__
 from capserv.config import CapservConfig, ConfigError
 from capserv.listen import (
@@ -144,6 +144,14 @@ class Options(usage.Options):
             _number("udp-rate-table-size", int, 1),
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9150:interface=127.0.0.1); "
+            "needs pip install 'capserv[metrics]'. Off by default.",
+            str,
+        ],
+        [
             "workers",
             None,
             1,
@@ -214,6 +222,15 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = list(DEFAULT_LISTEN)
+        if self["metrics"]:
+            from capserv.metrics import INSTALL_HINT, prometheus_available
+
+            if not prometheus_available():
+                raise usage.UsageError(INSTALL_HINT)
+            try:
+                check_stream_description(self["metrics"])
+            except ListenError as e:
+                raise usage.UsageError(f"--metrics {e}") from None
         if self["workers"] > 1 or self["worker"]:
             if not reuse_port_supported():
                 raise usage.UsageError("--workers needs Linux's SO_REUSEPORT")
@@ -412,8 +429,15 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
             udp_listeners += 1
             DatagramListener(description, parse_udp(description), protocol, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
         else:
-            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint = proxy_protocol_endpoint(reactor, description) or endpoints.serverFromString(reactor, description)
             StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
+    if config.get("metrics"):
+        from capserv.metrics import metrics_site
+
+        site = metrics_site(factory, datagram, config.get("workers", 1))
+        endpoint = endpoints.serverFromString(reactor, config["metrics"])
+        metrics = StreamListener(f"metrics {config['metrics']}", endpoint, site)  # type: ignore[arg-type]
+        metrics.setServiceParent(service)  # type: ignore[no-untyped-call]
     if config.get("workers", 1) > 1:
         WorkerPool(
             config["workers"],
@@ -441,17 +465,18 @@ def _twistd_args(config: Options | dict[str, Any]) -> list[str]:
 
 def _child_args(argv: list[str]) -> list[str]:
     """capserv's own arguments for the other workers, less --workers and
-    --listen (they get the concrete ports this process bound)."""
+    --listen (they get the concrete ports this process bound) and --metrics
+    (only this process serves metrics)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg in ("--workers", "--listen"):
+        if arg in ("--workers", "--listen", "--metrics"):
             skip = True
             continue
-        if arg.startswith(("--workers=", "--listen=")):
+        if arg.startswith(("--workers=", "--listen=", "--metrics=")):
             continue
         out.append(arg)
     return out

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv._internals import stream_writer
+from capserv._internals import is_proxy_protocol, stream_writer
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
@@ -102,6 +102,8 @@ class UppercaseProtocol(Protocol):
         self.closing = False
         self._closeWhenDrained = False
         self._reason = "closed"
+        self._countedHost: str | None = None
+        self._isRefused = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = 0.0
@@ -111,10 +113,16 @@ class UppercaseProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
+        transport = self.transport
+        proxied = is_proxy_protocol(transport)
+        if not proxied:
+            if not factory._admitHost(self.peer):
+                self._refused()
+                return
+            factory._countHost(self, self.peer)
         factory._register(self)
         now = self._clock.seconds()
         self.started = self._lastActivity = now
-        transport = self.transport
         high_water = factory.config.high_water
         if isinstance(getattr(transport, "bufferSize", None), int):
             # The transport pauses its producer once this many bytes are
@@ -122,6 +130,11 @@ class UppercaseProtocol(Protocol):
             transport.bufferSize = high_water  # type: ignore[attr-defined]
         transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
         self._write = stream_writer(transport)
+        if proxied:
+            # Behind HAProxy the client's address arrives in the PROXY
+            # header, read before the first data is passed on: count and
+            # limit by it then.  Plain connections pay nothing for this.
+            self.dataReceived = self._firstProxiedData  # type: ignore[method-assign]
         if self._idleTimeout > 0:
             self._timer = self._clock.callLater(self._idleTimeout, self._timerFired)
 
@@ -132,6 +145,32 @@ class UppercaseProtocol(Protocol):
         if reply:
             self.bytes_out += len(reply)
             self._write(reply)
+
+    def _firstProxiedData(self, data: bytes) -> None:
+        del self.dataReceived  # back to the class's method
+        real = self.transport.getPeer()
+        self.peer = real
+        if not self.factory._admitHost(real):
+            self._refused()
+            return
+        self.factory._countHost(self, real)
+        self.dataReceived(data)
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def _refused(self) -> None:
+        """
+        Over the per-IP limit: close at once, serving nothing.
+        """
+        self.closing = True
+        self._isRefused = True
+        self.dataReceived = self._ignore  # type: ignore[method-assign]
+        self._reason = "refused: max_connections_per_ip"
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -159,6 +198,8 @@ class UppercaseProtocol(Protocol):
         self._throttle.stopProducing()
         factory = self.factory
         factory._unregister(self)
+        if self._isRefused and not self.bytes_in:
+            return  # the refusal was logged (throttled); no line per refusal
         duration = self._clock.seconds() - self.started
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
@@ -300,10 +341,8 @@ class UppercaseFactory(ServerFactory):
             refusal = "shutdown"
         elif config.max_connections and len(self.connections) >= config.max_connections:
             refusal = "max_connections"
-        elif config.max_connections_per_ip:
-            key = host_key(addr)
-            if key is not None and self._perHost.get(key, 0) >= config.max_connections_per_ip:
-                refusal = "max_connections_per_ip"
+        # The per-IP limit is applied once the client's address is certain:
+        # at connectionMade, or behind HAProxy at the first data.
         if refusal is not None:
             self._refuse(addr, refusal)
             return _Refused()
@@ -320,27 +359,44 @@ class UppercaseFactory(ServerFactory):
                 held=held,
             )
 
+    def _admitHost(self, address: IAddress | None) -> bool:
+        """
+        Whether one more connection from ``address`` is within the per-IP
+        limit; a refusal is counted and logged.
+        """
+        limit = self.config.max_connections_per_ip
+        if limit:
+            key = host_key(address)
+            if key is not None and self._perHost.get(key, 0) >= limit:
+                self._refuse(address, "max_connections_per_ip")
+                return False
+        return True
+
+    def _countHost(self, protocol: UppercaseProtocol, address: IAddress | None) -> None:
+        key = host_key(address)
+        if key is not None:
+            self._perHost[key] = self._perHost.get(key, 0) + 1
+            protocol._countedHost = key
+
     def _register(self, protocol: UppercaseProtocol) -> None:
         self.connections.add(protocol)
         self.stats.connections_total += 1
-        key = host_key(protocol.peer)
-        if key is not None:
-            self._perHost[key] = self._perHost.get(key, 0) + 1
 
     def _unregister(self, protocol: UppercaseProtocol) -> None:
+        key = protocol._countedHost
+        if key is not None:
+            protocol._countedHost = None
+            left = self._perHost.get(key, 1) - 1
+            if left > 0:
+                self._perHost[key] = left
+            else:
+                self._perHost.pop(key, None)
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
         stats = self.stats
         stats.bytes_in += protocol.bytes_in
         stats.bytes_out += protocol.bytes_out
-        key = host_key(protocol.peer)
-        if key is not None:
-            left = self._perHost.get(key, 1) - 1
-            if left > 0:
-                self._perHost[key] = left
-            else:
-                self._perHost.pop(key, None)
         if not self.connections and self._drained:
             waiting, self._drained = self._drained, []
             for d in waiting:

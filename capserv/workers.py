@@ -72,6 +72,8 @@ def parse_shared(description: str) -> SharedAddress:
     kind = description.split(":", 1)[0].strip().lower()
     if kind == "udp":
         udp = parse_udp(description)
+        if udp.systemd is not None:
+            raise ListenError(f"{description!r}: --workers cannot share a socket passed by systemd")
         interface = udp.interface or "0.0.0.0"
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         return SharedAddress("udp", family, interface, udp.port)

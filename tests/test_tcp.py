@@ -153,6 +153,40 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(tr.bufferSize, 4096)  # type: ignore[attr-defined]
 
 
+class FastPathTests(SynchronousTestCase):
+    def test_fast_paths_fall_back_for_other_transports(self) -> None:
+        """StringTransport is not a tcp.Connection: plain write is used."""
+        from capserv._internals import datagram_sender, stream_writer
+
+        transport = StringTransport()
+        self.assertEqual(stream_writer(transport), transport.write)
+
+        class NotAPort:
+            def write(self, data: bytes, addr: object) -> None:
+                pass
+
+        port = NotAPort()
+        self.assertEqual(datagram_sender(port), port.write)
+
+    def test_switch_turns_them_off(self) -> None:
+        import os
+        import socket
+
+        from twisted.internet import tcp
+
+        from capserv._internals import fast_paths_enabled, stream_writer
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, None)
+        self.assertNotEqual(stream_writer(connection), connection.write)
+        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        self.addCleanup(os.environ.pop, "CAPSERV_NO_FASTPATH", None)
+        self.assertFalse(fast_paths_enabled())
+        self.assertEqual(stream_writer(connection), connection.write)
+
+
 class IdleTimeoutTests(SynchronousTestCase):
     def test_idle_connection_closed_then_aborted(self) -> None:
         h = Harness(idle_timeout=10, abort_grace=2)
@@ -227,18 +261,28 @@ class LimitTests(SynchronousTestCase):
         h.lose(b)
         self.assertIsInstance(h.factory.buildProtocol(peer(port=4)), UppercaseProtocol)
 
+    def assertRefused(self, h: Harness, host: str, port: int) -> None:
+        proto, tr = h.connect(host, port)
+        self.assertTrue(tr.disconnecting, "closed at once")
+        self.assertNotIn(proto, h.factory.connections)
+        proto.dataReceived(b"ignored")  # type: ignore[union-attr]
+        self.assertEqual(tr.value(), b"")
+        h.lose(proto)
+
     def test_max_connections_per_ip(self) -> None:
         h = Harness(max_connections_per_ip=2)
         h.connect("192.0.2.1", 1)
         h.connect("192.0.2.1", 2)
-        self.assertIsInstance(h.factory.buildProtocol(peer("192.0.2.1", 3)), _Refused)
-        self.assertIsInstance(h.factory.buildProtocol(peer("192.0.2.2", 3)), UppercaseProtocol)
+        self.assertRefused(h, "192.0.2.1", 3)
+        _, other = h.connect("192.0.2.2", 3)
+        self.assertFalse(other.disconnecting)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
+        self.assertEqual(h.factory.connectionsFrom("192.0.2.1"), 2)
 
     def test_ipv4_mapped_counts_as_ipv4(self) -> None:
         h = Harness(max_connections_per_ip=1)
         h.connect("192.0.2.7", 1)
-        self.assertIsInstance(h.factory.buildProtocol(peer("::ffff:192.0.2.7", 2)), _Refused)
+        self.assertRefused(h, "::ffff:192.0.2.7", 2)
         self.assertEqual(h.factory.connectionsFrom("192.0.2.7"), 1)
 
     def test_per_ip_count_released_on_close(self) -> None:
@@ -246,7 +290,8 @@ class LimitTests(SynchronousTestCase):
         proto, _ = h.connect("2001:db8::1", 1)
         h.lose(proto)
         self.assertEqual(h.factory.connectionsFrom("2001:db8::1"), 0)
-        self.assertIsInstance(h.factory.buildProtocol(peer("2001:db8::1", 2)), UppercaseProtocol)
+        _, tr = h.connect("2001:db8::1", 2)
+        self.assertFalse(tr.disconnecting)
 
     def test_unix_peers_have_no_per_ip_limit(self) -> None:
         h = Harness(max_connections_per_ip=1)
@@ -337,3 +382,53 @@ class DrainTests(SynchronousTestCase):
         fired: list[None] = []
         h.factory.drain().addCallback(fired.append)
         self.assertEqual(fired, [None])
+
+
+class ProxyProtocolTests(SynchronousTestCase):
+    """Behind HAProxy, capserv counts and logs the address in the PROXY header."""
+
+    def connect_via_proxy(self, h: Harness, client: str, port: int) -> tuple[object, StringTransport]:
+        # The factory that haproxy: endpoint strings wrap around capserv.
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        proxy = IPv4Address("TCP", "127.0.0.1", 40000 + port)
+        wrapper = HAProxyWrappingFactory(h.factory).buildProtocol(proxy)
+        transport = AbortableTransport(peerAddress=proxy)
+        wrapper.makeConnection(transport)
+        header = f"PROXY TCP4 {client} 127.0.0.1 {port} 50007\r\n".encode()
+        wrapper.dataReceived(header + b"hello")
+        return wrapper, transport
+
+    def test_real_address_counted_and_served(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        _wrapper, transport = self.connect_via_proxy(h, "192.0.2.9", 5555)
+        self.assertEqual(transport.value(), b"HELLO")
+        self.assertEqual(h.factory.connectionsFrom("192.0.2.9"), 1)
+        self.assertEqual(h.factory.connectionsFrom("127.0.0.1"), 0)
+        (protocol,) = h.factory.connections
+        self.assertEqual(protocol.peer, IPv4Address("TCP", "192.0.2.9", 5555))
+
+    def test_per_ip_limit_applies_to_the_real_client(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        self.connect_via_proxy(h, "192.0.2.9", 1)
+        _, second = self.connect_via_proxy(h, "192.0.2.9", 2)
+        self.assertEqual(second.value(), b"", "over the limit: nothing served")
+        self.assertTrue(second.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
+        _, other = self.connect_via_proxy(h, "192.0.2.10", 3)
+        self.assertEqual(other.value(), b"HELLO")
+
+    def test_refused_connection_releases_nothing_it_did_not_hold(self) -> None:
+        h = Harness(max_connections_per_ip=1)
+        self.connect_via_proxy(h, "192.0.2.9", 1)
+        wrapper, _ = self.connect_via_proxy(h, "192.0.2.9", 2)
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(h.factory.connectionsFrom("192.0.2.9"), 1)
+
+    def test_proxy_address_never_counted(self) -> None:
+        """Health checks and slow PROXY headers do not use up the proxy's share."""
+        h = Harness(max_connections_per_ip=1)
+        for port in range(1, 4):
+            self.connect_via_proxy(h, f"192.0.2.{port}", port)
+        self.assertEqual(h.factory.connectionsFrom("127.0.0.1"), 0)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)

@@ -1,0 +1,378 @@
+"""
+Operations recipes, each exercised for real on loopback: Prometheus
+metrics, two capserv instances behind HAProxy with the PROXY protocol,
+systemd socket activation (inherited sockets, as systemd passes them), and
+the Containerfile's commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from .daemon import Daemon, twistd_path
+from .loopback import tcp_exchange, udp_exchange
+from .test_daemon import lesson_port
+
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parent.parent
+TCP0 = "tcp:0:interface=127.0.0.1"
+UDP0 = "udp:0:interface=127.0.0.1"
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_move_with_traffic() -> None:
+    pytest.importorskip("prometheus_client")
+    args = ["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0, "--max-connections=2"]
+    args += ["--udp-rate-loopback", "--udp-rate=1", "--udp-burst=1"]
+    with Daemon(args) as daemon:
+        daemon.started()
+        host, port = daemon.address(0)
+        _, uport = daemon.address(1)
+        _, mport = daemon.address(2)
+        before = scrape(mport)
+        assert before["capserv_connections_total"] == 0
+        assert before["capserv_workers"] == 1
+        for _i in range(3):
+            assert tcp_exchange(host, port, b"abc") == b"ABC"
+        assert udp_exchange(host, uport, b"udp") == b"UDP"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for _ in range(2):
+                u.sendto(b"over the rate", (host, uport))
+        held = [socket.create_connection((host, port)) for _ in range(2)]
+        time.sleep(0.3)
+        over = socket.create_connection((host, port))
+        over.settimeout(5)
+        try:
+            assert over.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        over.close()
+        time.sleep(0.3)
+        after = scrape(mport)
+        for s in held:
+            s.close()
+        daemon.signal()
+        assert daemon.wait() == 0
+    assert after["capserv_connections_total"] == 5
+    assert after["capserv_connections_active"] == 2
+    assert after['capserv_connections_refused_total{limit="max_connections"}'] == 1
+    assert after['capserv_received_bytes_total{transport="tcp"}'] == 9
+    assert after['capserv_sent_bytes_total{transport="tcp"}'] == 9
+    assert after["capserv_datagrams_received_total"] == 3
+    assert after["capserv_datagrams_sent_total"] == 1
+    assert after['capserv_datagrams_dropped_total{reason="rate_limit"}'] == 2
+    assert after['capserv_datagrams_dropped_total{reason="low_port"}'] == 0
+
+
+def test_metrics_option_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import capserv.metrics
+    from capserv.tap import Options
+
+    monkeypatch.setattr(capserv.metrics, "prometheus_available", lambda: False)
+    with pytest.raises(usage.UsageError, match=r"pip install 'capserv\[metrics\]'"):
+        Options().parseOptions(["--metrics", TCP0])
+
+
+# -- HAProxy in front ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def session(port: int, source: str, payload: bytes) -> bytes:
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+HAPROXY_CONFIG = """
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 20s
+    timeout server 20s
+    retries 3
+    option redispatch 1
+frontend capserv
+    bind 127.0.0.1:{frontend}
+    default_backend capservs
+backend capservs
+    balance roundrobin
+    server a 127.0.0.1:{a} send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 2
+    server b 127.0.0.1:{b} send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 2
+"""
+
+
+@pytest.fixture
+def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it)")
+    a_port, b_port, frontend = free_port(), free_port(), free_port()
+    common = ["--max-connections-per-ip=2", "--shutdown-timeout=5"]
+    a = Daemon(["--listen", f"haproxy:tcp:{a_port}:interface=127.0.0.1", *common])
+    b = Daemon(["--listen", f"haproxy:tcp:{b_port}:interface=127.0.0.1", *common])
+    a.started()
+    b.started()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(frontend=frontend, a=a_port, b=b_port))
+    proxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if session(frontend, "127.0.0.1", b"ready?") == b"READY?":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("haproxy did not come up")
+            time.sleep(0.1)
+        time.sleep(0.5)  # both servers seen healthy
+        yield a, b, frontend
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(10)
+        a.__exit__()
+        b.__exit__()
+
+
+def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, frontend = haproxy_pair
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind(("127.0.0.2", 0))
+        client_port = s.getsockname()[1]
+        s.connect(("127.0.0.1", frontend))
+        s.sendall(b"via haproxy")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b"VIA HAPROXY"
+    time.sleep(0.3)
+    logs = a.output + b.output
+    assert f"127.0.0.2:{client_port} closed after" in logs
+
+
+def test_haproxy_per_ip_limit_sees_real_clients(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, frontend = haproxy_pair
+    held = []
+    try:
+        for i in range(4):  # two on each backend, the per-IP limit
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", frontend))
+            s.sendall(b"held %d" % i)
+            assert s.recv(100) == b"HELD %d" % i
+            held.append(s)
+        # A fifth from the same client is over the limit wherever it lands...
+        assert session(frontend, "127.0.0.2", b"one too many") == b""
+        # ...while another client is served: the limit counts real clients,
+        # not the proxy's address.
+        assert session(frontend, "127.0.0.3", b"someone else") == b"SOMEONE ELSE"
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert "max_connections_per_ip reached" in a.output + b.output
+
+
+def test_stopping_one_instance_loses_no_new_sessions(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
+    a, _b, frontend = haproxy_pair
+    results: list[bool] = []
+
+    def sessions() -> None:
+        for i in range(300):
+            payload = b"session %d" % i
+            try:
+                results.append(session(frontend, "127.0.0.1", payload) == payload.upper())
+            except OSError:
+                results.append(False)
+
+    worker = threading.Thread(target=sessions)
+    worker.start()
+    time.sleep(0.3)
+    a.signal(signal.SIGTERM)
+    assert a.wait() == 0
+    worker.join(120)
+    assert len(results) == 300
+    assert all(results), f"{results.count(False)} sessions failed"
+
+
+# -- systemd socket activation ---------------------------------------------------------
+
+# systemd passes sockets from fd 3 on, with LISTEN_FDS, LISTEN_PID (the
+# service's own pid) and LISTEN_FDNAMES; this wrapper does the same and then
+# becomes twistd.
+SYSTEMD_WRAPPER = """
+import os, sys
+fds = [int(f) for f in sys.argv[1].split(",")]
+for target, fd in enumerate(fds, start=3):
+    os.dup2(fd, target)
+os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="capserv-tcp:capserv-udp")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+# (for python itself, argv[2:] is [python, "-c", code, ...])
+
+
+def test_systemd_socket_activation_tcp_and_udp() -> None:
+    stream = socket.socket()
+    stream.bind(("127.0.0.1", 0))
+    stream.listen(16)
+    datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagram.bind(("127.0.0.1", 0))
+    tcp_port, udp_port = stream.getsockname()[1], datagram.getsockname()[1]
+    fds = f"{stream.fileno()},{datagram.fileno()}"
+    command = [sys.executable, "-c", SYSTEMD_WRAPPER, fds, twistd_path(), "-n", "--pidfile=", "capserv"]
+    command += ["--listen", "systemd:domain=INET:index=0", "--listen", "udp:systemd=1"]
+    process = subprocess.Popen(
+        command,
+        pass_fds=(stream.fileno(), datagram.fileno()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # systemd keeps its copies; the test's are no longer needed.
+    stream.close()
+    datagram.close()
+    assert process.stdout is not None
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if " started" in line:
+                break
+        assert " started" in "".join(lines), "".join(lines)
+        assert tcp_exchange("127.0.0.1", tcp_port, b"activated") == b"ACTIVATED"
+        assert udp_exchange("127.0.0.1", udp_port, b"activated udp") == b"ACTIVATED UDP"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(20)
+        process.stdout.close()
+    assert code == 0, "".join(lines)
+    text = "".join(lines)
+    assert f"127.0.0.1:{tcp_port} (systemd:domain=INET:index=0)" in text
+    assert f"127.0.0.1:{udp_port} (udp:systemd=1)" in text
+
+
+def test_udp_systemd_without_sockets_is_a_usage_error() -> None:
+    from capserv.tap import Options
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with pytest.raises(usage.UsageError, match="no index 0"):
+            Options().parseOptions(["--listen", "udp:systemd=0"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_systemd_units_in_docs_use_real_options() -> None:
+    """The documented unit's capserv arguments parse, with sockets passed as
+    its .socket unit would pass them."""
+    service = (ROOT / "docs" / "systemd" / "capserv.service").read_text()
+    exec_start = re.search(r"ExecStart=(.*?)(?<!\\)\n", service, re.S)
+    assert exec_start is not None
+    words = exec_start.group(1).replace("\\\n", " ").split()
+    args = words[words.index("capserv") + 1 :]
+    socket_unit = (ROOT / "docs" / "systemd" / "capserv.socket").read_text()
+    assert "ListenStream=" in socket_unit and "ListenDatagram=" in socket_unit
+    stream = socket.socket()
+    stream.bind(("127.0.0.1", 0))
+    stream.listen(1)
+    datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagram.bind(("127.0.0.1", 0))
+    check = (
+        "from capserv.tap import Options; o = Options(); o.parseOptions(__import__('sys').argv[1:]); print(o['listen'])"
+    )
+    fds = f"{stream.fileno()},{datagram.fileno()}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SYSTEMD_WRAPPER, fds, sys.executable, "-c", check, *args],
+            pass_fds=(stream.fileno(), datagram.fileno()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stream.close()
+        datagram.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['systemd:domain=INET:index=0', 'udp:systemd=1']"
+
+
+# -- the container recipe -----------------------------------------------------------------
+
+
+def containerfile_command(instruction: str) -> list[str]:
+    text = (ROOT / "Containerfile").read_text()
+    match = re.search(rf"^{instruction}\b.*?(\[.*\])\s*$", text, re.M)
+    assert match is not None, f"no {instruction} in the Containerfile"
+    command: list[str] = json.loads(match.group(1))
+    return command
+
+
+def test_container_command_starts_the_daemon_and_health_check_passes() -> None:
+    command = containerfile_command("CMD")
+    health = containerfile_command("HEALTHCHECK")
+    assert command[0] == "twistd" and health[0] == "capserv-client"
+    bindir = Path(twistd_path()).parent
+    command[0] = str(bindir / "twistd")
+    health[0] = str(bindir / "capserv-client")
+    text = (ROOT / "Containerfile").read_text()
+    assert re.search(r"^USER capserv$", text, re.M), "the container runs as a non-root user"
+    with lesson_port():
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                if "started" in line:
+                    break
+            assert subprocess.run(health, capture_output=True, timeout=30).returncode == 0
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+            process.stdout.close()
