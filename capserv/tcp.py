@@ -95,7 +95,6 @@ class UppercaseProtocol(Protocol):
         self._clock = factory.clock
         self._idleTimeout = config.idle_timeout
         self._throttle = _ReadThrottle(self)
-        self._timer: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
         #: Set once the connection is on its way out: after end of input,
         #: an idle timeout or a shutdown.
@@ -135,8 +134,6 @@ class UppercaseProtocol(Protocol):
             # header, read before the first data is passed on: count and
             # limit by it then.  Plain connections pay nothing for this.
             self.dataReceived = self._firstProxiedData  # type: ignore[method-assign]
-        if self._idleTimeout > 0:
-            self._timer = self._clock.callLater(self._idleTimeout, self._timerFired)
 
     def dataReceived(self, data: bytes) -> None:
         self._lastActivity = self._clock.seconds()
@@ -191,10 +188,10 @@ class UppercaseProtocol(Protocol):
         self._finish(drain=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._timer, self._abortCall):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._abortCall = None
+        call = self._abortCall
+        if call is not None and call.active():
+            call.cancel()
+        self._abortCall = None
         self._throttle.stopProducing()
         factory = self.factory
         factory._unregister(self)
@@ -261,12 +258,12 @@ class UppercaseProtocol(Protocol):
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def _timerFired(self) -> None:
-        self._timer = None
-        now = self._clock.seconds()
-        deadline = self._lastActivity + self._idleTimeout
-        if now < deadline:
-            self._timer = self._clock.callLater(deadline - now, self._timerFired)
+    def checkIdle(self, now: float) -> None:
+        """
+        Close the connection if it has been idle for the idle timeout
+        (called by the factory's sweep).
+        """
+        if now - self._lastActivity < self._idleTimeout:
             return
         if self.closing and not self._closeWhenDrained:
             # Already closing and still silent: the abort timer handles it.
@@ -329,6 +326,10 @@ class UppercaseFactory(ServerFactory):
         self._refusedLog = LogThrottle(clock, 10.0)
         self._accepting = True
         self._drained: list[Deferred[None]] = []
+        # One sweep for every connection's idle timeout, every tenth of the
+        # timeout: no timer per connection to create, reschedule or cancel.
+        self._sweepCall: IDelayedCall | None = None
+        self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
@@ -381,6 +382,21 @@ class UppercaseFactory(ServerFactory):
     def _register(self, protocol: UppercaseProtocol) -> None:
         self.connections.add(protocol)
         self.stats.connections_total += 1
+        if self._sweepCall is None and self.config.idle_timeout > 0:
+            self._sweepCall = self.clock.callLater(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Close connections idle for the idle timeout: each is closed between
+        the timeout and the timeout plus a tenth of it after its last
+        traffic.
+        """
+        self._sweepCall = None
+        now = self.clock.seconds()
+        for protocol in list(self.connections):
+            protocol.checkIdle(now)
+        if self.connections:
+            self._sweepCall = self.clock.callLater(self.sweep_interval, self._sweep)
 
     def _unregister(self, protocol: UppercaseProtocol) -> None:
         key = protocol._countedHost
@@ -394,6 +410,10 @@ class UppercaseFactory(ServerFactory):
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
+        if not self.connections and self._sweepCall is not None:
+            if self._sweepCall.active():
+                self._sweepCall.cancel()
+            self._sweepCall = None
         stats = self.stats
         stats.bytes_in += protocol.bytes_in
         stats.bytes_out += protocol.bytes_out

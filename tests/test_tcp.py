@@ -188,12 +188,15 @@ class FastPathTests(SynchronousTestCase):
 
 
 class IdleTimeoutTests(SynchronousTestCase):
+    """Idle connections are closed by one sweep per factory, every tenth of
+    the timeout: between the timeout and 1.1 times it after the last traffic."""
+
     def test_idle_connection_closed_then_aborted(self) -> None:
         h = Harness(idle_timeout=10, abort_grace=2)
         proto, tr = h.connect()
         h.clock.advance(9.9)
         self.assertFalse(tr.disconnecting)
-        h.clock.advance(0.2)
+        h.clock.advance(1.1)
         self.assertTrue(tr.disconnecting)
         self.assertFalse(tr.aborted)
         self.assertEqual(h.factory.stats.idle_timeouts, 1)
@@ -209,7 +212,9 @@ class IdleTimeoutTests(SynchronousTestCase):
             h.clock.advance(8)
             proto.dataReceived(b"x")
         self.assertFalse(tr.disconnecting)
-        h.clock.advance(10)
+        h.clock.advance(9.5)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(1.5)
         self.assertTrue(tr.disconnecting)
 
     def test_drain_counts_as_traffic(self) -> None:
@@ -230,18 +235,30 @@ class IdleTimeoutTests(SynchronousTestCase):
         h.clock.advance(10**6)
         self.assertFalse(tr.disconnecting)
 
-    def test_one_timer_per_connection(self) -> None:
-        """Reads do not create or reset timers: one DelayedCall only."""
+    def test_one_timer_for_all_connections(self) -> None:
+        """Neither connections nor reads create or reset timers."""
         h = Harness(idle_timeout=10)
-        proto, _tr = h.connect()
-        for _ in range(100):
-            proto.dataReceived(b"x")
+        protocols = [h.connect(port=i)[0] for i in range(50)]
+        for proto in protocols:
+            for _ in range(10):
+                proto.dataReceived(b"x")
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
 
-    def test_timers_cancelled_on_close(self) -> None:
+    def test_each_connection_judged_on_its_own_traffic(self) -> None:
+        h = Harness(idle_timeout=10)
+        _quiet, quiet_tr = h.connect(port=1)
+        busy, busy_tr = h.connect(port=2)
+        for _ in range(12):
+            h.clock.advance(1)
+            busy.dataReceived(b"x")
+        self.assertTrue(quiet_tr.disconnecting)
+        self.assertFalse(busy_tr.disconnecting)
+
+    def test_no_timer_left_once_all_closed(self) -> None:
         h = Harness()
-        proto, _tr = h.connect()
-        h.lose(proto)
+        protocols = [h.connect(port=i)[0] for i in range(3)]
+        for proto in protocols:
+            h.lose(proto)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
 
