@@ -246,7 +246,15 @@ def main() -> None:
     parser.add_argument("--workers", action="store_true", help="also compare capserv with 1 and 2 workers")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run: 1 round, tiny loads")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--from-json", help="rebuild the table and plots from a saved results.json; run nothing")
     args = parser.parse_args()
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        out = Path(args.out)
+        write_table(report, out / "results.rst")
+        plot(report, out)
+        print(f"rebuilt {out / 'results.rst'} and plots from {args.from_json}")
+        return
     if args.smoke:
         args.rounds, args.seconds, args.bulk_mb, args.idle = 1, 0.3, 20, 200
 
@@ -397,11 +405,22 @@ def write_table(report: dict[str, Any], path: Path) -> None:
             lines.append(f"     - {v['median']:,.1f} ({v['min']:,.1f}-{v['max']:,.1f}{cpu_text})")
         ratio = report["ratios"].get("uvloop", {}).get(workload)
         lines.append(f"     - {ratio:.2f}" if ratio is not None else "     - ")
-    if report["failures"]:
+    if report.get("targets"):
+        lines += ["", "Targets (ratios to uvloop in the same run; memory in KiB per connection):", ""]
+        lines += [".. list-table::", "   :header-rows: 1", "", "   * - workload", "     - target", "     - capserv"]
+        lines += ["     - met"]
+        for workload, t in report["targets"].items():
+            lines.append(f"   * - {report['workloads'][workload]['what']}")
+            if "ratio" in t:
+                lines += [f"     - >= {t['target']:.1f}x", f"     - {t['ratio']:.2f}x"]
+            else:
+                lines += [f"     - <= {t['target_kib']:.0f} KiB", f"     - {t['kib_per_conn']:.1f} KiB"]
+            lines.append(f"     - {'yes' if t['met'] else 'no'}")
+    if report.get("failures"):
         lines += ["", "Runs that failed (the load generator saw lost or wrong bytes, or an early close):", ""]
         for key, messages in report["failures"].items():
             lines.append(f"* {key}: {len(messages)} of {report['settings']['rounds']} rounds: ``{messages[0]}``")
-    if report["workers"]:
+    if report.get("workers"):
         lines += ["", "capserv with ``--workers`` (unpinned, both cores shared with the load generator):", ""]
         lines += [".. list-table::", "   :header-rows: 1", "", "   * - workload", "     - 1 worker", "     - 2 workers"]
         for workload in ("rr_100x64", "connect_20", "udp_50x64"):
