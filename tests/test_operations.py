@@ -127,6 +127,7 @@ def session(port: int, source: str, payload: bytes) -> bytes:
 HAPROXY_CONFIG = """
 global
     maxconn 2000
+    stats socket {admin} level admin
 defaults
     mode tcp
     timeout connect 2s
@@ -156,7 +157,8 @@ def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
     a.started()
     b.started()
     config = tmp_path / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(frontend=frontend, a=a_port, b=b_port))
+    admin = tmp_path / "admin.sock"
+    config.write_text(HAPROXY_CONFIG.format(frontend=frontend, a=a_port, b=b_port, admin=admin))
     proxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -170,7 +172,7 @@ def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
                 raise AssertionError("haproxy did not come up")
             time.sleep(0.1)
         time.sleep(0.5)  # both servers seen healthy
-        yield a, b, frontend
+        yield a, b, frontend, admin
     finally:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(10)
@@ -179,7 +181,7 @@ def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
-    a, b, frontend = haproxy_pair
+    a, b, frontend, _ = haproxy_pair
     with socket.socket() as s:
         s.settimeout(10)
         s.bind(("127.0.0.2", 0))
@@ -194,7 +196,7 @@ def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: 
 
 
 def test_haproxy_per_ip_limit_sees_real_clients(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
-    a, b, frontend = haproxy_pair
+    a, b, frontend, _ = haproxy_pair
     held = []
     try:
         for i in range(4):  # two on each backend, the per-IP limit
@@ -217,8 +219,22 @@ def test_haproxy_per_ip_limit_sees_real_clients(haproxy_pair) -> None:  # type: 
     assert "max_connections_per_ip reached" in a.output + b.output
 
 
+def haproxy_command(admin: Path, command: str) -> str:
+    """One command on HAProxy's runtime API (its admin socket)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(admin))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def test_stopping_one_instance_loses_no_new_sessions(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
-    a, _b, frontend = haproxy_pair
+    """The documented upgrade: drain the instance in HAProxy, then SIGTERM it;
+    its open sessions finish, new ones go to the other instance."""
+    a, _b, frontend, admin = haproxy_pair
     results: list[bool] = []
 
     def sessions() -> None:
@@ -232,6 +248,8 @@ def test_stopping_one_instance_loses_no_new_sessions(haproxy_pair) -> None:  # t
     worker = threading.Thread(target=sessions)
     worker.start()
     time.sleep(0.3)
+    assert haproxy_command(admin, "set server capservs/a state drain").strip() == ""
+    time.sleep(0.2)
     a.signal(signal.SIGTERM)
     assert a.wait() == 0
     worker.join(120)
