@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DatagramListener",
     "ListenError",
+    "PortListener",
     "StreamListener",
     "UDPDescription",
     "check_stream_description",
@@ -174,7 +175,22 @@ def check_stream_description(description: str) -> None:
         raise ListenError(f"{description!r}: {e}") from None
 
 
-class StreamListener(Service):
+class PortListener(Service):
+    """
+    A service that holds one listening port and closes it when stopped.
+    """
+
+    port: Any = None
+
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()  # type: ignore[no-any-return]
+        return None
+
+
+class StreamListener(PortListener):
     """
     Listen on one stream endpoint with a factory while running.
     """
@@ -185,7 +201,6 @@ class StreamListener(Service):
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
-        self.port: IListeningPort | None = None
         self._pending: Deferred[IListeningPort] | None = None
 
     def privilegedStartService(self) -> None:
@@ -218,16 +233,12 @@ class StreamListener(Service):
         self._log.failure("Cannot listen on {description!r}", failure, description=self.description)
 
     def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
         if self._pending is not None:
             self._pending.cancel()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        return PortListener.stopService(self)
 
 
-class DatagramListener(Service):
+class DatagramListener(PortListener):
     """
     Listen on one UDP port with a datagram protocol while running.
     """
@@ -239,7 +250,6 @@ class DatagramListener(Service):
         self.udp = udp
         self.protocol = protocol
         self.reactor = reactor
-        self.port: Any = None
 
     def privilegedStartService(self) -> None:
         try:
@@ -268,10 +278,3 @@ class DatagramListener(Service):
         if kind != socket.SOCK_DGRAM:
             raise OSError(f"systemd socket {index} is not a datagram socket")
         return self.reactor.adoptDatagramPort(fd, family, self.protocol, maxPacketSize=MAX_DATAGRAM)
-
-    def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
-        return None

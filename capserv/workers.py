@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from capserv.addresses import describe
-from capserv.listen import ListenError, _split, parse_udp
+from capserv.listen import ListenError, PortListener, _split, parse_udp
 from capserv.udp import MAX_DATAGRAM
 
 __all__ = ["ReusePortListener", "SharedAddress", "WorkerPool", "parse_shared", "reuse_port_supported"]
@@ -102,7 +102,7 @@ def parse_shared(description: str) -> SharedAddress:
     return SharedAddress("tcp", family, interface, port, backlog)
 
 
-class ReusePortListener(Service):
+class ReusePortListener(PortListener):
     """
     Bind one address with ``SO_REUSEPORT`` and serve it with a factory (TCP)
     or a datagram protocol (UDP).
@@ -117,7 +117,6 @@ class ReusePortListener(Service):
         self.address = address
         self.handler = handler
         self.reactor = reactor
-        self.port: Any = None
 
     @property
     def bound_port(self) -> int:
@@ -151,13 +150,6 @@ class ReusePortListener(Service):
             description=self.description,
         )
         Service.privilegedStartService(self)
-
-    def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
-        return None
 
 
 def _die_with_parent() -> None:

@@ -56,12 +56,15 @@ def tcp_exchange(host: str, port: int, payload: bytes, timeout: float = 10.0) ->
         s.connect((host, port))
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return read_all(s)
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Read until the other end closes."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def udp_exchange(host: str, port: int, payload: bytes, timeout: float = 5.0) -> bytes:

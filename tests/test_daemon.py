@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .daemon import Daemon, run_daemon
-from .loopback import have_ipv6, tcp_exchange, udp_exchange
+from .loopback import have_ipv6, read_all, tcp_exchange, udp_exchange
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
@@ -175,15 +175,6 @@ def test_bad_options_name_the_culprit(args: list[str], culprit: str) -> None:
     assert "Listening" not in output
 
 
-def _read_all(s: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
 @pytest.mark.parametrize(
     "reactor, extra, expect",
     [
@@ -214,7 +205,7 @@ def test_sigterm_mid_transfer_completes_the_reply(reactor: str | None, extra: li
             # ...while the open one goes on being served to the end.
             s.sendall(part)
             s.shutdown(socket.SHUT_WR)
-            assert first + _read_all(s) == (part + part).upper()
+            assert first + read_all(s) == (part + part).upper()
         assert daemon.wait() == 0
     assert "capserv stopped" in daemon.output
 
