@@ -9,6 +9,7 @@ share by connecting both ways.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from twisted.internet.interfaces import IAddress
 
@@ -40,7 +41,17 @@ def host_key(address: object) -> str | None:
 def is_loopback(host: str) -> bool:
     """
     Tell whether ``host`` (as `host_key` returns it) is a loopback address.
+
+    Cheap enough for every datagram: an IPv4 address outside 127/8 is
+    answered without parsing, and parses are cached.
     """
+    if ":" not in host and not host.startswith("127."):
+        return False  # IPv4 outside 127/8, or not an address at all
+    return _parsed_is_loopback(host)
+
+
+@lru_cache(maxsize=1024)
+def _parsed_is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

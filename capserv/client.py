@@ -110,13 +110,13 @@ class StreamSession(Protocol):
         self._finished = False
         self._idleCall: IDelayedCall | None = None
         self._closedByUs = False
+        #: Whether the transport can shut down only its sending side (TLS
+        #: cannot); known once connected.
+        self.half_closes = False
 
-    @property
-    def half_closes(self) -> bool:
-        """
-        Whether the transport can shut down only its sending side.
-        """
-        return hasattr(self.transport, "loseWriteConnection") and not _is_tls(self.transport)
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.half_closes = hasattr(transport, "loseWriteConnection") and not _is_tls(transport)
 
     def write(self, data: bytes) -> None:
         """

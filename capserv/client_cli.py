@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from capserv._version import __version__
 from capserv.client import StreamSession, open_stream, tcp_request, udp_request
+from capserv.coerce import number
 from capserv.udp import MAX_REPLY_IPV4
 
 __all__ = ["EXIT_NETWORK", "EXIT_USAGE", "ClientOptions", "main"]
@@ -38,20 +39,6 @@ __all__ = ["EXIT_NETWORK", "EXIT_USAGE", "ClientOptions", "main"]
 PROMPT = b"Input lowercase sentence:"
 EXIT_USAGE = 2
 EXIT_NETWORK = 1
-
-
-def _positive(name: str, kind: type) -> Any:
-    def coerce(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"--{name}: {value!r} is not a number") from None
-        if not number >= 0:
-            raise ValueError(f"--{name}: {value!r} must be >= 0")
-        return number
-
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
 
 
 def _port(value: str) -> int:
@@ -99,9 +86,9 @@ class ClientOptions(usage.Options):
             "t",
             1.0,
             "UDP: seconds to wait for each reply; TCP: seconds to connect is 10x this.",
-            _positive("timeout", float),
+            number("timeout", float),
         ],
-        ["retries", "r", 3, "UDP: tries after the first before giving up.", _positive("retries", int)],
+        ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
     ]
 
     def opt_version(self) -> None:

@@ -23,6 +23,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from capserv._internals import systemd_descriptors
 from capserv.addresses import describe
 from capserv.udp import MAX_DATAGRAM
 
@@ -36,15 +37,6 @@ __all__ = [
     "check_stream_description",
     "parse_udp",
 ]
-
-
-def _systemd_descriptors() -> list[int]:
-    """
-    The descriptors systemd passed (``LISTEN_FDS``), in order.
-    """
-    from capserv._internals import systemd_descriptors
-
-    return systemd_descriptors()
 
 
 #: What the daemon serves with no ``--listen``: the lesson's port, on
@@ -90,6 +82,21 @@ def _split(description: str) -> list[str]:
     return parts
 
 
+def _arguments(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and ``key=value`` arguments after a description's kind.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in _split(description)[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return args, kwargs
+
+
 def is_udp(description: str) -> bool:
     """
     Tell whether a listen description is capserv's ``udp:`` kind.
@@ -103,15 +110,7 @@ def parse_udp(description: str) -> UDPDescription:
 
     :raises ListenError: naming what is wrong.
     """
-    parts = _split(description)
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        if "=" in part:
-            key, value = part.split("=", 1)
-            kwargs[key] = value
-        else:
-            args.append(part)
+    args, kwargs = _arguments(description)
     if args:
         if "port" in kwargs or len(args) > 1:
             raise ListenError(f"{description!r}: expected udp:PORT[:interface=ADDRESS]")
@@ -153,7 +152,7 @@ def _parse_udp_systemd(description: str, kwargs: dict[str, str]) -> UDPDescripti
         index = int(kwargs["systemd"])
     except ValueError:
         raise ListenError(f"{description!r}: systemd= takes the socket's index, a number") from None
-    descriptors = _systemd_descriptors()
+    descriptors = systemd_descriptors()
     if not 0 <= index < len(descriptors):
         raise ListenError(f"{description!r}: systemd passed {len(descriptors)} sockets (LISTEN_FDS), no index {index}")
     return UDPDescription(0, "", index)
@@ -271,7 +270,7 @@ class DatagramListener(PortListener):
     def _adopt(self, index: int) -> Any:
         import socket
 
-        fd = _systemd_descriptors()[index]
+        fd = systemd_descriptors()[index]
         with socket.socket(fileno=fd) as probe:
             family, kind = probe.family, probe.type
             probe.detach()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import resource
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
@@ -21,6 +20,7 @@ from twisted.python import usage
 
 from capserv._internals import clear_exit_signal, proxy_protocol_endpoint
 from capserv._version import __version__
+from capserv.coerce import number
 from capserv.config import CapservConfig, ConfigError
 from capserv.listen import (
     DEFAULT_LISTEN,
@@ -39,25 +39,6 @@ from capserv.workers import ReusePortListener, WorkerPool, parse_shared, reuse_p
 __all__ = ["CapservService", "Options", "makeService"]
 
 _DEFAULTS = CapservConfig()
-
-
-def _number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]:
-    """
-    A coercer for a numeric option whose errors name the option (Twisted's
-    own message does not).
-    """
-
-    def coerce(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
-        if number != number or number < minimum:
-            raise ValueError(f"--{option}: {value!r} must be >= {minimum:g}")
-        return number
-
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
 
 
 class Options(usage.Options):
@@ -92,56 +73,56 @@ class Options(usage.Options):
             None,
             _DEFAULTS.idle_timeout,
             "Seconds without traffic before a TCP connection is closed.",
-            _number("idle-timeout", float),
+            number("idle-timeout", float),
         ],
         [
             "abort-grace",
             None,
             _DEFAULTS.abort_grace,
             "Seconds a closing connection gets to take its last bytes before it is aborted.",
-            _number("abort-grace", float),
+            number("abort-grace", float),
         ],
         [
             "max-connections",
             None,
             _DEFAULTS.max_connections,
             "Most TCP connections open at once.",
-            _number("max-connections", int),
+            number("max-connections", int),
         ],
         [
             "max-connections-per-ip",
             None,
             _DEFAULTS.max_connections_per_ip,
             "Most TCP connections open at once from one IP address.",
-            _number("max-connections-per-ip", int),
+            number("max-connections-per-ip", int),
         ],
         [
             "high-water",
             None,
             _DEFAULTS.high_water,
             "Unsent reply bytes per connection past which reading pauses.",
-            _number("high-water", int, 1),
+            number("high-water", int, 1),
         ],
         [
             "udp-rate",
             None,
             _DEFAULTS.udp_rate,
             "Datagrams per second answered per source address.",
-            _number("udp-rate", float),
+            number("udp-rate", float),
         ],
         [
             "udp-burst",
             None,
             _DEFAULTS.udp_burst,
             "Datagrams a source may send at once before --udp-rate applies.",
-            _number("udp-burst", int),
+            number("udp-burst", int),
         ],
         [
             "udp-rate-table-size",
             None,
             _DEFAULTS.udp_rate_table_size,
             "Most source addresses the UDP rate limiter remembers.",
-            _number("udp-rate-table-size", int, 1),
+            number("udp-rate-table-size", int, 1),
         ],
         [
             "metrics",
@@ -156,14 +137,14 @@ class Options(usage.Options):
             None,
             1,
             "Processes serving the same tcp:/tcp6:/udp: ports (Linux, SO_REUSEPORT).",
-            _number("workers", int, 1),
+            number("workers", int, 1),
         ],
         [
             "shutdown-timeout",
             None,
             _DEFAULTS.shutdown_timeout,
             "Seconds a graceful stop waits for open connections before closing them.",
-            _number("shutdown-timeout", float),
+            number("shutdown-timeout", float),
         ],
     ]
 
@@ -296,8 +277,6 @@ class CapservService(MultiService):
 
     def startService(self) -> None:
         # Children are already listening; only mark them running.
-        from twisted.application.service import Service
-
         Service.startService(self)
         for child in self:
             if not child.running:
@@ -313,8 +292,6 @@ class CapservService(MultiService):
         )
 
     def stopService(self) -> Deferred[None]:
-        from twisted.application.service import Service
-
         Service.stopService(self)
         # Refuse at once anything accepted before the listeners are closed.
         self.factory.stop_accepting()
@@ -411,23 +388,28 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
     service = CapservService(settings, factory, datagram, reactor)
     shared = config.get("workers", 1) > 1 or bool(config.get("worker"))
     shared_listeners: list[ReusePortListener] = []
-    udp_listeners = 0
+    udp_ports = 0
+
+    def datagram_for_next_port() -> UppercaseDatagramProtocol:
+        # A datagram protocol serves one port; further ports get siblings
+        # that share its counters and rate limiter.
+        nonlocal udp_ports
+        udp_ports += 1
+        return datagram if udp_ports == 1 else datagram.sibling()
+
     for description in config["listen"]:
         if shared:
             address = parse_shared(description)
             handler: Any = factory
             if address.kind == "udp":
-                handler = datagram if udp_listeners == 0 else datagram.sibling()
-                udp_listeners += 1
+                handler = datagram_for_next_port()
             listener = ReusePortListener(description, address, handler, reactor)
             listener.setServiceParent(service)  # type: ignore[no-untyped-call]
             shared_listeners.append(listener)
         elif is_udp(description):
-            # A datagram protocol serves one port; further ports get siblings
-            # that share its counters and rate limiter.
-            protocol = datagram if udp_listeners == 0 else datagram.sibling()
-            udp_listeners += 1
-            DatagramListener(description, parse_udp(description), protocol, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
+            DatagramListener(description, parse_udp(description), datagram_for_next_port(), reactor).setServiceParent(
+                service
+            )  # type: ignore[no-untyped-call]
         else:
             endpoint = proxy_protocol_endpoint(reactor, description) or endpoints.serverFromString(reactor, description)
             StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]

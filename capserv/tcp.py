@@ -114,11 +114,9 @@ class UppercaseProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         proxied = is_proxy_protocol(transport)
-        if not proxied:
-            if not factory._admitHost(self.peer):
-                self._refused()
-                return
-            factory._countHost(self, self.peer)
+        if not proxied and not factory._admit(self, self.peer):
+            self._refused()
+            return
         factory._register(self)
         now = self._clock.seconds()
         self.started = self._lastActivity = now
@@ -147,10 +145,9 @@ class UppercaseProtocol(Protocol):
         del self.dataReceived  # back to the class's method
         real = self.transport.getPeer()
         self.peer = real
-        if not self.factory._admitHost(real):
+        if not self.factory._admit(self, real):
             self._refused()
             return
-        self.factory._countHost(self, real)
         self.dataReceived(data)
 
     def _ignore(self, data: bytes) -> None:
@@ -195,7 +192,7 @@ class UppercaseProtocol(Protocol):
         self._throttle.stopProducing()
         factory = self.factory
         factory._unregister(self)
-        if self._isRefused and not self.bytes_in:
+        if self._isRefused:
             return  # the refusal was logged (throttled); no line per refusal
         duration = self._clock.seconds() - self.started
         if not self.closing:
@@ -360,24 +357,24 @@ class UppercaseFactory(ServerFactory):
                 held=held,
             )
 
-    def _admitHost(self, address: IAddress | None) -> bool:
+    def _admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
-        Whether one more connection from ``address`` is within the per-IP
-        limit; a refusal is counted and logged.
-        """
-        limit = self.config.max_connections_per_ip
-        if limit:
-            key = host_key(address)
-            if key is not None and self._perHost.get(key, 0) >= limit:
-                self._refuse(address, "max_connections_per_ip")
-                return False
-        return True
+        Count ``protocol`` against ``address``'s per-IP limit, or refuse it
+        (counted and logged) if the address is already at the limit.
 
-    def _countHost(self, protocol: UppercaseProtocol, address: IAddress | None) -> None:
+        :return: whether the connection may go on.
+        """
         key = host_key(address)
-        if key is not None:
-            self._perHost[key] = self._perHost.get(key, 0) + 1
-            protocol._countedHost = key
+        if key is None:
+            return True
+        count = self._perHost.get(key, 0)
+        limit = self.config.max_connections_per_ip
+        if limit and count >= limit:
+            self._refuse(address, "max_connections_per_ip")
+            return False
+        self._perHost[key] = count + 1
+        protocol._countedHost = key
+        return True
 
     def _register(self, protocol: UppercaseProtocol) -> None:
         self.connections.add(protocol)

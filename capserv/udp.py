@@ -35,17 +35,6 @@ MAX_REPLY_IPV4 = 65507
 MAX_REPLY_IPV6 = 65527
 
 
-def _loopback(host: str) -> bool:
-    """
-    Tell whether a source is on loopback, cheaply for the common forms.
-    """
-    if host.startswith("127.") or host == "::1" or host.startswith("::ffff:127."):
-        return True
-    if "." in host and not host.startswith("::ffff:"):
-        return False  # any other IPv4 address
-    return is_loopback(host.split("%", 1)[0][7:] if host.startswith("::ffff:") else host.split("%", 1)[0])
-
-
 class UppercaseDatagramProtocol(DatagramProtocol):
     """
     Answer each datagram with its uppercase text, sent to its source.
@@ -113,9 +102,13 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             return
         host = addr[0]
         buckets = self.buckets
-        if buckets is not None and (config.udp_rate_loopback or not _loopback(host)):
+        if buckets is not None:
             key = host_key(addr)
-            if key is not None and not buckets.allow(key, self.clock.seconds()):
+            if (
+                key is not None
+                and (config.udp_rate_loopback or not is_loopback(key))
+                and not buckets.allow(key, self.clock.seconds())
+            ):
                 self._drop("rate_limit", addr, len(data))
                 return
         if self._ascii or (self._fast and data.isascii()):

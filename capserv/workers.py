@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from capserv.addresses import describe
-from capserv.listen import ListenError, PortListener, _split, parse_udp
+from capserv.listen import ListenError, PortListener, _arguments, parse_udp
 from capserv.udp import MAX_DATAGRAM
 
 __all__ = ["ReusePortListener", "SharedAddress", "WorkerPool", "parse_shared", "reuse_port_supported"]
@@ -79,14 +79,7 @@ def parse_shared(description: str) -> SharedAddress:
         return SharedAddress("udp", family, interface, udp.port)
     if kind not in ("tcp", "tcp6"):
         raise ListenError(f"{description!r}: --workers shares only tcp:, tcp6: and udp: listen strings")
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in _split(description)[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            kwargs[key] = value
-        else:
-            args.append(part)
+    args, kwargs = _arguments(description)
     if args:
         kwargs.setdefault("port", args[0])
     unknown = set(kwargs) - {"port", "interface", "backlog"}

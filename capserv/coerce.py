@@ -1,0 +1,33 @@
+"""
+Coercers for numeric command-line options, shared by ``twistd capserv`` and
+``capserv-client``: a bad value's error names the option (Twisted's
+``usage.Options`` message does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["number"]
+
+
+def number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]:
+    """
+    A coercer turning an option's text into ``kind`` (``int`` or ``float``),
+    at least ``minimum``.
+
+    :param option: the option's long name, for the error message.
+    """
+
+    def coerce(value: str) -> Any:
+        try:
+            result = kind(value)
+        except ValueError:
+            raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
+        if result != result or result < minimum:
+            raise ValueError(f"--{option}: {value!r} must be >= {minimum:g}")
+        return result
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
