@@ -28,6 +28,7 @@ from capserv.addresses import describe
 from capserv.udp import MAX_DATAGRAM
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "DEFAULT_LISTEN",
     "DatagramListener",
     "ListenError",
@@ -36,6 +37,7 @@ __all__ = [
     "UDPDescription",
     "check_stream_description",
     "parse_udp",
+    "with_default_backlog",
 ]
 
 
@@ -43,6 +45,16 @@ __all__ = [
 #: loopback only (an open UDP service on a public address is an amplifier
 #: until the operator decides otherwise).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
+
+
+#: The listen backlog capserv asks for when a description sets none.
+#: Twisted's default of 50 overflows when hundreds of clients connect at
+#: once: the kernel drops their SYNs and each waits a second to retry.
+#: (Linux caps it at ``net.core.somaxconn``, 4096 by default.)
+DEFAULT_BACKLOG = 1024
+
+#: Endpoint kinds whose parsers take ``backlog=``.
+_BACKLOG_KINDS = frozenset({"tcp", "tcp6", "unix", "ssl"})
 
 
 class ListenError(Exception):
@@ -95,6 +107,22 @@ def _arguments(description: str) -> tuple[list[str], dict[str, str]]:
         else:
             args.append(part)
     return args, kwargs
+
+
+def with_default_backlog(description: str) -> str:
+    """
+    Add ``backlog=DEFAULT_BACKLOG`` to a ``tcp:``, ``tcp6:``, ``unix:`` or
+    ``ssl:`` description (also behind ``haproxy:``) that sets no backlog;
+    return any other description unchanged.
+    """
+    parts = _split(description)
+    kinds = [part.lower() for part in parts[:2]]
+    kind = kinds[1] if kinds[0] == "haproxy" and len(kinds) > 1 else kinds[0]
+    if kind not in _BACKLOG_KINDS:
+        return description
+    if any(part.partition("=")[0] == "backlog" for part in parts[1:]):
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
 
 
 def is_udp(description: str) -> bool:

@@ -65,6 +65,11 @@ class CapservCollector:
             "capserv_idle_timeouts", "TCP connections closed for being idle.", value=tcp["idle_timeouts"]
         )
         yield CounterMetricFamily(
+            "capserv_read_pauses",
+            "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
+            value=tcp["pauses"],
+        )
+        yield CounterMetricFamily(
             "capserv_aborts", "TCP connections aborted for not taking their last bytes.", value=tcp["aborts"]
         )
         received = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
@@ -83,6 +88,11 @@ class CapservCollector:
         for reason in DROP_REASONS:
             drops.add_metric([reason], udp["drops"].get(reason, 0))
         yield drops
+        yield GaugeMetricFamily(
+            "capserv_udp_rate_sources",
+            "Source addresses the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
+            value=udp["rate_table_size"],
+        )
         yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=self.workers)
 
 

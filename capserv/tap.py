@@ -30,6 +30,7 @@ from capserv.listen import (
     check_stream_description,
     is_udp,
     parse_udp,
+    with_default_backlog,
 )
 from capserv.reactor import global_reactor
 from capserv.tcp import UppercaseFactory
@@ -411,7 +412,8 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
                 service
             )  # type: ignore[no-untyped-call]
         else:
-            endpoint = proxy_protocol_endpoint(reactor, description) or endpoints.serverFromString(reactor, description)
+            full = with_default_backlog(description)
+            endpoint = proxy_protocol_endpoint(reactor, full) or endpoints.serverFromString(reactor, full)
             StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
     if config.get("metrics"):
         from capserv.metrics import metrics_site

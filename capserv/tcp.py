@@ -103,6 +103,9 @@ class UppercaseProtocol(Protocol):
         self._reason = "closed"
         self._countedHost: str | None = None
         self._isRefused = False
+        #: Whether the read throttle is registered with the transport.
+        self._registered = False
+        self._aborted = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = 0.0
@@ -126,6 +129,7 @@ class UppercaseProtocol(Protocol):
             # waiting to be sent.
             transport.bufferSize = high_water  # type: ignore[attr-defined]
         transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
+        self._registered = True
         self._write = stream_writer(transport)
         if proxied:
             # Behind HAProxy the client's address arrives in the PROXY
@@ -162,8 +166,7 @@ class UppercaseProtocol(Protocol):
         self.dataReceived = self._ignore  # type: ignore[method-assign]
         self._reason = "refused: max_connections_per_ip"
         transport = self.transport
-        if getattr(transport, "producer", None) is not None:
-            transport.unregisterProducer()  # type: ignore[attr-defined]
+        self._unregister()
         transport.loseConnection()
 
     def readConnectionLost(self) -> None:
@@ -194,7 +197,8 @@ class UppercaseProtocol(Protocol):
         factory._unregister(self)
         if self._isRefused:
             return  # the refusal was logged (throttled); no line per refusal
-        duration = self._clock.seconds() - self.started
+        # Never negative, even if the wall clock was stepped back meanwhile.
+        duration = max(0.0, self._clock.seconds() - self.started)
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
         self._log.info(
@@ -243,14 +247,20 @@ class UppercaseProtocol(Protocol):
         """
         self.closing = True
         self._closeWhenDrained = False
-        transport = self.transport
-        transport.unregisterProducer()  # type: ignore[attr-defined]
-        transport.loseConnection()
+        self._unregister()
+        self.transport.loseConnection()
         if grace > 0 and self._abortCall is None:
             self._abortCall = self._clock.callLater(grace, self._abort)
 
+    def _unregister(self) -> None:
+        """Unregister the read throttle, once (some transports raise on a second time)."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
     def _abort(self) -> None:
         self._abortCall = None
+        self._aborted = True
         self.factory.stats.aborts += 1
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -274,7 +284,7 @@ class UppercaseProtocol(Protocol):
         Close now, as a graceful stop does once its time is up: send what is
         buffered and abort after the configured grace.
         """
-        if self._abortCall is not None:
+        if self._abortCall is not None or self._aborted:
             return
         self._reason = "server shutting down"
         self._closeNow(self.factory.config.abort_grace or 0.001)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 
 _LISTENING = re.compile(r"Listening for (streams|datagrams) on (\S+) \((.*)\)$")
@@ -140,3 +141,23 @@ def run_daemon(args: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
         timeout=timeout,
     )
     return result.returncode, result.stdout + result.stderr
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The daemon's Prometheus metrics (``--metrics``) as name -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def process_usage(pid: int) -> tuple[int, int]:
+    """(resident memory in KiB, open file descriptors) of a live process."""
+    with open(f"/proc/{pid}/status") as status:
+        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))

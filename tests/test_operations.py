@@ -17,13 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from twisted.python import usage
 
-from .daemon import Daemon, twistd_path
+from .daemon import Daemon, scrape, twistd_path
 from .loopback import tcp_exchange, udp_exchange
 from .test_daemon import lesson_port
 
@@ -35,18 +34,6 @@ UDP0 = "udp:0:interface=127.0.0.1"
 
 
 # -- metrics -------------------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def test_metrics_move_with_traffic() -> None:

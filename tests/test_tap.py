@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig
 from capserv._internals import clear_exit_signal
-from capserv.listen import DEFAULT_LISTEN, ListenError, StreamListener, parse_udp
+from capserv.listen import DEFAULT_BACKLOG, DEFAULT_LISTEN, ListenError, StreamListener, parse_udp, with_default_backlog
 from capserv.tap import Options, makeService
 
 
@@ -134,6 +134,22 @@ class UDPDescriptionTests(SynchronousTestCase):
             self.assertRaises(ListenError, parse_udp, bad)
 
 
+class BacklogTests(SynchronousTestCase):
+    def test_default_added_where_a_backlog_is_taken(self) -> None:
+        for description in ["tcp:1", "tcp6:1:interface=\\:\\:1", "unix:/run/c.sock", "ssl:1:privateKey=k", "haproxy:tcp:1"]:
+            self.assertEqual(with_default_backlog(description), f"{description}:backlog={DEFAULT_BACKLOG}")
+
+    def test_left_alone_otherwise(self) -> None:
+        for description in ["tcp:1:backlog=5", "systemd:domain=INET:index=0", "udp:1", "haproxy:tcp:1:backlog=7"]:
+            self.assertEqual(with_default_backlog(description), description)
+
+    def test_operator_backlog_reaches_the_port(self) -> None:
+        reactor = UDPMemoryReactor()
+        service = makeService(parse("--listen", "tcp:1001:backlog=7"), reactor=reactor)
+        service.privilegedStartService()
+        self.assertEqual(reactor.tcpServers[0][2], 7)
+
+
 class ServiceTests(SynchronousTestCase):
     def test_listens_on_each_description(self) -> None:
         reactor = UDPMemoryReactor()
@@ -149,6 +165,7 @@ class ServiceTests(SynchronousTestCase):
         service.privilegedStartService()
         service.startService()
         self.assertEqual([(p[0], p[3]) for p in reactor.tcpServers], [(1001, "127.0.0.1")])
+        self.assertEqual(reactor.tcpServers[0][2], DEFAULT_BACKLOG)
         self.assertEqual([(p[0], p[2]) for p in reactor.udpServers], [(1002, "127.0.0.1"), (1003, "")])
         udp_protocols = [p[1] for p in reactor.udpServers]
         self.assertIsNot(udp_protocols[0], udp_protocols[1])

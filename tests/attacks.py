@@ -1,0 +1,306 @@
+"""
+Misbehaving clients, on loopback only, for the adversarial tests and the
+long runs in ``bench/adversarial.py`` (which imports this module, so a
+figure in the docs and a test assertion come from the same attack code).
+
+Every helper is bounded in time and closes what it opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+#: What a slow reader sends, over and over; its uppercase is known.
+PATTERN = b"slow readers pile up replies\n"
+
+
+def reference(data: bytes) -> bytes:
+    """What capserv owes for ``data`` in UTF-8 mode (the contract)."""
+    return data.decode("utf-8", "surrogateescape").upper().encode("utf-8", "surrogateescape")
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted``; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def connect(host: str, port: int, source: str | None = None, buffers: int | None = None) -> socket.socket:
+    """A blocking TCP connection, from ``source`` if given, with small kernel buffers if asked."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if buffers is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+        if source is not None:
+            s.bind((source, 0))
+        s.settimeout(10)
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+@contextlib.contextmanager
+def many(sockets: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    """Close every socket in the list at the end, whatever happens."""
+    try:
+        yield sockets
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def exchange(host: str, port: int, payload: bytes, source: str | None = None, timeout: float = 10.0) -> bytes:
+    """Send, half-close, read to the end."""
+    with connect(host, port, source) as s:
+        s.settimeout(timeout)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def closed_by_server(sockets: list[socket.socket], timeout: float) -> int:
+    """
+    Wait up to ``timeout`` seconds for the server to close each socket
+    (end of stream or reset); how many it closed.  Data the server sends
+    first is read and discarded.
+    """
+    closed = 0
+    with selectors.DefaultSelector() as selector:
+        for s in sockets:
+            s.setblocking(False)
+            selector.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while closed < len(sockets):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in selector.select(left):
+                s = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = s.recv(65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    selector.unregister(s)
+                    closed += 1
+    return closed
+
+
+def fill_without_reading(sockets: list[socket.socket], quiet: float = 1.0, limit: float = 30.0) -> list[int]:
+    """
+    Send `PATTERN` on every socket without ever reading, until none of them
+    has taken a byte for ``quiet`` seconds (the server stopped reading) or
+    ``limit`` seconds have passed.  Bytes sent per socket.
+    """
+    chunk = PATTERN * (16384 // len(PATTERN))
+    sent = [0] * len(sockets)
+    closed: set[int] = set()
+    for s in sockets:
+        s.setblocking(False)
+    start = last_progress = time.monotonic()
+    while True:
+        progress = False
+        for i, s in enumerate(sockets):
+            if i in closed:
+                continue
+            try:
+                n = s.send(chunk[sent[i] % len(PATTERN) :])  # the stream stays PATTERN repeated
+            except BlockingIOError:
+                continue
+            except ConnectionError:
+                closed.add(i)  # the server gave up on it (idle timeout): stop here
+                continue
+            sent[i] += n
+            progress = True
+        now = time.monotonic()
+        if progress:
+            last_progress = now
+        elif now - last_progress >= quiet or now - start >= limit:
+            return sent
+        else:
+            time.sleep(0.02)
+
+
+def read_back(s: socket.socket, sent: int, timeout: float = 30.0) -> bytes:
+    """Half-close, then read everything the server owes for ``sent`` bytes of `PATTERN`."""
+    s.setblocking(True)
+    s.settimeout(timeout)
+    s.shutdown(socket.SHUT_WR)
+    chunks = []
+    while chunk := s.recv(262144):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def expected_pattern(sent: int) -> bytes:
+    """The reply owed for ``sent`` bytes of `PATTERN` sent in a row."""
+    whole, part = divmod(sent, len(PATTERN))
+    return reference(PATTERN * whole + PATTERN[:part])
+
+
+def reset(s: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends a reset instead of a FIN."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def timed_exchanges(host: str, port: int, count: int, payload: bytes = b"keep my latency\n") -> list[float]:
+    """
+    One connection, ``count`` request/response round trips; the seconds
+    each took.  Raises if a reply is not the exact uppercase.
+    """
+    want = reference(payload)
+    times = []
+    with connect(host, port) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise AssertionError("server closed a normal client")
+                got += chunk
+            times.append(time.perf_counter() - start)
+            if got != want:
+                raise AssertionError(f"wrong reply {got!r}")
+    return times
+
+
+# -- UDP -----------------------------------------------------------------------
+
+
+def can_spoof() -> bool:
+    """Whether raw sockets are allowed here (root or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close()
+    except PermissionError:
+        return False
+    return True
+
+
+def spoof_udp(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> None:
+    """
+    Send one IPv4 UDP datagram with a forged source address and port, as an
+    attacker would to start a loop or a reflection.  Needs `can_spoof`.
+    """
+    length = 8 + len(payload)
+    udp = struct.pack("!HHHH", source[1], destination[1], length, 0) + payload  # checksum 0: none (IPv4)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,  # version 4, 5 words
+        0,
+        20 + length,
+        0,  # id: the kernel fills it in
+        0,
+        64,  # TTL
+        socket.IPPROTO_UDP,
+        0,  # checksum: the kernel fills it in
+        socket.inet_aton(source[0]),
+        socket.inet_aton(destination[0]),
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(header + udp, (destination[0], 0))
+
+
+class UDPEcho:
+    """
+    An echo server (RFC 862) in a thread: every datagram goes back to its
+    source unchanged.  It counts what it bounced.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind((host, port))
+        self.socket.settimeout(0.1)
+        self.address: tuple[str, int] = self.socket.getsockname()
+        self.bounced = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.socket.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with contextlib.suppress(OSError):
+                self.socket.sendto(data, source)
+                self.bounced += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.socket.close()
+
+    def __enter__(self) -> UDPEcho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def flood(destination: tuple[str, int], count: int, source: str = "127.0.0.1", payload: bytes = b"flood") -> int:
+    """
+    Send ``count`` datagrams as fast as the kernel takes them from one
+    socket, reading replies as they come; how many replies arrived.
+    """
+    replies = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setblocking(False)
+        sent = 0
+        while sent < count:
+            try:
+                s.sendto(payload, destination)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                time.sleep(0.001)
+            replies += _drain(s)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            got = _drain(s)
+            replies += got
+            if not got:
+                time.sleep(0.05)
+    return replies
+
+
+def _drain(s: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            s.recv(65535)
+        except BlockingIOError:
+            return n
+        n += 1
