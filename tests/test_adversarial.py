@@ -95,7 +95,7 @@ def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
             def normal() -> None:
                 try:
                     attacks.timed_exchanges(server.host, server.tcp, 50)
-                except BaseException as e:  # noqa: BLE001 - reported below
+                except BaseException as e:
                     errors.append(e)
 
             threads = [threading.Thread(target=normal) for _ in range(10)]
@@ -106,7 +106,7 @@ def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
             assert not any(t.is_alive() for t in threads)
             assert errors == []
             # Then the slow readers read: every byte they sent comes back exact.
-            for s, n in zip(sockets, sent):
+            for s, n in zip(sockets, sent, strict=True):
                 assert attacks.read_back(s, n) == attacks.expected_pattern(n)
         # Bounded memory: at most the high-water mark and one read per
         # connection, whatever the clients pushed.
@@ -155,7 +155,7 @@ def test_reset_storm_and_half_open_connections(fds: int) -> None:
             try:
                 while not stop.wait(0.01):
                     attacks.timed_exchanges(server.host, server.tcp, 5)
-            except BaseException as e:  # noqa: BLE001 - reported below
+            except BaseException as e:
                 errors.append(e)
 
         bystander = threading.Thread(target=normal)

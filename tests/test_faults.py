@@ -40,7 +40,7 @@ def reference(data: bytes) -> bytes:
     return data.decode("utf-8", "surrogateescape").upper().encode("utf-8", "surrogateescape")
 
 
-class WriteFailed(OSError):
+class WriteFailedError(OSError):
     """What a failing transport raises from write()."""
 
 
@@ -69,7 +69,7 @@ class ModelTransport(StringTransport):
             self.writesAfterLoss += 1
             return
         if self.failWrites:
-            raise WriteFailed(errno.EPIPE, "write failed (injected)")
+            raise WriteFailedError(errno.EPIPE, "write failed (injected)")
         super().write(data)
         self.owed += len(data)
         if self.producer is not None and self.streaming and self.owed > self.bufferSize and not self.producerPaused:
@@ -216,7 +216,7 @@ class ConnectionLife(RuleBasedStateMachine):
         """Run an event as the reactor does: an exception loses the connection."""
         try:
             event()  # type: ignore[operator]
-        except WriteFailed as e:
+        except WriteFailedError as e:
             peer.writeFailed = True
             peer.transport.lostWith = Failure(e)
             peer.protocol.connectionLost(Failure(e))  # type: ignore[attr-defined]
@@ -426,9 +426,9 @@ class NamedFaultTests(SynchronousTestCase):
         c = Connection()
         other = Connection()
         c.transport.failWrites = True
-        with self.assertRaises(WriteFailed):
+        with self.assertRaises(WriteFailedError):
             c.protocol.dataReceived(b"e")  # type: ignore[union-attr]
-        c.transport.lostWith = Failure(WriteFailed())
+        c.transport.lostWith = Failure(WriteFailedError())
         c.protocol.connectionLost(c.transport.lostWith)  # type: ignore[union-attr]
         self.assertEqual(c.factory.connections, set())
         other.protocol.dataReceived(b"f")  # type: ignore[union-attr]

@@ -136,7 +136,8 @@ class UDPDescriptionTests(SynchronousTestCase):
 
 class BacklogTests(SynchronousTestCase):
     def test_default_added_where_a_backlog_is_taken(self) -> None:
-        for description in ["tcp:1", "tcp6:1:interface=\\:\\:1", "unix:/run/c.sock", "ssl:1:privateKey=k", "haproxy:tcp:1"]:
+        kinds = ["tcp:1", "tcp6:1:interface=\\:\\:1", "unix:/run/c.sock", "ssl:1:privateKey=k", "haproxy:tcp:1"]
+        for description in kinds:
             self.assertEqual(with_default_backlog(description), f"{description}:backlog={DEFAULT_BACKLOG}")
 
     def test_left_alone_otherwise(self) -> None:
