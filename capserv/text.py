@@ -22,11 +22,38 @@ Two fast paths keep the common case cheap:
 from __future__ import annotations
 
 import codecs
+import re
 from functools import cache
 
 __all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "uppercase"]
 
-_ERRORS = "surrogateescape"
+#: The codec error handler: Python's ``surrogateescape``, widened to every
+#: byte.  ``surrogateescape`` turns an undecodable byte 0x80-0xFF into
+#: U+DC80-U+DCFF and back, but refuses bytes below 0x80, which wide codecs
+#: (UTF-16, UTF-32) can find undecodable (a lone surrogate ``\x00\xd8``), and
+#: those codecs will not encode an escape back to a single byte.  This
+#: handler escapes any byte b as U+DC00+b (decoding), and `_encode_upper`
+#: turns escapes back into their bytes itself where the codec will not, so
+#: whatever a client sends comes back in any encoding, and the result does
+#: not depend on where the stream was cut.  In UTF-8 it gives exactly what
+#: ``surrogateescape`` gives (invalid UTF-8 bytes are all 0x80 or above).
+#: (Both found by fuzz/fuzz_codec.py.)
+_ERRORS = "capserv-escape"
+_ESCAPES = re.compile("([\udc00-\udcff]+)")
+
+
+def _escape(error: UnicodeError) -> tuple[str | bytes, int]:
+    if isinstance(error, UnicodeDecodeError):
+        bad = error.object[error.start : error.end]
+        return "".join(chr(0xDC00 + b) for b in bad), error.end
+    if isinstance(error, UnicodeEncodeError):
+        text = error.object[error.start : error.end]
+        if all(0xDC00 <= ord(ch) <= 0xDCFF for ch in text):
+            return bytes(ord(ch) - 0xDC00 for ch in text), error.end
+    raise error
+
+
+codecs.register_error(_ERRORS, _escape)
 
 
 def lookup_encoding(name: str) -> str:
@@ -86,7 +113,7 @@ class Uppercaser:
     input at once gives, however the input was cut.
     """
 
-    __slots__ = ("_decoder", "_fast", "_pending", "ascii_only", "encoding")
+    __slots__ = ("_decoder", "_encoder", "_fast", "_pending", "ascii_only", "encoding")
 
     def __init__(self, encoding: str = "utf-8", ascii_only: bool = False) -> None:
         """
@@ -100,6 +127,9 @@ class Uppercaser:
         # Made on first use: most connections only ever see ASCII, and an
         # idle connection should cost as little memory as possible.
         self._decoder: codecs.IncrementalDecoder | None = None
+        # Incremental too, so a codec that writes a byte-order mark (UTF-16,
+        # UTF-32) writes it once per stream, not once per chunk.
+        self._encoder: codecs.IncrementalEncoder | None = None
         # True while the decoder may hold bytes of an incomplete character.
         self._pending = False
 
@@ -132,6 +162,7 @@ class Uppercaser:
         if self.ascii_only or not self._pending:
             if self._decoder is not None:
                 self._decoder.reset()
+                self._encoder.reset()  # type: ignore[union-attr]
             return b""
         return self._slow(b"", True)
 
@@ -139,38 +170,61 @@ class Uppercaser:
         decoder = self._decoder
         if decoder is None:
             decoder = self._decoder = codecs.getincrementaldecoder(self.encoding)(_ERRORS)
+            self._encoder = codecs.getincrementalencoder(self.encoding)(_ERRORS)
         before = self.pending
         try:
             text = decoder.decode(data, final)
-        except UnicodeDecodeError:
-            # A codec whose errors surrogateescape cannot carry (bytes below
-            # 0x80 inside an invalid UTF-16 unit, say): pass the raw bytes
-            # through rather than lose them, and start afresh.
+        except UnicodeError:
+            # A codec that fails beyond what an error handler can mend (the
+            # UTF-16 decoder given one byte and end of input: "does not start
+            # with BOM"): pass the raw bytes through rather than lose them,
+            # and start afresh.
             decoder.reset()
+            self._encoder.reset()  # type: ignore[union-attr]
             self._pending = False
             return before + data
         state = decoder.getstate()
         self._pending = bool(state[0]) or bool(state[1])
+        assert self._encoder is not None
+        try:
+            out = _encode_upper(text, self._encoder)
+        except UnicodeError:
+            # Decoded to something the codec cannot encode again (ISO-2022
+            # escape sequences, say): the raw bytes, as above.
+            decoder.reset()
+            self._encoder.reset()
+            self._pending = False
+            return before + data
         if final:
             decoder.reset()
+            self._encoder.reset()
             self._pending = False
-        return _encode_upper(text, self.encoding)
+        return out
 
 
-def _encode_upper(text: str, encoding: str) -> bytes:
+def _encode_upper(text: str, encoder: codecs.IncrementalEncoder) -> bytes:
     """
     Encode ``text.upper()``, keeping any character whose capital the
-    encoding cannot represent (Latin-1 has ``"ÿ"`` but not ``"Ÿ"``).
+    encoding cannot represent (Latin-1 has ``"ÿ"`` but not ``"Ÿ"``), and
+    turning escaped bytes back into themselves.
     """
-    upper = text.upper()
     try:
-        return upper.encode(encoding, _ERRORS)
+        return encoder.encode(text.upper())
     except UnicodeEncodeError:
         pass
     out = []
-    for ch in text:
+    for piece in _ESCAPES.split(text):
+        if not piece:
+            continue
+        if _ESCAPES.fullmatch(piece):
+            out.append(bytes(ord(ch) - 0xDC00 for ch in piece))
+            continue
         try:
-            out.append(ch.upper().encode(encoding, _ERRORS))
+            out.append(encoder.encode(piece.upper()))
         except UnicodeEncodeError:
-            out.append(ch.encode(encoding, _ERRORS))
+            for ch in piece:
+                try:
+                    out.append(encoder.encode(ch.upper()))
+                except UnicodeEncodeError:
+                    out.append(encoder.encode(ch))
     return b"".join(out)

@@ -139,11 +139,43 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(out, "ABC€".encode("utf-16-le"))
 
     def test_wide_encoding_undecodable_passes_through(self) -> None:
-        """A lone UTF-16 surrogate cannot be escaped; its bytes still come back."""
+        """A lone UTF-16 surrogate cannot be decoded; its bytes come back where they were."""
         data = b"a\x00\x00\xd8b\x00"
-        out = uppercase(data, "utf-16-le")
-        self.assertEqual(len(out), len(data))
-        self.assertIn(b"\x00\xd8", out)
+        self.assertEqual(uppercase(data, "utf-16-le"), b"A\x00\x00\xd8B\x00")
+
+    # Found by fuzz/fuzz_codec.py; each used to raise or to depend on the cuts.
+
+    def test_wide_encoding_trailing_odd_byte_flushed(self) -> None:
+        codec = Uppercaser("utf-16-le")
+        self.assertEqual(codec.feed(b"\xff" * 8 + b"h"), b"\xff" * 8)
+        self.assertEqual(codec.flush(), b"h")
+
+    def test_wide_encoding_invalid_units_do_not_depend_on_cuts(self) -> None:
+        data = b"q\x00\x7f\xdc\x00\x00\x01\x00MQQQ\xff\xda\x80@"
+        whole = uppercase(data, "utf-16-le")
+        for cut in range(len(data) + 1):
+            codec = Uppercaser("utf-16-le")
+            self.assertEqual(codec.feed(data[:cut]) + codec.feed(data[cut:]) + codec.flush(), whole, cut)
+        self.assertEqual(whole[:4], b"Q\x00\x7f\xdc")
+
+    def test_byte_order_mark_once_per_stream(self) -> None:
+        codec = Uppercaser("utf-16")
+        out = codec.feed("ab".encode("utf-16")) + codec.feed("cd".encode("utf-16-le")) + codec.flush()
+        self.assertEqual(out, "ABCD".encode("utf-16"))
+
+    def test_stateful_codecs_never_raise(self) -> None:
+        samples = [
+            ("utf-16", b"\x00"),
+            ("utf-16", b"\x00\x03\x04"),
+            ("utf-32", b"\x00\x00\x01"),
+            ("utf-7", b"+AGE-+\xff"),
+            ("iso2022_jp", b"\xff" * 4 + b"\x1b" * 50 + b"\xeb\xff\x83\x00\xd8\xd8\xd8\x01s\xd8\x03\x000\xa4\xff\x82~c"),
+        ]
+        for encoding, data in samples:
+            codec = Uppercaser(encoding)
+            out = codec.feed(data[:1]) + codec.feed(data[1:]) + codec.flush()
+            self.assertIsInstance(out, bytes)
+            self.assertIsInstance(uppercase(data, encoding), bytes)
 
     def test_ascii_compatibility(self) -> None:
         self.assertTrue(is_ascii_compatible("utf-8"))
