@@ -107,7 +107,9 @@ def closed_by_server(sockets: list[socket.socket], timeout: float) -> int:
     return closed
 
 
-def fill_without_reading(sockets: list[socket.socket], quiet: float = 1.0, limit: float = 30.0) -> list[int]:
+def fill_without_reading(
+    sockets: list[socket.socket], quiet: float = 1.0, limit: float = 30.0, most: int | None = None
+) -> list[int]:
     """
     Send `PATTERN` on every socket without ever reading, until none of them
     has taken a byte for ``quiet`` seconds (the server stopped reading) or
@@ -122,7 +124,7 @@ def fill_without_reading(sockets: list[socket.socket], quiet: float = 1.0, limit
     while True:
         progress = False
         for i, s in enumerate(sockets):
-            if i in closed:
+            if i in closed or (most is not None and sent[i] >= most):
                 continue
             try:
                 n = s.send(chunk[sent[i] % len(PATTERN) :])  # the stream stays PATTERN repeated
