@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from .loopback import read_all
+
 #: What a slow reader sends, over and over; its uppercase is known.
 PATTERN = b"slow readers pile up replies\n"
 
@@ -71,10 +73,7 @@ def exchange(host: str, port: int, payload: bytes, source: str | None = None, ti
         s.settimeout(timeout)
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_all(s)
 
 
 def closed_by_server(sockets: list[socket.socket], timeout: float) -> int:
@@ -149,10 +148,7 @@ def read_back(s: socket.socket, sent: int, timeout: float = 30.0) -> bytes:
     s.setblocking(True)
     s.settimeout(timeout)
     s.shutdown(socket.SHUT_WR)
-    chunks = []
-    while chunk := s.recv(262144):
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return read_all(s)
 
 
 def expected_pattern(sent: int) -> bytes:
@@ -234,8 +230,21 @@ class UDPEcho:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """
+        :param port: the port to serve, 0 for any; a low port (echo is 7)
+            is taken if free, else the next free one below 1024, so that
+            runs in parallel do not collide.
+        """
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.bind((host, port))
+        candidates = [port] if port == 0 or port >= 1024 else [port, *range(port + 1, 1024)]
+        for candidate in candidates:
+            try:
+                self.socket.bind((host, candidate))
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or candidate == candidates[-1]:
+                    self.socket.close()
+                    raise
         self.socket.settimeout(0.1)
         self.address: tuple[str, int] = self.socket.getsockname()
         self.bounced = 0

@@ -32,6 +32,16 @@ def twistd_path() -> str:
     return found
 
 
+def default_signals() -> None:
+    """
+    Give the child SIGINT's default disposition.  A test run started as a
+    background job (``nohup``, ``cmd &`` in a script) inherits SIGINT
+    ignored, and Python, then twistd, leave an ignored SIGINT ignored, so a
+    daemon under test would not stop on Ctrl-C as it does for an operator.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Daemon:
     """One running C{twistd -n capserv}; use as a context manager."""
 
@@ -45,6 +55,7 @@ class Daemon:
         self.command = command
         self.process = subprocess.Popen(
             command,
+            preexec_fn=default_signals,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from .attacks import exchange
 from .daemon import Daemon, scrape, twistd_path
 from .loopback import tcp_exchange, udp_exchange
 from .test_daemon import lesson_port
@@ -99,16 +100,7 @@ def free_port() -> int:
 
 
 def session(port: int, source: str, payload: bytes) -> bytes:
-    with socket.socket() as s:
-        s.settimeout(10)
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(4096):
-            chunks.append(chunk)
-        return b"".join(chunks)
+    return exchange("127.0.0.1", port, payload, source)
 
 
 HAPROXY_CONFIG = """
