@@ -115,12 +115,9 @@ def with_default_backlog(description: str) -> str:
     ``ssl:`` description (also behind ``haproxy:``) that sets no backlog;
     return any other description unchanged.
     """
-    parts = _split(description)
-    kinds = [part.lower() for part in parts[:2]]
+    kinds = [part.lower() for part in _split(description)[:2]]
     kind = kinds[1] if kinds[0] == "haproxy" and len(kinds) > 1 else kinds[0]
-    if kind not in _BACKLOG_KINDS:
-        return description
-    if any(part.partition("=")[0] == "backlog" for part in parts[1:]):
+    if kind not in _BACKLOG_KINDS or "backlog" in _arguments(description)[1]:
         return description
     return f"{description}:backlog={DEFAULT_BACKLOG}"
 

@@ -105,7 +105,6 @@ class UppercaseProtocol(Protocol):
         self._isRefused = False
         #: Whether the read throttle is registered with the transport.
         self._registered = False
-        self._aborted = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = 0.0
@@ -259,8 +258,8 @@ class UppercaseProtocol(Protocol):
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def _abort(self) -> None:
-        self._abortCall = None
-        self._aborted = True
+        # The fired call stays in _abortCall: closing or shutting down again
+        # must not schedule another abort.
         self.factory.stats.aborts += 1
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -284,8 +283,8 @@ class UppercaseProtocol(Protocol):
         Close now, as a graceful stop does once its time is up: send what is
         buffered and abort after the configured grace.
         """
-        if self._abortCall is not None or self._aborted:
-            return
+        if self._abortCall is not None:
+            return  # an abort is scheduled or done
         self._reason = "server shutting down"
         self._closeNow(self.factory.config.abort_grace or 0.001)
 

@@ -42,14 +42,19 @@ _ERRORS = "capserv-escape"
 _ESCAPES = re.compile("([\udc00-\udcff]+)")
 
 
+def _unescape(escapes: str) -> bytes:
+    """The bytes that a run of U+DC00-U+DCFF escapes stands for."""
+    return bytes(ord(ch) - 0xDC00 for ch in escapes)
+
+
 def _escape(error: UnicodeError) -> tuple[str | bytes, int]:
     if isinstance(error, UnicodeDecodeError):
         bad = error.object[error.start : error.end]
         return "".join(chr(0xDC00 + b) for b in bad), error.end
     if isinstance(error, UnicodeEncodeError):
         text = error.object[error.start : error.end]
-        if all(0xDC00 <= ord(ch) <= 0xDCFF for ch in text):
-            return bytes(ord(ch) - 0xDC00 for ch in text), error.end
+        if _ESCAPES.fullmatch(text):
+            return _unescape(text), error.end
     raise error
 
 
@@ -160,11 +165,16 @@ class Uppercaser:
         partial character, and reset for a new stream.
         """
         if self.ascii_only or not self._pending:
-            if self._decoder is not None:
-                self._decoder.reset()
-                self._encoder.reset()  # type: ignore[union-attr]
+            self._reset()
             return b""
         return self._slow(b"", True)
+
+    def _reset(self) -> None:
+        """Forget the stream so far: a new stream starts with the next byte."""
+        if self._decoder is not None:
+            self._decoder.reset()
+            self._encoder.reset()  # type: ignore[union-attr]
+        self._pending = False
 
     def _slow(self, data: bytes, final: bool) -> bytes:
         decoder = self._decoder
@@ -179,9 +189,7 @@ class Uppercaser:
             # UTF-16 decoder given one byte and end of input: "does not start
             # with BOM"): pass the raw bytes through rather than lose them,
             # and start afresh.
-            decoder.reset()
-            self._encoder.reset()  # type: ignore[union-attr]
-            self._pending = False
+            self._reset()
             return before + data
         state = decoder.getstate()
         self._pending = bool(state[0]) or bool(state[1])
@@ -191,14 +199,10 @@ class Uppercaser:
         except UnicodeError:
             # Decoded to something the codec cannot encode again (ISO-2022
             # escape sequences, say): the raw bytes, as above.
-            decoder.reset()
-            self._encoder.reset()
-            self._pending = False
+            self._reset()
             return before + data
         if final:
-            decoder.reset()
-            self._encoder.reset()
-            self._pending = False
+            self._reset()
         return out
 
 
@@ -217,7 +221,7 @@ def _encode_upper(text: str, encoder: codecs.IncrementalEncoder) -> bytes:
         if not piece:
             continue
         if _ESCAPES.fullmatch(piece):
-            out.append(bytes(ord(ch) - 0xDC00 for ch in piece))
+            out.append(_unescape(piece))
             continue
         try:
             out.append(encoder.encode(piece.upper()))
