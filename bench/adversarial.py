@@ -40,40 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from tests import attacks  # noqa: E402
-from tests.daemon import Daemon, process_usage, scrape  # noqa: E402
-
-TCP0 = "tcp:0:interface=127.0.0.1"
-UDP0 = "udp:0:interface=127.0.0.1"
-
-
-class Server:
-    def __init__(self, *options: str) -> None:
-        self.daemon = Daemon(["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0, *options])
-
-    def __enter__(self) -> Server:
-        self.daemon.__enter__()
-        self.daemon.started()
-        self.host, self.tcp = self.daemon.address(0)
-        _, self.udp = self.daemon.address(1)
-        _, self.metrics_port = self.daemon.address(2)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.daemon.__exit__(*exc)
-
-    def metrics(self) -> dict[str, float]:
-        return scrape(self.metrics_port)
-
-    def usage(self) -> tuple[int, int]:
-        return process_usage(self.daemon.process.pid)
-
-    def wait_until(self, check: Callable[[], bool], timeout: float = 60.0) -> float:
-        start = time.monotonic()
-        while not check():
-            if time.monotonic() - start > timeout:
-                raise RuntimeError(f"not reached in {timeout}s: {self.metrics()}")
-            time.sleep(0.1)
-        return time.monotonic() - start
+from tests.daemon import serving  # noqa: E402
 
 
 def latency(host: str, port: int, clients: int = 10, count: int = 200) -> dict[str, float]:
@@ -104,7 +71,7 @@ def latency(host: str, port: int, clients: int = 10, count: int = 200) -> dict[s
 
 
 def slow_readers(count: int) -> dict[str, Any]:
-    with Server() as server:
+    with serving() as server:
         alone = latency(server.host, server.tcp)
         rss0, _ = server.usage()
         sockets = [attacks.connect(server.host, server.tcp, buffers=16384) for _ in range(count)]
@@ -131,7 +98,7 @@ def slow_readers(count: int) -> dict[str, Any]:
 
 def slowloris(count: int) -> dict[str, Any]:
     attacks.raise_fd_limit(count * 2 + 1000)
-    with Server(f"--max-connections={count}", "--idle-timeout=20") as server:
+    with serving(f"--max-connections={count}", "--idle-timeout=20") as server:
         rss0, fds0 = server.usage()
         start = time.monotonic()
         silent = []
@@ -139,14 +106,14 @@ def slowloris(count: int) -> dict[str, Any]:
             for i in range(count):
                 silent.append(attacks.connect(server.host, server.tcp, f"127.0.{1 + i // 5000}.1"))
             opened = time.monotonic() - start
-            server.wait_until(lambda: server.metrics()["capserv_connections_active"] == count)
+            server.wait_until(lambda: server.metrics()["capserv_connections_active"] == count, timeout=60)
             rss1, fds1 = server.usage()
             with attacks.many([attacks.connect(server.host, server.tcp, "127.0.9.9")]) as over:
                 refused = attacks.closed_by_server(over, 10)
             closed_after = time.monotonic()
             closed = attacks.closed_by_server(silent, 60)
             closed_in = time.monotonic() - closed_after
-        back = server.wait_until(lambda: server.usage()[1] <= fds0)
+        back = server.wait_until(lambda: server.usage()[1] <= fds0, timeout=60)
         served = attacks.exchange(server.host, server.tcp, b"after") == b"AFTER"
         return {
             "silent_connections": count,
@@ -162,7 +129,7 @@ def slowloris(count: int) -> dict[str, Any]:
 
 
 def reset_storm(count: int, threads: int = 4) -> dict[str, Any]:
-    with Server() as server:
+    with serving() as server:
         _, fds0 = server.usage()
         errors: list[BaseException] = []
 
@@ -187,7 +154,7 @@ def reset_storm(count: int, threads: int = 4) -> dict[str, Any]:
         took = time.monotonic() - start
         if errors:
             raise errors[0]
-        back = server.wait_until(lambda: server.usage()[1] <= fds0)
+        back = server.wait_until(lambda: server.usage()[1] <= fds0, timeout=60)
         metrics = server.metrics()
         return {
             "resets": count,
@@ -199,7 +166,7 @@ def reset_storm(count: int, threads: int = 4) -> dict[str, Any]:
 
 
 def udp_flood(count: int, sources: int) -> dict[str, Any]:
-    with Server("--udp-rate-loopback", "--udp-rate=500", "--udp-burst=1000") as server:
+    with serving("--udp-rate-loopback", "--udp-rate=500", "--udp-burst=1000") as server:
         start = time.monotonic()
         result: dict[str, int] = {}
         flooder = threading.Thread(
@@ -234,7 +201,7 @@ def udp_flood(count: int, sources: int) -> dict[str, Any]:
             "other_source_lost": lost,
             "other_source_p99_ms": round(sorted(other)[int(len(other) * 0.99) - 1], 3) if other else None,
         }
-    with Server("--udp-rate-loopback", "--udp-rate-table-size=4096") as server:
+    with serving("--udp-rate-loopback", "--udp-rate-table-size=4096") as server:
         rss0, _ = server.usage()
         answered = 0
         start = time.monotonic()
@@ -261,7 +228,7 @@ def loop() -> dict[str, Any]:
     if not attacks.can_spoof():
         return {"skipped": "raw sockets not allowed (needs root or CAP_NET_RAW)"}
     options = ["--udp-rate-loopback"]  # loopback sources are exempt by default
-    with Server(*options) as a, Server(*options) as b:
+    with serving(*options) as a, serving(*options) as b:
         start = time.monotonic()
         attacks.spoof_udp((b.host, b.udp), (a.host, a.udp), b"ping pong")
         last, quiet_since = -1.0, time.monotonic()

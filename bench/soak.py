@@ -32,7 +32,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from run import build_loadgen  # noqa: E402
 
-from tests.daemon import Daemon, process_usage, scrape  # noqa: E402
+from tests.daemon import process_usage, scrape, serving  # noqa: E402
 
 #: name: loadgen arguments after HOST PORT (SECONDS is added).
 LOADS = {
@@ -100,14 +100,9 @@ def main() -> None:
     if args.smoke:
         args.minutes, args.round_seconds = 4 / 60, 2.0
     rounds = max(2, round(args.minutes * 60 / args.round_seconds))
-    listen = ["--listen", "tcp:0:interface=127.0.0.1", "--listen", "udp:0:interface=127.0.0.1"]
-    with tempfile.TemporaryDirectory() as work, Daemon([*listen, "--metrics", "tcp:0:interface=127.0.0.1"]) as daemon:
+    with tempfile.TemporaryDirectory() as work, serving() as server:
         loadgen = build_loadgen(Path(work))
-        daemon.started()
-        host, tcp = daemon.address(0)
-        _, udp = daemon.address(1)
-        _, metrics_port = daemon.address(2)
-        pid = daemon.process.pid
+        host, tcp, udp, metrics_port, pid = server.host, server.tcp, server.udp, server.metrics_port, server.pid
         rss0, fds0 = process_usage(pid)
         samples = []
         started = time.monotonic()
@@ -141,7 +136,7 @@ def main() -> None:
                 + " ".join(f"{k}={v}" for k, v in sample["ops"].items()),
                 flush=True,
             )
-            if daemon.process.poll() is not None:
+            if server.daemon.process.poll() is not None:
                 raise SystemExit("soak: the daemon died")
         final = scrape(metrics_port)
     warm = samples[max(1, len(samples) // 5) - 1 :]

@@ -18,15 +18,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+from .contract import reference
 from .loopback import read_all
 
 #: What a slow reader sends, over and over; its uppercase is known.
 PATTERN = b"slow readers pile up replies\n"
-
-
-def reference(data: bytes) -> bytes:
-    """What capserv owes for ``data`` in UTF-8 mode (the contract)."""
-    return data.decode("utf-8", "surrogateescape").upper().encode("utf-8", "surrogateescape")
 
 
 def raise_fd_limit(wanted: int) -> int:

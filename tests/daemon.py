@@ -7,6 +7,7 @@ Listeners use port 0; the actual addresses are read from the daemon's own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,20 +17,29 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+
+#: Listen descriptions on any free port of 127.0.0.1.
+TCP0 = "tcp:0:interface=127.0.0.1"
+UDP0 = "udp:0:interface=127.0.0.1"
 
 _LISTENING = re.compile(r"Listening for (streams|datagrams) on (\S+) \((.*)\)$")
 
 
-def twistd_path() -> str:
-    """The twistd script of the interpreter running the tests."""
-    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+def script_path(name: str) -> str:
+    """An installed script (twistd, capserv-client) of the interpreter running the tests."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(candidate):
         return candidate
-    found = shutil.which("twistd")
+    found = shutil.which(name)
     if found is None:
-        raise RuntimeError("twistd not found next to the interpreter or on PATH")
+        raise RuntimeError(f"{name} not found next to the interpreter or on PATH")
     return found
+
+
+def twistd_path() -> str:
+    """The twistd script of the interpreter running the tests."""
+    return script_path("twistd")
 
 
 def default_signals() -> None:
@@ -167,8 +177,62 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """
+    A memory figure of a live process from /proc, in KiB: ``VmRSS`` (resident
+    now) or ``VmHWM`` (peak resident since it started or exec'd); 0 once it
+    has exited.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def process_usage(pid: int) -> tuple[int, int]:
     """(resident memory in KiB, open file descriptors) of a live process."""
-    with open(f"/proc/{pid}/status") as status:
-        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    return memory_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Running:
+    """
+    A started daemon serving TCP and UDP on free ports of 127.0.0.1, with
+    metrics: what the adversarial tests and the long runs in bench/ attack.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.host, self.tcp = daemon.address(0)
+        _, self.udp = daemon.address(1)
+        _, self.metrics_port = daemon.address(2)
+
+    @property
+    def pid(self) -> int:
+        return self.daemon.process.pid
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_port)
+
+    def usage(self) -> tuple[int, int]:
+        """(resident memory in KiB, open file descriptors) of the daemon."""
+        return process_usage(self.pid)
+
+    def wait_until(self, check: Callable[[], bool], timeout: float = 20.0) -> float:
+        """Poll ``check`` until it holds; the seconds that took."""
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"not reached within {timeout}s; metrics: {self.metrics()}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def serving(*options: str) -> Iterator[Running]:
+    """Run ``twistd -n capserv`` with TCP, UDP and ``--metrics`` on free ports, plus ``options``."""
+    with Daemon(["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0, *options]) as daemon:
+        yield Running(daemon.started())

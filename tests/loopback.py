@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IListeningPort
 
@@ -21,6 +22,10 @@ def have_ipv6() -> bool:
         return True
     except OSError:
         return False
+
+
+#: The loopback addresses the round-trip tests run on, ::1 where it exists.
+HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"))]
 
 
 @defer.inlineCallbacks

@@ -26,45 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from . import attacks
-from .daemon import Daemon, process_usage, scrape
+from .contract import reference
+from .daemon import Daemon, Running, serving
 from .loopback import have_ipv6, udp_exchange
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(240)]
 pytest.importorskip("prometheus_client")
-
-TCP0 = "tcp:0:interface=127.0.0.1"
-UDP0 = "udp:0:interface=127.0.0.1"
-
-
-class Running:
-    """A started daemon with a TCP port, a UDP port and metrics, all on 127.0.0.1."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.host, self.tcp = daemon.address(0)
-        _, self.udp = daemon.address(1)
-        _, self.metrics_port = daemon.address(2)
-
-    @property
-    def pid(self) -> int:
-        return self.daemon.process.pid
-
-    def metrics(self) -> dict[str, float]:
-        return scrape(self.metrics_port)
-
-    def usage(self) -> tuple[int, int]:
-        return process_usage(self.pid)
-
-    def wait_until(self, check: object, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():  # type: ignore[operator]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not reached within {timeout}s; metrics: {self.metrics()}")
-            time.sleep(0.1)
-
-
-def run(*options: str) -> Daemon:
-    return Daemon(["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0, *options])
 
 
 @pytest.fixture
@@ -77,8 +44,7 @@ def fds() -> int:
 
 def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
     slow = min(100, fds // 4)
-    with run("--high-water=65536") as daemon:
-        server = Running(daemon.started())
+    with serving("--high-water=65536") as server:
         rss_before, _ = server.usage()
         sockets = [attacks.connect(server.host, server.tcp, buffers=16384) for _ in range(slow)]
         with attacks.many(sockets):
@@ -118,8 +84,7 @@ def test_slowloris_up_to_the_limits_and_over(fds: int) -> None:
     per_ip = min(600, fds // 4)
     total = per_ip + per_ip // 2
     args = [f"--max-connections={total}", f"--max-connections-per-ip={per_ip}", "--idle-timeout=10", "--abort-grace=1"]
-    with run(*args) as daemon:
-        server = Running(daemon.started())
+    with serving(*args) as server:
         _, fds_before = server.usage()
         silent = [attacks.connect(server.host, server.tcp, "127.0.0.1") for _ in range(per_ip)]
         with attacks.many(silent):
@@ -145,8 +110,7 @@ def test_slowloris_up_to_the_limits_and_over(fds: int) -> None:
 
 
 def test_reset_storm_and_half_open_connections(fds: int) -> None:
-    with run("--idle-timeout=4", "--abort-grace=1") as daemon:
-        server = Running(daemon.started())
+    with serving("--idle-timeout=4", "--abort-grace=1") as server:
         _, fds_before = server.usage()
         errors: list[BaseException] = []
         stop = threading.Event()
@@ -195,8 +159,8 @@ def test_reset_storm_and_half_open_connections(fds: int) -> None:
 
 @pytest.fixture(scope="module")
 def plain() -> Iterator[Running]:
-    with run() as daemon:
-        yield Running(daemon.started())
+    with serving() as server:
+        yield server
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -216,21 +180,20 @@ def test_random_bytes_over_tcp(plain: Running, data: bytes, cuts: list[int]) -> 
         got = b""
         while chunk := s.recv(65536):
             got += chunk
-    assert got == attacks.reference(data)
+    assert got == reference(data)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=2000) | st.text(max_size=500).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_random_datagrams(plain: Running, data: bytes) -> None:
-    assert udp_exchange(plain.host, plain.udp, data) == attacks.reference(data)
+    assert udp_exchange(plain.host, plain.udp, data) == reference(data)
 
 
 # -- UDP -------------------------------------------------------------------------
 
 
 def test_flood_from_one_source_is_rate_limited_others_served() -> None:
-    with run("--udp-rate-loopback", "--udp-rate=200", "--udp-burst=100") as daemon:
-        server = Running(daemon.started())
+    with serving("--udp-rate-loopback", "--udp-rate=200", "--udp-burst=100") as server:
         start = time.monotonic()
         replies = attacks.flood((server.host, server.udp), 20000)
         elapsed = time.monotonic() - start
@@ -247,8 +210,7 @@ def test_flood_from_one_source_is_rate_limited_others_served() -> None:
 
 
 def test_many_sources_keep_the_rate_table_bounded() -> None:
-    with run("--udp-rate-loopback", "--udp-rate-table-size=256") as daemon:
-        server = Running(daemon.started())
+    with serving("--udp-rate-loopback", "--udp-rate-table-size=256") as server:
         answered = 0
         for i in range(1, 2001):
             source = f"127.1.{i // 250}.{i % 250 + 1}"
@@ -266,8 +228,7 @@ def test_many_sources_keep_the_rate_table_bounded() -> None:
 
 
 def test_oversize_and_empty_datagrams() -> None:
-    with run() as daemon:
-        server = Running(daemon.started())
+    with serving() as server:
         largest = b"a" * 65507
         assert udp_exchange(server.host, server.udp, largest) == largest.upper()
         assert udp_exchange(server.host, server.udp, b"") == b""
@@ -297,8 +258,7 @@ needs_raw = pytest.mark.skipif(not attacks.can_spoof(), reason="spoofing needs r
 @pytest.mark.parametrize("allow", [False, True])
 def test_spoofed_low_source_port(allow: bool) -> None:
     options = ["--udp-allow-low-ports"] if allow else []
-    with run(*options) as daemon, attacks.UDPEcho("127.0.0.1", 7) as echo:
-        server = Running(daemon.started())
+    with serving(*options) as server, attacks.UDPEcho("127.0.0.1", 7) as echo:
         for _ in range(10):
             attacks.spoof_udp(echo.address, (server.host, server.udp), b"bounce me")
         time.sleep(0.5)
@@ -329,8 +289,7 @@ def _settled(servers: list[Running], quiet: float = 0.5, timeout: float = 20.0) 
 @needs_raw
 def test_a_loop_between_two_capservs_and_an_echo_server_dies_out() -> None:
     limits = ["--udp-rate-loopback", "--udp-rate=100", "--udp-burst=50"]
-    with run(*limits) as a, run(*limits) as b, attacks.UDPEcho() as echo:
-        first, second = Running(a.started()), Running(b.started())
+    with serving(*limits) as first, serving(*limits) as second, attacks.UDPEcho() as echo:
         # capserv <-> capserv: a datagram forged to come from the other.
         attacks.spoof_udp((second.host, second.udp), (first.host, first.udp), b"ping pong")
         counts = _settled([first, second])

@@ -10,7 +10,6 @@ import ast
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -26,14 +25,14 @@ from twisted.internet.protocol import DatagramProtocol
 from capserv import CapservConfig
 from capserv.client import NoReplyError, open_stream, tcp_request, udp_request
 
-from .loopback import have_ipv6, in_thread, listen_tcp, listen_udp, stop_tcp
+from .daemon import memory_kib, script_path
+from .loopback import HOSTS, in_thread, listen_tcp, listen_udp, stop_tcp
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def client_path() -> str:
-    candidate = os.path.join(os.path.dirname(sys.executable), "capserv-client")
-    return candidate if os.path.exists(candidate) else shutil.which("capserv-client") or "capserv-client"
+    return script_path("capserv-client")
 
 
 def run_client(args: list[str], stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -44,9 +43,6 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import reactor
 
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"))]
 
 
 # -- the command: one message --------------------------------------------------
@@ -207,29 +203,15 @@ def _pipe_through_client(number: int, megabytes: int) -> tuple[int, int, bool]:
         received += len(data)
         reads += 1
         if reads % 8 == 0:
-            peak = max(peak, _peak_rss_kib(process.pid))
+            # VmHWM, not wait4's ru_maxrss: that counts the moment between
+            # fork and exec, when the child still shares the test process's
+            # pages, so it reports the test process's size.
+            peak = max(peak, memory_kib(process.pid, "VmHWM"))
     writer.join(60)
     process.wait(60)
     process.stdout.close()
     assert process.returncode == 0
     return peak, received, exact
-
-
-def _peak_rss_kib(pid: int) -> int:
-    """
-    The client's peak resident memory since it started (VmHWM).  Not
-    wait4's ru_maxrss: that counts the moment between fork and exec, when
-    the child still shares the test process's pages, so it reports the test
-    process's size rather than the client's.
-    """
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 @pytest_twisted.inlineCallbacks

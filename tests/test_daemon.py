@@ -21,14 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import Daemon, run_daemon
+from .daemon import TCP0, UDP0, Daemon, run_daemon, twistd_path
 from .loopback import have_ipv6, read_all, tcp_exchange, udp_exchange
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
 
 LESSON = Path(__file__).parent / "lesson"
-TCP0 = "tcp:0:interface=127.0.0.1"
-UDP0 = "udp:0:interface=127.0.0.1"
 
 
 def port_free(kind: int, port: int) -> bool:
@@ -232,7 +230,7 @@ def test_logfile_option_still_works(tmp_path: Path) -> None:
     logfile = tmp_path / "capserv.log"
     process = subprocess.Popen(
         [
-            os.path.join(os.path.dirname(sys.executable), "twistd"),
+            twistd_path(),
             "-n",
             "--pidfile=",
             f"--logfile={logfile}",
@@ -262,7 +260,7 @@ def test_json_lines_logger() -> None:
 
     process = subprocess.Popen(
         [
-            os.path.join(os.path.dirname(sys.executable), "twistd"),
+            twistd_path(),
             "-n",
             "--pidfile=",
             "--logger=capserv.logs.json_lines",

@@ -34,10 +34,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig, UppercaseDatagramProtocol, UppercaseFactory, UppercaseProtocol
 
-
-def reference(data: bytes) -> bytes:
-    """What capserv owes for ``data`` in UTF-8 mode (the contract)."""
-    return data.decode("utf-8", "surrogateescape").upper().encode("utf-8", "surrogateescape")
+from .contract import reference
 
 
 class WriteFailedError(OSError):

@@ -18,9 +18,7 @@ from twisted.internet import defer, task
 
 from capserv import CapservConfig
 
-from .loopback import have_ipv6, in_thread, listen_tcp, listen_udp, stop_tcp, tcp_exchange, udp_exchange
-
-HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"))]
+from .loopback import HOSTS, in_thread, listen_tcp, listen_udp, stop_tcp, tcp_exchange, udp_exchange
 
 
 @pytest.mark.parametrize("host", HOSTS)

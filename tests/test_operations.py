@@ -23,15 +23,13 @@ import pytest
 from twisted.python import usage
 
 from .attacks import exchange
-from .daemon import Daemon, scrape, twistd_path
+from .daemon import TCP0, UDP0, Daemon, scrape, twistd_path
 from .loopback import tcp_exchange, udp_exchange
 from .test_daemon import lesson_port
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parent.parent
-TCP0 = "tcp:0:interface=127.0.0.1"
-UDP0 = "udp:0:interface=127.0.0.1"
 
 
 # -- metrics -------------------------------------------------------------------

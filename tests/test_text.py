@@ -12,10 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding, uppercase
 
-
-def reference(data: bytes, encoding: str = "utf-8") -> bytes:
-    """What uppercasing the whole input at once must give."""
-    return data.decode(encoding, "surrogateescape").upper().encode(encoding, "surrogateescape")
+from .contract import reference
 
 
 def feed_all(codec: Uppercaser, chunks: list[bytes]) -> bytes:
