@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "asyncio_loop",
     "clear_exit_signal",
     "datagram_sender",
     "fast_paths_enabled",
@@ -31,6 +32,24 @@ def fast_paths_enabled() -> bool:
     and as a way out should a Twisted release break them.
     """
     return os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0")
+
+
+def asyncio_loop(reactor: Any) -> Any:
+    """
+    The asyncio event loop under Twisted's asyncio reactor, or `None` for
+    any other reactor.
+
+    ``AsyncioSelectorReactor`` keeps its loop in ``_asyncioEventloop`` and
+    offers no public accessor (twisted#9967 asks for asyncio's transports to
+    be used; nothing public exposes the loop yet).
+    """
+    try:
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+    except ImportError:
+        return None
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        return None
+    return getattr(reactor, "_asyncioEventloop", None)
 
 
 def clear_exit_signal(reactor: Any) -> bool:
