@@ -396,7 +396,7 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
         # that share its counters and rate limiter.
         nonlocal udp_ports
         udp_ports += 1
-        return datagram if udp_ports == 1 else datagram.sibling()
+        return datagram if udp_ports == 1 else datagram.state.protocol()
 
     for description in config["listen"]:
         if shared:

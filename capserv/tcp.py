@@ -64,12 +64,12 @@ class _ReadThrottle:
     def pauseProducing(self) -> None:
         if not self.paused:
             self.paused = True
-            self._protocol._readPaused()
+            self._protocol._read_paused()
 
     def resumeProducing(self) -> None:
         if self.paused:
             self.paused = False
-            self._protocol._readResumed()
+            self._protocol._read_resumed()
 
     def stopProducing(self) -> None:
         self.paused = False
@@ -93,22 +93,24 @@ class UppercaseProtocol(Protocol):
         config = factory.config
         self._codec = Uppercaser(config.encoding, config.ascii_only)
         self._clock = factory.clock
-        self._idleTimeout = config.idle_timeout
+        self._idle_timeout = config.idle_timeout
         self._throttle = _ReadThrottle(self)
-        self._abortCall: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
         #: Set once the connection is on its way out: after end of input,
         #: an idle timeout or a shutdown.
         self.closing = False
-        self._closeWhenDrained = False
+        self._close_when_drained = False
         self._reason = "closed"
-        self._countedHost: str | None = None
-        self._isRefused = False
+        #: The per-IP key this connection is counted under; set and cleared
+        #: by the factory's `UppercaseFactory.admit` and `UppercaseFactory.unregister`.
+        self.counted_host: str | None = None
+        self._is_refused = False
         #: Whether the read throttle is registered with the transport.
         self._registered = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = 0.0
-        self._lastActivity = 0.0
+        self._last_activity = 0.0
 
     # -- connection lifetime -------------------------------------------------
 
@@ -116,12 +118,12 @@ class UppercaseProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         proxied = is_proxy_protocol(transport)
-        if not proxied and not factory._admit(self, self.peer):
+        if not proxied and not factory.admit(self, self.peer):
             self._refused()
             return
-        factory._register(self)
+        factory.register(self)
         now = self._clock.seconds()
-        self.started = self._lastActivity = now
+        self.started = self._last_activity = now
         high_water = factory.config.high_water
         if isinstance(getattr(transport, "bufferSize", None), int):
             # The transport pauses its producer once this many bytes are
@@ -134,21 +136,21 @@ class UppercaseProtocol(Protocol):
             # Behind HAProxy the client's address arrives in the PROXY
             # header, read before the first data is passed on: count and
             # limit by it then.  Plain connections pay nothing for this.
-            self.dataReceived = self._firstProxiedData  # type: ignore[method-assign]
+            self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
 
     def dataReceived(self, data: bytes) -> None:
-        self._lastActivity = self._clock.seconds()
+        self._last_activity = self._clock.seconds()
         self.bytes_in += len(data)
         reply = self._codec.feed(data)
         if reply:
             self.bytes_out += len(reply)
             self._write(reply)
 
-    def _firstProxiedData(self, data: bytes) -> None:
+    def _first_proxied_data(self, data: bytes) -> None:
         del self.dataReceived  # back to the class's method
         real = self.transport.getPeer()
         self.peer = real
-        if not self.factory._admit(self, real):
+        if not self.factory.admit(self, real):
             self._refused()
             return
         self.dataReceived(data)
@@ -161,18 +163,18 @@ class UppercaseProtocol(Protocol):
         Over the per-IP limit: close at once, serving nothing.
         """
         self.closing = True
-        self._isRefused = True
+        self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
         self._reason = "refused: max_connections_per_ip"
         transport = self.transport
-        self._unregister()
+        self._unregister_throttle()
         transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
         The peer has finished sending: send what is still owed, then close.
         """
-        self._lastActivity = self._clock.seconds()
+        self._last_activity = self._clock.seconds()
         tail = self._codec.flush()
         if tail:
             self.bytes_out += len(tail)
@@ -187,14 +189,14 @@ class UppercaseProtocol(Protocol):
         self._finish(drain=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        call = self._abortCall
+        call = self._abort_call
         if call is not None and call.active():
             call.cancel()
-        self._abortCall = None
+        self._abort_call = None
         self._throttle.stopProducing()
         factory = self.factory
-        factory._unregister(self)
-        if self._isRefused:
+        factory.unregister(self)
+        if self._is_refused:
             return  # the refusal was logged (throttled); no line per refusal
         # Never negative, even if the wall clock was stepped back meanwhile.
         duration = max(0.0, self._clock.seconds() - self.started)
@@ -211,15 +213,15 @@ class UppercaseProtocol(Protocol):
 
     # -- backpressure ----------------------------------------------------------
 
-    def _readPaused(self) -> None:
+    def _read_paused(self) -> None:
         self.factory.stats.pauses += 1
         self.transport.pauseProducing()  # type: ignore[attr-defined]
 
-    def _readResumed(self) -> None:
+    def _read_resumed(self) -> None:
         # The peer took everything it was owed: that is traffic too.
-        self._lastActivity = self._clock.seconds()
-        if self._closeWhenDrained:
-            self._closeNow(self._idleTimeout)
+        self._last_activity = self._clock.seconds()
+        if self._close_when_drained:
+            self._close_now(self._idle_timeout)
         elif not self.closing:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -235,58 +237,58 @@ class UppercaseProtocol(Protocol):
             return
         self.closing = True
         if drain and self._throttle.paused:
-            self._closeWhenDrained = True
+            self._close_when_drained = True
         else:
-            self._closeNow(self._idleTimeout)
+            self._close_now(self._idle_timeout)
 
-    def _closeNow(self, grace: float) -> None:
+    def _close_now(self, grace: float) -> None:
         """
         Stop reading, send what is buffered and close; abort if the peer has
         not taken it within ``grace`` seconds (0: wait as long as it takes).
         """
         self.closing = True
-        self._closeWhenDrained = False
-        self._unregister()
+        self._close_when_drained = False
+        self._unregister_throttle()
         self.transport.loseConnection()
-        if grace > 0 and self._abortCall is None:
-            self._abortCall = self._clock.callLater(grace, self._abort)
+        if grace > 0 and self._abort_call is None:
+            self._abort_call = self._clock.callLater(grace, self._abort)
 
-    def _unregister(self) -> None:
+    def _unregister_throttle(self) -> None:
         """Unregister the read throttle, once (some transports raise on a second time)."""
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def _abort(self) -> None:
-        # The fired call stays in _abortCall: closing or shutting down again
+        # The fired call stays in _abort_call: closing or shutting down again
         # must not schedule another abort.
         self.factory.stats.aborts += 1
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def checkIdle(self, now: float) -> None:
+    def check_idle(self, now: float) -> None:
         """
         Close the connection if it has been idle for the idle timeout
         (called by the factory's sweep).
         """
-        if now - self._lastActivity < self._idleTimeout:
+        if now - self._last_activity < self._idle_timeout:
             return
-        if self.closing and not self._closeWhenDrained:
+        if self.closing and not self._close_when_drained:
             # Already closing and still silent: the abort timer handles it.
             return
         self.factory.stats.idle_timeouts += 1
-        self._reason = f"idle for {self._idleTimeout:g}s"
-        self._closeNow(self.factory.config.abort_grace or 0.001)
+        self._reason = f"idle for {self._idle_timeout:g}s"
+        self._close_now(self.factory.config.abort_grace or 0.001)
 
     def shutdown(self) -> None:
         """
         Close now, as a graceful stop does once its time is up: send what is
         buffered and abort after the configured grace.
         """
-        if self._abortCall is not None:
+        if self._abort_call is not None:
             return  # an abort is scheduled or done
         self._reason = "server shutting down"
-        self._closeNow(self.factory.config.abort_grace or 0.001)
+        self._close_now(self.factory.config.abort_grace or 0.001)
 
 
 class _Refused(Protocol):
@@ -328,13 +330,13 @@ class UppercaseFactory(ServerFactory):
         self.stats = TCPStats()
         #: Open connections.
         self.connections: set[UppercaseProtocol] = set()
-        self._perHost: dict[str, int] = {}
-        self._refusedLog = LogThrottle(clock, 10.0)
+        self._per_host: dict[str, int] = {}
+        self._refused_log = LogThrottle(clock, 10.0)
         self._accepting = True
         self._drained: list[Deferred[None]] = []
         # One sweep for every connection's idle timeout, every tenth of the
         # timeout: no timer per connection to create, reschedule or cancel.
-        self._sweepCall: IDelayedCall | None = None
+        self._sweep_call: IDelayedCall | None = None
         self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -357,7 +359,7 @@ class UppercaseFactory(ServerFactory):
 
     def _refuse(self, addr: IAddress | None, limit: str) -> None:
         self.stats.connections_refused[limit] += 1
-        held = self._refusedLog.check()
+        held = self._refused_log.check()
         if held is not None:
             self._log.warn(
                 "Refused connection from {peer}: {limit} reached ({held} more refused since the last report)",
@@ -366,7 +368,7 @@ class UppercaseFactory(ServerFactory):
                 held=held,
             )
 
-    def _admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
+    def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
         Count ``protocol`` against ``address``'s per-IP limit, or refuse it
         (counted and logged) if the address is already at the limit.
@@ -376,20 +378,24 @@ class UppercaseFactory(ServerFactory):
         key = host_key(address)
         if key is None:
             return True
-        count = self._perHost.get(key, 0)
+        count = self._per_host.get(key, 0)
         limit = self.config.max_connections_per_ip
         if limit and count >= limit:
             self._refuse(address, "max_connections_per_ip")
             return False
-        self._perHost[key] = count + 1
-        protocol._countedHost = key
+        self._per_host[key] = count + 1
+        protocol.counted_host = key
         return True
 
-    def _register(self, protocol: UppercaseProtocol) -> None:
+    def register(self, protocol: UppercaseProtocol) -> None:
+        """
+        Count ``protocol`` as open (admitted, now being served) and start the
+        idle sweep if it is the first.
+        """
         self.connections.add(protocol)
         self.stats.connections_total += 1
-        if self._sweepCall is None and self.config.idle_timeout > 0:
-            self._sweepCall = self.clock.callLater(self.sweep_interval, self._sweep)
+        if self._sweep_call is None and self.config.idle_timeout > 0:
+            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
 
     def _sweep(self) -> None:
         """
@@ -397,29 +403,34 @@ class UppercaseFactory(ServerFactory):
         the timeout and the timeout plus a tenth of it after its last
         traffic.
         """
-        self._sweepCall = None
+        self._sweep_call = None
         now = self.clock.seconds()
         for protocol in list(self.connections):
-            protocol.checkIdle(now)
+            protocol.check_idle(now)
         if self.connections:
-            self._sweepCall = self.clock.callLater(self.sweep_interval, self._sweep)
+            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
 
-    def _unregister(self, protocol: UppercaseProtocol) -> None:
-        key = protocol._countedHost
+    def unregister(self, protocol: UppercaseProtocol) -> None:
+        """
+        Forget a connection that has closed (or was refused): release its
+        per-IP count, add its bytes to the totals, stop the sweep when none
+        is left and fire `drain`'s waiters then.  Safe to call twice.
+        """
+        key = protocol.counted_host
         if key is not None:
-            protocol._countedHost = None
-            left = self._perHost.get(key, 1) - 1
+            protocol.counted_host = None
+            left = self._per_host.get(key, 1) - 1
             if left > 0:
-                self._perHost[key] = left
+                self._per_host[key] = left
             else:
-                self._perHost.pop(key, None)
+                self._per_host.pop(key, None)
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
-        if not self.connections and self._sweepCall is not None:
-            if self._sweepCall.active():
-                self._sweepCall.cancel()
-            self._sweepCall = None
+        if not self.connections and self._sweep_call is not None:
+            if self._sweep_call.active():
+                self._sweep_call.cancel()
+            self._sweep_call = None
         stats = self.stats
         stats.bytes_in += protocol.bytes_in
         stats.bytes_out += protocol.bytes_out
@@ -428,12 +439,12 @@ class UppercaseFactory(ServerFactory):
             for d in waiting:
                 d.callback(None)
 
-    def connectionsFrom(self, address: IAddress | str) -> int:
+    def connections_from(self, address: IAddress | str) -> int:
         """
         How many connections are open from one IP address.
         """
         key = address if isinstance(address, str) else host_key(address)
-        return self._perHost.get(key, 0) if key is not None else 0
+        return self._per_host.get(key, 0) if key is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
         """
@@ -476,19 +487,19 @@ class UppercaseFactory(ServerFactory):
         if timeout is None:
             timeout = self.config.shutdown_timeout
 
-        def closeTheRest() -> None:
+        def close_the_rest() -> None:
             for protocol in list(self.connections):
                 protocol.shutdown()
 
         if timeout > 0:
-            call = self.clock.callLater(timeout, closeTheRest)
+            call = self.clock.callLater(timeout, close_the_rest)
 
-            def cancelTimer(result: None) -> None:
+            def cancel_timer(result: None) -> None:
                 if call.active():
                     call.cancel()
                 return result
 
-            d.addCallback(cancelTimer)
+            d.addCallback(cancel_timer)
         else:
-            closeTheRest()
+            close_the_rest()
         return d

@@ -25,7 +25,7 @@ from capserv.reactor import global_reactor
 from capserv.stats import UDPStats
 from capserv.text import is_ascii_compatible, uppercase
 
-__all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "UppercaseDatagramProtocol"]
+__all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "DatagramState", "UppercaseDatagramProtocol"]
 
 #: The largest datagram read whole (Twisted's default of 8,192 truncates).
 MAX_DATAGRAM = 65535
@@ -35,23 +35,17 @@ MAX_REPLY_IPV4 = 65507
 MAX_REPLY_IPV6 = 65527
 
 
-class UppercaseDatagramProtocol(DatagramProtocol):
+class DatagramState:
     """
-    Answer each datagram with its uppercase text, sent to its source.
+    What every datagram port of one capserv shares: the configuration, the
+    clock, the counters, the per-source rate limiter and the drop-log
+    throttle.
 
-    Listen with it like any Twisted datagram protocol, asking for whole
-    datagrams::
-
-        reactor.listenUDP(50007, UppercaseDatagramProtocol(),
-                          interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
-
-    (`startProtocol` raises a smaller ``maxPacketSize`` it finds on its
-    transport, so a plain ``listenUDP`` works too.)
+    A Twisted datagram protocol serves one port, so a service listening on
+    several UDP ports builds one protocol per port and hands each the same
+    state (as ``twisted.names`` hands one ``DNSServerFactory`` to every
+    ``DNSDatagramProtocol``): limits and counters hold across ports.
     """
-
-    _log = Logger()
-    #: The listener logs the address; Twisted's start/stop lines add nothing.
-    noisy = False
 
     def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
         """
@@ -68,23 +62,73 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         self.buckets: TokenBuckets | None = None
         if self.config.udp_rate > 0:
             self.buckets = TokenBuckets(self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size)
-        self._dropLog = LogThrottle(clock, 10.0)
+        self.drop_log = LogThrottle(clock, 10.0)
+
+    def protocol(self) -> UppercaseDatagramProtocol:
+        """
+        A new protocol for one more port, sharing this state.
+        """
+        return UppercaseDatagramProtocol(state=self)
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The counters as a dict.
+        """
+        stats = self.stats
+        return {
+            "datagrams_in": stats.datagrams_in,
+            "datagrams_out": stats.datagrams_out,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "drops": dict(stats.drops),
+            "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
+        }
+
+
+class UppercaseDatagramProtocol(DatagramProtocol):
+    """
+    Answer each datagram with its uppercase text, sent to its source.
+
+    Listen with it like any Twisted datagram protocol, asking for whole
+    datagrams::
+
+        reactor.listenUDP(50007, UppercaseDatagramProtocol(),
+                          interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
+
+    (`startProtocol` raises a smaller ``maxPacketSize`` it finds on its
+    transport, so a plain ``listenUDP`` works too.)  To serve several ports
+    with shared limits and counters, build each port's protocol from one
+    `DatagramState` (`DatagramState.protocol`).
+    """
+
+    _log = Logger()
+    #: The listener logs the address; Twisted's start/stop lines add nothing.
+    noisy = False
+
+    def __init__(
+        self,
+        config: CapservConfig | None = None,
+        clock: IReactorTime | None = None,
+        state: DatagramState | None = None,
+    ) -> None:
+        """
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (rate limit, log throttling);
+            the global reactor if `None`, looked up now.
+        :param state: state shared with other ports' protocols; when given,
+            ``config`` and ``clock`` are taken from it.
+        """
+        if state is None:
+            state = DatagramState(config, clock)
+        self.state = state
+        self.config = state.config
+        self.clock = state.clock
+        self.stats = state.stats
+        self.buckets = state.buckets
         # ASCII input can be uppercased with bytes.upper() in this encoding.
         self._ascii = self.config.ascii_only
         self._fast = is_ascii_compatible(self.config.encoding)
         self._send: Any = None
-
-    def sibling(self) -> UppercaseDatagramProtocol:
-        """
-        Another protocol for another port (a protocol serves one port), with
-        the same configuration and clock, sharing these counters and this
-        rate limiter so that limits hold across ports.
-        """
-        other = UppercaseDatagramProtocol(self.config, self.clock)
-        other.stats = self.stats
-        other.buckets = self.buckets
-        other._dropLog = self._dropLog
-        return other
 
     def startProtocol(self) -> None:
         transport = self.transport
@@ -130,7 +174,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
 
     def _drop(self, reason: str, addr: Any, size: int, detail: str = "") -> None:
         self.stats.drops[reason] += 1
-        held = self._dropLog.check()
+        held = self.state.drop_log.check()
         if held is not None:
             self._log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
@@ -145,14 +189,6 @@ class UppercaseDatagramProtocol(DatagramProtocol):
 
     def snapshot(self) -> dict[str, Any]:
         """
-        The counters as a dict.
+        The shared state's counters as a dict.
         """
-        stats = self.stats
-        return {
-            "datagrams_in": stats.datagrams_in,
-            "datagrams_out": stats.datagrams_out,
-            "bytes_in": stats.bytes_in,
-            "bytes_out": stats.bytes_out,
-            "drops": dict(stats.drops),
-            "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
-        }
+        return self.state.snapshot()

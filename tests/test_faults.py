@@ -292,7 +292,7 @@ class ConnectionLife(RuleBasedStateMachine):
         live = [p for p in self.peers if p.admitted and not p.lost]
         assert self.factory.connections == {p.protocol for p in live}
         expected = Counter(p.host for p in live)
-        assert dict(self.factory._perHost) == dict(expected)
+        assert dict(self.factory._per_host) == dict(expected)
         limit = self.factory.config.max_connections
         if limit:
             assert len(self.factory.connections) <= limit
@@ -347,7 +347,7 @@ class ConnectionLife(RuleBasedStateMachine):
         for peer in self.peers:
             peer.transport.turn()
         assert not self.factory.connections
-        assert not self.factory._perHost
+        assert not self.factory._per_host
         assert [p for p in self.peers if not p.lost] == []
         assert self.clock.getDelayedCalls() == []
         for fired in self.drainFired:

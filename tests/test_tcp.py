@@ -294,19 +294,19 @@ class LimitTests(SynchronousTestCase):
         _, other = h.connect("192.0.2.2", 3)
         self.assertFalse(other.disconnecting)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
-        self.assertEqual(h.factory.connectionsFrom("192.0.2.1"), 2)
+        self.assertEqual(h.factory.connections_from("192.0.2.1"), 2)
 
     def test_ipv4_mapped_counts_as_ipv4(self) -> None:
         h = Harness(max_connections_per_ip=1)
         h.connect("192.0.2.7", 1)
         self.assertRefused(h, "::ffff:192.0.2.7", 2)
-        self.assertEqual(h.factory.connectionsFrom("192.0.2.7"), 1)
+        self.assertEqual(h.factory.connections_from("192.0.2.7"), 1)
 
     def test_per_ip_count_released_on_close(self) -> None:
         h = Harness(max_connections_per_ip=1)
         proto, _ = h.connect("2001:db8::1", 1)
         h.lose(proto)
-        self.assertEqual(h.factory.connectionsFrom("2001:db8::1"), 0)
+        self.assertEqual(h.factory.connections_from("2001:db8::1"), 0)
         _, tr = h.connect("2001:db8::1", 2)
         self.assertFalse(tr.disconnecting)
 
@@ -420,8 +420,8 @@ class ProxyProtocolTests(SynchronousTestCase):
         h = Harness(max_connections_per_ip=1)
         _wrapper, transport = self.connect_via_proxy(h, "192.0.2.9", 5555)
         self.assertEqual(transport.value(), b"HELLO")
-        self.assertEqual(h.factory.connectionsFrom("192.0.2.9"), 1)
-        self.assertEqual(h.factory.connectionsFrom("127.0.0.1"), 0)
+        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
+        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
         (protocol,) = h.factory.connections
         self.assertEqual(protocol.peer, IPv4Address("TCP", "192.0.2.9", 5555))
 
@@ -440,12 +440,12 @@ class ProxyProtocolTests(SynchronousTestCase):
         self.connect_via_proxy(h, "192.0.2.9", 1)
         wrapper, _ = self.connect_via_proxy(h, "192.0.2.9", 2)
         wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
-        self.assertEqual(h.factory.connectionsFrom("192.0.2.9"), 1)
+        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
 
     def test_proxy_address_never_counted(self) -> None:
         """Health checks and slow PROXY headers do not use up the proxy's share."""
         h = Harness(max_connections_per_ip=1)
         for port in range(1, 4):
             self.connect_via_proxy(h, f"192.0.2.{port}", port)
-        self.assertEqual(h.factory.connectionsFrom("127.0.0.1"), 0)
+        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)
