@@ -17,9 +17,10 @@ __all__ = [
     "asyncio_loop",
     "clear_exit_signal",
     "datagram_sender",
+    "endpoint_service",
     "fast_paths_enabled",
     "is_proxy_protocol",
-    "proxy_protocol_endpoint",
+    "proxy_protocol_factory",
     "stream_writer",
     "systemd_descriptors",
 ]
@@ -152,30 +153,32 @@ def is_proxy_protocol(transport: Any) -> bool:
     return hasattr(transport, "_proxyInfo") and hasattr(transport, "wrappedProtocol")
 
 
-def proxy_protocol_endpoint(reactor: Any, description: str) -> Any:
+def proxy_protocol_factory(factory: Any) -> Any:
     """
-    Build the endpoint for a ``haproxy:...`` listen string, keeping
-    half-close.
+    Wrap a stream factory for connections through a PROXY-protocol load
+    balancer (``haproxy:`` listen strings), keeping half-close.
 
     Twisted's PROXY-protocol wrapper (``twisted.protocols.haproxy``) is a
     ``ProtocolWrapper`` that does not provide ``IHalfCloseableProtocol``:
     when a client behind HAProxy shuts down its sending side, the
     connection is torn down at once and capserv's reply, still buffered, is
     lost (``printf hi | nc -N`` through HAProxy prints nothing).  This
-    subclass passes the half-close on to capserv.
-
-    :return: an endpoint, or `None` when Twisted's internals are not the
-        expected ones (then Twisted's own ``haproxy:`` endpoint is used).
+    subclass passes the half-close on to capserv.  Its module is private
+    (``_wrapper``); if it moves, Twisted's public ``proxyEndpoint`` wrapper
+    factory is used, without half-close.
     """
     try:
-        from twisted.internet.endpoints import _WrapperServerEndpoint, serverFromString
         from twisted.internet.interfaces import IHalfCloseableProtocol
         from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
         from zope.interface import implementer
-    except ImportError:
-        return None
-    if not description.lower().startswith("haproxy:") or not fast_paths_enabled():
-        return None
+    except ImportError:  # pragma: no cover - depends on the Twisted release
+        from twisted.protocols.haproxy import proxyEndpoint
+
+        return _public_proxy_factory(proxyEndpoint, factory)
+    if not fast_paths_enabled():
+        wrapping = HAProxyWrappingFactory(factory)
+        wrapping.noisy = False
+        return wrapping
 
     @implementer(IHalfCloseableProtocol)
     class HalfCloseableProxyWrapper(HAProxyProtocolWrapper):
@@ -198,9 +201,42 @@ def proxy_protocol_endpoint(reactor: Any, description: str) -> Any:
 
     class HalfCloseableProxyFactory(HAProxyWrappingFactory):
         protocol = HalfCloseableProxyWrapper  # type: ignore[assignment]
+        #: Twisted's "<factory object at 0x...> starting on" lines say
+        #: nothing an operator can use; capserv logs its own.
+        noisy = False
 
-    inner = serverFromString(reactor, description.split(":", 1)[1])
-    return _WrapperServerEndpoint(inner, HalfCloseableProxyFactory)
+    return HalfCloseableProxyFactory(factory)  # type: ignore[no-untyped-call]
+
+
+def _public_proxy_factory(proxy_endpoint: Any, factory: Any) -> Any:  # pragma: no cover
+    """The wrapping factory Twisted's public ``proxyEndpoint`` would use."""
+    captured: list[Any] = []
+
+    class _Capture:
+        def listen(self, wrapping: Any) -> None:
+            captured.append(wrapping)
+
+    proxy_endpoint(_Capture()).listen(factory)
+    captured[0].noisy = False
+    return captured[0]
+
+
+def endpoint_service(endpoint: Any, factory: Any) -> Any:
+    """
+    A ``StreamServerEndpointService`` that raises a listen failure from
+    ``privilegedStartService`` instead of logging it later.
+
+    Twisted's service has the switch as an attribute, ``_raiseSynchronously``
+    (documented on the class, and what ``twistd``'s ``strports.service``
+    sets); without it a port that cannot be bound would be a log line while
+    the daemon went on running.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+
+    service = StreamServerEndpointService(endpoint, factory)
+    if hasattr(service, "_raiseSynchronously"):
+        service._raiseSynchronously = True
+    return service
 
 
 def systemd_descriptors() -> list[int]:

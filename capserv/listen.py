@@ -1,29 +1,46 @@
 """
-Listen descriptions: Twisted endpoint strings for streams, and capserv's own
-``udp:PORT[:interface=ADDRESS]`` for datagrams (Twisted has no UDP endpoint
-strings), each turned into a service that listens when started.
+What ``--listen`` says, parsed once into listener objects.
 
-A listener that cannot bind raises `ListenError` from
-``privilegedStartService`` with one line naming the description, so the
-daemon exits with a clear message instead of a traceback.
+`parse_listen` turns each description into a typed `Listener`, checking
+everything that can be checked without touching the network: the kind, the
+port range, the interface address, the UNIX path's folder, the sockets
+systemd passed, IPv6 escaping, TLS files.  `Listener.bind` then takes the
+address (the daemon binds every listener before it daemonizes, so a port
+that is taken is reported on the terminal at once and nothing listens), and
+`Listener.service` wires the bound socket to a factory or datagram protocol
+as a Twisted service.
+
+Descriptions are Twisted's endpoint strings (``tcp:``, ``tcp6:``, ``unix:``,
+``ssl:``, ``systemd:``, ``haproxy:``, and any endpoint plugin) plus
+capserv's own ``udp:PORT[:interface=ADDRESS]`` (Twisted has none for UDP).
+Every error is a `ListenError` whose text names the description and says
+what to write instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import errno
+import ipaddress
+import os
+import re
+import socket
+import stat
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import DatagramProtocol, Factory
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from capserv._internals import systemd_descriptors
+from capserv._internals import (
+    endpoint_service,
+    proxy_protocol_factory,
+    systemd_descriptors,
+)
 from capserv.addresses import describe
 from capserv.udp import MAX_DATAGRAM
 
@@ -31,21 +48,21 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_LISTEN",
     "DatagramListener",
+    "EndpointListener",
     "ListenError",
-    "PortListener",
+    "Listener",
+    "ProxyListener",
+    "SocketEndpoint",
     "StreamListener",
-    "UDPDescription",
-    "check_stream_description",
-    "parse_udp",
-    "with_default_backlog",
+    "SystemdStreamListener",
+    "UnixListener",
+    "parse_listen",
 ]
-
 
 #: What the daemon serves with no ``--listen``: the lesson's port, on
 #: loopback only (an open UDP service on a public address is an amplifier
 #: until the operator decides otherwise).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
-
 
 #: The listen backlog capserv asks for when a description sets none.
 #: Twisted's default of 50 overflows when hundreds of clients connect at
@@ -53,27 +70,20 @@ DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.
 #: (Linux caps it at ``net.core.somaxconn``, 4096 by default.)
 DEFAULT_BACKLOG = 1024
 
-#: Endpoint kinds whose parsers take ``backlog=``.
-_BACKLOG_KINDS = frozenset({"tcp", "tcp6", "unix", "ssl"})
+_KINDS_HINT = (
+    "write tcp:PORT, tcp6:PORT, unix:PATH, udp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, "
+    "systemd:domain=INET:index=N or haproxy:tcp:PORT"
+)
 
 
 class ListenError(Exception):
     """
-    A listen description is malformed, or its port cannot be bound.
+    A listen description is wrong, or its address cannot be taken; the
+    message names the description and what to write instead.
     """
 
 
-@dataclass(frozen=True)
-class UDPDescription:
-    """
-    A parsed ``udp:`` listen description.
-    """
-
-    port: int
-    interface: str = ""
-    #: Adopt the socket systemd passed at this index (``LISTEN_FDS``)
-    #: instead of binding one.
-    systemd: int | None = None
+# -- parsing -------------------------------------------------------------------
 
 
 def _split(description: str) -> list[str]:
@@ -94,211 +104,640 @@ def _split(description: str) -> list[str]:
     return parts
 
 
-def _arguments(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    The positional and ``key=value`` arguments after a description's kind.
-    """
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in _split(description)[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            kwargs[key] = value
-        else:
-            args.append(part)
-    return args, kwargs
+def _escape(address: str) -> str:
+    return address.replace(":", "\\:")
 
 
-def with_default_backlog(description: str) -> str:
+class _Arguments:
     """
-    Add ``backlog=DEFAULT_BACKLOG`` to a ``tcp:``, ``tcp6:``, ``unix:`` or
-    ``ssl:`` description (also behind ``haproxy:``) that sets no backlog;
-    return any other description unchanged.
+    The positional and ``key=value`` arguments of one description, read off
+    with checks whose errors name the description.
     """
-    kinds = [part.lower() for part in _split(description)[:2]]
-    kind = kinds[1] if kinds[0] == "haproxy" and len(kinds) > 1 else kinds[0]
-    if kind not in _BACKLOG_KINDS or "backlog" in _arguments(description)[1]:
-        return description
-    return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+    def __init__(self, description: str, parts: list[str], allowed: tuple[str, ...], positional: str) -> None:
+        self.description = description
+        self.kwargs: dict[str, str] = {}
+        args = []
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if sep:
+                self.kwargs[key] = value
+            else:
+                args.append(part)
+        if args:
+            if len(args) > 1 or positional in self.kwargs:
+                raise self.error(f"too many values; write {allowed[0]} once{_ipv6_hint(description)}")
+            self.kwargs[positional] = args[0]
+        unknown = sorted(set(self.kwargs) - set(allowed))
+        if unknown:
+            raise self.error(f"unknown parameter {unknown[0]!r} (this kind takes {', '.join(allowed)})")
+
+    def error(self, message: str) -> ListenError:
+        return ListenError(f"--listen {self.description!r}: {message}")
+
+    def port(self) -> int:
+        if "port" not in self.kwargs:
+            raise self.error("no port given; write a port number from 0 to 65535 after the kind")
+        return _port(self.kwargs["port"], self.error)
+
+    def whole(self, name: str, default: int, minimum: int = 1) -> int:
+        text = self.kwargs.get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise self.error(f"{name} must be a whole number >= {minimum}, not {text!r}")
+        return value
+
+    def interface(self, default: str) -> str:
+        text = self.kwargs.get("interface", default)
+        if text:
+            try:
+                ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                raise self.error(
+                    f"interface must be an IP address such as 127.0.0.1 or \\:\\:1, not {text!r}"
+                    f"{_ipv6_hint(self.description)}"
+                ) from None
+        return text
 
 
-def is_udp(description: str) -> bool:
-    """
-    Tell whether a listen description is capserv's ``udp:`` kind.
-    """
-    return description.split(":", 1)[0].strip().lower() == "udp"
-
-
-def parse_udp(description: str) -> UDPDescription:
-    """
-    Parse ``udp:PORT[:interface=ADDRESS]`` (also ``port=PORT``).
-
-    :raises ListenError: naming what is wrong.
-    """
-    args, kwargs = _arguments(description)
-    if args:
-        if "port" in kwargs or len(args) > 1:
-            raise ListenError(f"{description!r}: expected udp:PORT[:interface=ADDRESS]")
-        kwargs["port"] = args[0]
-    unknown = set(kwargs) - {"port", "interface", "systemd"}
-    if unknown:
-        raise ListenError(
-            f"{description!r}: unknown parameter {sorted(unknown)[0]!r} (udp takes port, interface or systemd)"
-        )
-    if "systemd" in kwargs:
-        return _parse_udp_systemd(description, kwargs)
-    if "port" not in kwargs:
-        raise ListenError(f"{description!r}: no port given (udp:PORT[:interface=ADDRESS])")
+def _port(text: str, error: Callable[[str], ListenError]) -> int:
     try:
-        port = int(kwargs["port"])
+        port = int(text)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ListenError(f"{description!r}: port must be a number from 0 to 65535")
-    interface = kwargs.get("interface", "")
-    if interface:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(interface.split("%", 1)[0])
-        except ValueError:
-            raise ListenError(f"{description!r}: interface must be an IP address, not {interface!r}") from None
-    return UDPDescription(port, interface)
+        raise error(f"port must be a number from 0 to 65535, not {text!r}")
+    return port
 
 
-def _parse_udp_systemd(description: str, kwargs: dict[str, str]) -> UDPDescription:
+_UNESCAPED_V6 = re.compile(r"interface=((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.%]*)")
+
+
+def _ipv6_hint(description: str) -> str:
+    """A hint to escape an IPv6 address's colons, if that is what went wrong."""
+    match = _UNESCAPED_V6.search(description)
+    if match is None or "\\" in match.group(1):
+        return ""
+    return f" (escape an IPv6 address's colons: interface={_escape(match.group(1))})"
+
+
+def parse_listen(description: str) -> Listener:
     """
-    ``udp:systemd=INDEX``: a datagram socket passed by systemd socket
-    activation (``ListenDatagram=`` in the .socket unit).
+    Parse one ``--listen`` description into a listener, checked as far as
+    can be without binding.
+
+    :raises ListenError: naming what is wrong and what to write instead.
     """
-    if set(kwargs) != {"systemd"}:
-        raise ListenError(f"{description!r}: udp:systemd=INDEX takes no port or interface")
-    try:
-        index = int(kwargs["systemd"])
-    except ValueError:
-        raise ListenError(f"{description!r}: systemd= takes the socket's index, a number") from None
-    descriptors = systemd_descriptors()
-    if not 0 <= index < len(descriptors):
-        raise ListenError(f"{description!r}: systemd passed {len(descriptors)} sockets (LISTEN_FDS), no index {index}")
-    return UDPDescription(0, "", index)
+    parts = _split(description)
+    kind = parts[0].strip().lower()
+    if kind in ("tcp", "tcp6"):
+        return StreamListener.parse(description, kind, parts[1:])
+    if kind == "udp":
+        return DatagramListener.parse(description, parts[1:])
+    if kind == "unix":
+        return UnixListener.parse(description, parts[1:])
+    if kind == "systemd":
+        return SystemdStreamListener.parse(description, parts[1:])
+    if kind == "haproxy":
+        inner_text = description.split(":", 1)[1] if ":" in description else ""
+        inner = parse_listen(inner_text) if inner_text else None
+        if not isinstance(inner, (StreamListener, UnixListener, SystemdStreamListener)):
+            raise ListenError(
+                f"--listen {description!r}: haproxy: wraps a stream listener; write haproxy:tcp:PORT, "
+                "haproxy:tcp6:PORT, haproxy:unix:PATH or haproxy:systemd:domain=INET:index=N"
+            )
+        return ProxyListener(description, inner)
+    if not kind:
+        raise ListenError(f"--listen {description!r}: no kind given; {_KINDS_HINT}")
+    return EndpointListener.parse(description, kind)
 
 
-def check_stream_description(description: str) -> None:
+# -- listeners -------------------------------------------------------------------
+
+
+class Listener:
     """
-    Check that Twisted can build a stream server endpoint from a
-    description, without listening or touching the real reactor.
+    One parsed ``--listen``: what to bind, and the service that serves it.
 
-    Parsers check what they can here: an unknown type, a malformed port, a
-    TLS key file that cannot be read, a systemd socket that was not passed.
-
-    :raises ListenError: with Twisted's reason.
-    """
-    try:
-        endpoints.serverFromString(MemoryReactor(), description)
-    except Exception as e:  # Twisted's parsers raise many kinds
-        raise ListenError(f"{description!r}: {e}") from None
-
-
-class PortListener(Service):
-    """
-    A service that holds one listening port and closes it when stopped.
+    Subclasses set `datagram` (whether it takes the datagram protocol
+    rather than the stream factory) and `shareable` (whether ``--workers``
+    processes can bind it together with ``SO_REUSEPORT``).
     """
 
-    port: Any = None
+    datagram = False
+    shareable = False
 
-    def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
-        return None
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def bind(self, reuse_port: bool = False) -> None:
+        """
+        Take the address now (nothing is served until the service starts).
+
+        :raises ListenError: if it cannot be taken.
+        """
+
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        """
+        The Twisted service that serves the bound address with ``handler``
+        (a stream `Factory`, or a `DatagramProtocol` if `datagram`).
+
+        :param native: serve streams on the event loop's own transports
+            (`capserv.native`) instead of Twisted's.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """
+        Let go of a bound address that will not be served (another listener
+        failed to bind).
+        """
+
+    def with_port(self, port: int) -> str:
+        """
+        The description of this listener on a concrete port, for the other
+        ``--workers`` processes.
+        """
+        raise ListenError(f"--listen {self.description!r}: --workers cannot share this listener")
+
+    def bound_port(self) -> int:
+        """
+        The port the kernel gave (``port 0`` becomes a real one at bind).
+        """
+        raise NotImplementedError
 
 
-class StreamListener(PortListener):
-    """
-    Listen on one stream endpoint with a factory while running.
-    """
+def _bind_error(description: str, e: OSError, address: str) -> ListenError:
+    """Turn a failed bind into one line that says what to do."""
+    reasons = {
+        errno.EADDRINUSE: f"{address} is already in use; stop what listens there or choose another port",
+        errno.EADDRNOTAVAIL: f"{address} is not an address of this host; choose one it has (ip address shows them)",
+        errno.EACCES: f"{address} needs privileges; choose a port >= 1024 or run with CAP_NET_BIND_SERVICE",
+        errno.ENOENT: f"the folder of {address} does not exist; create it or choose another path",
+    }
+    reason = reasons.get(e.errno or 0, f"{address}: {e.strerror or e}")
+    return ListenError(f"cannot listen on {description!r}: {reason}")
+
+
+class _SocketListener(Listener):
+    """A listener that binds its own socket and hands it to the reactor."""
 
     _log = Logger()
+    _socket: socket.socket | None = None
+    what = "streams"
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
-        self.description = description
-        self.endpoint = endpoint
-        self.factory = factory
-        self._pending: Deferred[IListeningPort] | None = None
+    def _make(self, reuse_port: bool) -> socket.socket:
+        raise NotImplementedError
 
-    def privilegedStartService(self) -> None:
-        # Listen here, before twistd sheds privileges, so low ports work.
-        outcome: list[Any] = []
-        d = self.endpoint.listen(self.factory)
-        d.addBoth(outcome.append)
-        if not outcome:
-            self._pending = d
-            d.addCallbacks(self._listening, self._failedLater)
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def bind(self, reuse_port: bool = False) -> None:
+        if self._socket is not None:
             return
-        result = outcome[0]
-        if isinstance(result, Failure):
-            raise ListenError(f"cannot listen on {self.description!r}: {result.getErrorMessage()}")
-        self._listening(result)
-        Service.privilegedStartService(self)
+        try:
+            self._socket = self._make(reuse_port)
+        except OSError as e:
+            raise _bind_error(self.description, e, self._where()) from None
 
-    def _listening(self, port: IListeningPort) -> IListeningPort:
-        self._pending = None
-        self.port = port
-        self._log.info(
-            "Listening for streams on {address} ({description})",
-            address=describe(port.getHost()),
-            description=self.description,
-        )
-        return port
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
-    def _failedLater(self, failure: Failure) -> None:
-        self._pending = None
-        self._log.failure("Cannot listen on {description!r}", failure, description=self.description)
+    def take_socket(self) -> socket.socket:
+        """
+        Hand over the bound socket (binding now if `bind` was not called).
 
-    def stopService(self) -> Deferred[None] | None:
-        if self._pending is not None:
-            self._pending.cancel()
-        return PortListener.stopService(self)
+        :raises OSError: if it cannot be bound.
+        """
+        if self._socket is None:
+            self._socket = self._make(False)
+        sock, self._socket = self._socket, None
+        return sock
+
+    def bound_port(self) -> int:
+        assert self._socket is not None, "bind() first"
+        return int(self._socket.getsockname()[1])
+
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        if native:
+            from capserv.native import NativeSocketEndpoint
+
+            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(reactor, self.take_socket)
+        else:
+            endpoint = SocketEndpoint(reactor, self.take_socket)
+        service: IService = endpoint_service(_Logged(endpoint, self.description, self.what), handler)
+        return service
 
 
-class DatagramListener(PortListener):
+def _stream_socket(family: int, address: Any, backlog: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _inet_address(family: int, host: str, port: int, kind: int) -> Any:
+    """The socket address for a numeric host (with an IPv6 scope, if any)."""
+    if not host:
+        return ("", port)
+    info = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST | socket.AI_PASSIVE)
+    return info[0][4]
+
+
+class StreamListener(_SocketListener):
     """
-    Listen on one UDP port with a datagram protocol while running.
+    ``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``.
+    """
+
+    shareable = True
+
+    def __init__(self, description: str, kind: str, host: str, port: int, backlog: int) -> None:
+        super().__init__(description)
+        self.kind = kind
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.family = socket.AF_INET6 if kind == "tcp6" or ":" in host else socket.AF_INET
+
+    @classmethod
+    def parse(cls, description: str, kind: str, parts: list[str]) -> StreamListener:
+        args = _Arguments(description, parts, ("port", "interface", "backlog"), "port")
+        port = args.port()
+        host = args.interface("::" if kind == "tcp6" else "")
+        if kind == "tcp6" and ":" not in host:
+            raise args.error(f"tcp6 takes an IPv6 interface such as \\:\\:1, not {host!r}; use tcp: for IPv4")
+        return cls(description, kind, host, port, args.whole("backlog", DEFAULT_BACKLOG))
+
+    def _where(self) -> str:
+        host = self.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def _make(self, reuse_port: bool) -> socket.socket:
+        address = _inet_address(self.family, self.host, self.port, socket.SOCK_STREAM)
+        return _stream_socket(self.family, address, self.backlog, reuse_port)
+
+    def with_port(self, port: int) -> str:
+        return f"{self.kind}:{port}:interface={_escape(self.host or '0.0.0.0')}:backlog={self.backlog}"
+
+
+class UnixListener(_SocketListener):
+    """
+    ``unix:PATH[:mode=OCTAL][:backlog=N]``.
+
+    A socket file left by a server that is gone is replaced; one that a
+    running server still answers on is "in use".  (Twisted's ``lockfile=``
+    is accepted and not needed: the check above replaces it.)
+    """
+
+    def __init__(self, description: str, path: str, mode: int, backlog: int) -> None:
+        super().__init__(description)
+        self.path = path
+        self.mode = mode
+        self.backlog = backlog
+
+    @classmethod
+    def parse(cls, description: str, parts: list[str]) -> UnixListener:
+        args = _Arguments(description, parts, ("address", "mode", "backlog", "lockfile", "wantPID"), "address")
+        path = args.kwargs.get("address", "")
+        if not path:
+            raise args.error("no path given; write unix:/run/capserv.sock")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise args.error(f"folder {folder} does not exist; create it (mkdir -p {folder}) or choose another path")
+        try:
+            mode = int(args.kwargs.get("mode", "666"), 8)
+        except ValueError:
+            raise args.error(f"mode must be octal permissions such as 660, not {args.kwargs['mode']!r}") from None
+        return cls(description, path, mode, args.whole("backlog", DEFAULT_BACKLOG))
+
+    def _where(self) -> str:
+        return self.path
+
+    def _make(self, reuse_port: bool) -> socket.socket:
+        self._remove_stale()
+        sock = _stream_socket(socket.AF_UNIX, self.path, self.backlog, False)
+        os.chmod(self.path, self.mode)
+        return sock
+
+    def _remove_stale(self) -> None:
+        try:
+            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
+                raise OSError(errno.EEXIST, f"{self.path} exists and is not a socket")
+        except FileNotFoundError:
+            return
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(self.path)
+            except ConnectionRefusedError:
+                os.unlink(self.path)  # left by a server that is gone
+                return
+            except OSError:
+                return
+        raise OSError(errno.EADDRINUSE, "in use")
+
+
+class SystemdStreamListener(_SocketListener):
+    """
+    ``systemd:domain=INET:index=N``: a stream socket systemd passed
+    (``ListenStream=`` in the .socket unit).
+    """
+
+    def __init__(self, description: str, index: int) -> None:
+        super().__init__(description)
+        self.index = index
+
+    @classmethod
+    def parse(cls, description: str, parts: list[str]) -> SystemdStreamListener:
+        args = _Arguments(description, parts, ("domain", "index"), "index")
+        domain = args.kwargs.get("domain", "INET").upper()
+        if domain not in ("INET", "INET6", "UNIX"):
+            raise args.error(f"domain must be INET, INET6 or UNIX, not {domain!r}")
+        index = args.whole("index", 0, minimum=0)
+        _check_systemd_index(args, index, socket.SOCK_STREAM)
+        return cls(description, index)
+
+    def _where(self) -> str:
+        return f"systemd socket {self.index}"
+
+    def _make(self, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(fileno=os.dup(systemd_descriptors()[self.index]))
+        sock.setblocking(False)
+        return sock
+
+
+def _check_systemd_index(args: _Arguments, index: int, kind: int) -> None:
+    descriptors = systemd_descriptors()
+    if not descriptors:
+        raise args.error(
+            "systemd passed no sockets (LISTEN_FDS is not set); this form works only under "
+            "systemd socket activation: see docs/operations"
+        )
+    if index >= len(descriptors):
+        raise args.error(f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}")
+    with socket.socket(fileno=descriptors[index]) as probe:
+        actual = probe.type
+        probe.detach()
+    if actual != kind:
+        wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
+        raise args.error(f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines")
+
+
+class DatagramListener(_SocketListener):
+    """
+    ``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram
+    socket systemd passed (``ListenDatagram=``).
+    """
+
+    datagram = True
+    what = "datagrams"
+
+    def __init__(self, description: str, host: str, port: int, systemd: int | None = None) -> None:
+        super().__init__(description)
+        self.host = host
+        self.port = port
+        self.systemd = systemd
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.shareable = systemd is None
+
+    @classmethod
+    def parse(cls, description: str, parts: list[str]) -> DatagramListener:
+        args = _Arguments(description, parts, ("port", "interface", "systemd"), "port")
+        if "systemd" in args.kwargs:
+            if set(args.kwargs) != {"systemd"}:
+                raise args.error("udp:systemd=INDEX takes no port or interface")
+            index = args.whole("systemd", 0, minimum=0)
+            _check_systemd_index(args, index, socket.SOCK_DGRAM)
+            return cls(description, "", 0, index)
+        return cls(description, args.interface(""), args.port())
+
+    def _where(self) -> str:
+        if self.systemd is not None:
+            return f"systemd socket {self.systemd}"
+        host = self.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def _make(self, reuse_port: bool) -> socket.socket:
+        if self.systemd is not None:
+            sock = socket.socket(fileno=os.dup(systemd_descriptors()[self.systemd]))
+        else:
+            sock = socket.socket(self.family, socket.SOCK_DGRAM)
+            try:
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(_inet_address(self.family, self.host, self.port, socket.SOCK_DGRAM))
+            except OSError:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        return sock
+
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        return _DatagramService(self, handler, reactor)
+
+    def with_port(self, port: int) -> str:
+        return f"udp:{port}:interface={_escape(self.host or '0.0.0.0')}"
+
+
+class ProxyListener(Listener):
+    """
+    ``haproxy:INNER``: connections through a PROXY-protocol load balancer,
+    served with the client's real address (Twisted's transports: the
+    wrapper needs them).
+    """
+
+    def __init__(self, description: str, inner: StreamListener | UnixListener | SystemdStreamListener) -> None:
+        super().__init__(description)
+        self.inner = inner
+        self.shareable = inner.shareable
+        inner.description = description
+
+    def bind(self, reuse_port: bool = False) -> None:
+        self.inner.bind(reuse_port)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def bound_port(self) -> int:
+        return self.inner.bound_port()
+
+    def with_port(self, port: int) -> str:
+        return f"haproxy:{self.inner.with_port(port)}"
+
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        return self.inner.service(proxy_protocol_factory(handler), reactor, native=False)
+
+
+class _ReactorSlot:
+    """
+    The reactor an endpoint parsed before any reactor is chosen will use:
+    filled in when the service is built.
+    """
+
+    reactor: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.reactor is None:
+            raise AttributeError(name)
+        return getattr(self.reactor, name)
+
+
+class EndpointListener(Listener):
+    """
+    Any other Twisted endpoint string (``ssl:``, endpoint plugins), served
+    through Twisted's own endpoint; it binds when the service starts.
+    """
+
+    def __init__(self, description: str, endpoint: IStreamServerEndpoint, slot: _ReactorSlot) -> None:
+        super().__init__(description)
+        self.endpoint = endpoint
+        self._slot = slot
+
+    @classmethod
+    def parse(cls, description: str, kind: str) -> EndpointListener:
+        from twisted.internet.endpoints import serverFromString
+
+        if kind == "ssl":
+            _require_tls(description)
+        slot = _ReactorSlot()
+        try:
+            endpoint = serverFromString(slot, description)
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            raise ListenError(f"--listen {description!r}: cannot read{where}: {e.strerror or e}") from None
+        except ValueError as e:
+            if str(e).startswith("Unknown endpoint type"):
+                raise ListenError(f"--listen {description!r}: unknown kind {kind!r}; {_KINDS_HINT}") from None
+            raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
+        except Exception as e:  # endpoint parsers (plugins too) raise many kinds
+            raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
+        return cls(description, endpoint, slot)
+
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        self._slot.reactor = reactor
+        service: IService = endpoint_service(_Logged(self.endpoint, self.description, "streams"), handler)
+        return service
+
+
+def _require_tls(description: str) -> None:
+    import importlib.util
+
+    for module in ("OpenSSL", "service_identity"):
+        if importlib.util.find_spec(module) is None:
+            raise ListenError(f"--listen {description!r}: TLS needs pyOpenSSL: pip install 'capserv[tls]'")
+
+
+# -- serving ---------------------------------------------------------------------
+
+
+@implementer(IStreamServerEndpoint)
+class SocketEndpoint:
+    """
+    A stream server endpoint that serves a socket made elsewhere (bound and
+    listening) on Twisted's own transports, through the public
+    ``IReactorSocket.adoptStreamPort``.
+    """
+
+    def __init__(self, reactor: Any, make_socket: Callable[[], socket.socket]) -> None:
+        """
+        :param make_socket: returns the bound, listening socket; may raise
+            `OSError`.
+        """
+        self.reactor = reactor
+        self.make_socket = make_socket
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        try:
+            sock = self.make_socket()
+        except OSError as e:
+            return fail(CannotListenError(None, None, e))
+        try:
+            port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        finally:
+            sock.close()  # Twisted holds its own duplicate
+        return succeed(port)
+
+
+@implementer(IStreamServerEndpoint)
+class _Logged:
+    """An endpoint that logs where it listens, with the operator's description."""
+
+    _log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str, what: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.what = what
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._log.info(
+                "Listening for {what} on {address} ({description})",
+                what=self.what,
+                address=describe(port.getHost()),
+                description=self.description,
+            )
+            return port
+
+        return self.endpoint.listen(factory).addCallback(listening)
+
+
+class _DatagramService(Service):
+    """
+    Serve a bound datagram socket with a datagram protocol while running
+    (Twisted's ``internet.UDPServer`` binds its own socket; this adopts the
+    one the listener bound, through ``IReactorSocket.adoptDatagramPort``).
     """
 
     _log = Logger()
 
-    def __init__(self, description: str, udp: UDPDescription, protocol: DatagramProtocol, reactor: Any) -> None:
-        self.description = description
-        self.udp = udp
+    def __init__(self, listener: DatagramListener, protocol: DatagramProtocol, reactor: Any) -> None:
+        self.listener = listener
         self.protocol = protocol
         self.reactor = reactor
+        self.port: Any = None
 
     def privilegedStartService(self) -> None:
         try:
-            if self.udp.systemd is not None:
-                self.port = self._adopt(self.udp.systemd)
-            else:
-                self.port = self.reactor.listenUDP(
-                    self.udp.port, self.protocol, interface=self.udp.interface, maxPacketSize=MAX_DATAGRAM
-                )
-        except (CannotListenError, OSError) as e:
-            raise ListenError(f"cannot listen on {self.description!r}: {e}") from None
+            sock = self.listener.take_socket()
+        except OSError as e:
+            raise _bind_error(self.listener.description, e, self.listener._where()) from None
+        try:
+            self.port = self.reactor.adoptDatagramPort(
+                sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM
+            )
+        finally:
+            sock.close()
         self._log.info(
             "Listening for datagrams on {address} ({description})",
             address=describe(self.port.getHost()),
-            description=self.description,
+            description=self.listener.description,
         )
         Service.privilegedStartService(self)
 
-    def _adopt(self, index: int) -> Any:
-        import socket
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        Service.startService(self)
 
-        fd = systemd_descriptors()[index]
-        with socket.socket(fileno=fd) as probe:
-            family, kind = probe.family, probe.type
-            probe.detach()
-        if kind != socket.SOCK_DGRAM:
-            raise OSError(f"systemd socket {index} is not a datagram socket")
-        return self.reactor.adoptDatagramPort(fd, family, self.protocol, maxPacketSize=MAX_DATAGRAM)
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()  # type: ignore[no-any-return]
+        return None

@@ -16,30 +16,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from capserv.tcp import UppercaseFactory
-from capserv.udp import UppercaseDatagramProtocol
+from capserv.udp import DatagramState
 
-__all__ = ["INSTALL_HINT", "CapservCollector", "metrics_site", "prometheus_available"]
-
-INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
+__all__ = ["CapservCollector", "metrics_site"]
 
 REFUSAL_LIMITS = ("max_connections", "max_connections_per_ip", "shutdown")
 DROP_REASONS = ("rate_limit", "oversize", "low_port", "send_error")
 
 
-def prometheus_available() -> bool:
-    try:
-        import prometheus_client.twisted  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class CapservCollector:
     """
-    Turn a factory's and a datagram protocol's counters into metrics.
+    Turn a stream factory's and the datagram state's counters into metrics.
     """
 
-    def __init__(self, factory: UppercaseFactory, datagram: UppercaseDatagramProtocol, workers: int = 1) -> None:
+    def __init__(self, factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> None:
         self.factory = factory
         self.datagram = datagram
         self.workers = workers
@@ -105,7 +95,7 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_site(factory: UppercaseFactory, datagram: UppercaseDatagramProtocol, workers: int = 1) -> Site:
+def metrics_site(factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> Site:
     """
     A web site serving the metrics at ``/metrics``, from its own registry
     (so an embedding program's registry is not touched).

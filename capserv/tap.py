@@ -1,45 +1,42 @@
 """
 The ``twistd capserv`` command line: `Options` and `makeService`.
 
-Options are turned into one `CapservConfig` here and handed to the
-factories; nothing else reads the command line.
+`Options` parses everything once: each ``--listen`` becomes a checked
+listener object (`capserv.listen`) and the limits one `CapservConfig`.
+`makeService` chooses the reactor first (`capserv.reactor`), binds every
+listener (so a port that is taken is reported on the terminal before twistd
+daemonizes, and nothing listens), then wires them, like Twisted's own
+``web/tap.py`` and ``names/tap.py``: one loop of
+``listener.service(...).setServiceParent(service)``.
 """
 
 from __future__ import annotations
 
-import os
-import resource
+import importlib.util
 import sys
 from typing import Any
 
-from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.logger import Logger
 from twisted.python import usage
 
-from capserv._internals import clear_exit_signal, proxy_protocol_endpoint
 from capserv._version import __version__
 from capserv.coerce import number
 from capserv.config import CapservConfig, ConfigError
-from capserv.listen import (
-    DEFAULT_LISTEN,
-    DatagramListener,
-    ListenError,
-    StreamListener,
-    check_stream_description,
-    is_udp,
-    parse_udp,
-    with_default_backlog,
-)
-from capserv.reactor import global_reactor
+from capserv.listen import DEFAULT_LISTEN, Listener, ListenError, parse_listen
+from capserv.reactor import choose_reactor
+from capserv.service import CapservService, StartError
 from capserv.tcp import UppercaseFactory
-from capserv.udp import UppercaseDatagramProtocol
-from capserv.workers import ReusePortListener, WorkerPool, parse_shared, reuse_port_supported
+from capserv.udp import DatagramState
+from capserv.workers import OrphanWatch, WorkerPool, reuse_port_supported
 
-__all__ = ["CapservService", "Options", "makeService"]
+__all__ = ["Options", "makeService"]
 
 _DEFAULTS = CapservConfig()
+
+#: twistd wraps a coercer's error in this; capserv's own text follows it.
+_TWISTED_PREFIX = "Parameter type enforcement failed: "
+
+#: What to write for --metrics when prometheus-client is missing.
+METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
 
 
 class Options(usage.Options):
@@ -61,6 +58,12 @@ class Options(usage.Options):
             None,
             "Keep twistd's default reactor even when uvloop is installed "
             "(without --reactor, capserv runs Twisted's asyncio reactor on uvloop).",
+        ],
+        [
+            "no-native",
+            None,
+            "On the asyncio reactor, serve streams on Twisted's own transports instead of the event loop's "
+            "(native transports are faster; see docs/operations).",
         ],
         ["udp-allow-low-ports", None, "Answer datagrams from source ports below 1024 (off by default: loop guard)."],
         ["worker", None, "(internal) run as one of --workers: share ports, start no others."],
@@ -154,17 +157,10 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
-        if is_udp(description):
-            try:
-                parse_udp(description)
-            except ListenError as e:
-                raise usage.UsageError(f"--listen {e}") from None
-        else:
-            try:
-                check_stream_description(description)
-            except ListenError as e:
-                raise usage.UsageError(f"--listen {e}") from None
-        self["listen"].append(description)
+        try:
+            self["listen"].append(parse_listen(description))
+        except ListenError as e:
+            raise usage.UsageError(str(e)) from None
 
     opt_listen.__doc__ = (
         "Listen on DESCRIPTION; repeat for several. A Twisted endpoint string for "
@@ -176,23 +172,22 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
-        Parse the command line; a bad option raises `usage.UsageError`.
+        Parse the command line; a bad option raises `usage.UsageError` with
+        capserv's text.
 
-        Run as twistd's subcommand, a usage error instead prints the usage
-        and exits with status 1 and the error as the last line: twistd
-        before 26.10 printed it and exited 0, which a service manager would
-        take for success.
+        Run as twistd's subcommand, a usage error is instead one line on
+        stderr naming the option, a line pointing at ``--help``, and exit
+        status 1 (twistd itself would print the whole help on stdout, and
+        before 26.10 exit 0, which a service manager takes for success).
         """
         self["argv"] = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
-            parent = getattr(self, "parent", None)
-            if parent is None:
-                raise
-            print(parent)
-            command = " ".join(os.path.basename(a) for a in sys.argv[0:2])
-            raise SystemExit(f"{command}: {e}") from None
+            message = str(e).removeprefix(_TWISTED_PREFIX) or "bad option"
+            if getattr(self, "parent", None) is None:
+                raise usage.UsageError(message) from None
+            raise SystemExit(f"twistd capserv: {message}\nTry 'twistd capserv --help' for the options.") from None
 
     def opt_version(self) -> None:
         """
@@ -202,25 +197,35 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
+        """
+        Apply the defaults and check what depends on more than one option.
+        Nothing here imports the reactor (`makeService` chooses it).
+        """
         if not self["listen"]:
-            self["listen"] = list(DEFAULT_LISTEN)
+            self["listen"] = [parse_listen(description) for description in DEFAULT_LISTEN]
+        self["metrics_listener"] = None
         if self["metrics"]:
-            from capserv.metrics import INSTALL_HINT, prometheus_available
-
-            if not prometheus_available():
-                raise usage.UsageError(INSTALL_HINT)
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise usage.UsageError(METRICS_INSTALL_HINT)
             try:
-                check_stream_description(self["metrics"])
+                metrics = parse_listen(self["metrics"])
             except ListenError as e:
-                raise usage.UsageError(f"--metrics {e}") from None
+                raise usage.UsageError(str(e).replace("--listen", "--metrics", 1)) from None
+            if metrics.datagram:
+                raise usage.UsageError(
+                    f"--metrics {self['metrics']!r}: metrics are served over HTTP; "
+                    "write a stream listen string such as tcp:9150:interface=127.0.0.1"
+                )
+            self["metrics_listener"] = metrics
         if self["workers"] > 1 or self["worker"]:
             if not reuse_port_supported():
-                raise usage.UsageError("--workers needs Linux's SO_REUSEPORT")
-            for description in self["listen"]:
-                try:
-                    parse_shared(description)
-                except ListenError as e:
-                    raise usage.UsageError(f"--listen {e}") from None
+                raise usage.UsageError("--workers needs Linux's SO_REUSEPORT; leave --workers out here")
+            for listener in self["listen"]:
+                if not listener.shareable:
+                    raise usage.UsageError(
+                        f"--listen {listener.description!r}: --workers shares only tcp:, tcp6:, udp: "
+                        "and haproxy:tcp listeners; serve this one from a process without --workers"
+                    )
         try:
             self["config"] = CapservConfig(
                 encoding=self["encoding"],
@@ -241,226 +246,111 @@ class Options(usage.Options):
             raise usage.UsageError(f"--{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
 
 
-class CapservService(MultiService):
-    """
-    Every listener of one capserv, sharing one TCP factory and one UDP
-    protocol, with a graceful stop.
-
-    Stopping stops every listener at once (new connections are refused),
-    then waits up to ``shutdown_timeout`` seconds for open connections to
-    finish before closing them.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self, config: CapservConfig, factory: UppercaseFactory, datagram: UppercaseDatagramProtocol, reactor: Any
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.reactor = reactor
-        self.config = config
-        self.factory = factory
-        self.datagram = datagram
-
-    def privilegedStartService(self) -> None:
-        _raise_file_limit(self.config.max_connections + 256)
-        started = []
-        try:
-            for child in self:
-                child.privilegedStartService()
-                started.append(child)
-        except ListenError as e:
-            for child in started:
-                child.stopService()
-            # SystemExit with a message: one line on stderr, exit status 1,
-            # no traceback, nothing left listening.
-            raise SystemExit(f"capserv: {e}") from None
-
-    def startService(self) -> None:
-        # Children are already listening; only mark them running.
-        Service.startService(self)
-        for child in self:
-            if not child.running:
-                child.startService()
-        # Logged once the reactor runs, when its signal handlers are in
-        # place: from this line on, SIGTERM means a graceful stop.
-        self.reactor.callWhenRunning(
-            self._log.info,
-            "capserv {version} started ({reactor}, pid {pid})",
-            version=__version__,
-            pid=os.getpid(),
-            reactor=_describe_reactor(self.reactor),
-        )
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        # Refuse at once anything accepted before the listeners are closed.
-        self.factory.stop_accepting()
-        listeners = DeferredList(
-            [maybeDeferred(child.stopService) for child in reversed(list(self))], consumeErrors=True
-        )
-
-        def drain(_: object) -> Deferred[None]:
-            open_now = len(self.factory.connections)
-            if open_now:
-                self._log.info(
-                    "Stopping: no longer listening; {count} connections open, "
-                    "waiting up to {timeout:g}s for them to finish",
-                    count=open_now,
-                    timeout=self.config.shutdown_timeout,
-                )
-            return self.factory.drain(self.config.shutdown_timeout)
-
-        def stopped(_: object) -> None:
-            clear_exit_signal(self.reactor)
-            self._log.info(
-                "capserv stopped: {tcp} TCP connections and {udp} datagrams served",
-                tcp=self.factory.stats.connections_total,
-                udp=self.datagram.stats.datagrams_in,
-            )
-
-        return listeners.addCallback(drain).addCallback(stopped)
-
-
-def _describe_reactor(reactor: Any) -> str:
-    name = type(reactor).__name__
-    loop = getattr(reactor, "_asyncioEventloop", None)
-    if loop is not None:
-        name += f" on {type(loop).__module__}.{type(loop).__name__}"
-    return name
-
-
-def _raise_file_limit(wanted: int) -> None:
-    """
-    Raise the soft limit on open files towards ``wanted`` (at most the hard
-    limit), so ``--max-connections`` is not cut short by the default 1,024.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            Logger().warn("Could not raise the open-file limit from {soft} to {target}", soft=soft, target=target)
-
-
-def install_uvloop_reactor() -> bool:
-    """
-    Install Twisted's asyncio reactor on a uvloop event loop, if uvloop is
-    importable and no reactor has been installed yet.
-
-    twistd installs a reactor before ``makeService`` only when given
-    ``--reactor``; otherwise capserv picks this one, which the benchmark
-    measured as the fastest (``docs/benchmarks``).  An explicit
-    ``--reactor`` always wins.
-
-    :return: whether it was installed.
-    """
-    if "twisted.internet.reactor" in sys.modules:
-        return False
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    import asyncio
-
-    from twisted.internet import asyncioreactor
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
-    return True
-
-
 def makeService(config: Options | dict[str, Any], reactor: Any = None) -> CapservService:
     """
-    Build the capserv service from parsed `Options`.
+    Build the capserv service from parsed `Options`, with every listener
+    bound.
 
-    :param reactor: the reactor to listen with and take time from; the
-        global one if `None`, looked up now.
+    :param reactor: the reactor to listen with and take time from; if
+        `None`, the daemon's choice (`capserv.reactor.choose_reactor`),
+        made now, before anything else can install another.
+    :raises SystemExit: with one line, if a listener cannot be bound;
+        nothing is left bound then.
     """
     if reactor is None:
-        if not config.get("no-uvloop"):
-            install_uvloop_reactor()
-        reactor = global_reactor()
+        reactor = choose_reactor(uvloop=not config.get("no-uvloop"))
+    try:
+        return build_service(config, reactor)
+    except StartError as e:
+        raise SystemExit(f"capserv: {e}") from None
+
+
+def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservService:
+    """
+    `makeService` for programs: the same service, a `StartError` instead of
+    an exit when a listener cannot be bound.
+    """
     settings: CapservConfig = config["config"]
+    workers: int = config.get("workers", 1)
+    shared = workers > 1 or bool(config.get("worker"))
     factory = UppercaseFactory(settings, clock=reactor)
-    datagram = UppercaseDatagramProtocol(settings, clock=reactor)
-    service = CapservService(settings, factory, datagram, reactor)
-    shared = config.get("workers", 1) > 1 or bool(config.get("worker"))
-    shared_listeners: list[ReusePortListener] = []
-    udp_ports = 0
-
-    def datagram_for_next_port() -> UppercaseDatagramProtocol:
-        # A datagram protocol serves one port; further ports get siblings
-        # that share its counters and rate limiter.
-        nonlocal udp_ports
-        udp_ports += 1
-        return datagram if udp_ports == 1 else datagram.state.protocol()
-
-    for description in config["listen"]:
-        if shared:
-            address = parse_shared(description)
-            handler: Any = factory
-            if address.kind == "udp":
-                handler = datagram_for_next_port()
-            listener = ReusePortListener(description, address, handler, reactor)
-            listener.setServiceParent(service)  # type: ignore[no-untyped-call]
-            shared_listeners.append(listener)
-        elif is_udp(description):
-            DatagramListener(description, parse_udp(description), datagram_for_next_port(), reactor).setServiceParent(
-                service
-            )  # type: ignore[no-untyped-call]
-        else:
-            full = with_default_backlog(description)
-            endpoint = proxy_protocol_endpoint(reactor, full) or endpoints.serverFromString(reactor, full)
-            StreamListener(description, endpoint, factory).setServiceParent(service)  # type: ignore[no-untyped-call]
-    if config.get("metrics"):
+    datagrams = DatagramState(settings, clock=reactor)
+    service = CapservService(settings, factory, datagrams, reactor)
+    listeners: list[Listener] = list(config["listen"])
+    metrics: Listener | None = config.get("metrics_listener")
+    _bind_all([*listeners, *([metrics] if metrics else [])], shared)
+    native = _native(reactor, config)
+    for listener in listeners:
+        handler = datagrams.protocol() if listener.datagram else factory
+        listener.service(handler, reactor, native=native).setServiceParent(service)  # type: ignore[attr-defined]
+    if metrics is not None:
         from capserv.metrics import metrics_site
 
-        site = metrics_site(factory, datagram, config.get("workers", 1))
-        endpoint = endpoints.serverFromString(reactor, config["metrics"])
-        metrics = StreamListener(f"metrics {config['metrics']}", endpoint, site)  # type: ignore[arg-type]
-        metrics.setServiceParent(service)  # type: ignore[no-untyped-call]
-    if config.get("workers", 1) > 1:
-        WorkerPool(
-            config["workers"],
-            _twistd_args(config),
-            _child_args(config.get("argv", [])),
-            shared_listeners,
+        site = metrics_site(factory, datagrams, workers)
+        metrics.service(site, reactor).setServiceParent(service)  # type: ignore[attr-defined]
+    if workers > 1:
+        pool = WorkerPool(
+            workers,
+            _worker_command(config, listeners),
             reactor,
             settings.shutdown_timeout + settings.abort_grace + 5,
-        ).setServiceParent(service)  # type: ignore[no-untyped-call]
+        )
+        pool.setServiceParent(service)  # type: ignore[no-untyped-call]
+        service.on_force.append(pool.signal_all)
+    if config.get("worker"):
+        OrphanWatch(reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
 
-def _twistd_args(config: Options | dict[str, Any]) -> list[str]:
-    """twistd's own options to give the other workers: foreground, no pid
-    file, and the same logging and reactor as this process."""
-    args = ["--nodaemon", "--pidfile="]
+def _bind_all(listeners: list[Listener], reuse_port: bool) -> None:
+    """Bind every listener, or none: on a failure, let go of those bound."""
+    done: list[Listener] = []
+    try:
+        for listener in listeners:
+            listener.bind(reuse_port)
+            done.append(listener)
+    except ListenError as e:
+        for listener in done:
+            listener.close()
+        raise StartError(str(e)) from None
+
+
+def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
+    """Whether streams are served on the event loop's own transports."""
+    if config.get("no-native"):
+        return False
+    try:
+        from capserv.native import native_supported
+    except ImportError:
+        return False
+    return native_supported(reactor)
+
+
+def _worker_command(config: Options | dict[str, Any], listeners: list[Listener]) -> list[str]:
+    """
+    The command line of the other workers: twistd in the foreground with no
+    pid file and this process's logging and reactor, then capserv's own
+    options less ``--workers``, ``--listen`` (they get the concrete ports
+    this process bound) and ``--metrics`` (only this process serves it).
+    """
+    twistd = ["--nodaemon", "--pidfile="]
     parent = getattr(config, "parent", None)
     if parent is not None:
         for name in ("logfile", "logger", "reactor"):
             value = parent.get(name)
             if value:
-                args.append(f"--{name}={value}")
-    return args
-
-
-def _child_args(argv: list[str]) -> list[str]:
-    """capserv's own arguments for the other workers, less --workers and
-    --listen (they get the concrete ports this process bound) and --metrics
-    (only this process serves metrics)."""
-    out: list[str] = []
+                twistd.append(f"--{name}={value}")
+    own: list[str] = []
     skip = False
-    for arg in argv:
+    for arg in config.get("argv", []):
         if skip:
             skip = False
-            continue
-        if arg in ("--workers", "--listen", "--metrics"):
+        elif arg in ("--workers", "--listen", "--metrics"):
             skip = True
-            continue
-        if arg.startswith(("--workers=", "--listen=", "--metrics=")):
-            continue
-        out.append(arg)
-    return out
+        elif not arg.startswith(("--workers=", "--listen=", "--metrics=")):
+            own.append(arg)
+    listen = []
+    for listener in listeners:
+        listen += ["--listen", listener.with_port(listener.bound_port())]
+    run = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    return [sys.executable, "-c", run, *twistd, "capserv", *own, *listen, "--worker"]

@@ -290,6 +290,20 @@ class UppercaseProtocol(Protocol):
         self._reason = "server shutting down"
         self._close_now(self.factory.config.abort_grace or 0.001)
 
+    def abort_now(self) -> None:
+        """
+        Abort at once, unsent bytes and all: a stop forced by a second
+        signal.
+        """
+        call = self._abort_call
+        if call is not None and call.active():
+            call.cancel()
+        self.closing = True
+        self._reason = "server stopping at once (second signal), aborted"
+        self._unregister_throttle()
+        self.factory.stats.aborts += 1
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
 
 class _Refused(Protocol):
     """
@@ -467,6 +481,13 @@ class UppercaseFactory(ServerFactory):
         Refuse every new connection from now on (a graceful stop has begun).
         """
         self._accepting = False
+
+    def abort_all(self) -> None:
+        """
+        Abort every open connection now (a stop forced by a second signal).
+        """
+        for protocol in list(self.connections):
+            protocol.abort_now()
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """

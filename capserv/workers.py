@@ -1,38 +1,41 @@
 """
-Many cores: ``--workers N`` runs N processes serving the same TCP and UDP
-ports.
+Process supervision for ``--workers N``: N processes serving the same ports.
 
-Every process binds its own sockets with ``SO_REUSEPORT`` and hands them to
-Twisted with ``adoptStreamPort`` / ``adoptDatagramPort`` (public API on every
-Twisted version); the kernel spreads new connections and datagrams across
-them.  The first process (the one twistd runs) binds first, so ``port 0``
-becomes a real port, then starts the other N-1 as ``twistd`` children on
-the same concrete ports.  A graceful stop passes SIGTERM on to the children
-and waits for them all.  Linux only; ``tcp:``, ``tcp6:`` and ``udp:`` listen
-strings only (a UNIX socket or an adopted systemd socket cannot be shared
-this way).
+The process twistd runs binds every listener with ``SO_REUSEPORT`` (so
+``port 0`` becomes a real port), then `WorkerPool` starts the other N-1 as
+``twistd capserv --worker`` children listening on the same concrete ports;
+the kernel spreads connections and datagrams across them.  A worker that
+exits is replaced, after a delay that doubles while it keeps dying; a stop
+passes SIGTERM on to every worker and waits for them, and a second stop
+signal passes a second SIGTERM on (which makes each worker abort its
+connections).  Children are started with ``reactor.spawnProcess`` and
+watched by a `ProcessProtocol`; a worker whose parent has gone stops by
+itself (`OrphanWatch`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
-import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from capserv.addresses import describe
-from capserv.listen import ListenError, PortListener, _arguments, parse_udp
-from capserv.udp import MAX_DATAGRAM
+__all__ = ["OrphanWatch", "WorkerPool", "reuse_port_supported"]
 
-__all__ = ["ReusePortListener", "SharedAddress", "WorkerPool", "parse_shared", "reuse_port_supported"]
+#: The longest wait before replacing a worker that keeps dying.
+MAX_BACKOFF = 30.0
+#: A worker that lived this long before exiting resets the backoff.
+STABLE_AFTER = 10.0
 
 
 def reuse_port_supported() -> bool:
@@ -42,204 +45,179 @@ def reuse_port_supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-@dataclass(frozen=True)
-class SharedAddress:
+#: The descriptor a worker holds open for as long as it lives: its closing
+#: tells the supervisor the worker has exited.
+LIFELINE_FD = 3
+
+
+class _Worker(ProcessProtocol):
     """
-    A listen description that several processes can bind together.
-    """
+    One child worker: reports its end to the pool.
 
-    kind: str  # "tcp" or "udp"
-    family: int
-    interface: str
-    port: int
-    backlog: int = 1024
-
-    def description(self, port: int | None = None) -> str:
-        """
-        The listen string for this address (with a concrete port).
-        """
-        interface = self.interface.replace(":", "\\:")
-        prefix = "tcp6" if self.kind == "tcp" and self.family == socket.AF_INET6 else self.kind
-        return f"{prefix}:{self.port if port is None else port}:interface={interface}"
-
-
-def parse_shared(description: str) -> SharedAddress:
-    """
-    Parse a ``tcp:``, ``tcp6:`` or ``udp:`` description for sharing.
-
-    :raises ListenError: for any other kind, naming it.
-    """
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind == "udp":
-        udp = parse_udp(description)
-        if udp.systemd is not None:
-            raise ListenError(f"{description!r}: --workers cannot share a socket passed by systemd")
-        interface = udp.interface or "0.0.0.0"
-        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-        return SharedAddress("udp", family, interface, udp.port)
-    if kind not in ("tcp", "tcp6"):
-        raise ListenError(f"{description!r}: --workers shares only tcp:, tcp6: and udp: listen strings")
-    args, kwargs = _arguments(description)
-    if args:
-        kwargs.setdefault("port", args[0])
-    unknown = set(kwargs) - {"port", "interface", "backlog"}
-    if unknown or "port" not in kwargs:
-        raise ListenError(f"{description!r}: expected {kind}:PORT[:interface=ADDRESS][:backlog=N]")
-    try:
-        port = int(kwargs["port"])
-        backlog = int(kwargs.get("backlog", "1024"))
-    except ValueError:
-        raise ListenError(f"{description!r}: port and backlog must be numbers") from None
-    interface = kwargs.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
-    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
-    return SharedAddress("tcp", family, interface, port, backlog)
-
-
-class ReusePortListener(PortListener):
-    """
-    Bind one address with ``SO_REUSEPORT`` and serve it with a factory (TCP)
-    or a datagram protocol (UDP).
+    Twisted learns that a child exited from SIGCHLD, which the asyncio
+    reactor on uvloop does not always see (uvloop takes the signal wakeup
+    descriptor for itself).  So every worker also holds a pipe, the
+    lifeline, whose end-of-file when the worker exits makes this protocol
+    reap it at once (retrying for the instant between the pipe closing and
+    the process becoming reapable).
     """
 
-    _log = Logger()
+    def __init__(self, pool: WorkerPool, slot: int, started: float) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.started = started
+        self.ended = False
 
-    def __init__(
-        self, description: str, address: SharedAddress, handler: Factory | DatagramProtocol, reactor: Any
-    ) -> None:
-        self.description = description
-        self.address = address
-        self.handler = handler
-        self.reactor = reactor
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == LIFELINE_FD:
+            self._reap()
 
-    @property
-    def bound_port(self) -> int:
-        return int(self.port.getHost().port)
+    def _reap(self, tries: int = 50) -> None:
+        if self.ended or self.transport is None:
+            return
+        self.transport.reapProcess()  # type: ignore[attr-defined]
+        if not self.ended and tries > 0:
+            self.pool.reactor.callLater(0.1, self._reap, tries - 1)
 
-    def privilegedStartService(self) -> None:
-        address = self.address
-        kind = socket.SOCK_STREAM if address.kind == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(address.family, kind)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address.interface, address.port))
-            sock.setblocking(False)
-            if address.kind == "tcp":
-                sock.listen(address.backlog)
-                self.port = self.reactor.adoptStreamPort(sock.fileno(), address.family, self.handler)
-            else:
-                self.port = self.reactor.adoptDatagramPort(
-                    sock.fileno(), address.family, self.handler, maxPacketSize=MAX_DATAGRAM
-                )
-        except OSError as e:
-            raise ListenError(f"cannot listen on {self.description!r}: {e.strerror or e}") from None
-        finally:
-            sock.close()  # Twisted holds its own duplicate
-        what = "streams" if address.kind == "tcp" else "datagrams"
-        self._log.info(
-            "Listening for {what} on {address} ({description}, shared with SO_REUSEPORT)",
-            what=what,
-            address=describe(self.port.getHost()),
-            description=self.description,
-        )
-        Service.privilegedStartService(self)
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM if the parent dies (Linux prctl)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    def processEnded(self, reason: Failure) -> None:
+        self.ended = True
+        code = getattr(reason.value, "exitCode", None)
+        signum = getattr(reason.value, "signal", None)
+        self.pool.ended(self, code, signum)
 
 
 class WorkerPool(Service):
     """
-    Start the N-1 other workers once this process is listening, and stop
-    them with it.
+    Keep ``count - 1`` worker processes running beside this one while the
+    service runs.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        count: int,
-        twistd_args: list[str],
-        capserv_args: list[str],
-        listeners: list[ReusePortListener],
-        reactor: Any,
-        stop_timeout: float,
-    ) -> None:
+    def __init__(self, count: int, command: list[str], reactor: Any, stop_timeout: float) -> None:
+        """
+        :param command: the worker's command line (``argv``, first the
+            program).
+        :param stop_timeout: seconds a stop waits for workers before killing
+            them.
+        """
         self.count = count
-        self.twistd_args = twistd_args
-        self.capserv_args = capserv_args
-        self.listeners = listeners
+        self.command = command
         self.reactor = reactor
         self.stop_timeout = stop_timeout
-        self.children: list[subprocess.Popen[bytes]] = []
-        self._watch: LoopingCall | None = None
-
-    def child_command(self) -> list[str]:
-        listen = []
-        for listener in self.listeners:
-            listen += ["--listen", listener.address.description(listener.bound_port)]
-        return [
-            sys.executable,
-            "-c",
-            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-            *self.twistd_args,
-            "capserv",
-            *self.capserv_args,
-            *listen,
-            "--worker",
-        ]
+        self.workers: dict[int, tuple[_Worker, Any]] = {}
+        self.restarts = 0
+        self._backoff: dict[int, float] = {}
+        self._pending: dict[int, IDelayedCall] = {}
+        self._stopped: Deferred[None] | None = None
+        self._kill_call: IDelayedCall | None = None
 
     def startService(self) -> None:
         Service.startService(self)
-        command = self.child_command()
-        for _ in range(self.count - 1):
-            self.children.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
-        self._log.info("Started {n} more workers: {pids}", n=len(self.children), pids=[c.pid for c in self.children])
-        self._watch = LoopingCall(self._check)
-        self._watch.clock = self.reactor
-        self._watch.start(1.0, now=False)
+        for slot in range(1, self.count):
+            self._spawn(slot)
+        pids = [transport.pid for _, transport in self.workers.values()]
+        self._log.info("Started {n} more workers: {pids}", n=len(pids), pids=", ".join(map(str, pids)))
 
-    def _check(self) -> None:
-        for child in self.children:
-            code = child.poll()
-            if code is not None and not getattr(child, "_reported", False):
-                child._reported = True  # type: ignore[attr-defined]
-                self._log.error("Worker {pid} exited with status {code}", pid=child.pid, code=code)
+    def _spawn(self, slot: int) -> None:
+        self._pending.pop(slot, None)
+        worker = _Worker(self, slot, self.reactor.seconds())
+        with open(os.devnull, "rb") as devnull:
+            transport = self.reactor.spawnProcess(
+                worker,
+                self.command[0],
+                self.command,
+                env=None,
+                childFDs={0: devnull.fileno(), 1: 1, 2: 2, LIFELINE_FD: "r"},
+            )
+        self.workers[slot] = (worker, transport)
+
+    def ended(self, worker: _Worker, code: int | None, signum: int | None) -> None:
+        """A worker exited: replace it, or count it out of a stop."""
+        self.workers.pop(worker.slot, None)
+        how = f"signal {signum}" if signum else f"status {code}"
+        if self._stopped is not None:
+            if not self.workers:
+                self._finish_stop()
+            return
+        lived = self.reactor.seconds() - worker.started
+        delay = 0.5 if lived >= STABLE_AFTER else min(MAX_BACKOFF, self._backoff.get(worker.slot, 0.25) * 2)
+        self._backoff[worker.slot] = delay
+        self.restarts += 1
+        self._log.error(
+            "Worker {slot} exited with {how} after {lived:.1f}s; starting another in {delay:g}s",
+            slot=worker.slot,
+            how=how,
+            lived=lived,
+            delay=delay,
+        )
+        self._pending[worker.slot] = self.reactor.callLater(delay, self._spawn, worker.slot)
+
+    def signal_all(self, signum: int = signal.SIGTERM) -> None:
+        """Send every running worker a signal."""
+        for _, transport in list(self.workers.values()):
+            try:
+                transport.signalProcess(signum)
+            except (ProcessExitedAlready, OSError):
+                pass
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        if self._watch is not None and self._watch.running:
-            self._watch.stop()
-        running = [c for c in self.children if c.poll() is None]
-        if not running:
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+        if not self.workers:
             return succeed(None)
-        for child in running:
-            child.send_signal(signal.SIGTERM)
-        done: Deferred[None] = Deferred()
-        deadline = self.reactor.seconds() + self.stop_timeout
+        self._stopped = Deferred()
+        self.signal_all(signal.SIGTERM)
+        self._kill_call = self.reactor.callLater(self.stop_timeout, self._kill)
+        return self._stopped
 
-        def poll() -> None:
-            left = [c for c in running if c.poll() is None]
-            if not left:
-                waiter.stop()
-                done.callback(None)
-            elif self.reactor.seconds() > deadline:
-                for child in left:
-                    child.kill()
-                    child.wait()
-                self._log.warn("Killed {n} workers that did not stop in time", n=len(left))
-                waiter.stop()
-                done.callback(None)
+    def _kill(self) -> None:
+        self._kill_call = None
+        self._log.warn("Killing {n} workers that did not stop in time", n=len(self.workers))
+        self.signal_all(signal.SIGKILL)
 
-        waiter = LoopingCall(poll)
-        waiter.clock = self.reactor
-        waiter.start(0.05)
-        return done
+    def _finish_stop(self) -> None:
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        stopped, self._stopped = self._stopped, None
+        if stopped is not None:
+            stopped.callback(None)
+
+
+class OrphanWatch(Service):
+    """
+    In a worker: stop when the process that started it has gone, so no
+    worker outlives its supervisor.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, interval: float = 1.0) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self._parent = os.getppid()
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def _check(self) -> None:
+        if os.getppid() != self._parent:
+            self._log.warn("The supervising process {pid} has gone; stopping", pid=self._parent)
+            assert self._loop is not None
+            self._loop.stop()
+            self._loop = None
+            self.reactor.stop()
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
