@@ -310,6 +310,11 @@ class _SocketListener(Listener):
             self._socket.close()
             self._socket = None
 
+    @property
+    def bound(self) -> bool:
+        """Whether the address is held (bound, and not yet served or closed)."""
+        return self._socket is not None
+
     def take_socket(self) -> socket.socket:
         """
         Hand over the bound socket (binding now if `bind` was not called).

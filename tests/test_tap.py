@@ -1,73 +1,86 @@
 """
-Tests for L{capserv.tap}: options, the service tree, the graceful stop, in
-memory (MemoryReactorClock, no sockets).
+Tests for `capserv.tap`, `capserv.listen` and `capserv.service`: options
+parsed once into listener objects, every listener checked before anything
+listens, the service tree, and the graceful stop.  In memory
+(``MemoryReactorClock``), with real sockets bound on 127.0.0.1 where a test
+is about binding.
 """
 
 from __future__ import annotations
 
+import io
 import signal
+import socket
+from contextlib import redirect_stderr, redirect_stdout
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig
 from capserv._internals import clear_exit_signal
-from capserv.listen import DEFAULT_BACKLOG, DEFAULT_LISTEN, ListenError, StreamListener, parse_udp, with_default_backlog
+from capserv.listen import (
+    DEFAULT_BACKLOG,
+    DEFAULT_LISTEN,
+    DatagramListener,
+    ListenError,
+    ProxyListener,
+    StreamListener,
+    UnixListener,
+    parse_listen,
+)
+from capserv.service import CapservService, plural
 from capserv.tap import Options, makeService
 
-
-class _FakeUDPPort:
-    """A listening UDP port that records what is sent."""
-
-    maxPacketSize = 8192
-
-    def __init__(self, address: IPv4Address) -> None:
-        self.address = address
-        self.sent: list[tuple[bytes, object]] = []
-
-    def getHost(self) -> IPv4Address:
-        return self.address
-
-    def write(self, data: bytes, addr: object) -> None:
-        self.sent.append((data, addr))
-
-    def stopListening(self) -> None:
-        pass
+LOCAL = "tcp:0:interface=127.0.0.1"
+LOCAL_UDP = "udp:0:interface=127.0.0.1"
 
 
-class UDPMemoryReactor(MemoryReactorClock):
-    """MemoryReactorClock, plus listenUDP recorded like listenTCP."""
+class AbortRecordingTransport(StringTransport):
+    """A StringTransport that records an abort."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.udpServers: list[tuple[object, ...]] = []
+    aborted = False
 
-    def listenUDP(self, port: int, protocol: object, interface: str = "", maxPacketSize: int = 8192) -> object:  # noqa: N803
-        self.udpServers.append((port, protocol, interface, maxPacketSize))
-        listening = _FakeUDPPort(IPv4Address("UDP", interface or "0.0.0.0", port))
-        protocol.makeConnection(listening)  # type: ignore[attr-defined]
-        return listening
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
 
 
 def parse(*args: str) -> Options:
+    """Parse a capserv command line as ``twistd capserv`` would."""
     options = Options()
     options.parseOptions(list(args))
     return options
 
 
+def started(options: Options, reactor: MemoryReactorClock) -> CapservService:
+    """A service built from ``options`` on ``reactor``, started."""
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    return service
+
+
 class OptionsTests(SynchronousTestCase):
+    """The command line becomes one config and a list of listener objects."""
+
     def test_no_uvloop_flag(self) -> None:
+        """--no-uvloop is a flag, off by default."""
         self.assertTrue(parse("--no-uvloop")["no-uvloop"])
         self.assertFalse(parse()["no-uvloop"])
 
     def test_defaults(self) -> None:
+        """With no --listen, TCP and UDP on 127.0.0.1:50007, and the default config."""
         options = parse()
-        self.assertEqual(options["listen"], list(DEFAULT_LISTEN))
+        self.assertEqual([listener.description for listener in options["listen"]], list(DEFAULT_LISTEN))
+        self.assertIsInstance(options["listen"][0], StreamListener)
+        self.assertIsInstance(options["listen"][1], DatagramListener)
         self.assertEqual(options["config"], CapservConfig())
 
     def test_every_knob_reaches_the_config(self) -> None:
+        """Each limit option lands in its CapservConfig field."""
         options = parse(
             "--encoding=latin1",
             "--ascii",
@@ -103,141 +116,239 @@ class OptionsTests(SynchronousTestCase):
         )
 
     def test_listen_repeatable_and_replaces_default(self) -> None:
-        options = parse("--listen", "tcp:1234", "--listen", "udp:1234:interface=\\:\\:1")
-        self.assertEqual(options["listen"], ["tcp:1234", "udp:1234:interface=\\:\\:1"])
+        """Each --listen becomes one typed listener, in order, parsed once."""
+        options = parse("--listen", "tcp:1234", "--listen", "udp:1234:interface=\\:\\:1", "--listen", "haproxy:tcp:9")
+        kinds = [type(listener) for listener in options["listen"]]
+        self.assertEqual(kinds, [StreamListener, DatagramListener, ProxyListener])
+        self.assertEqual(options["listen"][1].host, "::1")
 
-    def test_bad_values_name_the_option(self) -> None:
+    def test_bad_values_name_the_option_in_capservs_words(self) -> None:
+        """A bad value's error names the option and carries no Twisted wording."""
         for args, culprit in [
             (["--idle-timeout=-1"], "--idle-timeout"),
             (["--max-connections=1.5"], "--max-connections"),
+            (["--max-connections=many"], "--max-connections"),
             (["--high-water=0"], "--high-water"),
             (["--udp-rate=nan"], "--udp-rate"),
             (["--encoding=rot13"], "--encoding"),
             (["--udp-rate=5", "--udp-burst=0"], "--udp-burst"),
             (["--listen", "nope:1"], "nope:1"),
             (["--listen", "udp:1:color=red"], "color"),
+            (["--metrics", "udp:9150"], "--metrics"),
         ]:
             with self.assertRaises(usage.UsageError, msg=args) as caught:
                 parse(*args)
-            self.assertIn(culprit, str(caught.exception))
+            message = str(caught.exception)
+            self.assertIn(culprit, message)
+            self.assertNotIn("Parameter type enforcement", message)
+            self.assertNotIn("invalid literal", message)
+            self.assertNotIn("\n", message)
+
+    def test_usage_error_under_twistd_is_one_line_and_a_pointer(self) -> None:
+        """As twistd's subcommand, a bad option exits non-zero with one line
+        naming it and one pointing at --help; no help text on stdout."""
+        options = Options()
+        options.parent = usage.Options()  # type: ignore[attr-defined]
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err), self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--udp-burst=lots"])
+        message = str(caught.exception.code)
+        lines = message.splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("--udp-burst", lines[0])
+        self.assertIn("'lots' is not a whole number", lines[0])
+        self.assertIn("--help", lines[1])
+        self.assertEqual(out.getvalue(), "")
 
 
-class UDPDescriptionTests(SynchronousTestCase):
+class ListenParsingTests(SynchronousTestCase):
+    """Every --listen is checked when parsed, before anything listens."""
+
     def test_forms(self) -> None:
-        self.assertEqual(parse_udp("udp:50007").port, 50007)
-        self.assertEqual(parse_udp("udp:port=7:interface=127.0.0.1").interface, "127.0.0.1")
-        self.assertEqual(parse_udp("udp:0:interface=\\:\\:1").interface, "::1")
-        self.assertEqual(parse_udp("UDP:9").port, 9)
+        """The accepted forms give the expected typed listeners."""
+        tcp = parse_listen("tcp:50007")
+        assert isinstance(tcp, StreamListener)
+        self.assertEqual((tcp.host, tcp.port, tcp.backlog, tcp.family), ("", 50007, DEFAULT_BACKLOG, socket.AF_INET))
+        tcp6 = parse_listen("tcp6:7")
+        assert isinstance(tcp6, StreamListener)
+        self.assertEqual((tcp6.host, tcp6.family), ("::", socket.AF_INET6))
+        self.assertEqual(parse_listen("tcp:1:backlog=7").backlog, 7)  # type: ignore[attr-defined]
+        udp = parse_listen("udp:port=7:interface=127.0.0.1")
+        assert isinstance(udp, DatagramListener)
+        self.assertEqual((udp.host, udp.port, udp.shareable), ("127.0.0.1", 7, True))
+        self.assertEqual(parse_listen("UDP:9").port, 9)  # type: ignore[attr-defined]
+        self.assertEqual(parse_listen("udp:0:interface=\\:\\:1").host, "::1")  # type: ignore[attr-defined]
+        unix = parse_listen("unix:/tmp/capserv-test.sock:mode=600")
+        assert isinstance(unix, UnixListener)
+        self.assertEqual((unix.path, unix.mode), ("/tmp/capserv-test.sock", 0o600))
+        proxied = parse_listen("haproxy:tcp:5:interface=127.0.0.1")
+        assert isinstance(proxied, ProxyListener)
+        self.assertTrue(proxied.shareable)
+        self.assertEqual(proxied.with_port(6), "haproxy:tcp:6:interface=127.0.0.1:backlog=1024")
 
-    def test_errors(self) -> None:
-        for bad in ["udp:", "udp", "udp:70000", "udp:-1", "udp:1:2", "udp:1:port=2", "udp:1:interface=host.example"]:
-            self.assertRaises(ListenError, parse_udp, bad)
+    def test_errors_say_what_to_write(self) -> None:
+        """Each bad description is refused with a line naming it and the fix."""
+        for bad, expected in [
+            ("tcp:70000", "port must be a number from 0 to 65535"),
+            ("tcp:-1", "port must be a number from 0 to 65535"),
+            ("udp:99999", "port must be a number from 0 to 65535"),
+            ("tcp:notaport", "port must be a number"),
+            ("tcp", "no port given"),
+            ("udp:", "port must be a number"),
+            ("udp:1:2", "too many values"),
+            ("tcp6:5000:interface=::1", "interface=\\:\\:1"),
+            ("tcp:5000:interface=foo", "interface must be an IP address"),
+            ("tcp6:5000:interface=127.0.0.1", "use tcp: for IPv4"),
+            ("tcp:5000:backlog=0", "backlog must be a whole number >= 1"),
+            ("unix:/nonexistent-folder/c.sock", "folder /nonexistent-folder does not exist"),
+            ("unix:/tmp/c.sock:mode=rw", "mode must be octal"),
+            ("systemd:domain=INET:index=0", "LISTEN_FDS is not set"),
+            ("udp:systemd=0", "LISTEN_FDS is not set"),
+            ("haproxy:udp:5", "haproxy: wraps a stream listener"),
+            ("bogus:1", "unknown kind 'bogus'"),
+            ("ssl:0:privateKey=/nonexistent.pem", "cannot read /nonexistent.pem"),
+        ]:
+            with self.assertRaises(ListenError, msg=bad) as caught:
+                parse_listen(bad)
+            message = str(caught.exception)
+            self.assertIn(expected, message, bad)
+            self.assertIn(repr(bad), message)
+            self.assertNotIn("\n", message)
 
-
-class BacklogTests(SynchronousTestCase):
-    def test_default_added_where_a_backlog_is_taken(self) -> None:
-        kinds = ["tcp:1", "tcp6:1:interface=\\:\\:1", "unix:/run/c.sock", "ssl:1:privateKey=k", "haproxy:tcp:1"]
-        for description in kinds:
-            self.assertEqual(with_default_backlog(description), f"{description}:backlog={DEFAULT_BACKLOG}")
-
-    def test_left_alone_otherwise(self) -> None:
-        for description in ["tcp:1:backlog=5", "systemd:domain=INET:index=0", "udp:1", "haproxy:tcp:1:backlog=7"]:
-            self.assertEqual(with_default_backlog(description), description)
-
-    def test_operator_backlog_reaches_the_port(self) -> None:
-        reactor = UDPMemoryReactor()
-        service = makeService(parse("--listen", "tcp:1001:backlog=7"), reactor=reactor)
-        service.privilegedStartService()
-        self.assertEqual(reactor.tcpServers[0][2], 7)
+    def test_workers_refuse_unshareable_listeners(self) -> None:
+        """--workers takes tcp, tcp6, udp and haproxy:tcp; a UNIX socket is refused by name."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--workers=2", "--listen", "unix:/tmp/capserv-w.sock")
+        self.assertIn("unix:/tmp/capserv-w.sock", str(caught.exception))
+        parse("--workers=2", "--listen", LOCAL, "--listen", LOCAL_UDP, "--listen", "haproxy:tcp:0")
 
 
 class ServiceTests(SynchronousTestCase):
+    """makeService binds every listener, then wires it; the graceful stop."""
+
     def test_listens_on_each_description(self) -> None:
-        reactor = UDPMemoryReactor()
-        options = parse(
-            "--listen",
-            "tcp:1001:interface=127.0.0.1",
-            "--listen",
-            "udp:1002:interface=127.0.0.1",
-            "--listen",
-            "udp:1003",
-        )
-        service = makeService(options, reactor=reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.assertEqual([(p[0], p[3]) for p in reactor.tcpServers], [(1001, "127.0.0.1")])
-        self.assertEqual(reactor.tcpServers[0][2], DEFAULT_BACKLOG)
-        self.assertEqual([(p[0], p[2]) for p in reactor.udpServers], [(1002, "127.0.0.1"), (1003, "")])
-        udp_protocols = [p[1] for p in reactor.udpServers]
-        self.assertIsNot(udp_protocols[0], udp_protocols[1])
-        self.assertIs(udp_protocols[0].stats, udp_protocols[1].stats)
-        self.assertTrue(all(p[3] == 65535 for p in reactor.udpServers))
+        """A stream and two datagram listeners are served; the datagram
+        protocols differ but share one state; datagrams are read whole."""
+        reactor = MemoryReactorClock()
+        service = started(parse("--listen", LOCAL, "--listen", LOCAL_UDP, "--listen", LOCAL_UDP), reactor)
+        stream = [p for p in reactor.adoptedPorts if len(p) == 3]
+        datagram = [p for p in reactor.adoptedPorts if len(p) == 4]
+        self.assertEqual(len(stream), 1)
+        self.assertIs(stream[0][2], service.factory)
+        self.assertEqual(len(datagram), 2)
+        first, second = datagram[0][2], datagram[1][2]
+        self.assertIsNot(first, second)
+        self.assertIs(first.state, second.state)
+        self.assertIs(first.state, service.datagrams)
+        self.assertEqual({p[3] for p in datagram}, {65535})
+        service.stopService()
+
+    def test_one_bad_listener_means_none_listens(self) -> None:
+        """A taken port ends the start with one line, and the listener bound
+        before it lets its address go."""
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen(1)
+            taken = holder.getsockname()[1]
+            options = parse("--listen", LOCAL, "--listen", f"tcp:{taken}:interface=127.0.0.1")
+            reactor = MemoryReactorClock()
+            with self.assertRaises(SystemExit) as caught:
+                makeService(options, reactor=reactor)
+        message = str(caught.exception.code)
+        self.assertIn(f"cannot listen on 'tcp:{taken}:interface=127.0.0.1'", message)
+        self.assertIn("already in use", message)
+        self.assertNotIn("\n", message)
+        self.assertFalse(options["listen"][0].bound)
+        self.assertEqual(reactor.adoptedPorts, [])
 
     def test_graceful_stop_waits_then_closes(self) -> None:
+        """A stop waits the shutdown timeout for open connections, then closes them."""
         reactor = MemoryReactorClock()
-        service = makeService(parse("--listen", "tcp:1001", "--shutdown-timeout=5", "--abort-grace=1"), reactor=reactor)
-        service.privilegedStartService()
-        service.startService()
-        factory = reactor.tcpServers[0][1]
-        # StreamListener wraps nothing: the factory is capserv's own.
-        self.assertIs(factory, service.factory)
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=5", "--abort-grace=1"), reactor)
+        factory = service.factory
         address = IPv4Address("TCP", "192.0.2.1", 5000)
         protocol = factory.buildProtocol(address)
+        assert protocol is not None
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
         done: list[object] = []
         service.stopService().addCallback(done.append)
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(done, [])
         reactor.advance(5)
         self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(None)
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        reactor.advance(0)
         self.assertEqual(len(done), 1)
 
     def test_clean_exit_after_signal(self) -> None:
+        """After a graceful stop the recorded signal is forgotten: twistd exits 0."""
         reactor = MemoryReactorClock()
         reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
-        service = makeService(parse("--listen", "tcp:1001"), reactor=reactor)
-        service.privilegedStartService()
-        service.startService()
+        service = started(parse("--listen", LOCAL), reactor)
         service.stopService()
+        reactor.advance(0)
         self.assertIsNone(reactor._exitSignal)  # type: ignore[attr-defined]
 
     def test_internals_fallback(self) -> None:
         """Without the private attribute, nothing happens and nothing breaks."""
         self.assertFalse(clear_exit_signal(object()))
 
-    def test_listen_failure_is_one_line_system_exit(self) -> None:
-        from twisted.internet.error import CannotListenError
+    def test_second_signal_aborts_at_once(self) -> None:
+        """A forced stop aborts open connections without waiting for the
+        timeout, and keeps the signal so twistd exits by it."""
+        reactor = MemoryReactorClock()
+        reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=60"), reactor)
+        protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+        assert protocol is not None
+        transport = AbortRecordingTransport()
+        protocol.makeConnection(transport)
+        done: list[object] = []
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            service.stopService().addCallback(done.append)
+            self.assertIsNot(signal.getsignal(signal.SIGTERM), previous[signal.SIGTERM])
+            service.force_stop(signal.SIGTERM)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        reactor.advance(0)
+        self.assertEqual(len(done), 1)
+        self.assertEqual(reactor._exitSignal, signal.SIGTERM)  # type: ignore[attr-defined]
 
-        class Busy(UDPMemoryReactor):
-            def listenUDP(self, *a: object, **kw: object) -> None:
-                raise CannotListenError("127.0.0.1", 1, OSError(98, "Address already in use"))
+    def test_stop_lines_read_well_and_come_last(self) -> None:
+        """'1 connection', not '1 connections'; 'capserv stopped' after the
+        last connection's close line; no object reprs."""
+        reactor = MemoryReactorClock()
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=5"), reactor)
+        protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        lines: list[str] = []
 
-        reactor = Busy()
-        service = makeService(parse("--listen", "tcp:1001", "--listen", "udp:1"), reactor=reactor)
-        with self.assertRaises(SystemExit) as caught:
-            service.privilegedStartService()
-        message = str(caught.exception.code)
-        self.assertIn("cannot listen on 'udp:1'", message)
-        self.assertNotIn("\n", message)
-        # The TCP listener that had started was stopped again.
-        listener = next(iter(service))
-        self.assertIsInstance(listener, StreamListener)
-        self.assertIsNone(listener.port)  # type: ignore[attr-defined]
+        def observe(event: LogEvent) -> None:
+            lines.append(formatEvent(event))
 
+        globalLogPublisher.addObserver(observe)
+        try:
+            service.stopService()
+            reactor.advance(5)
+            protocol.connectionLost(None)  # type: ignore[arg-type]
+            reactor.advance(0)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        self.assertIn("Stopping: no longer listening; 1 connection open, waiting up to 5s for them to finish", lines)
+        closes = [i for i, line in enumerate(lines) if "closed after" in line]
+        stopped = [i for i, line in enumerate(lines) if line.startswith("capserv stopped")]
+        self.assertEqual(len(stopped), 1)
+        self.assertTrue(closes and closes[-1] < stopped[0], lines)
+        self.assertIn("1 TCP connection and 0 datagrams served", lines[stopped[0]])
+        self.assertFalse([line for line in lines if " object at 0x" in line])
 
-class TwistdUsageErrorTests(SynchronousTestCase):
-    def test_usage_error_under_twistd_exits_non_zero(self) -> None:
-        """As twistd's subcommand, a bad option exits with a message (twistd
-        before 26.10 would print it and exit 0)."""
-        import io
-        from contextlib import redirect_stdout
-
-        options = Options()
-        options.parent = usage.Options()  # type: ignore[attr-defined]
-        out = io.StringIO()
-        with redirect_stdout(out), self.assertRaises(SystemExit) as caught:
-            options.parseOptions(["--udp-burst=lots"])
-        self.assertIn("--udp-burst", str(caught.exception.code))
-        self.assertNotEqual(caught.exception.code, 0)
+    def test_plural(self) -> None:
+        """Counts read as English."""
+        self.assertEqual(plural(1, "datagram"), "1 datagram")
+        self.assertEqual(plural(0, "datagram"), "0 datagrams")
+        self.assertEqual(plural(2, "connection"), "2 connections")
