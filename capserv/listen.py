@@ -235,6 +235,9 @@ class Listener:
     def __init__(self, description: str) -> None:
         self.description = description
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description!r}>"
+
     def bind(self, reuse_port: bool = False) -> None:
         """
         Take the address now (nothing is served until the service starts).

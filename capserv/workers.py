@@ -68,7 +68,7 @@ class _Worker(ProcessProtocol):
         self.started = started
         self.ended = False
 
-    def childConnectionLost(self, childFD: int) -> None:
+    def childConnectionLost(self, childFD: int) -> None:  # noqa: N803 - Twisted's name
         if childFD == LIFELINE_FD:
             self._reap()
 

@@ -154,14 +154,25 @@ class Daemon:
 
 def run_daemon(args: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
     """Run a daemon that is expected to exit by itself; (status, output)."""
+    status, out, err = run_twistd(["-n", "--pidfile="], args, timeout)
+    return status, out + err
+
+
+def run_twistd(
+    twistd_args: Sequence[str], args: Sequence[str], timeout: float = 30.0, cwd: str | None = None
+) -> tuple[int, str, str]:
+    """Run ``twistd TWISTD_ARGS capserv ARGS`` expected to exit by itself;
+    (status, stdout, stderr)."""
     result = subprocess.run(
-        [twistd_path(), "-n", "--pidfile=", "capserv", *args],
+        [twistd_path(), *twistd_args, "capserv", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
+        preexec_fn=default_signals,
     )
-    return result.returncode, result.stdout + result.stderr
+    return result.returncode, result.stdout, result.stderr
 
 
 def scrape(port: int) -> dict[str, float]:

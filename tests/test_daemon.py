@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import TCP0, UDP0, Daemon, run_daemon, twistd_path
+from .daemon import TCP0, UDP0, Daemon, run_daemon, run_twistd, twistd_path
 from .loopback import have_ipv6, read_all, tcp_exchange, udp_exchange
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
@@ -160,17 +160,31 @@ def test_port_in_use_is_one_clear_line(kind: int) -> None:
         (["--listen", "udp:99999"], "udp:99999"),
         (["--listen", "udp:50007:interface=nowhere"], "nowhere"),
         (["--listen", "tcp:notaport"], "tcp:notaport"),
+        (["--listen", "tcp:70000"], "port must be a number from 0 to 65535"),
+        (["--listen", "tcp6:5000:interface=::1"], "interface=\\:\\:1"),
+        (["--listen", "systemd:domain=INET:index=0"], "LISTEN_FDS is not set"),
+        (["--listen", "unix:/nonexistent-folder/x.sock"], "folder /nonexistent-folder does not exist"),
         (["--listen", "ssl:0:privateKey=/nonexistent.pem"], "ssl:0"),
         (["--no-such-option"], "no-such-option"),
     ],
 )
 def test_bad_options_name_the_culprit(args: list[str], culprit: str) -> None:
-    status, output = run_daemon(args)
+    """A bad option is one line on stderr naming it, then a pointer to
+    --help; nothing on stdout (no help text), nothing listens."""
+    status, out, err = run_twistd(["-n", "--pidfile="], args)
     assert status != 0
-    assert "Traceback" not in output
-    last = output.strip().splitlines()[-1]
-    assert culprit in last, output
-    assert "Listening" not in output
+    assert "Traceback" not in out + err
+    if args == ["--no-such-option"]:
+        # twistd's own parser reports unknown options of its subcommand.
+        assert culprit in err
+        return
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert culprit in lines[0], err
+    assert lines[1] == "Try 'twistd capserv --help' for the options."
+    for internal in ("Parameter type enforcement", "invalid literal", "Errno"):
+        assert internal not in err
 
 
 @pytest.mark.parametrize(
@@ -196,7 +210,7 @@ def test_sigterm_mid_transfer_completes_the_reply(reactor: str | None, extra: li
             first = s.recv(10)
             assert first and part.upper().startswith(first)
             daemon.signal(signal.SIGTERM)
-            daemon.wait_for("Stopping: no longer listening; 1 connections open")
+            daemon.wait_for("Stopping: no longer listening; 1 connection open")
             # New connections are refused...
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((host, port), timeout=5).close()
@@ -278,15 +292,17 @@ def test_json_lines_logger() -> None:
         events = []
         for line in process.stdout:
             assert not line.startswith("\x1e")
+            assert "unpersistable" not in line
             events.append(json.loads(line))
-            if "capserv {version} started" in events[-1].get("log_format", ""):
+            if events[-1]["text"].startswith("capserv ") and " started (" in events[-1]["text"]:
                 break
-        (listening,) = [e for e in events if "Listening for streams" in e.get("log_format", "")]
+        (listening,) = [e for e in events if e["text"].startswith("Listening for streams")]
         host, port = listening["address"].rsplit(":", 1)
         assert tcp_exchange(host, int(port), b"json") == b"JSON"
         for line in process.stdout:
+            assert "unpersistable" not in line
             event = json.loads(line)
-            if "closed after" in event.get("log_format", ""):
+            if "closed after" in event["text"]:
                 assert (event["bytes_in"], event["bytes_out"], event["reason"]) == (4, 4, "end of input")
                 break
         else:
@@ -315,12 +331,136 @@ def test_workers_share_ports_and_stop_together() -> None:
             assert udp_exchange(host, uport, f"dgram {i}".encode()) == f"DGRAM {i}".encode()
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
-    served = [int(n) for n in re.findall(r"capserv stopped: (\d+) TCP connections", daemon.output)]
+    served = [int(n) for n in re.findall(r"capserv stopped: (\d+) TCP connections?", daemon.output)]
     assert len(served) == 2 and sum(served) == 40
     assert all(n > 0 for n in served), f"one worker got everything: {served}"
 
 
 def test_workers_refuse_unshareable_listeners(tmp_path: Path) -> None:
+    """A listener --workers cannot share is a usage error naming it."""
     status, output = run_daemon(["--workers", "2", "--listen", f"unix:{tmp_path / 's.sock'}"])
     assert status != 0
-    assert "--workers shares only" in output.strip().splitlines()[-1]
+    assert "--workers shares only" in output.strip().splitlines()[0]
+
+
+# -- start failures, the reactor, the forced stop (issue: the daemon rebuilt) ----------
+
+
+def test_daemon_mode_start_failure_reaches_the_terminal(tmp_path: Path) -> None:
+    """Without -n, a taken port ends the start at once with one line on
+    stderr, a non-zero status and no pid file left behind."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        status, _out, err = run_twistd(
+            ["--pidfile=d.pid", "--logfile=d.log"],
+            ["--listen", TCP0, "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            timeout=20,
+            cwd=str(tmp_path),
+        )
+    assert status != 0
+    assert err.strip().splitlines() == [
+        f"capserv: cannot listen on 'tcp:{port}:interface=127.0.0.1': 127.0.0.1:{port} is already in use; "
+        "stop what listens there or choose another port"
+    ]
+    assert not (tmp_path / "d.pid").exists()
+
+
+def test_logfile_start_failure_reaches_stderr(tmp_path: Path) -> None:
+    """With -n and --logfile, a start failure is still a line on the terminal."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        status, _out, err = run_twistd(
+            ["-n", "--pidfile=", f"--logfile={tmp_path / 'capserv.log'}"],
+            ["--listen", f"udp:{port}:interface=127.0.0.1"],
+        )
+    assert status != 0
+    assert f"cannot listen on 'udp:{port}:interface=127.0.0.1'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+CONTAINER_ARGS = ["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0]
+
+
+@pytest.mark.parametrize(
+    "reactor, extra, expect, processes",
+    [
+        ("default", [], "AsyncioSelectorReactor on uvloop.Loop", 1),
+        ("default", ["--metrics", TCP0], "AsyncioSelectorReactor on uvloop.Loop", 1),
+        ("default", ["--listen", "haproxy:tcp:0:interface=127.0.0.1", "--metrics", TCP0], "on uvloop.Loop", 1),
+        ("default", ["--no-uvloop"], "EPollReactor", 1),
+        ("default", ["--no-uvloop", "--metrics", TCP0], "EPollReactor", 1),
+        ("epoll", ["--metrics", TCP0], "EPollReactor", 1),
+        ("asyncio", ["--metrics", TCP0], "AsyncioSelectorReactor on asyncio.unix_events", 1),
+        ("default", ["--workers", "2", "--metrics", TCP0], "AsyncioSelectorReactor on uvloop.Loop", 2),
+        ("epoll", ["--workers", "2"], "EPollReactor", 2),
+    ],
+    ids=[
+        "default",
+        "metrics",
+        "haproxy-metrics",
+        "no-uvloop",
+        "no-uvloop-metrics",
+        "epoll-metrics",
+        "asyncio-metrics",
+        "workers-metrics",
+        "epoll-workers",
+    ],
+)
+def test_the_reactor_named_is_the_one_that_runs(reactor: str, extra: list[str], expect: str, processes: int) -> None:
+    """Whatever else is on the command line (--metrics imports a module that
+    installs the default reactor; --workers starts more processes), every
+    process runs the reactor the start line names, and the one chosen."""
+    with Daemon(["--listen", TCP0, *extra], reactor=reactor) as daemon:
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < processes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        starts = [line for line in daemon.lines if " started (" in line and "capserv " in line]
+        assert len(starts) == processes, daemon.output
+        for line in starts:
+            assert expect in line, line
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert " object at 0x" not in daemon.output
+    assert "Traceback" not in daemon.output
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
+def test_second_signal_ends_the_stop_at_once(workers: int) -> None:
+    """A second SIGTERM during a graceful stop aborts what is left at once:
+    no traceback, no waiting out --shutdown-timeout, exit by the signal."""
+    args = ["--listen", TCP0, "--shutdown-timeout=60", "--workers", str(workers)]
+    with Daemon(args) as daemon:
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        host, port = daemon.address(0)
+        clients = []
+        try:
+            for _ in range(4 * workers):
+                s = socket.create_connection((host, port), timeout=20)
+                s.sendall(b"hold on")
+                assert s.recv(7) == b"HOLD ON"
+                clients.append(s)
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_for("Stopping: no longer listening")
+            started = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            status = daemon.wait(20)
+            elapsed = time.monotonic() - started
+            for s in clients:
+                try:
+                    rest = s.recv(100)
+                except ConnectionResetError:
+                    rest = b""
+                assert rest == b""
+        finally:
+            for s in clients:
+                s.close()
+    assert status == -signal.SIGTERM
+    assert elapsed < 15  # far from the 60 s timeout; only that it did not wait
+    assert "Traceback" not in daemon.output
+    assert "ReactorNotRunning" not in daemon.output
+    assert "Second stop signal: aborting" in daemon.output

@@ -7,6 +7,7 @@ the Containerfile's commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -80,21 +81,21 @@ def test_metrics_move_with_traffic() -> None:
 
 
 def test_metrics_option_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import capserv.metrics
+    """Without prometheus-client, --metrics is a usage error with the install line."""
+    import importlib.util
+
+    import capserv.tap
     from capserv.tap import Options
 
-    monkeypatch.setattr(capserv.metrics, "prometheus_available", lambda: False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        capserv.tap.importlib.util, "find_spec", lambda name: None if name == "prometheus_client" else real(name)
+    )
     with pytest.raises(usage.UsageError, match=r"pip install 'capserv\[metrics\]'"):
         Options().parseOptions(["--metrics", TCP0])
 
 
 # -- HAProxy in front ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def session(port: int, source: str, payload: bytes) -> bytes:
@@ -122,39 +123,57 @@ backend capservs
 """
 
 
-@pytest.fixture
-def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
-    binary = shutil.which("haproxy")
-    if binary is None:
-        pytest.skip("haproxy is not installed (.ci/run installs it)")
-    a_port, b_port, frontend = free_port(), free_port(), free_port()
-    common = ["--max-connections-per-ip=2", "--shutdown-timeout=5"]
-    a = Daemon(["--listen", f"haproxy:tcp:{a_port}:interface=127.0.0.1", *common])
-    b = Daemon(["--listen", f"haproxy:tcp:{b_port}:interface=127.0.0.1", *common])
-    a.started()
-    b.started()
+def start_haproxy(binary: str, tmp_path: Path, a_port: int, b_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """
+    Start HAProxy in front of two capservs; (process, frontend port).
+
+    HAProxy needs a concrete port; one that another process takes between
+    choosing and binding only makes HAProxy exit, and another is tried.
+    """
     config = tmp_path / "haproxy.cfg"
     admin = tmp_path / "admin.sock"
-    config.write_text(HAPROXY_CONFIG.format(frontend=frontend, a=a_port, b=b_port, admin=admin))
-    proxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    for _ in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            frontend = int(probe.getsockname()[1])
+        config.write_text(HAPROXY_CONFIG.format(frontend=frontend, a=a_port, b=b_port, admin=admin))
+        proxy = subprocess.Popen(
+            [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 20
-        while True:
+        while proxy.poll() is None:
             try:
                 if session(frontend, "127.0.0.1", b"ready?") == b"READY?":
-                    break
+                    return proxy, frontend
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                proxy.kill()
+                proxy.wait(10)
                 raise AssertionError("haproxy did not come up")
             time.sleep(0.1)
-        time.sleep(0.5)  # both servers seen healthy
-        yield a, b, frontend, admin
-    finally:
-        proxy.send_signal(signal.SIGTERM)
-        proxy.wait(10)
-        a.__exit__()
-        b.__exit__()
+    raise AssertionError("haproxy could not bind a frontend port")
+
+
+@pytest.fixture
+def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two capservs on ports of their own choosing behind one HAProxy."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it)")
+    common = ["--max-connections-per-ip=2", "--shutdown-timeout=5"]
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(Daemon(["--listen", "haproxy:tcp:0:interface=127.0.0.1", *common]))
+        b = stack.enter_context(Daemon(["--listen", "haproxy:tcp:0:interface=127.0.0.1", *common]))
+        a.started()
+        b.started()
+        proxy, frontend = start_haproxy(binary, tmp_path, a.address(0)[1], b.address(0)[1])
+        try:
+            time.sleep(0.5)  # both servers seen healthy
+            yield a, b, frontend, tmp_path / "admin.sock"
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            proxy.wait(10)
 
 
 def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
@@ -298,7 +317,7 @@ def test_udp_systemd_without_sockets_is_a_usage_error() -> None:
     os.environ.clear()
     os.environ.update(env)
     try:
-        with pytest.raises(usage.UsageError, match="no index 0"):
+        with pytest.raises(usage.UsageError, match="LISTEN_FDS is not set"):
             Options().parseOptions(["--listen", "udp:systemd=0"])
     finally:
         os.environ.clear()
@@ -321,7 +340,8 @@ def test_systemd_units_in_docs_use_real_options() -> None:
     datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     datagram.bind(("127.0.0.1", 0))
     check = (
-        "from capserv.tap import Options; o = Options(); o.parseOptions(__import__('sys').argv[1:]); print(o['listen'])"
+        "from capserv.tap import Options; o = Options(); o.parseOptions(__import__('sys').argv[1:]); "
+        "print([listener.description for listener in o['listen']])"
     )
     fds = f"{stream.fileno()},{datagram.fileno()}"
     try:
@@ -351,6 +371,7 @@ def containerfile_command(instruction: str) -> list[str]:
 
 
 def test_container_command_starts_the_daemon_and_health_check_passes() -> None:
+    """The Containerfile's CMD starts capserv on uvloop and its HEALTHCHECK passes."""
     command = containerfile_command("CMD")
     health = containerfile_command("HEALTHCHECK")
     assert command[0] == "twistd" and health[0] == "capserv-client"
@@ -366,6 +387,8 @@ def test_container_command_starts_the_daemon_and_health_check_passes() -> None:
             for line in process.stdout:
                 if "started" in line:
                     break
+            # The reactor capserv chooses, although --metrics and --logger are given.
+            assert "on uvloop.Loop" in line, line
             assert subprocess.run(health, capture_output=True, timeout=30).returncode == 0
         finally:
             process.send_signal(signal.SIGTERM)
