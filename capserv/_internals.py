@@ -138,7 +138,7 @@ def datagram_sender(transport: Any) -> Any:
         not fast_paths_enabled()
         or not isinstance(transport, udp.Port)
         or not hasattr(transport, "socket")
-        or transport._connectedAddr
+        or getattr(transport, "_connectedAddr", True)
     ):
         return transport.write
     return transport.socket.sendto

@@ -464,3 +464,29 @@ def test_second_signal_ends_the_stop_at_once(workers: int) -> None:
     assert "Traceback" not in daemon.output
     assert "ReactorNotRunning" not in daemon.output
     assert "Second stop signal: aborting" in daemon.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+def test_a_worker_that_dies_is_replaced() -> None:
+    """Killing a worker makes the supervisor start another on the same
+    ports; a stop still stops all of them."""
+    import re
+
+    with Daemon(["--workers", "2", "--listen", TCP0]) as daemon:
+        line = daemon.wait_for("Started 1 more workers")
+        pid = int(re.findall(r"workers: (\d+)", line)[0])
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        daemon.wait_for("Worker 1 exited with signal 9")
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.output.count(" started (") == 3, daemon.output
+        host, port = daemon.address(0)
+        for i in range(10):
+            assert tcp_exchange(host, port, f"again {i}".encode()) == f"AGAIN {i}".encode()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert daemon.output.count("capserv stopped") == 2
