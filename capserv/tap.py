@@ -12,6 +12,7 @@ daemonizes, and nothing listens), then wires them, like Twisted's own
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from typing import Any
@@ -282,12 +283,12 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
     native = _native(reactor, config)
     for listener in listeners:
         handler = datagrams.protocol() if listener.datagram else factory
-        listener.service(handler, reactor, native=native).setServiceParent(service)  # type: ignore[attr-defined]
+        listener.service(handler, reactor, native=native).setServiceParent(service)
     if metrics is not None:
         from capserv.metrics import metrics_site
 
         site = metrics_site(factory, datagrams, workers)
-        metrics.service(site, reactor).setServiceParent(service)  # type: ignore[attr-defined]
+        metrics.service(site, reactor).setServiceParent(service)
     if workers > 1:
         pool = WorkerPool(
             workers,
@@ -320,10 +321,10 @@ def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
     if config.get("no-native"):
         return False
     try:
-        from capserv.native import native_supported
+        native = importlib.import_module("capserv.native")
     except ImportError:
         return False
-    return native_supported(reactor)
+    return bool(native.native_supported(reactor))
 
 
 def _worker_command(config: Options | dict[str, Any], listeners: list[Listener]) -> list[str]:
