@@ -636,6 +636,27 @@ class EndpointListener(Listener):
             raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
         return cls(description, endpoint, slot)
 
+    def bind(self, reuse_port: bool = False) -> None:
+        """
+        Check that an ``ssl:`` port can be taken (Twisted binds it only when
+        the service starts, after twistd has daemonized): bind it and let it
+        go at once.
+        """
+        parts = _split(self.description)
+        if parts[0].strip().lower() != "ssl":
+            return
+        args = [part for part in parts[1:] if "=" not in part]
+        kwargs = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
+        probe = StreamListener(self.description, "tcp", kwargs.get("interface", ""), 0, 1)
+        try:
+            probe.port = int(kwargs.get("port", args[0] if args else "0"))
+        except ValueError:
+            return  # Twisted's parser accepted it; let Twisted report it
+        probe.family = socket.AF_INET6 if ":" in probe.host else socket.AF_INET
+        if probe.port:
+            probe.bind()
+            probe.close()
+
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         self._slot.reactor = reactor
         service: IService = endpoint_service(_Logged(self.endpoint, self.description, "streams"), handler)

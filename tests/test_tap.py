@@ -352,3 +352,23 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(plural(1, "datagram"), "1 datagram")
         self.assertEqual(plural(0, "datagram"), "0 datagrams")
         self.assertEqual(plural(2, "connection"), "2 connections")
+
+
+class TLSBindTests(SynchronousTestCase):
+    """An ssl: listener's port is checked when the others are bound."""
+
+    def test_taken_ssl_port_stops_the_start(self) -> None:
+        """A taken ssl: port ends makeService with one line, before daemonizing."""
+        import trustme
+
+        key = self.mktemp()
+        trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen(1)
+            port = holder.getsockname()[1]
+            options = parse("--listen", LOCAL, "--listen", f"ssl:{port}:interface=127.0.0.1:privateKey={key}")
+            with self.assertRaises(SystemExit) as caught:
+                makeService(options, reactor=MemoryReactorClock())
+        self.assertIn(f"127.0.0.1:{port} is already in use", str(caught.exception.code))
+        self.assertFalse(options["listen"][0].bound)
