@@ -237,7 +237,8 @@ class Running:
         start = time.monotonic()
         while not check():
             if time.monotonic() - start > timeout:
-                raise AssertionError(f"not reached within {timeout}s; metrics: {self.metrics()}")
+                fds = {fd: os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{self.pid}/fd")}
+                raise AssertionError(f"not reached within {timeout}s; fds {fds}; metrics: {self.metrics()}")
             time.sleep(0.1)
         return time.monotonic() - start
 
