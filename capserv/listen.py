@@ -277,6 +277,15 @@ class Listener:
 
 def _bind_error(description: str, e: OSError, address: str) -> ListenError:
     """Turn a failed bind into one line that says what to do."""
+    if isinstance(e.filename, str) or address.startswith(("/", ".")) or "systemd" in address:
+        reasons = {
+            errno.EADDRINUSE: f"{address} is in use by a running server; stop it or choose another path",
+            errno.EACCES: f"no permission to create {address}; choose a folder this user may write to",
+            errno.EEXIST: f"{address} exists and is not a socket; remove it or choose another path",
+        }
+        return ListenError(
+            f"cannot listen on {description!r}: {reasons.get(e.errno or 0, f'{address}: {e.strerror or e}')}"
+        )
     reasons = {
         errno.EADDRINUSE: f"{address} is already in use; stop what listens there or choose another port",
         errno.EADDRNOTAVAIL: f"{address} is not an address of this host; choose one it has (ip address shows them)",
@@ -446,7 +455,7 @@ class UnixListener(_SocketListener):
     def _remove_stale(self) -> None:
         try:
             if not stat.S_ISSOCK(os.stat(self.path).st_mode):
-                raise OSError(errno.EEXIST, f"{self.path} exists and is not a socket")
+                raise OSError(errno.EEXIST, "not a socket")
         except FileNotFoundError:
             return
         with socket.socket(socket.AF_UNIX) as probe:

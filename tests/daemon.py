@@ -220,6 +220,10 @@ class Running:
         self.host, self.tcp = daemon.address(0)
         _, self.udp = daemon.address(1)
         _, self.metrics_port = daemon.address(2)
+        # One answer from the running reactor: what the reactor sets up after
+        # the start line (its signal wakers) is in place before a test counts
+        # the daemon's descriptors.
+        self.metrics()
 
     @property
     def pid(self) -> int:
