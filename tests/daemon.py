@@ -1,5 +1,5 @@
 """
-Run the real C{twistd -n capserv} in a subprocess for end-to-end tests.
+Run the real ``twistd -n capserv`` in a subprocess for end-to-end tests.
 
 Listeners use port 0; the actual addresses are read from the daemon's own
 "Listening ..." log lines, so tests never guess at free ports.
@@ -53,7 +53,7 @@ def default_signals() -> None:
 
 
 class Daemon:
-    """One running C{twistd -n capserv}; use as a context manager."""
+    """One running ``twistd -n capserv``; use as a context manager."""
 
     def __init__(self, args: Sequence[str], cwd: str | None = None, reactor: str | None = None) -> None:
         command = [twistd_path(), "-n", "--pidfile="]
@@ -94,7 +94,7 @@ class Daemon:
             return "\n".join(self.lines)
 
     def wait_for(self, needle: str, timeout: float = 20.0) -> str:
-        """Wait for a log line containing C{needle}; return it."""
+        """Wait for a log line containing ``needle``; return it."""
         deadline = time.monotonic() + timeout
         seen = 0
         with self._changed:

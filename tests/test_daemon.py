@@ -1,5 +1,5 @@
 """
-End-to-end tests of the real C{twistd -n capserv} in a subprocess, on
+End-to-end tests of the real ``twistd -n capserv`` in a subprocess, on
 loopback: default ports, several listeners, IPv6, UNIX sockets, TLS, ports in
 use, bad options, and the graceful stop.
 """
@@ -63,6 +63,8 @@ def lesson_port() -> Iterator[None]:
 
 
 def test_defaults_serve_the_lesson_clients_on_50007() -> None:
+    """With no options the daemon serves TCP and UDP on 127.0.0.1:50007, and
+    the lesson's clients, run unchanged, get right answers."""
     with lesson_port(), Daemon([]) as daemon:
         daemon.started()
         assert [(kind, addr) for kind, addr, _ in daemon.listening()] == [
@@ -78,6 +80,7 @@ def test_defaults_serve_the_lesson_clients_on_50007() -> None:
 
 
 def test_several_listeners_at_once(tmp_path: Path) -> None:
+    """Several --listen (IPv4, IPv6, UNIX, UDP) serve at once, each logged with its address."""
     sock = tmp_path / "capserv.sock"
     listen = [TCP0, UDP0, f"unix:{sock}"]
     if have_ipv6():
@@ -109,6 +112,7 @@ def test_several_listeners_at_once(tmp_path: Path) -> None:
 
 
 def test_tls(tmp_path: Path) -> None:
+    """An ssl: listener serves TLS with the given key and certificate."""
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
@@ -132,6 +136,7 @@ def test_tls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp", "udp"])
 def test_port_in_use_is_one_clear_line(kind: int) -> None:
+    """A taken TCP or UDP port is one clear line, a non-zero status, no traceback."""
     with socket.socket(socket.AF_INET, kind) as holder:
         holder.bind(("127.0.0.1", 0))
         if kind == socket.SOCK_STREAM:
@@ -198,6 +203,7 @@ def test_bad_options_name_the_culprit(args: list[str], culprit: str) -> None:
     ids=["default-uvloop", "epoll", "no-uvloop", "asyncio"],
 )
 def test_sigterm_mid_transfer_completes_the_reply(reactor: str | None, extra: list[str], expect: str) -> None:
+    """On SIGTERM, on each reactor, new connections are refused while an open one is served to its end; exit 0."""
     args = ["--listen", TCP0, "--shutdown-timeout=20", *extra]
     with Daemon(args, reactor=reactor or "default") as daemon:
         started = daemon.wait_for(" started")
@@ -223,6 +229,7 @@ def test_sigterm_mid_transfer_completes_the_reply(reactor: str | None, extra: li
 
 
 def test_shutdown_timeout_closes_the_rest() -> None:
+    """A client that stays silent is closed once --shutdown-timeout is up; the daemon does not wait for it."""
     with Daemon(["--listen", TCP0, "--shutdown-timeout=1", "--abort-grace=1"]) as daemon:
         daemon.started()
         host, port = daemon.address(0)
@@ -241,6 +248,7 @@ def test_shutdown_timeout_closes_the_rest() -> None:
 
 
 def test_logfile_option_still_works(tmp_path: Path) -> None:
+    """twistd's --logfile receives capserv's log lines."""
     logfile = tmp_path / "capserv.log"
     process = subprocess.Popen(
         [
@@ -270,6 +278,8 @@ def test_logfile_option_still_works(tmp_path: Path) -> None:
 
 
 def test_json_lines_logger() -> None:
+    """--logger=capserv.logs.json_lines writes one JSON object per line with
+    the text and the plain fields, none unpersistable."""
     import json
 
     process = subprocess.Popen(
@@ -315,6 +325,7 @@ def test_json_lines_logger() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
 def test_workers_share_ports_and_stop_together() -> None:
+    """--workers 2 spreads connections over both processes on the same ports, and a stop stops both."""
     import re
 
     with Daemon(["--workers", "2", "--listen", TCP0, "--listen", UDP0]) as daemon:

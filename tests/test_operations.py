@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_metrics_move_with_traffic() -> None:
+    """The Prometheus counters follow the traffic served."""
     pytest.importorskip("prometheus_client")
     args = ["--listen", TCP0, "--listen", UDP0, "--metrics", TCP0, "--max-connections=2"]
     args += ["--udp-rate-loopback", "--udp-rate=1", "--udp-burst=1"]
@@ -177,6 +178,7 @@ def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
+    """Behind HAProxy with the PROXY protocol, capserv logs the real client's address."""
     a, b, frontend, _ = haproxy_pair
     with socket.socket() as s:
         s.settimeout(10)
@@ -192,6 +194,7 @@ def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: 
 
 
 def test_haproxy_per_ip_limit_sees_real_clients(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
+    """Behind HAProxy, the per-IP limit counts real clients, not the proxy."""
     a, b, frontend, _ = haproxy_pair
     held = []
     try:
@@ -270,6 +273,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def test_systemd_socket_activation_tcp_and_udp() -> None:
+    """Sockets passed as systemd passes them (LISTEN_FDS) are served, TCP and UDP."""
     stream = socket.socket()
     stream.bind(("127.0.0.1", 0))
     stream.listen(16)
@@ -310,6 +314,7 @@ def test_systemd_socket_activation_tcp_and_udp() -> None:
 
 
 def test_udp_systemd_without_sockets_is_a_usage_error() -> None:
+    """udp:systemd=N outside socket activation is a usage error that says so."""
     from capserv.tap import Options
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}

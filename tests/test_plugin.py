@@ -22,16 +22,19 @@ class PluginTests(SynchronousTestCase):
         return found[0]
 
     def test_interfaces(self) -> None:
+        """The plugin provides IPlugin and IServiceMaker."""
         plugin = self.plugin()
         self.assertTrue(IPlugin.providedBy(plugin))
         self.assertTrue(IServiceMaker.providedBy(plugin))
 
     def test_points_at_tap(self) -> None:
+        """The plugin's tapname is capserv and it points at capserv.tap."""
         plugin = self.plugin()
         self.assertIs(plugin.options, tap.Options)  # type: ignore[attr-defined]
         self.assertEqual(plugin.description.split()[0], "The")  # type: ignore[attr-defined]
 
     def test_listing_plugins_does_not_import_capserv(self) -> None:
+        """Listing twistd's plugins does not import capserv (or a reactor)."""
         code = (
             "import sys\n"
             "from twisted.plugin import getPlugins\n"
