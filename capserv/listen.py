@@ -306,7 +306,8 @@ class _SocketListener(Listener):
     def _make(self, reuse_port: bool) -> socket.socket:
         raise NotImplementedError
 
-    def _where(self) -> str:
+    def where(self) -> str:
+        """The address as an operator would write it, for messages."""
         raise NotImplementedError
 
     def bind(self, reuse_port: bool = False) -> None:
@@ -315,7 +316,7 @@ class _SocketListener(Listener):
         try:
             self._socket = self._make(reuse_port)
         except OSError as e:
-            raise _bind_error(self.description, e, self._where()) from None
+            raise _bind_error(self.description, e, self.where()) from None
 
     def close(self) -> None:
         if self._socket is not None:
@@ -401,7 +402,7 @@ class StreamListener(_SocketListener):
             raise args.error(f"tcp6 takes an IPv6 interface such as \\:\\:1, not {host!r}; use tcp: for IPv4")
         return cls(description, kind, host, port, args.whole("backlog", DEFAULT_BACKLOG))
 
-    def _where(self) -> str:
+    def where(self) -> str:
         host = self.host or "0.0.0.0"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
@@ -443,7 +444,7 @@ class UnixListener(_SocketListener):
             raise args.error(f"mode must be octal permissions such as 660, not {args.kwargs['mode']!r}") from None
         return cls(description, path, mode, args.whole("backlog", DEFAULT_BACKLOG))
 
-    def _where(self) -> str:
+    def where(self) -> str:
         return self.path
 
     def _make(self, reuse_port: bool) -> socket.socket:
@@ -489,7 +490,7 @@ class SystemdStreamListener(_SocketListener):
         _check_systemd_index(args, index, socket.SOCK_STREAM)
         return cls(description, index)
 
-    def _where(self) -> str:
+    def where(self) -> str:
         return f"systemd socket {self.index}"
 
     def _make(self, reuse_port: bool) -> socket.socket:
@@ -543,7 +544,7 @@ class DatagramListener(_SocketListener):
             return cls(description, "", 0, index)
         return cls(description, args.interface(""), args.port())
 
-    def _where(self) -> str:
+    def where(self) -> str:
         if self.systemd is not None:
             return f"systemd socket {self.systemd}"
         host = self.host or "0.0.0.0"
@@ -754,7 +755,7 @@ class _DatagramService(Service):
         try:
             sock = self.listener.take_socket()
         except OSError as e:
-            raise _bind_error(self.listener.description, e, self.listener._where()) from None
+            raise _bind_error(self.listener.description, e, self.listener.where()) from None
         try:
             self.port = self.reactor.adoptDatagramPort(
                 sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM
