@@ -317,7 +317,7 @@ def plan(pages: list[str]) -> Iterator[tuple[Block, str]]:
 # -- running them ----------------------------------------------------------------------
 
 
-class Failure(Exception):
+class CheckFailedError(Exception):
     """A block that did not do what its page says."""
 
 
@@ -368,7 +368,7 @@ class Checker:
         wanted = INSTALL_SECONDS if "pip install" in command else COMMAND_SECONDS
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise Failure(f"the whole check took more than {TOTAL_SECONDS}s")
+            raise CheckFailedError(f"the whole check took more than {TOTAL_SECONDS}s")
         return min(wanted, left)
 
     def bash(self, command: str) -> list[str]:
@@ -394,7 +394,7 @@ class Checker:
                 try:
                     getattr(self, f"run_{kind}")(block)
                     print(f"ok: {block.where} ({kind}, {time.monotonic() - began:.1f}s)", flush=True)
-                except Failure as e:
+                except CheckFailedError as e:
                     self.failures.append(f"{block.where}: {e}")
                     print(f"FAILED: {block.where}: {e}", flush=True)
         finally:
@@ -441,9 +441,7 @@ class Checker:
                 self.prefix.append(step.command)
             elif DAEMON_COMMAND.search(step.command) and "--help" not in step.command:
                 self.run_daemon(block, step.command)
-            elif typed is not None and step.expected and any(
-                line.endswith(("^D", *typed)) for line in step.expected
-            ):
+            elif typed is not None and step.expected and any(line.endswith(("^D", *typed)) for line in step.expected):
                 self.run_in_terminal(step.command, step.expected, typed, status)
             else:
                 self.run_command(step.command, step.expected, status)
@@ -455,12 +453,14 @@ class Checker:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             out, _ = process.communicate()
-            raise Failure(f"{command!r} did not finish\n{_tail(out.decode('utf-8', 'replace'))}") from None
+            raise CheckFailedError(f"{command!r} did not finish\n{_tail(out.decode('utf-8', 'replace'))}") from None
         text = out.decode("utf-8", "replace")
         if process.returncode != status:
-            raise Failure(f"{command!r} exited with status {process.returncode}, not {status}\n{_tail(text)}")
+            raise CheckFailedError(f"{command!r} exited with status {process.returncode}, not {status}\n{_tail(text)}")
         if expected and not output_matches(expected, text):
-            raise Failure(f"{command!r} printed\n{_tail(text, 30)}\n  instead of\n{_tail(chr(10).join(expected), 30)}")
+            raise CheckFailedError(
+                f"{command!r} printed\n{_tail(text, 30)}\n  instead of\n{_tail(chr(10).join(expected), 30)}"
+            )
 
     def run_in_terminal(self, command: str, expected: list[str], typed: list[str], status: int) -> None:
         controller, terminal = pty.openpty()
@@ -480,14 +480,14 @@ class Checker:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise Failure(f"{command!r} did not finish\n{_tail(seen)}") from None
+                raise CheckFailedError(f"{command!r} did not finish\n{_tail(seen)}") from None
             seen += _read_terminal(controller, time.monotonic() + 0.5, until_closed=True)
         finally:
             os.close(controller)
         if process.returncode != status:
-            raise Failure(f"{command!r} exited with status {process.returncode}, not {status}\n{_tail(seen)}")
+            raise CheckFailedError(f"{command!r} exited with status {process.returncode}, not {status}\n{_tail(seen)}")
         if seen.replace("\r\n", "\n").rstrip("\n") != shown.rstrip("\n"):
-            raise Failure(f"{command!r} showed\n{_tail(seen, 30)}\n  instead of\n{_tail(shown, 30)}")
+            raise CheckFailedError(f"{command!r} showed\n{_tail(seen, 30)}\n  instead of\n{_tail(shown, 30)}")
 
     def run_daemon(self, block: Block, command: str) -> None:
         process = self.start(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -502,7 +502,7 @@ class Checker:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-                raise Failure(f"{command!r} did not start\n{_tail(reader.text)}")
+                raise CheckFailedError(f"{command!r} did not start\n{_tail(reader.text)}")
             time.sleep(0.1)
 
     # Python
@@ -533,7 +533,7 @@ class Checker:
     def run_server(self, block: Block) -> None:
         serves = block.marker("serves") or []
         if len(serves) != 2:
-            raise Failure("'docs-check: serves' needs HOST PORT")
+            raise CheckFailedError("'docs-check: serves' needs HOST PORT")
         host, port = serves[0], int(serves[1])
         path = self.write(block, ".py")
         command = f"{shlex.quote(self.python())} {shlex.quote(path)}"
@@ -546,14 +546,14 @@ class Checker:
             deadline = time.monotonic() + self.seconds(command)
             while True:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise Failure(f"the program never served {host} {port}\n{_tail(reader.text)}")
+                    raise CheckFailedError(f"the program never served {host} {port}\n{_tail(reader.text)}")
                 try:
                     reply = _round_trip(host, port, b"served by the docs\n")
                     break
                 except OSError:
                     time.sleep(0.2)
             if reply != b"SERVED BY THE DOCS\n":
-                raise Failure(f"the program answered {reply!r}")
+                raise CheckFailedError(f"the program answered {reply!r}")
         finally:
             self.stop_running()
             os.unlink(path)
