@@ -63,6 +63,10 @@ def sleep(seconds: float) -> defer.Deferred[None]:
 @pytest.mark.parametrize("host", HOSTS)
 @pytest_twisted.inlineCallbacks
 def test_words_over_tcp(host: str) -> Any:
+    """
+    capserv-client sends its words as one message over TCP, over IPv4 and IPv6, and
+    prints the reply with a newline and nothing on stderr.
+    """
     factory, port = yield listen_tcp(host)
     try:
         number = str(port.getHost().port)
@@ -75,6 +79,10 @@ def test_words_over_tcp(host: str) -> Any:
 @pytest.mark.parametrize("host", HOSTS)
 @pytest_twisted.inlineCallbacks
 def test_words_over_udp(host: str) -> Any:
+    """
+    capserv-client --udp sends its words as one datagram, over IPv4 and IPv6, and prints
+    the reply.
+    """
     _proto, port = listen_udp(host)
     try:
         number = str(port.getHost().port)
@@ -86,6 +94,9 @@ def test_words_over_udp(host: str) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_host_name_resolves() -> Any:
+    """
+    --host takes a host name (localhost), resolved for TCP and for UDP.
+    """
     factory, port = yield listen_tcp("127.0.0.1")
     _proto, uport = listen_udp("127.0.0.1")
     try:
@@ -102,6 +113,9 @@ def test_host_name_resolves() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_connect_unix(tmp_path: Path) -> Any:
+    """
+    --connect unix:PATH makes one request and streams a pipe over a UNIX socket.
+    """
     from twisted.internet import reactor
 
     from capserv import UppercaseFactory
@@ -288,6 +302,10 @@ def test_timeout_zero_negative_or_not_a_number_one_rule(value: str) -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_piped_stream_is_byte_for_byte() -> Any:
+    """
+    Piped stdin is streamed byte for byte (no newline added, invalid bytes kept), and
+    empty input gives empty output and exit 0.
+    """
     factory, port = yield listen_tcp("127.0.0.1")
     try:
         data = b"no newline at the end \xff\xfe " + "straße".encode()
@@ -353,6 +371,10 @@ def _pipe_through_client(number: int, megabytes: int) -> tuple[int, int, bool]:
 
 @pytest_twisted.inlineCallbacks
 def test_piped_udp_one_datagram_per_line() -> Any:
+    """
+    Piped over UDP, each line (CRLF or LF, empty, or last without a newline) is one
+    datagram and each reply one line.
+    """
     proto, port = listen_udp("127.0.0.1")
     try:
         result = yield in_thread(
@@ -435,6 +457,10 @@ def _interactive(args: list[str], lines: list[str]) -> tuple[int, bytes]:
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
 @pytest_twisted.inlineCallbacks
 def test_interactive_prompt_loop(udp: bool) -> Any:
+    """
+    On a terminal, with no words, the client shows the lesson's prompt, prints each
+    reply, prompts again, and exits 0 on Ctrl-D, over TCP and UDP.
+    """
     factory, port = yield listen_tcp("127.0.0.1")
     _proto, uport = listen_udp("127.0.0.1")
     try:
@@ -491,6 +517,10 @@ def _listen_lossy(server: LossyServer) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_udp_retries_through_loss() -> Any:
+    """
+    When the first two datagrams are lost, the client retries and prints the reply to
+    the third try.
+    """
     server = LossyServer(drop=2)
     port = _listen_lossy(server)
     try:
@@ -507,6 +537,10 @@ def test_udp_retries_through_loss() -> Any:
 def test_udp_late_reply_is_not_taken_for_the_next_line() -> Any:
     # The reply to the first try of "first" comes late, while "second" is
     # already waiting for its own reply.
+    """
+    A reply that arrives late, after its request was retried, is not taken for the
+    answer to the next line: every line gets its own reply.
+    """
     server = LossyServer(delay_index=0, delay=0.6)
     port = _listen_lossy(server)
     try:
@@ -522,19 +556,20 @@ def test_udp_late_reply_is_not_taken_for_the_next_line() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_udp_gives_up_with_a_clear_error() -> Any:
+    """
+    With no reply after every try the client prints one line saying so, with the number
+    of tries, exits 1 and prints nothing on stdout.
+    """
     server = LossyServer(drop=10**6)
     port = _listen_lossy(server)
     try:
         args = ["--udp", "--port", str(port.getHost().port), "--timeout", "0.2", "--retries", "2", "void"]
-        started = time.monotonic()
-        result = yield in_thread(run_client, args)
-        elapsed = time.monotonic() - started
+        result = yield in_thread(run_client, args)  # run_client's timeout: it never hangs
         assert result.returncode == 1
         assert result.stdout == b""
         assert b"no reply" in result.stderr and b"after 3 tries" in result.stderr
         assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
         assert len(server.seen) == 3
-        assert elapsed < 30  # never hangs
     finally:
         yield port.stopListening()
 
@@ -606,6 +641,9 @@ def test_message_too_long_for_a_datagram_is_refused(host: str, size: int) -> Any
 
 @pytest_twisted.inlineCallbacks
 def test_connection_refused() -> Any:
+    """
+    A refused connection is one line naming the server, exit 1.
+    """
     factory, port = yield listen_tcp("127.0.0.1")
     number = str(port.getHost().port)
     yield stop_tcp(factory, port)
@@ -615,6 +653,9 @@ def test_connection_refused() -> Any:
 
 
 def test_unknown_host_name() -> None:
+    """
+    A host name that does not resolve is one line saying so, exit 1.
+    """
     result = run_client(["--host", "no-such-host.invalid", "hi"])
     assert result.returncode == 1
     assert b"cannot resolve" in result.stderr and result.stderr.count(b"\n") == 1
@@ -622,6 +663,10 @@ def test_unknown_host_name() -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_refused_by_a_connection_limit() -> Any:
+    """
+    A server that closes at once without replying (over its connection limit) is
+    reported as such, exit 1.
+    """
     factory, port = yield listen_tcp("127.0.0.1", CapservConfig(max_connections=0 + 1))
     import socket
 
@@ -663,6 +708,10 @@ def test_usage_errors(args: list[str], culprit: bytes) -> None:
 
 @pytest_twisted.inlineCallbacks
 def test_api_tcp_request_and_stream() -> Any:
+    """
+    tcp_request returns the whole reply, and a streaming session delivers each piece as
+    it arrives and fires done after finish.
+    """
     from twisted.internet import reactor
 
     factory, port = yield listen_tcp("127.0.0.1")
@@ -673,8 +722,8 @@ def test_api_tcp_request_and_stream() -> Any:
         received: list[bytes] = []
         session = yield open_stream(endpoint, received.append)
         session.write(b"part one, ")
-        yield sleep(0.05)
-        assert b"".join(received) == b"PART ONE, "
+        while b"".join(received) != b"PART ONE, ":  # arrives before the input ends
+            yield sleep(0.01)
         session.write(b"part two")
         session.finish()
         yield session.done
@@ -685,6 +734,10 @@ def test_api_tcp_request_and_stream() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_api_udp_request() -> Any:
+    """
+    udp_request returns the reply, and fails with NoReplyError after its tries against a
+    silent server, having sent each try.
+    """
     from twisted.internet import reactor
 
     _proto, port = listen_udp("127.0.0.1")
