@@ -363,6 +363,11 @@ class Checker:
         self.running: list[Running] = []
         self.everything: list[subprocess.Popen[bytes]] = []
         self.failures: list[str] = []
+        # A run in the background inherits SIGINT ignored, and so would every
+        # daemon it starts: Ctrl-C would not stop them.  A handler (reset to
+        # the default at exec) gives the programs the reader's disposition.
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def seconds(self, command: str) -> float:
         wanted = INSTALL_SECONDS if "pip install" in command else COMMAND_SECONDS
@@ -554,6 +559,8 @@ class Checker:
                     time.sleep(0.2)
             if reply != b"SERVED BY THE DOCS\n":
                 raise CheckFailedError(f"the program answered {reply!r}")
+            if process.poll() is not None:  # something else answered
+                raise CheckFailedError(f"the program ended (status {process.returncode})\n{_tail(reader.text)}")
         finally:
             self.stop_running()
             os.unlink(path)
@@ -585,6 +592,15 @@ def _round_trip(host: str, port: int, data: bytes) -> bytes:
         while chunk := s.recv(65536):
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _port_free(kind: int, port: int = 50007) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _environment(sandbox: str) -> dict[str, str]:
@@ -634,6 +650,11 @@ def main(argv: list[str]) -> int:
     lock_path = os.path.join(tempfile.gettempdir(), "capserv-tests-50007.lock")
     with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="capserv-docs-") as scratch:
         fcntl.flock(lock, fcntl.LOCK_EX)  # port 50007, shared with tests/test_daemon.py
+        while not (_port_free(socket.SOCK_STREAM) and _port_free(socket.SOCK_DGRAM)):
+            if time.monotonic() - started > 120:
+                print("docs check FAILED: port 50007, which the docs use, is taken by another program")
+                return 1
+            time.sleep(1)
         print(f"port 50007 is ours after {time.monotonic() - started:.0f}s", flush=True)
         started = time.monotonic()
         sandbox = os.path.join(scratch, "capserv")
