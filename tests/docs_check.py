@@ -596,6 +596,8 @@ def _round_trip(host: str, port: int, data: bytes) -> bytes:
 
 def _port_free(kind: int, port: int = 50007) -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as twistd does
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
