@@ -114,6 +114,17 @@ class PagesTests(SynchronousTestCase):
         self.assertIn("`-N`", try_it)
         self.assertIn("`socat`", try_it)
 
+    def test_development_page_names_the_trial_modules(self) -> None:
+        """
+        docs/development.rst's trial command names exactly the modules
+        tests/trial_check.py holds trial to.
+        """
+        from .trial_check import IN_MEMORY
+
+        blocks = page_blocks(os.path.join(ROOT, "docs", "development.rst"))
+        (command,) = [b.text for b in blocks if "twisted.trial" in b.text]
+        self.assertEqual(command.split()[3:], IN_MEMORY)
+
     def test_gitignore(self) -> None:
         """
         The folders and files the README's commands and the docs' examples
