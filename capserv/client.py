@@ -19,6 +19,14 @@ How UDP replies are matched
     or given up, reaches a closed port and can never be taken for the answer
     to a later request.  Replies from any address other than the server's
     are ignored.
+
+How big a UDP reply may be
+    Replies are read whole up to 65,535 bytes, the most a UDP datagram can
+    carry (65,507 bytes of payload over IPv4, 65,527 over IPv6).  The
+    client's port reads one byte more than that, so a longer datagram (an
+    IPv6 jumbogram) fails the request with `ReplyTooLongError` instead of
+    arriving cut short.  A message too long for one datagram fails with
+    `MessageTooLongError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -28,16 +36,20 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from capserv.text import Uppercaser
+from capserv.udp import MAX_DATAGRAM, MAX_REPLY_IPV4, MAX_REPLY_IPV6
 
 __all__ = [
+    "MAX_UDP_REPLY",
+    "MessageTooLongError",
     "NoReplyError",
+    "ReplyTooLongError",
     "ServerClosedError",
     "StreamSession",
     "open_stream",
@@ -58,6 +70,37 @@ class NoReplyError(Exception):
         )
         self.address = address
         self.tries = tries
+
+
+#: The longest UDP reply the client reads whole.
+MAX_UDP_REPLY = MAX_DATAGRAM
+
+
+class ReplyTooLongError(Exception):
+    """
+    A UDP reply was longer than `MAX_UDP_REPLY` bytes and could not be read
+    whole.
+    """
+
+
+class MessageTooLongError(ValueError):
+    """
+    A UDP message is longer than one datagram can carry to its address
+    (65,507 bytes over IPv4, 65,527 over IPv6).
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message too long for one datagram ({size} bytes; at most {limit} bytes to this address)")
+        self.size = size
+        self.limit = limit
+
+
+def max_udp_message(host: str) -> int:
+    """
+    The longest message one datagram carries to ``host``, an IP address:
+    65,507 bytes over IPv4, 65,527 over IPv6.
+    """
+    return MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
 
 
 def _show(address: tuple[Any, ...]) -> str:
@@ -268,6 +311,11 @@ class _UDPRequest(DatagramProtocol):
         if (_normal(addr[0]), addr[1]) != (_normal(self.address[0]), self.address[1]) or self.result.called:
             return
         self._finish()
+        if len(data) > MAX_UDP_REPLY:
+            self.result.errback(
+                Failure(ReplyTooLongError(f"the reply from {_show(addr)} was longer than {MAX_UDP_REPLY} bytes"))
+            )
+            return
         self.result.callback(data)
 
     def connectionRefused(self) -> None:
@@ -313,14 +361,22 @@ def udp_request(
     seconds up to ``retries`` more times.
 
     :param host: an IP address or a name (resolved first).
-    :return: a `Deferred` firing with the reply, or failing with
-        `NoReplyError` after the last try.
+    :return: a `Deferred` firing with the whole reply (up to
+        `MAX_UDP_REPLY` bytes), or failing with `NoReplyError` after the
+        last try, `MessageTooLongError` if ``data`` does not fit in one
+        datagram, or `ReplyTooLongError` if the reply could not be read
+        whole.
     """
 
     def send(address: tuple[str, int]) -> Deferred[bytes]:
+        limit = max_udp_message(address[0])
+        if len(data) > limit:
+            return fail(MessageTooLongError(len(data), limit))
         request = _UDPRequest(reactor, address, data, timeout, retries + 1)
         interface = "::" if ":" in address[0] else "0.0.0.0"
-        listening = reactor.listenUDP(0, request, interface=interface)
+        # One byte more than the longest reply: a longer one is then seen
+        # as too long instead of arriving cut to the buffer's size.
+        listening = reactor.listenUDP(0, request, interface=interface, maxPacketSize=MAX_UDP_REPLY + 1)
 
         def cleanup(result: object) -> Any:
             d = listening.stopListening()

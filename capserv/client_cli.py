@@ -2,22 +2,26 @@
 The ``capserv-client`` command: the lesson's TCP and UDP clients as one
 tool, built on `capserv.client`.
 
-- Words after the options are one message (joined with spaces, as ``echo``
-  does); the reply is printed with a newline.
+- Words are one message (joined with spaces, as ``echo`` does); the reply is
+  printed with a newline.  Options may come before or after the words;
+  ``--`` ends the options, so a word after it may start with ``-``.
 - No words and a terminal on stdin: the lesson's interactive loop, with its
   prompt, until end of input.
 - No words and a pipe on stdin: over TCP, stdin is streamed to the server and
   the reply to stdout byte for byte, in bounded memory (each side pauses the
   other); over UDP, one datagram per line and one reply line each.
 
-Exit status: 0 on success, 2 for a usage error, 1 for a network failure
-(refused, unreachable, unknown name, TLS failure, no UDP reply).
+Exit status: 0 on success, 2 for a usage error (or TLS asked for where it is
+not installed), 1 for a network failure (refused, unreachable, unknown name,
+TLS failure, no UDP reply, a UDP reply too long to read whole).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import endpoints, task
@@ -30,11 +34,26 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from capserv._version import __version__
-from capserv.client import StreamSession, open_stream, tcp_request, udp_request
+from capserv.client import (
+    MessageTooLongError,
+    ReplyTooLongError,
+    StreamSession,
+    open_stream,
+    tcp_request,
+    udp_request,
+)
 from capserv.coerce import number
-from capserv.udp import MAX_REPLY_IPV4
+from capserv.tlsdeps import tls_unavailable_message
 
-__all__ = ["EXIT_NETWORK", "EXIT_USAGE", "ClientOptions", "main"]
+__all__ = [
+    "CONNECT_FORMS",
+    "EXIT_NETWORK",
+    "EXIT_USAGE",
+    "ClientOptions",
+    "connect_endpoint",
+    "main",
+    "split_description",
+]
 
 PROMPT = b"Input lowercase sentence:"
 EXIT_USAGE = 2
@@ -54,16 +73,53 @@ def _port(value: str) -> int:
 _port.coerceDoc = ""  # type: ignore[attr-defined]
 
 
+def _host(value: str) -> str:
+    """
+    A host name or IP address; an IPv6 address may be written in brackets,
+    as in URLs (``[::1]``).
+    """
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if not host or "[" in host or "]" in host or any(c.isspace() for c in host):
+        raise ValueError(f"--host: {value!r} is not a host name or IP address (IPv6: ::1 or [::1])")
+    return host
+
+
+_host.coerceDoc = ""  # type: ignore[attr-defined]
+
+
+def _seconds(value: str) -> float:
+    """
+    A number of seconds greater than 0: the one rule for ``--timeout``.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"--timeout: {value!r} is not a number of seconds greater than 0 (for example 1 or 0.5)")
+    return seconds
+
+
+_seconds.coerceDoc = ""  # type: ignore[attr-defined]
+
+#: The ``--connect`` forms, for error messages.
+CONNECT_FORMS = (
+    "tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH or tls:HOST:PORT[:trustRoots=PEM_FILE_OR_FOLDER], "
+    "with an IPv6 address's colons escaped (tcp6:\\:\\:1:50007)"
+)
+
+
 class ClientOptions(usage.Options):
     """
     Options of ``capserv-client``.
     """
 
-    synopsis = "capserv-client [options] [WORD...]"
+    synopsis = "capserv-client [options] [WORD...] [options] [-- WORD...]"
     longdesc = (
         "Send text to capserv and print it back in capitals. With words, send them as one "
         "message. With no words: an interactive prompt on a terminal; a stream from stdin "
-        "to stdout when piped (TCP), or one datagram per line (UDP). "
+        "to stdout when piped (TCP), or one datagram per line (UDP). Options may come "
+        "before or after the words; '--' ends them. "
         "Exit status: 0 ok, 2 usage error, 1 network failure."
     )
     optFlags = [
@@ -71,22 +127,23 @@ class ClientOptions(usage.Options):
         ["ascii", None, "The server runs with --ascii (used over TLS to know when a reply is complete)."],
     ]
     optParameters = [
-        ["host", "H", "127.0.0.1", "Server host name or IP address (IPv6 literals welcome).", str],
+        ["host", "H", "127.0.0.1", "Server host name or IP address (IPv6: ::1 or [::1]).", _host],
         ["port", "p", 50007, "Server port.", _port],
         [
             "connect",
             "c",
             None,
             "A Twisted client endpoint string instead of --host/--port: "
-            "tcp:HOST:PORT, unix:PATH, tls:HOST:PORT[:trustRoots=CA_DIR_OR_FILE] (TCP only).",
+            "tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH, tls:HOST:PORT[:trustRoots=PEM_FILE_OR_FOLDER] "
+            "(TCP only; IPv6 colons escaped: tcp6:\\:\\:1:50007).",
             str,
         ],
         [
             "timeout",
             "t",
             1.0,
-            "UDP: seconds to wait for each reply; TCP: seconds to connect is 10x this.",
-            number("timeout", float),
+            "Seconds, more than 0. UDP: to wait for each reply; TCP: 10x this to connect.",
+            _seconds,
         ],
         ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
     ]
@@ -98,14 +155,81 @@ class ClientOptions(usage.Options):
         print(f"capserv-client {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse ``options`` (``sys.argv[1:]`` if `None`), options and words
+        in any order: the options are moved before the words, and ``--``
+        ends them.
+        """
+        argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(self.options_first(argv))  # type: ignore[no-untyped-call]
+
+    def options_first(self, argv: list[str]) -> list[str]:
+        """
+        ``argv`` with every option (and its value) before the words,
+        followed by ``--`` and the words, in their order.
+        """
+        long_values = {name[:-1] for name in self.longOpt if name.endswith("=")}
+        long_names = [name.rstrip("=") for name in self.longOpt]
+        short_values = {c for c, after in zip(self.shortOpt, self.shortOpt[1:] + " ", strict=True) if after == ":"}
+        opts: list[str] = []
+        words: list[str] = []
+        args = iter(argv)
+        for arg in args:
+            if arg == "--":
+                words.extend(args)
+                break
+            if arg.startswith("--"):
+                opts.append(arg)
+                name = arg[2:]
+                # getopt takes any unambiguous prefix of a long option.
+                matches = [n for n in long_names if n == name] or [n for n in long_names if n.startswith(name)]
+                if "=" not in arg and len(matches) == 1 and matches[0] in long_values:
+                    if not _take(args, opts):
+                        return opts  # the value is missing: getopt says so
+            elif arg.startswith("-") and arg != "-":
+                opts.append(arg)
+                for index, letter in enumerate(arg[1:]):
+                    if letter in short_values:
+                        if index == len(arg) - 2 and not _take(args, opts):  # the value is the next argument
+                            return opts
+                        break
+            else:
+                words.append(arg)
+        return [*opts, "--", *words]
+
     def parseArgs(self, *words: str) -> None:
         self["words"] = list(words)
 
     def postOptions(self) -> None:
         if self["udp"] and self["connect"]:
             raise usage.UsageError("--connect takes stream endpoints; use --host and --port with --udp")
-        if self["timeout"] <= 0:
-            raise usage.UsageError("--timeout must be more than 0")
+
+
+def _take(args: Any, into: list[str]) -> bool:
+    """
+    Move the next argument (an option's value) from ``args`` to ``into``.
+    """
+    value = next(args, None)
+    if value is None:
+        return False
+    into.append(value)
+    return True
+
+
+def usage_message(error: usage.UsageError) -> str:
+    """
+    A usage error in capserv's words, one line.
+    """
+    message = str(error)
+    message = message.removeprefix("Parameter type enforcement failed: ")
+    unknown = re.fullmatch(r"option (-\S*) not recognized", message)
+    if unknown:
+        return f"unknown option {unknown.group(1)} (a word that starts with '-' goes after '--')"
+    needs = re.fullmatch(r"option (-\S*) requires argument", message)
+    if needs:
+        return f"option {needs.group(1)} needs a value"
+    return message
 
 
 class ClientError(Exception):
@@ -135,6 +259,8 @@ def describe_failure(failure: Failure) -> str:
         return f"cannot connect: {failure.getErrorMessage().strip()}"
     if failure.check(error.ConnectionLost):
         return "connection lost"
+    if failure.check(ReplyTooLongError):
+        return str(value)
     try:
         from OpenSSL.SSL import Error as TLSError
 
@@ -150,12 +276,144 @@ def describe_failure(failure: Failure) -> str:
 
 
 def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
-    if options["connect"]:
+    description = options["connect"]
+    timeout = options["timeout"] * 10
+    if not description:
+        return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=timeout)
+    return connect_endpoint(reactor, description, timeout)
+
+
+def connect_endpoint(reactor: Any, description: str, timeout: float = 30) -> IStreamClientEndpoint:
+    """
+    The endpoint for a ``--connect`` string.
+
+    Twisted's client endpoint strings, with two additions: ``tcp6:`` is
+    taken as ``tcp:`` (the form the daemon's ``--listen`` uses; Twisted's
+    ``tcp:`` client connects to IPv6 addresses), and ``tls:`` is built by
+    capserv so that ``trustRoots`` may name a PEM file as well as a folder
+    and the host may be an IP address.
+
+    :param timeout: seconds to connect, unless the string says.
+    :raise ClientError: with a one-line message for a string that cannot be
+        used, or for ``tls:``/``ssl:`` where TLS is not installed.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tls", "ssl"):
+        missing = tls_unavailable_message(f"--connect {description!r}")
+        if missing is not None:
+            raise ClientError(missing, EXIT_USAGE)
+    if kind == "tls":
+        return _tls_endpoint(reactor, description, timeout)
+    twisted_form = "tcp" + description[4:] if kind == "tcp6" else description
+    try:
+        return endpoints.clientFromString(reactor, twisted_form)  # type: ignore[no-any-return]
+    except Exception as e:  # Twisted's parsers raise many kinds, some without text
+        why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
+        raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
+
+
+def split_description(description: str) -> list[str]:
+    """
+    Split an endpoint string at its unescaped colons, removing the
+    backslashes that escape (as Twisted reads them): ``tls:\\:\\:1:443``
+    is ``["tls", "::1", "443"]``.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+_TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots")
+
+
+def _tls_endpoint(reactor: Any, description: str, timeout: float) -> IStreamClientEndpoint:
+    from twisted.internet import ssl
+
+    def bad(why: str) -> ClientError:
+        return ClientError(f"--connect {description!r}: {why}", EXIT_USAGE)
+
+    positional: list[str] = []
+    given: dict[str, str] = {}
+    for part in split_description(description)[1:]:
+        key, equals, value = part.partition("=")
+        if not equals:
+            positional.append(part)
+        elif key in _TLS_KEYS:
+            given[key] = value
+        else:
+            raise bad(f"unknown argument {key!r}; tls: takes {', '.join(_TLS_KEYS)}")
+    for key, value in zip(("host", "port"), positional, strict=False):
+        given.setdefault(key, value)
+    host = given.get("host", "")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(given.get("port", ""))
+        seconds = float(given.get("timeout", timeout))
+    except ValueError:
+        port = seconds = 0
+    if not host or not 0 < port < 65536 or not seconds > 0:
+        raise bad(f"write {CONNECT_FORMS}")
+    trust = _trust_roots(given["trustRoots"], bad) if "trustRoots" in given else None
+    client_certificate = None
+    if "certificate" in given:
+        pem = _read(given["certificate"], "certificate", bad)
+        if "privateKey" in given:
+            pem += b"\n" + _read(given["privateKey"], "privateKey", bad)
         try:
-            return endpoints.clientFromString(reactor, options["connect"])  # type: ignore[no-any-return]
-        except Exception as e:  # Twisted's parsers raise many kinds
-            raise ClientError(f"--connect {options['connect']!r}: {e}", EXIT_USAGE) from None
-    return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=options["timeout"] * 10)
+            client_certificate = ssl.PrivateCertificate.loadPEM(pem)
+        except Exception:
+            raise bad("certificate/privateKey: not a PEM certificate and private key") from None
+    options = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client_certificate)
+    bind = (given["bindAddress"], 0) if "bindAddress" in given else None
+    inner = endpoints.HostnameEndpoint(reactor, host, port, timeout=seconds, bindAddress=bind)
+    return endpoints.wrapClientTLS(options, inner)
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _read(path: str, what: str, bad: Any) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise bad(f"{what}={path}: cannot read it ({e.strerror})") from None
+
+
+def _trust_roots(path: str, bad: Any) -> Any:
+    """
+    The certificate authorities in a PEM file, or in the PEM files of a
+    folder, as a trust root.
+    """
+    from twisted.internet import ssl
+
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path))
+        files = [name for name in files if os.path.isfile(name)]
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise bad(f"trustRoots={path}: no such file or folder")
+    certificates = []
+    for name in files:
+        for block in _PEM_CERTIFICATE.findall(_read(name, "trustRoots", bad)):
+            try:
+                certificates.append(ssl.Certificate.loadPEM(block))
+            except Exception:
+                raise bad(f"trustRoots={path}: {name} holds a certificate that cannot be read") from None
+    if not certificates:
+        raise bad(f"trustRoots={path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+    return ssl.trustRootFromCertificates(certificates)
 
 
 def _target(options: ClientOptions) -> str:
@@ -168,8 +426,6 @@ def _target(options: ClientOptions) -> str:
 @inlineCallbacks
 def _one_message(reactor: Any, options: ClientOptions, message: bytes) -> Any:
     if options["udp"]:
-        if len(message) > MAX_REPLY_IPV4:
-            raise ClientError(f"message too long for one datagram ({len(message)} bytes)", EXIT_USAGE)
         reply = yield udp_request(
             reactor, options["host"], options["port"], message, options["timeout"], options["retries"]
         )
@@ -266,8 +522,8 @@ class _LineByLine(LineReceiver):
         End of input: answer what is left, then close stdout.
         """
         self.ended = True
-        if self._buffer:  # a last line without a newline
-            rest, self._buffer = self._buffer, b""
+        rest = self.clearLineBuffer()  # type: ignore[no-untyped-call,unused-ignore]  # a last line without a newline
+        if rest:
             self.queue.append(rest)
         if self.prompt and not self.busy and not self.queue:
             # Ctrl-D at the prompt: end the prompt's line.
@@ -341,6 +597,9 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
         if failure.check(ClientError):
             code = failure.value.code  # type: ignore[union-attr]
             message = str(failure.value)
+        elif failure.check(MessageTooLongError):
+            code = EXIT_USAGE
+            message = f"{_target(options)}: {failure.value}"
         else:
             code = EXIT_NETWORK
             message = f"{_target(options)}: {describe_failure(failure)}"
@@ -356,8 +615,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     options = ClientOptions()  # type: ignore[no-untyped-call]
     try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)  # type: ignore[no-untyped-call]
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as e:
-        sys.stderr.write(f"capserv-client: {e}\nTry 'capserv-client --help'.\n")
+        sys.stderr.write(f"capserv-client: {usage_message(e)} (see capserv-client --help)\n")
         raise SystemExit(EXIT_USAGE) from None
     task.react(_main, (options,))

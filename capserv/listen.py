@@ -674,11 +674,11 @@ class EndpointListener(Listener):
 
 
 def _require_tls(description: str) -> None:
-    import importlib.util
+    from capserv.tlsdeps import tls_unavailable_message
 
-    for module in ("OpenSSL", "service_identity"):
-        if importlib.util.find_spec(module) is None:
-            raise ListenError(f"--listen {description!r}: TLS needs pyOpenSSL: pip install 'capserv[tls]'")
+    message = tls_unavailable_message(f"--listen {description!r}")
+    if message is not None:
+        raise ListenError(message)
 
 
 # -- serving ---------------------------------------------------------------------

@@ -43,6 +43,11 @@ def fds() -> int:
 
 
 def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
+    """
+    Clients that send without reading are paused (counted) instead of buffered, ten
+    normal clients meanwhile get exact replies, the slow readers later read back every
+    byte, and the daemon's memory grows by at most the high-water mark per connection.
+    """
     slow = min(100, fds // 4)
     with serving("--high-water=65536") as server:
         rss_before, _ = server.usage()
@@ -81,6 +86,11 @@ def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
 
 
 def test_slowloris_up_to_the_limits_and_over(fds: int) -> None:
+    """
+    Silent connections up to the per-IP and total limits are held; one over each limit
+    is closed at once and counted while others are served, and the idle timeout then
+    frees them all and service resumes.
+    """
     per_ip = min(600, fds // 4)
     total = per_ip + per_ip // 2
     args = [f"--max-connections={total}", f"--max-connections-per-ip={per_ip}", "--idle-timeout=10", "--abort-grace=1"]
@@ -110,6 +120,11 @@ def test_slowloris_up_to_the_limits_and_over(fds: int) -> None:
 
 
 def test_reset_storm_and_half_open_connections(fds: int) -> None:
+    """
+    500 connections reset mid-stream and 40 half-open ones that never read are all
+    cleaned up (the half-open ones aborted after the grace), descriptors return to where
+    they were, and a bystander client is served exactly throughout.
+    """
     with serving("--idle-timeout=4", "--abort-grace=1") as server:
         _, fds_before = server.usage()
         errors: list[BaseException] = []
@@ -166,6 +181,10 @@ def plain() -> Iterator[Running]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=6))
 def test_random_bytes_over_tcp(plain: Running, data: bytes, cuts: list[int]) -> None:
+    """
+    Any bytes, cut anywhere and sent over TCP to the real daemon, come back as the
+    reference uppercase of the whole input.
+    """
     pieces = []
     last = 0
     for cut in sorted({c for c in cuts if c < len(data)}):
@@ -186,6 +205,9 @@ def test_random_bytes_over_tcp(plain: Running, data: bytes, cuts: list[int]) -> 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=2000) | st.text(max_size=500).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_random_datagrams(plain: Running, data: bytes) -> None:
+    """
+    Any bytes in one datagram to the real daemon come back as the reference uppercase.
+    """
     assert udp_exchange(plain.host, plain.udp, data) == reference(data)
 
 
@@ -193,6 +215,10 @@ def test_random_datagrams(plain: Running, data: bytes) -> None:
 
 
 def test_flood_from_one_source_is_rate_limited_others_served() -> None:
+    """
+    A flood from one source gets at most its burst plus the rate in replies, the rest
+    dropped and counted as rate_limit, while another source is answered at once.
+    """
     with serving("--udp-rate-loopback", "--udp-rate=200", "--udp-burst=100") as server:
         start = time.monotonic()
         replies = attacks.flood((server.host, server.udp), 20000)
@@ -210,6 +236,10 @@ def test_flood_from_one_source_is_rate_limited_others_served() -> None:
 
 
 def test_many_sources_keep_the_rate_table_bounded() -> None:
+    """
+    Two thousand sources each within their rate are all answered, and the rate table
+    never holds more than its size.
+    """
     with serving("--udp-rate-loopback", "--udp-rate-table-size=256") as server:
         answered = 0
         for i in range(1, 2001):
@@ -228,6 +258,11 @@ def test_many_sources_keep_the_rate_table_bounded() -> None:
 
 
 def test_oversize_and_empty_datagrams() -> None:
+    """
+    The daemon answers the largest IPv4 datagram whole and an empty one with an empty
+    reply; a reply that would grow past the limit is dropped, counted as oversize, and
+    the next datagram is answered.
+    """
     with serving() as server:
         largest = b"a" * 65507
         assert udp_exchange(server.host, server.udp, largest) == largest.upper()
@@ -244,6 +279,9 @@ def test_oversize_and_empty_datagrams() -> None:
 
 @pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback on this machine")
 def test_largest_ipv6_datagram() -> None:
+    """
+    Over IPv6 the daemon answers a 65,527-byte datagram whole.
+    """
     with Daemon(["--listen", "udp:0:interface=\\:\\:1"]) as daemon:
         daemon.started()
         host, port = daemon.address(0)
@@ -257,6 +295,10 @@ needs_raw = pytest.mark.skipif(not attacks.can_spoof(), reason="spoofing needs r
 @needs_raw
 @pytest.mark.parametrize("allow", [False, True])
 def test_spoofed_low_source_port(allow: bool) -> None:
+    """
+    A datagram forged to come from an echo service on port 7 is not answered and counted
+    as low_port; with --udp-allow-low-ports (the control) the two bounce it on and on.
+    """
     options = ["--udp-allow-low-ports"] if allow else []
     with serving(*options) as server, attacks.UDPEcho("127.0.0.1", 7) as echo:
         for _ in range(10):
@@ -288,6 +330,11 @@ def _settled(servers: list[Running], quiet: float = 0.5, timeout: float = 20.0) 
 
 @needs_raw
 def test_a_loop_between_two_capservs_and_an_echo_server_dies_out() -> None:
+    """
+    A datagram forged to loop between two capservs, or between capserv and an echo
+    server on a high port, dies out within the burst and rate, and both capservs still
+    answer a real client.
+    """
     limits = ["--udp-rate-loopback", "--udp-rate=100", "--udp-burst=50"]
     with serving(*limits) as first, serving(*limits) as second, attacks.UDPEcho() as echo:
         # capserv <-> capserv: a datagram forged to come from the other.

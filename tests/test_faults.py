@@ -19,10 +19,9 @@ from __future__ import annotations
 import errno
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost, MessageLengthError
@@ -354,13 +353,27 @@ class ConnectionLife(RuleBasedStateMachine):
             assert fired[0]
 
 
-ConnectionLife.TestCase.settings = settings(
-    max_examples=300,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-test_connection_life = ConnectionLife.TestCase
+class ConnectionLifeTests(SynchronousTestCase):
+    """
+    The state machine, as a trial test case so that either runner runs it.
+    """
+
+    def test_connection_life(self) -> None:
+        """
+        Any order of data, half-close, resets, raising writes, clock jumps and
+        a graceful stop keeps the factory's books balanced and every byte
+        written the right uppercase, and ends with every connection closed
+        and no timer left.
+        """
+        run_state_machine_as_test(
+            ConnectionLife,
+            settings=settings(
+                max_examples=300,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
 
 
 # -- the named steps, one test each, so a failure says where -----------------
@@ -384,6 +397,10 @@ class Connection:
 
 class NamedFaultTests(SynchronousTestCase):
     def test_lost_between_half_close_and_flush(self) -> None:
+        """
+        A connection reset after the client's half-close, while the reply backlog is
+        still draining, is cleaned up: no connection and no timer left.
+        """
         c = Connection(high_water=16)
         c.protocol.dataReceived(b"a" * 100)  # type: ignore[union-attr]
         self.assertTrue(c.transport.producerPaused)
@@ -393,6 +410,10 @@ class NamedFaultTests(SynchronousTestCase):
         c.settle()
 
     def test_lost_while_paused(self) -> None:
+        """
+        A connection reset while reading is paused by backpressure is cleaned up, and
+        the pause was counted.
+        """
         c = Connection(high_water=16)
         c.protocol.dataReceived(b"b" * 100)  # type: ignore[union-attr]
         self.assertFalse(c.transport.reading)
@@ -401,6 +422,10 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertEqual(c.factory.stats.pauses, 1)
 
     def test_lost_during_shutdown_grace(self) -> None:
+        """
+        A connection reset while a graceful stop is closing it is cleaned up, and the
+        drain completes.
+        """
         c = Connection(abort_grace=5.0, shutdown_timeout=1.0)
         c.protocol.dataReceived(b"c" * 10)  # type: ignore[union-attr]
         done = c.factory.drain()
@@ -411,6 +436,10 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertTrue(done.called)
 
     def test_lost_after_abort_requested(self) -> None:
+        """
+        A connection aborted after its idle close went unanswered is cleaned up and
+        counted as an abort.
+        """
         c = Connection(idle_timeout=10.0, abort_grace=1.0)
         c.protocol.dataReceived(b"d" * 10)  # type: ignore[union-attr]
         c.clock.advance(12.0)  # idle: closing
@@ -420,6 +449,10 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertEqual(c.factory.stats.aborts, 1)
 
     def test_write_raising_loses_only_that_connection(self) -> None:
+        """
+        A transport whose write raises loses only its own connection; another connection
+        keeps being served.
+        """
         c = Connection()
         other = Connection()
         c.transport.failWrites = True
@@ -432,6 +465,10 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertEqual(other.transport.value(), b"F")
 
     def test_clock_jump_forward_closes_each_once(self) -> None:
+        """
+        A clock that jumps ten days forward closes an idle connection once, counted
+        once, leaving no timer.
+        """
         c = Connection(idle_timeout=5.0, abort_grace=1.0)
         c.clock.advance(10 * 86400)
         self.assertEqual(c.factory.stats.idle_timeouts, 1)
@@ -440,6 +477,10 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertEqual(c.clock.getDelayedCalls(), [])
 
     def test_clock_jump_back_logs_no_negative_duration(self) -> None:
+        """
+        A clock that jumps an hour back makes the close log a duration of 0, never a
+        negative one.
+        """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -451,31 +492,47 @@ class NamedFaultTests(SynchronousTestCase):
         self.assertEqual(durations, [0.0])
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        OSError(errno.EAGAIN, "Resource temporarily unavailable"),
-        OSError(errno.ENOBUFS, "No buffer space available"),
-        OSError(errno.ECONNREFUSED, "Connection refused"),
-        OSError(errno.EHOSTUNREACH, "No route to host"),
-        OSError(errno.EPERM, "Operation not permitted"),
-        MessageLengthError("message too long"),
-    ],
-)
-def test_udp_send_failures_are_counted_not_raised(error: Exception) -> None:
-    clock = Clock()
-    protocol = UppercaseDatagramProtocol(CapservConfig(), clock=clock)
+#: Send errors a UDP socket can raise, from the kernel or from Twisted.
+SEND_ERRORS = [
+    OSError(errno.EAGAIN, "Resource temporarily unavailable"),
+    OSError(errno.ENOBUFS, "No buffer space available"),
+    OSError(errno.ECONNREFUSED, "Connection refused"),
+    OSError(errno.EHOSTUNREACH, "No route to host"),
+    OSError(errno.EPERM, "Operation not permitted"),
+    MessageLengthError("message too long"),
+]
 
-    class Failing:
-        maxPacketSize = 65535
 
-        def write(self, data: bytes, addr: object) -> None:
-            raise error
+class UDPSendFaultTests(SynchronousTestCase):
+    """
+    A datagram transport whose every send raises.
+    """
 
-    protocol.transport = Failing()  # type: ignore[assignment]
-    protocol.startProtocol()
-    for i in range(1000):
-        protocol.datagramReceived(b"x", ("192.0.2.1", 40000 + i))
-        clock.advance(0.01)
-    assert protocol.stats.drops["send_error"] == 1000
-    assert protocol.stats.datagrams_out == 0
+    def test_udp_send_failures_are_counted_not_raised(self) -> None:
+        """
+        Each kind of send error (EAGAIN, ENOBUFS, ECONNREFUSED, EHOSTUNREACH,
+        EPERM, a too-long message) on 1,000 datagrams is counted as a
+        send_error drop each time and never raised to the reactor.
+        """
+        for error in SEND_ERRORS:
+            self.assertSendErrorsCounted(error)
+
+    def assertSendErrorsCounted(self, error: Exception) -> None:
+        """Every send raising ``error``: each datagram is counted as a
+        send_error drop, none as sent, and nothing is raised."""
+        clock = Clock()
+        protocol = UppercaseDatagramProtocol(CapservConfig(), clock=clock)
+
+        class Failing:
+            maxPacketSize = 65535
+
+            def write(self, data: bytes, addr: object) -> None:
+                raise error
+
+        protocol.transport = Failing()  # type: ignore[assignment]
+        protocol.startProtocol()
+        for i in range(1000):
+            protocol.datagramReceived(b"x", ("192.0.2.1", 40000 + i))
+            clock.advance(0.01)
+        self.assertEqual(protocol.stats.drops["send_error"], 1000, repr(error))
+        self.assertEqual(protocol.stats.datagrams_out, 0, repr(error))

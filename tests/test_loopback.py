@@ -24,6 +24,10 @@ from .loopback import HOSTS, in_thread, listen_tcp, listen_udp, stop_tcp, tcp_ex
 @pytest.mark.parametrize("host", HOSTS)
 @pytest_twisted.inlineCallbacks
 def test_tcp_round_trip(host: str) -> Any:
+    """
+    A long text with multi-byte characters and an invalid byte makes a round trip over
+    real TCP sockets, uppercased exactly, on one connection.
+    """
     factory, port = yield listen_tcp(host)
     try:
         text = "Hello, straße! ǆ ΐ \u20ac" * 1000
@@ -37,6 +41,10 @@ def test_tcp_round_trip(host: str) -> Any:
 @pytest.mark.parametrize("host", HOSTS)
 @pytest_twisted.inlineCallbacks
 def test_udp_round_trip_and_whole_datagrams(host: str) -> Any:
+    """
+    Over real UDP sockets a datagram is answered, and one of 60,000 bytes (past 1,024
+    and Twisted's default 8,192) comes back whole.
+    """
     proto, port = listen_udp(host)
     try:
         number = port.getHost().port
@@ -73,6 +81,10 @@ def test_lesson_style_one_shot_client() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_many_clients_concurrently_and_a_silent_one_delays_nobody() -> Any:
+    """
+    Fifty clients at once are each answered while a silent client holds a connection
+    open; only the silent one is left afterwards.
+    """
     from twisted.internet import reactor
 
     factory, port = yield listen_tcp("127.0.0.1")
@@ -92,6 +104,10 @@ def test_many_clients_concurrently_and_a_silent_one_delays_nobody() -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_connection_limit_on_real_sockets() -> Any:
+    """
+    On real sockets a connection over the per-IP limit is closed at once without being
+    served and counted, and the held connections still work.
+    """
     factory, port = yield listen_tcp("127.0.0.1", CapservConfig(max_connections_per_ip=2))
     number = port.getHost().port
     held = [socket.create_connection(("127.0.0.1", number)) for _ in range(2)]

@@ -52,6 +52,10 @@ class Harness:
 
 class StreamTests(SynchronousTestCase):
     def test_echoes_uppercase_as_it_arrives(self) -> None:
+        """
+        Each piece of data is written back in capitals as soon as it arrives, with no
+        framing, and the connection stays open.
+        """
         h = Harness()
         proto, tr = h.connect()
         proto.dataReceived(b"hello ")
@@ -61,6 +65,10 @@ class StreamTests(SynchronousTestCase):
         self.assertFalse(tr.disconnecting)
 
     def test_split_character_across_reads(self) -> None:
+        """
+        A character split across two reads is held until it is complete, then written
+        whole.
+        """
         h = Harness()
         proto, tr = h.connect()
         snow = "☃".encode()
@@ -70,18 +78,28 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(tr.value(), b"A" + snow)
 
     def test_invalid_bytes_unchanged(self) -> None:
+        """
+        Bytes that are not valid UTF-8 come back unchanged among the uppercased ones.
+        """
         h = Harness()
         proto, tr = h.connect()
         proto.dataReceived(b"x\xff\xfey")
         self.assertEqual(tr.value(), b"X\xff\xfeY")
 
     def test_ascii_mode(self) -> None:
+        """
+        With --ascii only a-z are uppercased; é and ß stay as they are.
+        """
         h = Harness(ascii_only=True)
         proto, tr = h.connect()
         proto.dataReceived("é straße".encode())
         self.assertEqual(tr.value(), "é STRAßE".encode())
 
     def test_other_encoding(self) -> None:
+        """
+        With --encoding latin-1, Latin-1 bytes are decoded and uppercased in that
+        encoding.
+        """
         h = Harness(encoding="latin-1")
         proto, tr = h.connect()
         proto.dataReceived("é".encode("latin-1"))
@@ -103,6 +121,10 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertIsNone(tr.producer, "producer must be unregistered or the transport never closes")
 
     def test_waits_for_backlog_to_drain_before_closing(self) -> None:
+        """
+        After the client's half-close the connection closes only once the unsent reply
+        has drained, and reading is not resumed after end of input.
+        """
         h = Harness()
         proto, tr = h.connect()
         proto.dataReceived(b"x" * 10)
@@ -115,6 +137,10 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(tr.producerState, "paused", "must not resume reading after end of input")
 
     def test_abort_if_last_bytes_never_taken(self) -> None:
+        """
+        A half-closed connection whose peer never takes its last bytes is aborted after
+        the idle timeout, counted, and leaves no timer.
+        """
         h = Harness(idle_timeout=30)
         proto, tr = h.connect()
         proto.readConnectionLost()
@@ -129,12 +155,20 @@ class HalfCloseTests(SynchronousTestCase):
 
 class BackpressureTests(SynchronousTestCase):
     def test_transport_registered_as_streaming_producer(self) -> None:
+        """
+        The protocol registers with its transport as a streaming producer, so a full
+        send buffer pauses reading.
+        """
         h = Harness()
         _proto, tr = h.connect()
         self.assertTrue(tr.streaming)
         self.assertIsNotNone(tr.producer)
 
     def test_pause_stops_reading_and_resume_restarts(self) -> None:
+        """
+        Pausing the producer stops reading from the client (counted as a pause) and
+        resuming restarts it.
+        """
         h = Harness()
         _proto, tr = h.connect()
         tr.producer.pauseProducing()
@@ -144,6 +178,10 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(tr.producerState, "producing")
 
     def test_high_water_sets_transport_buffer_size(self) -> None:
+        """
+        --high-water sets the transport's buffer size, the mark past which reading
+        pauses.
+        """
         h = Harness(high_water=4096)
         address = peer()
         proto = h.factory.buildProtocol(address)
@@ -169,6 +207,10 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(datagram_sender(port), port.write)
 
     def test_switch_turns_them_off(self) -> None:
+        """
+        CAPSERV_NO_FASTPATH=1 turns the direct-send fast path off: the transport's own
+        write is used.
+        """
         import os
         import socket
 
@@ -192,6 +234,10 @@ class IdleTimeoutTests(SynchronousTestCase):
     the timeout: between the timeout and 1.1 times it after the last traffic."""
 
     def test_idle_connection_closed_then_aborted(self) -> None:
+        """
+        A connection idle for --idle-timeout is closed (and counted); if it does not
+        finish closing within --abort-grace it is aborted, leaving no timer.
+        """
         h = Harness(idle_timeout=10, abort_grace=2)
         proto, tr = h.connect()
         h.clock.advance(9.9)
@@ -206,6 +252,10 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_traffic_postpones_timeout(self) -> None:
+        """
+        Data from the client postpones the idle timeout; the connection closes only
+        after a full quiet period.
+        """
         h = Harness(idle_timeout=10)
         proto, tr = h.connect()
         for _ in range(5):
@@ -218,6 +268,10 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_drain_counts_as_traffic(self) -> None:
+        """
+        The reply draining to a paused connection counts as traffic for the idle
+        timeout.
+        """
         h = Harness(idle_timeout=10)
         _proto, tr = h.connect()
         tr.producer.pauseProducing()
@@ -229,6 +283,9 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertTrue(tr.disconnecting)
 
     def test_zero_disables(self) -> None:
+        """
+        --idle-timeout 0 sets no timer and never closes an idle connection.
+        """
         h = Harness(idle_timeout=0)
         _proto, tr = h.connect()
         self.assertEqual(h.clock.getDelayedCalls(), [])
@@ -245,6 +302,10 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(len(h.clock.getDelayedCalls()), 1)
 
     def test_each_connection_judged_on_its_own_traffic(self) -> None:
+        """
+        One sweep judges each connection on its own traffic: a quiet one is closed while
+        a busy one stays open.
+        """
         h = Harness(idle_timeout=10)
         _quiet, quiet_tr = h.connect(port=1)
         busy, busy_tr = h.connect(port=2)
@@ -255,6 +316,9 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertFalse(busy_tr.disconnecting)
 
     def test_no_timer_left_once_all_closed(self) -> None:
+        """
+        Once every connection has closed, no idle-sweep timer is left behind.
+        """
         h = Harness()
         protocols = [h.connect(port=i)[0] for i in range(3)]
         for proto in protocols:
@@ -264,6 +328,10 @@ class IdleTimeoutTests(SynchronousTestCase):
 
 class LimitTests(SynchronousTestCase):
     def test_max_connections(self) -> None:
+        """
+        Past --max-connections a new connection is closed at once and counted; the open
+        ones are not disturbed, and a slot frees when one closes.
+        """
         h = Harness(max_connections=2)
         a, _ = h.connect(port=1)
         b, _ = h.connect(port=2)
@@ -287,6 +355,10 @@ class LimitTests(SynchronousTestCase):
         h.lose(proto)
 
     def test_max_connections_per_ip(self) -> None:
+        """
+        Past --max-connections-per-ip a connection from that address is refused and
+        counted, while other addresses still connect.
+        """
         h = Harness(max_connections_per_ip=2)
         h.connect("192.0.2.1", 1)
         h.connect("192.0.2.1", 2)
@@ -297,12 +369,19 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(h.factory.connections_from("192.0.2.1"), 2)
 
     def test_ipv4_mapped_counts_as_ipv4(self) -> None:
+        """
+        An IPv4-mapped IPv6 peer counts against the plain IPv4 address's per-IP limit.
+        """
         h = Harness(max_connections_per_ip=1)
         h.connect("192.0.2.7", 1)
         self.assertRefused(h, "::ffff:192.0.2.7", 2)
         self.assertEqual(h.factory.connections_from("192.0.2.7"), 1)
 
     def test_per_ip_count_released_on_close(self) -> None:
+        """
+        Closing a connection releases its per-IP slot (IPv6 here), so the address can
+        connect again.
+        """
         h = Harness(max_connections_per_ip=1)
         proto, _ = h.connect("2001:db8::1", 1)
         h.lose(proto)
@@ -311,6 +390,9 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(tr.disconnecting)
 
     def test_unix_peers_have_no_per_ip_limit(self) -> None:
+        """
+        UNIX-socket peers have no address and no per-IP limit.
+        """
         h = Harness(max_connections_per_ip=1)
         for _ in range(3):
             proto = h.factory.buildProtocol(UNIXAddress(None))
@@ -318,6 +400,10 @@ class LimitTests(SynchronousTestCase):
             proto.makeConnection(StringTransport(peerAddress=UNIXAddress(None)))
 
     def test_refusals_logged_but_throttled(self) -> None:
+        """
+        Refusals are logged at most once per 10 seconds, naming the limit, and the next
+        line says how many were held back.
+        """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -336,6 +422,10 @@ class LimitTests(SynchronousTestCase):
 
 class LoggingAndStatsTests(SynchronousTestCase):
     def test_one_line_at_close(self) -> None:
+        """
+        A closing connection logs one line with its peer, bytes in and out, duration and
+        why it ended.
+        """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -354,6 +444,9 @@ class LoggingAndStatsTests(SynchronousTestCase):
         self.assertEqual(event["reason"], "end of input")
 
     def test_counters(self) -> None:
+        """
+        The factory's snapshot counts active and total connections and bytes in and out.
+        """
         h = Harness()
         a, _ = h.connect(port=1)
         b, _ = h.connect(port=2)
@@ -369,6 +462,10 @@ class LoggingAndStatsTests(SynchronousTestCase):
 
 class DrainTests(SynchronousTestCase):
     def test_drain_refuses_new_and_waits(self) -> None:
+        """
+        drain() refuses new connections, keeps serving open ones, and fires once they
+        have closed, leaving no timer.
+        """
         h = Harness(shutdown_timeout=10)
         proto, tr = h.connect()
         fired: list[None] = []
@@ -383,6 +480,10 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_drain_timeout_closes_the_rest(self) -> None:
+        """
+        drain() closes the connections still open after --shutdown-timeout, aborts the
+        one that will not close within --abort-grace, then fires.
+        """
         h = Harness(shutdown_timeout=10, abort_grace=1)
         proto, tr = h.connect()
         fired: list[None] = []
@@ -395,6 +496,9 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(fired, [None])
 
     def test_drain_with_nothing_open(self) -> None:
+        """
+        drain() with no connection open fires at once.
+        """
         h = Harness()
         fired: list[None] = []
         h.factory.drain().addCallback(fired.append)
@@ -417,6 +521,10 @@ class ProxyProtocolTests(SynchronousTestCase):
         return wrapper, transport
 
     def test_real_address_counted_and_served(self) -> None:
+        """
+        Behind the PROXY protocol the real client's address is counted and recorded as
+        the peer, not the proxy's, and the client is served.
+        """
         h = Harness(max_connections_per_ip=1)
         _wrapper, transport = self.connect_via_proxy(h, "192.0.2.9", 5555)
         self.assertEqual(transport.value(), b"HELLO")
@@ -426,6 +534,10 @@ class ProxyProtocolTests(SynchronousTestCase):
         self.assertEqual(protocol.peer, IPv4Address("TCP", "192.0.2.9", 5555))
 
     def test_per_ip_limit_applies_to_the_real_client(self) -> None:
+        """
+        Behind the PROXY protocol the per-IP limit applies to the real client: its
+        second connection is refused unserved, another client is served.
+        """
         h = Harness(max_connections_per_ip=1)
         self.connect_via_proxy(h, "192.0.2.9", 1)
         _, second = self.connect_via_proxy(h, "192.0.2.9", 2)
@@ -436,6 +548,10 @@ class ProxyProtocolTests(SynchronousTestCase):
         self.assertEqual(other.value(), b"HELLO")
 
     def test_refused_connection_releases_nothing_it_did_not_hold(self) -> None:
+        """
+        A connection refused behind the PROXY protocol releases no per-IP slot when it
+        is lost, so the held count stays right.
+        """
         h = Harness(max_connections_per_ip=1)
         self.connect_via_proxy(h, "192.0.2.9", 1)
         wrapper, _ = self.connect_via_proxy(h, "192.0.2.9", 2)

@@ -44,12 +44,21 @@ class PropertyTests(SynchronousTestCase):
     @settings(max_examples=400, deadline=None)
     @given(chunked(st.one_of(st.binary(), _noisy_text)))
     def test_chunks_equal_whole(self, case: tuple[bytes, list[bytes]]) -> None:
+        """
+        Any bytes (random, or text with invalid bytes mixed in), cut into any chunks,
+        give exactly the uppercase of the whole input by the reference rules: how the
+        stream is cut never changes the answer.
+        """
         whole, chunks = case
         self.assertEqual(feed_all(Uppercaser(), chunks), reference(whole))
 
     @settings(max_examples=200, deadline=None)
     @given(chunked(st.binary()), st.sampled_from(["latin-1", "cp1252", "utf-8", "shift_jis"]))
     def test_other_encodings(self, case: tuple[bytes, list[bytes]], encoding: str) -> None:
+        """
+        In Latin-1, cp1252, UTF-8 and Shift JIS too, any bytes cut any way give the same
+        answer as the whole input fed at once; for UTF-8 that answer is the reference's.
+        """
         whole, chunks = case
         out = feed_all(Uppercaser(encoding), chunks)
         self.assertEqual(out, feed_all(Uppercaser(encoding), [whole]))
@@ -59,6 +68,10 @@ class PropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(st.binary())
     def test_ascii_mode_maps_only_a_to_z(self, data: bytes) -> None:
+        """
+        In ASCII mode exactly the bytes a-z become A-Z; every other byte, and the
+        length, stay the same.
+        """
         out = feed_all(Uppercaser(ascii_only=True), [data[:3], data[3:]])
         self.assertEqual(len(out), len(data))
         for before, after in zip(data, out, strict=False):
@@ -80,11 +93,19 @@ class ExampleTests(SynchronousTestCase):
     """
 
     def test_full_case_mapping(self) -> None:
+        """
+        Python's full case mapping is used: "straße" becomes "STRASSE", the digraph "ǆ"
+        becomes "Ǆ", and "ΐ" becomes three code points.
+        """
         self.assertEqual(uppercase("straße".encode()), b"STRASSE")
         self.assertEqual(uppercase("ǆ".encode()), "Ǆ".encode())
         self.assertEqual(uppercase("ΐ".encode()).decode(), "\u0399\u0308\u0301")
 
     def test_split_character_held(self) -> None:
+        """
+        A multi-byte character split across reads is held back until it is complete,
+        then sent whole; nothing is left pending after it.
+        """
         codec = Uppercaser()
         euro = "€".encode()
         self.assertEqual(codec.feed(b"a" + euro[:1]), b"A")
@@ -94,6 +115,10 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(codec.flush(), b"")
 
     def test_partial_character_flushed_unchanged(self) -> None:
+        """
+        A partial character left at the end of input is flushed unchanged, and the codec
+        is ready for a new stream afterwards.
+        """
         codec = Uppercaser()
         self.assertEqual(codec.feed(b"x\xe2\x82"), b"X")
         self.assertEqual(codec.flush(), b"\xe2\x82")
@@ -101,6 +126,10 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(codec.feed(b"y"), b"Y")
 
     def test_invalid_bytes_pass_through(self) -> None:
+        """
+        Bytes that are not valid UTF-8 pass through unchanged while the valid text
+        around them is uppercased.
+        """
         self.assertEqual(uppercase(b"caf\xe9 \xff\xfe ok"), b"CAF\xe9 \xff\xfe OK")
 
     def test_ascii_fast_path_skips_decoder(self) -> None:
@@ -116,11 +145,18 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(codec.feed(b"hello, world\n"), b"HELLO, WORLD\n")
 
     def test_ascii_after_pending_takes_slow_path(self) -> None:
+        """
+        An ASCII chunk that follows a pending partial character does not take the ASCII
+        fast path: the pending byte is emitted before it, in order.
+        """
         codec = Uppercaser()
         codec.feed(b"\xc3")
         self.assertEqual(codec.feed(b"a"), b"\xc3A")
 
     def test_ascii_mode_leaves_unicode_alone(self) -> None:
+        """
+        ASCII mode leaves non-ASCII characters (ß, é) as they are, byte for byte.
+        """
         data = "straße é".encode()
         self.assertEqual(Uppercaser(ascii_only=True).feed(data), b"STRA\xc3\x9fE \xc3\xa9")
 
@@ -130,6 +166,9 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(uppercase(data, "latin-1"), "ÿµÉ".encode("latin-1"))
 
     def test_wide_encoding(self) -> None:
+        """
+        UTF-16-LE text cut in the middle of a code unit is uppercased correctly.
+        """
         data = "abc€".encode("utf-16-le")
         codec = Uppercaser("utf-16-le")
         out = codec.feed(data[:3]) + codec.feed(data[3:]) + codec.flush()
@@ -143,11 +182,19 @@ class ExampleTests(SynchronousTestCase):
     # Found by fuzz/fuzz_codec.py; each used to raise or to depend on the cuts.
 
     def test_wide_encoding_trailing_odd_byte_flushed(self) -> None:
+        """
+        In UTF-16-LE a trailing odd byte is held, then flushed unchanged at the end,
+        never raised.
+        """
         codec = Uppercaser("utf-16-le")
         self.assertEqual(codec.feed(b"\xff" * 8 + b"h"), b"\xff" * 8)
         self.assertEqual(codec.flush(), b"h")
 
     def test_wide_encoding_invalid_units_do_not_depend_on_cuts(self) -> None:
+        """
+        Invalid UTF-16-LE units (a lone surrogate) give the same output wherever the
+        input is cut, and pass through unchanged.
+        """
         data = b"q\x00\x7f\xdc\x00\x00\x01\x00MQQQ\xff\xda\x80@"
         whole = uppercase(data, "utf-16-le")
         for cut in range(len(data) + 1):
@@ -156,11 +203,19 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(whole[:4], b"Q\x00\x7f\xdc")
 
     def test_byte_order_mark_once_per_stream(self) -> None:
+        """
+        With the UTF-16 codec the byte-order mark is written once, at the start of the
+        reply, not once per chunk.
+        """
         codec = Uppercaser("utf-16")
         out = codec.feed("ab".encode("utf-16")) + codec.feed("cd".encode("utf-16-le")) + codec.flush()
         self.assertEqual(out, "ABCD".encode("utf-16"))
 
     def test_stateful_codecs_never_raise(self) -> None:
+        """
+        Stateful codecs (UTF-16, UTF-32, UTF-7, ISO-2022-JP) given the inputs that once
+        made them raise return bytes, in pieces and whole.
+        """
         samples = [
             ("utf-16", b"\x00"),
             ("utf-16", b"\x00\x03\x04"),
@@ -175,12 +230,20 @@ class ExampleTests(SynchronousTestCase):
             self.assertIsInstance(uppercase(data, encoding), bytes)
 
     def test_ascii_compatibility(self) -> None:
+        """
+        UTF-8 and Latin-1 count as ASCII-compatible (eligible for the fast path);
+        UTF-16-LE and UTF-7 do not.
+        """
         self.assertTrue(is_ascii_compatible("utf-8"))
         self.assertTrue(is_ascii_compatible("latin-1"))
         self.assertFalse(is_ascii_compatible("utf-16-le"))
         self.assertFalse(is_ascii_compatible("utf-7"))
 
     def test_lookup_encoding(self) -> None:
+        """
+        Encoding names are normalised ("UTF8" is "utf-8"); unknown codecs and non-text
+        codecs (rot13) raise LookupError.
+        """
         self.assertEqual(lookup_encoding("UTF8"), "utf-8")
         self.assertRaises(LookupError, lookup_encoding, "no-such-codec")
         self.assertRaises(LookupError, lookup_encoding, "rot13")

@@ -47,6 +47,10 @@ def make(**config: object) -> tuple[UppercaseDatagramProtocol, FakeDatagramTrans
 
 class ReplyTests(SynchronousTestCase):
     def test_one_reply_per_datagram_to_source(self) -> None:
+        """
+        Each datagram gets one reply with its uppercase text, sent to the datagram's own
+        source address, and is counted.
+        """
         proto, tr, _ = make()
         proto.datagramReceived("straße".encode(), CLIENT)
         proto.datagramReceived(b"two", ("192.0.2.2", 5000))
@@ -54,25 +58,42 @@ class ReplyTests(SynchronousTestCase):
         self.assertEqual(proto.stats.datagrams_out, 2)
 
     def test_empty_datagram_gets_empty_reply(self) -> None:
+        """
+        An empty datagram gets an empty reply.
+        """
         proto, tr, _ = make()
         proto.datagramReceived(b"", CLIENT)
         self.assertEqual(tr.written, [(b"", CLIENT)])
 
     def test_invalid_and_partial_bytes_unchanged(self) -> None:
+        """
+        Invalid bytes and a partial character at the end of a datagram come back
+        unchanged.
+        """
         proto, tr, _ = make()
         proto.datagramReceived(b"a\xff\xe2\x82", CLIENT)
         self.assertEqual(tr.written[0][0], b"A\xff\xe2\x82")
 
     def test_ascii_mode(self) -> None:
+        """
+        With --ascii, non-ASCII characters in a datagram are left alone.
+        """
         proto, tr, _ = make(ascii_only=True)
         proto.datagramReceived("ß é".encode(), CLIENT)
         self.assertEqual(tr.written[0][0], "ß é".encode())
 
     def test_max_packet_size_raised(self) -> None:
+        """
+        Starting the protocol raises the port's read size to 65,535 bytes, so datagrams
+        are never cut at Twisted's default of 8,192.
+        """
         _, tr, _ = make()
         self.assertEqual(tr.maxPacketSize, MAX_DATAGRAM)
 
     def test_ipv6_source(self) -> None:
+        """
+        A datagram from an IPv6 source (a four-item address) is answered.
+        """
         proto, tr, _ = make()
         proto.datagramReceived(b"v6", ("2001:db8::1", 40000, 0, 0))
         self.assertEqual(tr.written[0][0], b"V6")
@@ -80,6 +101,10 @@ class ReplyTests(SynchronousTestCase):
 
 class OversizeTests(SynchronousTestCase):
     def test_reply_over_ipv4_limit_dropped(self) -> None:
+        """
+        A reply that grows past the IPv4 limit (2-byte characters that uppercase to 6
+        bytes) is not sent, and the drop is counted as oversize.
+        """
         proto, tr, _ = make()
         # 'ΐ' is 2 bytes and uppercases to 6: a 30,000-byte datagram grows
         # to 90,000, over the limit.
@@ -88,11 +113,18 @@ class OversizeTests(SynchronousTestCase):
         self.assertEqual(proto.stats.drops["oversize"], 1)
 
     def test_largest_reply_sent(self) -> None:
+        """
+        A reply of exactly 65,507 bytes, the IPv4 limit, is sent whole.
+        """
         proto, tr, _ = make()
         proto.datagramReceived(b"a" * MAX_REPLY_IPV4, CLIENT)
         self.assertEqual(len(tr.written[0][0]), MAX_REPLY_IPV4)
 
     def test_ipv6_limit(self) -> None:
+        """
+        A 65,527-byte reply goes to an IPv6 peer, but the same reply to an IPv4-mapped
+        peer is over the IPv4 limit and dropped.
+        """
         proto, tr, _ = make()
         proto.datagramReceived(b"a" * MAX_REPLY_IPV6, ("2001:db8::1", 4000, 0, 0))
         proto.datagramReceived(b"a" * MAX_REPLY_IPV6, ("::ffff:192.0.2.1", 4000, 0, 0))
@@ -102,6 +134,10 @@ class OversizeTests(SynchronousTestCase):
 
 class LowPortTests(SynchronousTestCase):
     def test_low_source_ports_not_answered(self) -> None:
+        """
+        Datagrams from source ports below 1024 (where echo and chargen live) are not
+        answered and counted as low_port; port 1024 is.
+        """
         proto, tr, _ = make()
         for port in (7, 19, 1023):
             proto.datagramReceived(b"loop", ("192.0.2.1", port))
@@ -110,6 +146,9 @@ class LowPortTests(SynchronousTestCase):
         self.assertEqual(proto.stats.drops["low_port"], 3)
 
     def test_option_allows_them(self) -> None:
+        """
+        --udp-allow-low-ports answers a datagram from port 7.
+        """
         proto, tr, _ = make(udp_allow_low_ports=True)
         proto.datagramReceived(b"echo", ("192.0.2.1", 7))
         self.assertEqual(tr.written, [(b"ECHO", ("192.0.2.1", 7))])
@@ -117,6 +156,10 @@ class LowPortTests(SynchronousTestCase):
 
 class RateLimitTests(SynchronousTestCase):
     def test_burst_then_rate(self) -> None:
+        """
+        A source gets its burst at once, then the rest are dropped and counted until the
+        rate refills tokens with time.
+        """
         proto, tr, clock = make(udp_rate=10, udp_burst=5)
         for _ in range(8):
             proto.datagramReceived(b"x", CLIENT)
@@ -128,6 +171,10 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(len(tr.written), 7)
 
     def test_sources_independent(self) -> None:
+        """
+        The rate limit is per source IP: another port of the same IP shares its bucket,
+        another IP has its own.
+        """
         proto, tr, _ = make(udp_rate=1, udp_burst=1)
         proto.datagramReceived(b"a", ("192.0.2.1", 2000))
         proto.datagramReceived(b"b", ("192.0.2.1", 2001))  # same IP, other port: same bucket
@@ -135,12 +182,19 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual([w[0] for w in tr.written], [b"A", b"C"])
 
     def test_ipv4_mapped_shares_ipv4_bucket(self) -> None:
+        """
+        An IPv4 address seen as IPv4-mapped IPv6 shares the bucket of the plain IPv4
+        address.
+        """
         proto, tr, _ = make(udp_rate=1, udp_burst=1)
         proto.datagramReceived(b"a", ("192.0.2.9", 2000))
         proto.datagramReceived(b"b", ("::ffff:192.0.2.9", 2000, 0, 0))
         self.assertEqual(len(tr.written), 1)
 
     def test_loopback_exempt_by_default(self) -> None:
+        """
+        Loopback sources (127.0.0.1 and ::1) are not rate-limited by default.
+        """
         proto, tr, _ = make(udp_rate=1, udp_burst=1)
         for _ in range(10):
             proto.datagramReceived(b"x", ("127.0.0.1", 2000))
@@ -148,12 +202,18 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(len(tr.written), 20)
 
     def test_loopback_limited_when_asked(self) -> None:
+        """
+        --udp-rate-loopback rate-limits loopback sources too.
+        """
         proto, tr, _ = make(udp_rate=1, udp_burst=1, udp_rate_loopback=True)
         for _ in range(10):
             proto.datagramReceived(b"x", ("127.0.0.1", 2000))
         self.assertEqual(len(tr.written), 1)
 
     def test_zero_disables(self) -> None:
+        """
+        --udp-rate 0 turns the rate limit off: no buckets, every datagram answered.
+        """
         proto, tr, _ = make(udp_rate=0)
         for _ in range(3000):
             proto.datagramReceived(b"x", CLIENT)
@@ -161,6 +221,10 @@ class RateLimitTests(SynchronousTestCase):
         self.assertIsNone(proto.buckets)
 
     def test_table_bounded(self) -> None:
+        """
+        The rate limiter remembers at most --udp-rate-table-size sources, evicting the
+        rest.
+        """
         proto, _tr, _ = make(udp_rate=1, udp_burst=1, udp_rate_table_size=100)
         for i in range(1000):
             proto.datagramReceived(b"x", (f"10.0.{i // 256}.{i % 256}", 2000))
@@ -169,6 +233,9 @@ class RateLimitTests(SynchronousTestCase):
         self.assertEqual(proto.buckets.evictions, 900)
 
     def test_buckets_least_recently_seen_evicted(self) -> None:
+        """
+        When the table is full, the least recently seen source is forgotten first.
+        """
         buckets = TokenBuckets(rate=1, burst=1, max_size=2)
         self.assertTrue(buckets.allow("a", 0))
         self.assertTrue(buckets.allow("b", 0))
@@ -177,6 +244,10 @@ class RateLimitTests(SynchronousTestCase):
         self.assertFalse(buckets.allow("a", 0))  # a was kept, still empty
 
     def test_clock_going_backwards_refills_nothing(self) -> None:
+        """
+        A clock that goes backwards refills no tokens, and the bucket refills normally
+        once time passes again.
+        """
         buckets = TokenBuckets(rate=1, burst=1, max_size=2)
         self.assertTrue(buckets.allow("a", 100))
         self.assertFalse(buckets.allow("a", 50))
@@ -186,6 +257,10 @@ class RateLimitTests(SynchronousTestCase):
 
 class SendErrorTests(SynchronousTestCase):
     def test_errors_counted_and_logged_now_and_then(self) -> None:
+        """
+        Send errors are each counted, logged as one warning (no traceback) per 10
+        seconds, and the next warning says how many were held back.
+        """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
