@@ -27,6 +27,8 @@ def number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]:
             raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
         if result != result or result < minimum:
             raise ValueError(f"--{option}: {value!r} must be >= {minimum:g}")
+        if result == float("inf"):
+            raise ValueError(f"--{option}: {value!r} must be a finite number (0 turns it off)")
         return result
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]

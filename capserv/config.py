@@ -88,7 +88,7 @@ class CapservConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, f"must be a whole number >= 1, not {value!r}")
         if self.udp_rate > 0 and self.udp_burst < 1:
-            raise ConfigError("udp_burst", "must be >= 1 while udp_rate is on")
+            raise ConfigError("udp_burst", f"must be >= 1 while the UDP rate limit is on, not {self.udp_burst}")
 
     def replace(self, **changes: object) -> CapservConfig:
         """

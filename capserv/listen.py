@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import IService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
@@ -126,7 +126,10 @@ class _Arguments:
                 args.append(part)
         if args:
             if len(args) > 1 or positional in self.kwargs:
-                raise self.error(f"too many values; write {allowed[0]} once{_ipv6_hint(description)}")
+                hint = _ipv6_hint(description)
+                if hint:
+                    raise self.error(hint)
+                raise self.error(f"too many values; write {allowed[0]} once")
             self.kwargs[positional] = args[0]
         unknown = sorted(set(self.kwargs) - set(allowed))
         if unknown:
@@ -154,13 +157,17 @@ class _Arguments:
 
     def interface(self, default: str) -> str:
         text = self.kwargs.get("interface", default)
+        if "interface" in self.kwargs and not text:
+            raise self.error(
+                "interface is empty; write an IP address such as 127.0.0.1 (0.0.0.0 for every IPv4 address)"
+            )
         if text:
             try:
                 ipaddress.ip_address(text.split("%", 1)[0])
             except ValueError:
                 raise self.error(
-                    f"interface must be an IP address such as 127.0.0.1 or \\:\\:1, not {text!r}"
-                    f"{_ipv6_hint(self.description)}"
+                    _ipv6_hint(self.description)
+                    or f"interface must be an IP address such as 127.0.0.1 or \\:\\:1, not {text!r}"
                 ) from None
         return text
 
@@ -183,7 +190,7 @@ def _ipv6_hint(description: str) -> str:
     match = _UNESCAPED_V6.search(description)
     if match is None or "\\" in match.group(1):
         return ""
-    return f" (escape an IPv6 address's colons: interface={_escape(match.group(1))})"
+    return f"escape an IPv6 address's colons: write interface={_escape(match.group(1))}"
 
 
 def parse_listen(description: str) -> Listener:
@@ -231,6 +238,8 @@ class Listener:
 
     datagram = False
     shareable = False
+    #: What the listening log line says it serves.
+    what = "streams"
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -299,7 +308,7 @@ def _bind_error(description: str, e: OSError, address: str) -> ListenError:
 class _SocketListener(Listener):
     """A listener that binds its own socket and hands it to the reactor."""
 
-    _log = Logger()
+    _log = Logger(namespace="capserv.listen")
     _socket: socket.socket | None = None
     what = "streams"
 
@@ -447,6 +456,12 @@ class UnixListener(_SocketListener):
     def where(self) -> str:
         return self.path
 
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        served = MultiService()
+        _RemoveOnStop(self.path).setServiceParent(served)  # type: ignore[no-untyped-call]
+        super().service(handler, reactor, native).setServiceParent(served)
+        return served
+
     def _make(self, reuse_port: bool) -> socket.socket:
         self._remove_stale()
         sock = _stream_socket(socket.AF_UNIX, self.path, self.backlog, False)
@@ -507,6 +522,8 @@ def _check_systemd_index(args: _Arguments, index: int, kind: int) -> None:
             "systemd socket activation: see docs/operations"
         )
     if index >= len(descriptors):
+        if len(descriptors) == 1:
+            raise args.error("systemd passed 1 socket; write index 0")
         raise args.error(f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}")
     with socket.socket(fileno=descriptors[index]) as probe:
         actual = probe.type
@@ -632,6 +649,12 @@ class EndpointListener(Listener):
 
         if kind == "ssl":
             _require_tls(description)
+            named = {part.split("=", 1)[0] for part in _split(description)[1:]}
+            if "privateKey" not in named:
+                raise ListenError(
+                    f"--listen {description!r}: ssl: needs privateKey=KEY.pem "
+                    "(and certKey=CERT.pem when the key file holds no certificate)"
+                )
         slot = _ReactorSlot()
         try:
             endpoint = serverFromString(slot, description)
@@ -643,6 +666,11 @@ class EndpointListener(Listener):
                 raise ListenError(f"--listen {description!r}: unknown kind {kind!r}; {_KINDS_HINT}") from None
             raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
         except Exception as e:  # endpoint parsers (plugins too) raise many kinds
+            if type(e).__module__.startswith("OpenSSL"):
+                raise ListenError(
+                    f"--listen {description!r}: the key or certificate is not usable PEM "
+                    "(a PEM private key in privateKey=, its certificate there or in certKey=)"
+                ) from None
             raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
         return cls(description, endpoint, slot)
 
@@ -669,7 +697,7 @@ class EndpointListener(Listener):
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         self._slot.reactor = reactor
-        service: IService = endpoint_service(_Logged(self.endpoint, self.description, "streams"), handler)
+        service: IService = endpoint_service(_Logged(self.endpoint, self.description, self.what), handler)
         return service
 
 
@@ -716,7 +744,7 @@ class SocketEndpoint:
 class _Logged:
     """An endpoint that logs where it listens, with the operator's description."""
 
-    _log = Logger()
+    _log = Logger(namespace="capserv.listen")
 
     def __init__(self, endpoint: IStreamServerEndpoint, description: str, what: str) -> None:
         self.endpoint = endpoint
@@ -736,6 +764,21 @@ class _Logged:
         return self.endpoint.listen(factory).addCallback(listening)
 
 
+class _RemoveOnStop(Service):
+    """Remove a UNIX socket's file once its listener has stopped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        try:
+            if stat.S_ISSOCK(os.stat(self.path).st_mode):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
 class _DatagramService(Service):
     """
     Serve a bound datagram socket with a datagram protocol while running
@@ -743,7 +786,7 @@ class _DatagramService(Service):
     one the listener bound, through ``IReactorSocket.adoptDatagramPort``).
     """
 
-    _log = Logger()
+    _log = Logger(namespace="capserv.listen")
 
     def __init__(self, listener: DatagramListener, protocol: DatagramProtocol, reactor: Any) -> None:
         self.listener = listener

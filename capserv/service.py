@@ -30,6 +30,7 @@ from capserv.reactor import describe_reactor
 from capserv.rlimits import raise_file_limit
 from capserv.tcp import UppercaseFactory
 from capserv.udp import DatagramState
+from capserv.workers import FORCE_SIGNAL
 
 __all__ = ["CapservService", "StartError", "fatal", "plural"]
 
@@ -54,7 +55,7 @@ class CapservService(MultiService):
     datagram state, with a graceful stop.
     """
 
-    _log = Logger()
+    _log = Logger(namespace="capserv")
 
     def __init__(
         self, config: CapservConfig, factory: UppercaseFactory, datagrams: DatagramState, reactor: Any
@@ -70,14 +71,28 @@ class CapservService(MultiService):
         self.on_force: list[Callable[[], None]] = []
         #: Set once a second signal has forced the stop.
         self.forced = False
+        #: A worker of ``--workers``: its supervisor forces a stop with
+        #: `capserv.workers.FORCE_SIGNAL`; stop signals it gets directly as
+        #: well as from the supervisor count once.
+        self.worker = False
         self._stopping = False
+        self._force_pending = False
 
     def privilegedStartService(self) -> None:
         """
         Start every listener; if one fails, stop those started and exit
         with one line (`fatal`).
         """
-        raise_file_limit(self.config.max_connections + 256)
+        wanted = self.config.max_connections + 256
+        limit = raise_file_limit(wanted)
+        if limit < wanted:
+            self._log.warn(
+                "The open-file limit is {limit}: about {most} connections at once, below --max-connections "
+                "{max_connections}; raise it (ulimit -n, LimitNOFILE= in the unit) or lower --max-connections",
+                limit=limit,
+                most=max(limit - 256, 0),
+                max_connections=self.config.max_connections,
+            )
         started = []
         try:
             for child in self:
@@ -94,6 +109,8 @@ class CapservService(MultiService):
         for child in self:
             if not child.running:
                 child.startService()
+        if self.worker:
+            self._install(FORCE_SIGNAL, self._forced_by_supervisor)
         # Logged once the reactor runs, when its signal handlers are in
         # place: from this line on, SIGTERM means a graceful stop.
         self.reactor.callWhenRunning(
@@ -115,17 +132,25 @@ class CapservService(MultiService):
         self._catch_second_signal()
         # Refuse at once anything accepted before the listeners are closed.
         self.factory.stop_accepting()
+        children = list(self)
+        parallel = [c for c in children if getattr(c, "stops_in_parallel", False)]
         listeners = DeferredList(
-            [maybeDeferred(child.stopService) for child in reversed(list(self))], consumeErrors=True
+            [maybeDeferred(child.stopService) for child in reversed(children) if child not in parallel],
+            consumeErrors=True,
         )
-        return listeners.addCallback(self._drain).addCallback(self._stopped)
+        own = listeners.addCallback(self._drain)
+        others = [maybeDeferred(child.stopService) for child in parallel]
+        if self._force_pending:
+            self.force_stop()
+        return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
     def _drain(self, _: object) -> Deferred[None]:
         open_now = len(self.factory.connections)
         if open_now:
             self._log.info(
-                "Stopping: no longer listening; {open} open, waiting up to {timeout:g}s for them to finish",
+                "Stopping: no longer listening; {open} open, waiting up to {timeout:g}s for {them} to finish",
                 open=plural(open_now, "connection"),
+                them="it" if open_now == 1 else "them",
                 count=open_now,
                 timeout=self.config.shutdown_timeout,
             )
@@ -137,9 +162,11 @@ class CapservService(MultiService):
             if not self.forced:
                 clear_exit_signal(self.reactor)
             self._log.info(
-                "capserv stopped: {tcp} and {udp} served{how}",
+                "capserv stopped: {tcp} served and {udp} answered{how}",
                 tcp=plural(self.factory.stats.connections_total, "TCP connection"),
-                udp=plural(self.datagrams.stats.datagrams_in, "datagram"),
+                udp=plural(self.datagrams.stats.datagrams_out, "datagram"),
+                tcp_connections=self.factory.stats.connections_total,
+                datagrams_answered=self.datagrams.stats.datagrams_out,
                 how=" (forced by a second signal)" if self.forced else "",
             )
 
@@ -152,16 +179,35 @@ class CapservService(MultiService):
         ``ReactorNotRunning`` traceback).
         """
 
-        def handler(signum: int, frame: object) -> None:
-            self.reactor.callFromThread(self.force_stop, signum)
-
+        if self.worker:
+            # The supervisor's SIGTERM may follow one sent to every process
+            # of the service: only FORCE_SIGNAL forces a worker's stop.
+            for signum in STOP_SIGNALS:
+                self._install(signum, lambda: None)
+            return
         for signum in STOP_SIGNALS:
-            try:
-                signal.signal(signum, handler)
-            except (ValueError, OSError):  # not the main thread: embedding
-                return
+            self._install(signum, self.force_stop)
 
-    def force_stop(self, signum: int | None = None) -> None:
+    def _install(self, signum: int, action: Callable[[], None]) -> None:
+        """Run ``action`` in the reactor's thread when ``signum`` arrives."""
+
+        def handler(number: int, frame: object) -> None:
+            self.reactor.callFromThread(action)
+
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, OSError):  # not the main thread: embedding
+            pass
+
+    def _forced_by_supervisor(self) -> None:
+        if self._stopping:
+            self.force_stop()
+        else:
+            # Stop, then force at once: the supervisor is past waiting.
+            self._force_pending = True
+            self.reactor.stop()
+
+    def force_stop(self) -> None:
         """
         Abort every open connection now, ending a graceful stop at once.
         """

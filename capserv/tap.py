@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -27,7 +28,14 @@ from capserv.reactor import choose_reactor
 from capserv.service import CapservService, StartError
 from capserv.tcp import UppercaseFactory
 from capserv.udp import DatagramState
-from capserv.workers import OrphanWatch, WorkerPool, reuse_port_supported
+from capserv.workers import (
+    MAX_WORKERS_PER_CPU,
+    OrphanWatch,
+    WorkerPool,
+    reuse_port_supported,
+    worker_command,
+    worker_slot,
+)
 
 __all__ = ["Options", "makeService"]
 
@@ -67,7 +75,6 @@ class Options(usage.Options):
             "(native transports are faster; see docs/operations).",
         ],
         ["udp-allow-low-ports", None, "Answer datagrams from source ports below 1024 (off by default: loop guard)."],
-        ["worker", None, "(internal) run as one of --workers: share ports, start no others."],
         ["udp-rate-loopback", None, "Apply --udp-rate to loopback sources too (exempt by default)."],
     ]
 
@@ -188,7 +195,7 @@ class Options(usage.Options):
             message = str(e).removeprefix(_TWISTED_PREFIX) or "bad option"
             if getattr(self, "parent", None) is None:
                 raise usage.UsageError(message) from None
-            raise SystemExit(f"twistd capserv: {message}\nTry 'twistd capserv --help' for the options.") from None
+            raise SystemExit(f"capserv: {message}\nTry 'twistd capserv --help' for the options.") from None
 
     def opt_version(self) -> None:
         """
@@ -218,9 +225,16 @@ class Options(usage.Options):
                     "write a stream listen string such as tcp:9150:interface=127.0.0.1"
                 )
             self["metrics_listener"] = metrics
+        self["worker"] = worker_slot() is not None
         if self["workers"] > 1 or self["worker"]:
             if not reuse_port_supported():
                 raise usage.UsageError("--workers needs Linux's SO_REUSEPORT; leave --workers out here")
+            most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+            if self["workers"] > most:
+                raise usage.UsageError(
+                    f"--workers: {self['workers']} is more than {most} ({MAX_WORKERS_PER_CPU} per CPU here); "
+                    "one worker per CPU is the usual choice"
+                )
             for listener in self["listen"]:
                 if not listener.shareable:
                     raise usage.UsageError(
@@ -288,6 +302,7 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
         from capserv.metrics import metrics_site
 
         site = metrics_site(factory, datagrams, workers)
+        metrics.what = "metrics (HTTP)"
         metrics.service(site, reactor).setServiceParent(service)
     if workers > 1:
         pool = WorkerPool(
@@ -297,8 +312,9 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
             settings.shutdown_timeout + settings.abort_grace + 5,
         )
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
-        service.on_force.append(pool.signal_all)
+        service.on_force.append(pool.force)
     if config.get("worker"):
+        service.worker = True
         OrphanWatch(reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
@@ -329,18 +345,12 @@ def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
 
 def _worker_command(config: Options | dict[str, Any], listeners: list[Listener]) -> list[str]:
     """
-    The command line of the other workers: twistd in the foreground with no
-    pid file and this process's logging and reactor, then capserv's own
-    options less ``--workers``, ``--listen`` (they get the concrete ports
+    The command line of the other workers: this process's reactor, capserv's
+    own options less ``--workers``, ``--listen`` (they get the concrete ports
     this process bound) and ``--metrics`` (only this process serves it).
     """
-    twistd = ["--nodaemon", "--pidfile="]
     parent = getattr(config, "parent", None)
-    if parent is not None:
-        for name in ("logfile", "logger", "reactor"):
-            value = parent.get(name)
-            if value:
-                twistd.append(f"--{name}={value}")
+    reactor = parent.get("reactor") if parent is not None else None
     own: list[str] = []
     skip = False
     for arg in config.get("argv", []):
@@ -350,8 +360,6 @@ def _worker_command(config: Options | dict[str, Any], listeners: list[Listener])
             skip = True
         elif not arg.startswith(("--workers=", "--listen=", "--metrics=")):
             own.append(arg)
-    listen = []
     for listener in listeners:
-        listen += ["--listen", listener.with_port(listener.bound_port())]
-    run = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-    return [sys.executable, "-c", run, *twistd, "capserv", *own, *listen, "--worker"]
+        own += ["--listen", listener.with_port(listener.bound_port())]
+    return worker_command(own, reactor)

@@ -178,13 +178,14 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if held is not None:
             self._log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
-                "{held} more drops since the last report; totals: {drops}",
+                "{held} more drops since the last report; totals: {totals}",
                 peer=f"{addr[0]}:{addr[1]}",
                 reason=reason,
                 size=size,
                 detail=f": {detail}" if detail else "",
                 held=held,
                 drops=dict(self.stats.drops),
+                totals=", ".join(f"{name} {count}" for name, count in sorted(self.stats.drops.items())),
             )
 
     def snapshot(self) -> dict[str, Any]:

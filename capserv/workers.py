@@ -5,16 +5,26 @@ The process twistd runs binds every listener with ``SO_REUSEPORT`` (so
 ``port 0`` becomes a real port), then `WorkerPool` starts the other N-1 as
 ``twistd capserv --worker`` children listening on the same concrete ports;
 the kernel spreads connections and datagrams across them.  A worker that
-exits is replaced, after a delay that doubles while it keeps dying; a stop
-passes SIGTERM on to every worker and waits for them, and a second stop
-signal passes a second SIGTERM on (which makes each worker abort its
-connections).  Children are started with ``reactor.spawnProcess`` and
-watched by a `ProcessProtocol`; a worker whose parent has gone stops by
-itself (`OrphanWatch`).
+exits is replaced, after a delay that doubles while it keeps dying.
+
+Signals: a stop passes SIGTERM on to every worker and drains this process's
+own connections meanwhile; a second stop signal sends each worker SIGUSR2,
+which makes it abort its connections.  Workers ignore SIGINT and a repeated
+SIGTERM, so a Ctrl-C to the whole process group, or a service manager
+signalling every process of the service, is still one graceful stop.
+
+Logs: workers log JSON lines to a pipe that this process reads and logs
+again through its own observers (``--logfile``, ``--logger``), marked with
+the worker's number, so every line of every process reaches one place whole.
+
+Children are started with ``reactor.spawnProcess`` and watched by a
+`ProcessProtocol`; a worker whose supervisor has gone stops by itself
+(`OrphanWatch`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,10 +37,52 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-__all__ = ["OrphanWatch", "WorkerPool", "reuse_port_supported"]
+__all__ = [
+    "FORCE_SIGNAL",
+    "MAX_WORKERS_PER_CPU",
+    "OrphanWatch",
+    "WorkerPool",
+    "reuse_port_supported",
+    "worker_command",
+    "worker_slot",
+]
+
+#: More workers than this many per CPU only add processes that wait.
+MAX_WORKERS_PER_CPU = 8
+#: What the supervisor sends its workers when a second signal forces a stop.
+FORCE_SIGNAL = signal.SIGUSR2
+#: The environment variable that makes a ``twistd capserv`` a worker: its
+#: number (the supervisor is 0).
+WORKER_VARIABLE = "CAPSERV_WORKER"
+
+#: A worker's program: twistd, with SIGINT ignored (twistd then leaves it
+#: ignored) so that a Ctrl-C reaches only the supervisor.
+_RUN = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+)
+
+
+def worker_slot() -> int | None:
+    """This process's worker number, or `None` if it is not a worker."""
+    value = os.environ.get(WORKER_VARIABLE, "")
+    return int(value) if value.isdigit() else None
+
+
+def worker_command(capserv_args: list[str], reactor: str | None = None) -> list[str]:
+    """
+    The command line of a worker: twistd in the foreground, no pid file,
+    JSON-lines logs on stdout for the supervisor, the supervisor's
+    ``--reactor`` if it was given one, then ``capserv CAPSERV_ARGS``.
+    """
+    twistd = ["--nodaemon", "--pidfile=", "--logger=capserv.logs.json_lines"]
+    if reactor:
+        twistd.append(f"--reactor={reactor}")
+    return [sys.executable, "-c", _RUN, *twistd, "capserv", *capserv_args]
+
 
 #: The longest wait before replacing a worker that keeps dying.
 MAX_BACKOFF = 30.0
@@ -45,21 +97,15 @@ def reuse_port_supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-#: The descriptor a worker holds open for as long as it lives: its closing
-#: tells the supervisor the worker has exited.
-LIFELINE_FD = 3
-
-
 class _Worker(ProcessProtocol):
     """
-    One child worker: reports its end to the pool.
+    One child worker: relays its log lines and reports its end to the pool.
 
     Twisted learns that a child exited from SIGCHLD, which the asyncio
     reactor on uvloop does not always see (uvloop takes the signal wakeup
-    descriptor for itself).  So every worker also holds a pipe, the
-    lifeline, whose end-of-file when the worker exits makes this protocol
-    reap it at once (retrying for the instant between the pipe closing and
-    the process becoming reapable).
+    descriptor for itself).  So the end of the worker's stdout, when it
+    exits, also makes this protocol reap it (retrying for the instant
+    between the pipe closing and the process becoming reapable).
     """
 
     def __init__(self, pool: WorkerPool, slot: int, started: float) -> None:
@@ -67,9 +113,23 @@ class _Worker(ProcessProtocol):
         self.slot = slot
         self.started = started
         self.ended = False
+        self.pid = 0
+        self._partial = {1: b"", 2: b""}
+
+    def outReceived(self, data: bytes) -> None:
+        self._lines(1, data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._lines(2, data)
+
+    def _lines(self, fd: int, data: bytes) -> None:
+        *lines, self._partial[fd] = (self._partial[fd] + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.pool.relay(self, line, fd == 2)
 
     def childConnectionLost(self, childFD: int) -> None:  # noqa: N803 - Twisted's name
-        if childFD == LIFELINE_FD:
+        if childFD == 1:
             self._reap()
 
     def _reap(self, tries: int = 50) -> None:
@@ -92,7 +152,10 @@ class WorkerPool(Service):
     service runs.
     """
 
-    _log = Logger()
+    _log = Logger(namespace="capserv.workers")
+    #: `capserv.service.CapservService` drains its own connections while
+    #: this stops, instead of after.
+    stops_in_parallel = True
 
     def __init__(self, count: int, command: list[str], reactor: Any, stop_timeout: float) -> None:
         """
@@ -117,20 +180,45 @@ class WorkerPool(Service):
         for slot in range(1, self.count):
             self._spawn(slot)
         pids = [transport.pid for _, transport in self.workers.values()]
-        self._log.info("Started {n} more workers: {pids}", n=len(pids), pids=", ".join(map(str, pids)))
+        self._log.info(
+            "Started {workers}: {pids}",
+            workers=f"{len(pids)} more worker" + ("" if len(pids) == 1 else "s"),
+            pids=", ".join(map(str, pids)),
+        )
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, slot: int) -> int:
         self._pending.pop(slot, None)
         worker = _Worker(self, slot, self.reactor.seconds())
+        env = dict(os.environ, **{WORKER_VARIABLE: str(slot)})
         with open(os.devnull, "rb") as devnull:
             transport = self.reactor.spawnProcess(
-                worker,
-                self.command[0],
-                self.command,
-                env=None,
-                childFDs={0: devnull.fileno(), 1: 1, 2: 2, LIFELINE_FD: "r"},
+                worker, self.command[0], self.command, env=env, childFDs={0: devnull.fileno(), 1: "r", 2: "r"}
             )
         self.workers[slot] = (worker, transport)
+        worker.pid = transport.pid
+        return worker.pid
+
+    def relay(self, worker: _Worker, line: bytes, error: bool = False) -> None:
+        """
+        Log one line of a worker's output through this process's observers:
+        a JSON event (the worker's log) with its text, level and fields, or
+        any other line (a crash on stderr) as an error.
+        """
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(line)
+        except ValueError:
+            record = {"text": line.decode("utf-8", "replace"), "level": "error" if error else "info"}
+        try:
+            level = LogLevel.levelWithName(str(record.pop("level", "info")))
+        except Exception:
+            level = LogLevel.info
+        namespace = str(record.pop("namespace", "capserv.worker"))
+        text = str(record.pop("text", ""))
+        fields = {k: v for k, v in record.items() if not k.startswith("log_") and k not in ("time", "format", "level")}
+        fields["worker"] = worker.slot
+        Logger(namespace=namespace).emit(level, "{text}", text=text, log_system=f"worker {worker.slot}", **fields)
 
     def ended(self, worker: _Worker, code: int | None, signum: int | None) -> None:
         """A worker exited: replace it, or count it out of a stop."""
@@ -145,13 +233,22 @@ class WorkerPool(Service):
         self._backoff[worker.slot] = delay
         self.restarts += 1
         self._log.error(
-            "Worker {slot} exited with {how} after {lived:.1f}s; starting another in {delay:g}s",
+            "Worker {slot} (pid {pid}) exited with {how} after {lived:.1f}s; starting another in {delay:g}s",
             slot=worker.slot,
+            pid=worker.pid,
             how=how,
             lived=lived,
             delay=delay,
         )
-        self._pending[worker.slot] = self.reactor.callLater(delay, self._spawn, worker.slot)
+        self._pending[worker.slot] = self.reactor.callLater(delay, self._replace, worker.slot)
+
+    def _replace(self, slot: int) -> None:
+        pid = self._spawn(slot)
+        self._log.info("Started worker {slot} again: pid {pid}", slot=slot, pid=pid)
+
+    def force(self) -> None:
+        """A second stop signal: make every worker abort its connections."""
+        self.signal_all(FORCE_SIGNAL)
 
     def signal_all(self, signum: int = signal.SIGTERM) -> None:
         """Send every running worker a signal."""
@@ -194,7 +291,7 @@ class OrphanWatch(Service):
     worker outlives its supervisor.
     """
 
-    _log = Logger()
+    _log = Logger(namespace="capserv.workers")
 
     def __init__(self, reactor: Any, interval: float = 1.0) -> None:
         self.reactor = reactor

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 TCP0 = "tcp:0:interface=127.0.0.1"
 UDP0 = "udp:0:interface=127.0.0.1"
 
-_LISTENING = re.compile(r"Listening for (streams|datagrams) on (\S+) \((.*)\)$")
+_LISTENING = re.compile(r"Listening for (streams|datagrams|metrics \(HTTP\)) on (\S+) \((.*)\)$")
 
 
 def script_path(name: str) -> str:
@@ -55,8 +55,20 @@ def default_signals() -> None:
 class Daemon:
     """One running ``twistd -n capserv``; use as a context manager."""
 
-    def __init__(self, args: Sequence[str], cwd: str | None = None, reactor: str | None = None) -> None:
-        command = [twistd_path(), "-n", "--pidfile="]
+    def __init__(
+        self,
+        args: Sequence[str],
+        cwd: str | None = None,
+        reactor: str | None = None,
+        twistd_args: Sequence[str] = (),
+        new_session: bool = False,
+    ) -> None:
+        """
+        :param twistd_args: more of twistd's own options (``--logfile=...``).
+        :param new_session: run in a process group of its own, which a test
+            may signal as a terminal's Ctrl-C does.
+        """
+        command = [twistd_path(), "-n", "--pidfile=", *twistd_args]
         if reactor is None:
             reactor = os.environ.get("CAPSERV_TEST_REACTOR")
         if reactor and reactor != "default":
@@ -66,6 +78,7 @@ class Daemon:
         self.process = subprocess.Popen(
             command,
             preexec_fn=default_signals,
+            start_new_session=new_session,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import socket
 import ssl
@@ -109,6 +110,7 @@ def test_several_listeners_at_once(tmp_path: Path) -> None:
         daemon.signal(signal.SIGINT)
         assert daemon.wait() == 0
     assert "127.0.0.1:" in daemon.output and "closed after" in daemon.output
+    assert not sock.exists(), "the UNIX socket's file is removed at stop"
 
 
 def test_tls(tmp_path: Path) -> None:
@@ -329,7 +331,7 @@ def test_workers_share_ports_and_stop_together() -> None:
     import re
 
     with Daemon(["--workers", "2", "--listen", TCP0, "--listen", UDP0]) as daemon:
-        daemon.wait_for("Started 1 more workers")
+        daemon.wait_for("Started 1 more worker:")
         # Both processes are up once each has logged its start.
         deadline = time.monotonic() + 20
         while daemon.output.count(" started (") < 2 and time.monotonic() < deadline:
@@ -484,13 +486,13 @@ def test_a_worker_that_dies_is_replaced() -> None:
     import re
 
     with Daemon(["--workers", "2", "--listen", TCP0]) as daemon:
-        line = daemon.wait_for("Started 1 more workers")
-        pid = int(re.findall(r"workers: (\d+)", line)[0])
+        line = daemon.wait_for("Started 1 more worker:")
+        pid = int(re.findall(r"worker: (\d+)", line)[0])
         deadline = time.monotonic() + 20
         while daemon.output.count(" started (") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
-        daemon.wait_for("Worker 1 exited with signal 9")
+        daemon.wait_for(f"Worker 1 (pid {pid}) exited with signal 9")
         deadline = time.monotonic() + 20
         while daemon.output.count(" started (") < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -501,3 +503,74 @@ def test_a_worker_that_dies_is_replaced() -> None:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     assert daemon.output.count("capserv stopped") == 2
+
+
+def _all_started(daemon: Daemon, processes: int) -> None:
+    """Wait until ``processes`` start lines are in the daemon's output."""
+    deadline = time.monotonic() + 20
+    while daemon.output.count(" started (") < processes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.output.count(" started (") == processes, daemon.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+def test_ctrl_c_to_the_process_group_is_one_graceful_stop() -> None:
+    """A terminal's Ctrl-C signals every process of --workers at once: that
+    is one graceful stop (open connections finish), not a forced one; and
+    the supervisor drains its own connections while the workers drain."""
+    args = ["--workers", "2", "--listen", TCP0, "--shutdown-timeout=30"]
+    with Daemon(args, new_session=True) as daemon:
+        _all_started(daemon, 2)
+        host, port = daemon.address(0)
+        clients = []
+        try:
+            for i in range(8):
+                s = socket.create_connection((host, port), timeout=20)
+                s.sendall(f"part one {i} ".encode())
+                clients.append(s)
+            for i, s in enumerate(clients):
+                expected = f"PART ONE {i} ".encode()
+                got = b""
+                while len(got) < len(expected):
+                    got += s.recv(100)
+                assert got == expected
+            os.killpg(daemon.process.pid, signal.SIGINT)
+            daemon.wait_for("Stopping: no longer listening")
+            for i, s in enumerate(clients):
+                s.sendall(f"part two {i}".encode())
+                s.shutdown(socket.SHUT_WR)
+                assert read_all(s) == f"PART TWO {i}".encode()
+            assert daemon.wait() == 0
+        finally:
+            for s in clients:
+                s.close()
+    assert "Second stop signal" not in daemon.output
+    assert daemon.output.count("capserv stopped") == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+def test_workers_log_whole_lines_to_one_logfile(tmp_path: Path) -> None:
+    """With --workers and --logfile, every process's lines reach the one
+    file whole: one close line per connection, a start line per process,
+    worker lines marked with the worker's number."""
+    logfile = tmp_path / "capserv.log"
+    with Daemon(["--workers", "3", "--listen", TCP0], twistd_args=[f"--logfile={logfile}"]) as daemon:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if logfile.exists() and logfile.read_text().count(" started (") == 3:
+                break
+            time.sleep(0.1)
+        text = logfile.read_text()
+        match = re.search(r"Listening for streams on (127\.0\.0\.1):(\d+)", text)
+        assert match, text
+        host, port = match.group(1), int(match.group(2))
+        for i in range(60):
+            assert tcp_exchange(host, port, f"line {i}".encode()) == f"LINE {i}".encode()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    lines = logfile.read_text().splitlines()
+    closes = [line for line in lines if " closed after " in line]
+    assert len(closes) == 60, "\n".join(lines)
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\S+ \[", line) for line in lines), "\n".join(lines)
+    assert sum(" started (" in line for line in lines) == 3
+    assert any(line.split(" ", 1)[1].startswith("[worker 1]") for line in lines)

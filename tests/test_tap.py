@@ -135,6 +135,8 @@ class OptionsTests(SynchronousTestCase):
             (["--listen", "nope:1"], "nope:1"),
             (["--listen", "udp:1:color=red"], "color"),
             (["--metrics", "udp:9150"], "--metrics"),
+            (["--shutdown-timeout=inf"], "--shutdown-timeout"),
+            (["--workers=100000", "--listen", LOCAL], "--workers"),
         ]:
             with self.assertRaises(usage.UsageError, msg=args) as caught:
                 parse(*args)
@@ -196,7 +198,10 @@ class ListenParsingTests(SynchronousTestCase):
             ("tcp", "no port given"),
             ("udp:", "port must be a number"),
             ("udp:1:2", "too many values"),
-            ("tcp6:5000:interface=::1", "interface=\\:\\:1"),
+            ("tcp6:5000:interface=::1", "escape an IPv6 address's colons: write interface=\\:\\:1"),
+            ("udp:5000:interface=", "interface is empty"),
+            ("tcp:5000:interface=", "interface is empty"),
+            ("ssl:5000", "ssl: needs privateKey=KEY.pem"),
             ("tcp:5000:interface=foo", "interface must be an IP address"),
             ("tcp6:5000:interface=127.0.0.1", "use tcp: for IPv4"),
             ("tcp:5000:backlog=0", "backlog must be a whole number >= 1"),
@@ -308,7 +313,7 @@ class ServiceTests(SynchronousTestCase):
         try:
             service.stopService().addCallback(done.append)
             self.assertIsNot(signal.getsignal(signal.SIGTERM), previous[signal.SIGTERM])
-            service.force_stop(signal.SIGTERM)
+            service.force_stop()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -339,12 +344,12 @@ class ServiceTests(SynchronousTestCase):
             reactor.advance(0)
         finally:
             globalLogPublisher.removeObserver(observe)
-        self.assertIn("Stopping: no longer listening; 1 connection open, waiting up to 5s for them to finish", lines)
+        self.assertIn("Stopping: no longer listening; 1 connection open, waiting up to 5s for it to finish", lines)
         closes = [i for i, line in enumerate(lines) if "closed after" in line]
         stopped = [i for i, line in enumerate(lines) if line.startswith("capserv stopped")]
         self.assertEqual(len(stopped), 1)
         self.assertTrue(closes and closes[-1] < stopped[0], lines)
-        self.assertIn("1 TCP connection and 0 datagrams served", lines[stopped[0]])
+        self.assertIn("1 TCP connection served and 0 datagrams answered", lines[stopped[0]])
         self.assertFalse([line for line in lines if " object at 0x" in line])
 
     def test_plural(self) -> None:
@@ -372,3 +377,14 @@ class TLSBindTests(SynchronousTestCase):
                 makeService(options, reactor=MemoryReactorClock())
         self.assertIn(f"127.0.0.1:{port} is already in use", str(caught.exception.code))
         self.assertFalse(options["listen"][0].bound)
+
+    def test_key_file_that_is_not_pem(self) -> None:
+        """A key file that is not PEM is named as such, not in OpenSSL's words."""
+        key = self.mktemp()
+        with open(key, "w") as f:
+            f.write("not a key\n")
+        with self.assertRaises(ListenError) as caught:
+            parse_listen(f"ssl:0:privateKey={key}")
+        message = str(caught.exception)
+        self.assertIn("not usable PEM", message)
+        self.assertNotIn("routines", message)
