@@ -518,19 +518,27 @@ CONCURRENCY_LABELS = {
 HOLD_RESERVE_KIB = 4 * 1024 * 1024
 
 
-def pss_kib(pids: list[int]) -> int:
+def footprint_kib(pids: list[int]) -> int:
     """
-    Proportional set size of processes, in KiB: each page shared by n of
-    them counts 1/n.  Summed over a forking server and its children it is
-    what the clients cost the machine; RSS would count the pages every child
-    shares with its parent once per child.
+    What a server and its children hold in memory, in KiB: the server
+    process's resident set, plus each child's private pages (the pages it
+    alone holds: its own allocations and the pages it copied on write).
+    Pages a forked child still shares with its parent are counted once, in
+    the parent; RSS summed over the children would count them once per
+    child, and PSS would shift with whatever other processes on the machine
+    map the same libraries.
     """
     total = 0
-    for pid in pids:
+    for index, pid in enumerate(pids):
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+            if index == 0:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            else:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1])
         except OSError:
             pass  # a child that has just exited
     return total
@@ -551,7 +559,7 @@ def hold_idle(server: Server, cap: int, wait: float) -> dict[str, Any]:
     connection that is refused, reset or not answered within ``wait``
     seconds, or when the machine runs low on memory.
     """
-    before = pss_kib(server.pids())
+    before = footprint_kib(server.pids())
     held: list[socket.socket] = []
     stopped = ""
     try:
@@ -578,7 +586,7 @@ def hold_idle(server: Server, cap: int, wait: float) -> dict[str, Any]:
                 break
             held.append(conn)
         time.sleep(0.5)
-        during = pss_kib(server.pids())
+        during = footprint_kib(server.pids())
     finally:
         for conn in held:
             conn.close()
@@ -689,8 +697,8 @@ def write_concurrency(report: dict[str, Any], out: Path) -> None:
         f"Throughput: medians of "
         f'{report["settings"]["rounds"]} rounds of {report["settings"]["seconds"]:g} s (min-max); "answered" is how '
         "many of the clients open at once got any reply at all (the fewest over the rounds).  Idle: connections "
-        f"opened one by one, one round trip each, up to {report['settings']['hold']:,}; memory is the growth of the "
-        "server's proportional set size (PSS, over all its processes) per connection held.",
+        f"opened one by one, one round trip each, up to {report['settings']['hold']:,}; memory is the growth, per "
+        "connection held, of the server's resident memory plus its children's private pages.",
         "",
         ".. list-table::",
         "   :header-rows: 1",

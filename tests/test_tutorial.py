@@ -183,6 +183,7 @@ def test_lesson_tcp_one_recv_is_not_one_message(port: int, tmp_path: Path) -> No
         reply = probe(port, "two-writes")
         assert reply.startswith("sent 'hello ' and 'world' in two writes, got back 'HELLO ', and the server ")
         assert lesson_client("tcp_client.py", port, tmp_path, "a" * 2000).count("A") == 1024
+        assert lesson_client("tcp_client.py", port, tmp_path, "straße").endswith("From Server:  STRAßE\n")
         assert probe(port, "split-char") == (
             "sent 'café' in two writes, split inside the 'é', got back 'CAF\\xc3', and the server closed the connection"
         )
@@ -268,3 +269,21 @@ def test_capserv_idle_timeout_closes_a_silent_client(port: int) -> None:
     lines = said.splitlines()
     assert lines[0] == f"connected to localhost:{port}, sending nothing (Ctrl-C ends)"
     assert re.fullmatch(r"the server closed the connection after \d+\.\d s", lines[1])
+
+
+def test_lesson_tcp_server_leaves_its_port_in_time_wait(port: int, tmp_path: Path) -> None:
+    """
+    After the lesson's TCP server has served a client and stopped, the next
+    server cannot listen on its port (TIME_WAIT without SO_REUSEADDR), and
+    twisted_tcp.py says so in one line, as the page warns.
+    """
+    with running("lesson/tcp_server.py", port, tmp_path):
+        assert lesson_client("tcp_client.py", port, tmp_path, "hello") == TCP_CLIENT_HELLO
+    result = subprocess.run(
+        [sys.executable, str(copy_on_port("twisted_tcp.py", port, tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"cannot listen on TCP 127.0.0.1:{port}: Address already in use\n"
