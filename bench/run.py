@@ -765,10 +765,14 @@ def plot_concurrency(report: dict[str, Any], path: Path) -> None:
         bars = ax.bar(short, heights, color=colours, yerr=[low, high], capsize=3, ecolor="black")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-        for bar, note in zip(bars, notes, strict=True):
+        for bar, note, top in zip(bars, notes, high, strict=True):
             if bar.get_height() > 0:
                 ax.annotate(
-                    note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7
+                    note,
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height() + top),  # above the error bar
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
                 )
         ax.tick_params(axis="x", labelsize=7)
         ax.margins(y=0.25)
