@@ -112,7 +112,12 @@ def capserv(port: int, *options: str) -> Iterator[Daemon]:
 
 
 def probe(port: int, *args: str, timeout: float = 1.0) -> str:
-    """Run probe.py as the page does (with a shorter wait for replies); its one line."""
+    """
+    Run probe.py as the page does, with a shorter wait for replies; its one
+    line.  The tests give two-writes and split-char a longer pause between
+    the writes than the page's 0.5 s, so that a server slowed by a busy CI
+    machine still reads the first write alone.
+    """
     result = subprocess.run(
         [sys.executable, str(PROBE), "--port", str(port), "--timeout", str(timeout), *args],
         stdin=subprocess.DEVNULL,
@@ -180,11 +185,11 @@ def test_lesson_tcp_one_recv_is_not_one_message(port: int, tmp_path: Path) -> No
     """
     with running("lesson/tcp_server.py", port, tmp_path):
         assert lesson_client("tcp_client.py", port, tmp_path, "hello") == TCP_CLIENT_HELLO
-        reply = probe(port, "two-writes")
+        reply = probe(port, "--pause", "1", "two-writes")
         assert reply.startswith("sent 'hello ' and 'world' in two writes, got back 'HELLO ', and the server ")
         assert lesson_client("tcp_client.py", port, tmp_path, "a" * 2000).count("A") == 1024
         assert lesson_client("tcp_client.py", port, tmp_path, "straße").endswith("From Server:  STRAßE\n")
-        assert probe(port, "split-char") == (
+        assert probe(port, "--pause", "1", "split-char") == (
             "sent 'café' in two writes, split inside the 'é', got back 'CAF\\xc3', and the server closed the connection"
         )
 
@@ -221,8 +226,14 @@ def test_twisted_tcp_serves_everyone_but_drops_replies_at_half_close(port: int, 
     with running("twisted_tcp.py", port, tmp_path):
         assert lesson_client("tcp_client.py", port, tmp_path, "hello") == TCP_CLIENT_HELLO
         with socket.create_connection(("127.0.0.1", port), timeout=5):
-            assert probe(port, "two-writes") == "sent 'hello ' and 'world' in two writes, got back 'HELLO WORLD'"
-        assert probe(port, "split-char") == "sent 'café' in two writes, split inside the 'é', got back 'CAFé'"
+            assert (
+                probe(port, "--pause", "1", "two-writes")
+                == "sent 'hello ' and 'world' in two writes, got back 'HELLO WORLD'"
+            )
+        assert (
+            probe(port, "--pause", "1", "split-char")
+            == "sent 'café' in two writes, split inside the 'é', got back 'CAFé'"
+        )
         assert probe(port, "tcp", "hello") == "got back nothing: the server closed the connection without replying"
         piped = probe(port, "pipe", "32", timeout=5)
         first, got = piped.split("; ")
@@ -251,8 +262,14 @@ def test_capserv_passes_every_probe(port: int) -> None:
     with capserv(port):
         assert probe(port, "big-datagram", "10000") == "sent 10000 bytes by UDP, got 10000 back: all of it"
         assert probe(port, "bad-utf8") == "sent 'caf\\xe9' (not UTF-8) by UDP, got back 'CAF\\xe9'"
-        assert probe(port, "two-writes") == "sent 'hello ' and 'world' in two writes, got back 'HELLO WORLD'"
-        assert probe(port, "split-char") == "sent 'café' in two writes, split inside the 'é', got back 'CAFÉ'"
+        assert (
+            probe(port, "--pause", "1", "two-writes")
+            == "sent 'hello ' and 'world' in two writes, got back 'HELLO WORLD'"
+        )
+        assert (
+            probe(port, "--pause", "1", "split-char")
+            == "sent 'café' in two writes, split inside the 'é', got back 'CAFÉ'"
+        )
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             assert probe(port, "tcp", "hello, straße").startswith("got back 'HELLO, STRASSE' after ")
         first, got = probe(port, "pipe", "32", timeout=5).split("; ")
