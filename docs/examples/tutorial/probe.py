@@ -65,6 +65,8 @@ def udp_exchange(args, payload):
             return None
         except ConnectionRefusedError:
             return None  # ICMP port unreachable: nothing is listening (any more)
+        except OSError as e:
+            sys.exit(f"cannot send to UDP {args.host}:{args.port}: {e.strerror or e}")
         return reply
 
 
@@ -172,10 +174,12 @@ def silent(args):
 
 def pipe(args):
     """
-    Send MEGABYTES without reading, as a pipe that has not started reading
-    yet does; then read.  Shows whether the server stops reading when its
-    replies are not being taken (backpressure), and whether it sends the
-    whole reply after the half-close.
+    Send MEGABYTES without reading, then read: backpressure? the whole reply?
+
+    This is what a pipe that has not started reading yet does.  Shows
+    whether the server stops reading when its replies are not being taken
+    (backpressure), and whether it sends the whole reply after the
+    half-close.
     """
     total = args.megabytes * MB
     sock = connect(args)
@@ -228,15 +232,19 @@ CHECKS = {
 }
 
 
+def first_paragraph(text):
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_paragraph(__doc__))
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=50007)
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply (2)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between two writes (0.5)")
     sub = parser.add_subparsers(dest="check", required=True, metavar="CHECK")
     for name, check in CHECKS.items():
-        command = sub.add_parser(name, help=check.__doc__.strip().splitlines()[0])
+        command = sub.add_parser(name, help=first_paragraph(check.__doc__))
         if name == "big-datagram":
             command.add_argument("size", type=int, help="bytes in the datagram")
         if name == "tcp":
