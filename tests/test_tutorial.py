@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -70,8 +71,14 @@ class Program:
             text=True,
         )
         assert self.process.stdout is not None
-        first = self.process.stdout.readline()  # bounded: the reader's timeout below kills a hung start
-        assert "ready to receive" in first, first
+        ready, _, _ = select.select([self.process.stdout], [], [], 30)
+        if not ready:
+            self.stop()
+            raise AssertionError(f"{path.name} printed nothing in 30 s")
+        first = self.process.stdout.readline()  # the programs print whole lines
+        if "ready to receive" not in first:
+            self.stop()
+            raise AssertionError(f"{path.name} did not start: {first}")
         self.output = first
 
     def finish(self, timeout: float = 10.0) -> str:
