@@ -116,6 +116,9 @@ def server_command(name: str, port: int, workers: int) -> list[str]:
         return [python, str(HERE / "peers" / "twisted_tutorial.py"), str(port)]
     if name == "iterative":
         return [python, str(HERE / "peers" / "iterative.py"), str(port)]
+    if name.split("-")[0] in ("forking", "threading"):
+        # forking, threading, forking-tuned, threading-tuned (--concurrency)
+        return [python, str(HERE / "peers" / "socketserver_server.py"), str(port), *name.split("-")]
     raise ValueError(name)
 
 
@@ -228,7 +231,7 @@ def run_workload(
     if data["errors"]:
         raise RuntimeError(f"{server.name} gave {data['errors']} wrong replies in {workload}")
     value = data["ops"] if workload == "bulk" else data["ops"] / data["seconds"]
-    return {"value": value, "cpu": cpu_used / wall, "errors": data["errors"]}
+    return {"value": value, "cpu": cpu_used / wall, "errors": data["errors"], "answered": data.get("answered")}
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -247,7 +250,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="seconds-long run: 1 round, tiny loads")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--from-json", help="rebuild the table and plots from a saved results.json; run nothing")
+    parser.add_argument(
+        "--concurrency",
+        action="store_true",
+        help="only the lesson's last slide: capserv, the iterative server and the process- and thread-per-client "
+        "servers, on connect-per-message, request/response with 100 connections and idle connections; "
+        "writes OUT/concurrency/",
+    )
+    parser.add_argument("--hold", type=int, default=2000, help="--concurrency: idle connections to try to hold (2000)")
     args = parser.parse_args()
+    if args.concurrency:
+        run_concurrency(args)
+        return
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
         out = Path(args.out)
@@ -480,6 +494,309 @@ def plot(report: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "idle_memory.png", dpi=110)
         plt.close(fig)
+
+
+# ---- --concurrency: the lesson's last slide, measured ----------------------
+#
+# "The solution is to use a concurrent server, that makes a copy of itself or
+# child to deal with each client."  These runs put the standard library's
+# process-per-client and thread-per-client servers (bench/peers/
+# socketserver_server.py) beside the lesson's iterative server and capserv's
+# one event loop, on the workloads they can all be given.
+
+CONCURRENCY_SERVERS = ["capserv", "iterative", "forking", "threading", "forking-tuned", "threading-tuned"]
+CONCURRENCY_WORKLOADS = {"connect_20": 20, "rr_100x64": 100}  # workload: clients it opens at once
+CONCURRENCY_LABELS = {
+    "capserv": "capserv (one event loop)",
+    "iterative": "iterative (the lesson's server)",
+    "forking": "ForkingTCPServer (a process per client)",
+    "threading": "ThreadingTCPServer (a thread per client)",
+    "forking-tuned": "ForkingTCPServer, backlog 1024, no child cap",
+    "threading-tuned": "ThreadingTCPServer, backlog 1024",
+}
+#: Stop opening idle connections when the machine has less memory than this left.
+HOLD_RESERVE_KIB = 4 * 1024 * 1024
+
+
+def footprint_kib(pids: list[int]) -> int:
+    """
+    What a server and its children hold in memory, in KiB: the server
+    process's resident set, plus each child's private pages (the pages it
+    alone holds: its own allocations and the pages it copied on write).
+    Pages a forked child still shares with its parent are counted once, in
+    the parent; RSS summed over the children would count them once per
+    child, and PSS would shift with whatever other processes on the machine
+    map the same libraries.
+    """
+    total = 0
+    for index, pid in enumerate(pids):
+        try:
+            if index == 0:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            else:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass  # a child that has just exited
+    return total
+
+
+def mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def hold_idle(server: Server, cap: int, wait: float) -> dict[str, Any]:
+    """
+    Open up to ``cap`` connections one after another, each with one round trip
+    (so the server has taken it on), and keep them all open: how many does
+    the server hold, and what does each cost it?  Stops at the first
+    connection that is refused, reset or not answered within ``wait``
+    seconds, or when the machine runs low on memory.
+    """
+    before = footprint_kib(server.pids())
+    held: list[socket.socket] = []
+    stopped = ""
+    try:
+        for number in range(1, cap + 1):
+            if number % 100 == 0 and mem_available_kib() < HOLD_RESERVE_KIB:
+                stopped = f"stopped at {number - 1}: the machine was running low on memory"
+                break
+            try:
+                conn = socket.create_connection(("127.0.0.1", server.port), timeout=wait)
+            except OSError as e:
+                stopped = f"connection {number} failed: {e.strerror or e}"
+                break
+            try:
+                conn.sendall(b"x")
+                if conn.recv(1) != b"X":
+                    raise ConnectionResetError(0, "closed without a reply")
+            except TimeoutError:
+                stopped = f"connection {number} got no reply within {wait:g} s"
+                conn.close()
+                break
+            except OSError as e:
+                stopped = f"connection {number} failed: {e.strerror or e}"
+                conn.close()
+                break
+            held.append(conn)
+        time.sleep(0.5)
+        during = footprint_kib(server.pids())
+    finally:
+        for conn in held:
+            conn.close()
+    return {
+        "held": len(held),
+        "cap": cap,
+        # A handful of connections is lost in the allocator's noise.
+        "kib_per_conn": (during - before) / len(held) if len(held) >= 20 else None,
+        "stopped": stopped,
+    }
+
+
+def run_concurrency(args: argparse.Namespace) -> None:
+    """The --concurrency run: measure, then write OUT/concurrency/ (results.json, results.rst, concurrency.png)."""
+    out = Path(args.out) / "concurrency"
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        write_concurrency(report, out)
+        print(f"rebuilt {out} from {args.from_json}")
+        return
+    if args.smoke:
+        args.rounds, args.seconds, args.hold = 1, 0.3, 60
+    wait = 0.5 if args.smoke else 2.0
+    given = any(a == "--servers" or a.startswith("--servers=") for a in sys.argv[1:])
+    servers = args.servers.split(",") if given else CONCURRENCY_SERVERS
+    out.mkdir(parents=True, exist_ok=True)
+    raise_nofile()
+    load_before = os.getloadavg()
+    samples: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    holds: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        loadgen = build_loadgen(Path(work))
+        for round_number in range(args.rounds):
+            for name in servers:
+                server = Server(name)
+                try:
+                    for workload in CONCURRENCY_WORKLOADS:
+                        slot = samples.setdefault(name, {}).setdefault(
+                            workload, {"value": [], "answered": [], "failures": []}
+                        )
+                        try:
+                            sample = run_workload(loadgen, server, workload, args.seconds, args.bulk_mb, args.idle, 1)
+                        except (RuntimeError, subprocess.TimeoutExpired) as e:
+                            slot["failures"].append(str(e))
+                            print(f"round {round_number + 1} {name:16} {workload:10} FAILED: {e}", flush=True)
+                            server.stop()
+                            server = Server(name)
+                            continue
+                        slot["value"].append(sample["value"])
+                        slot["answered"].append(sample["answered"])
+                        print(
+                            f"round {round_number + 1} {name:16} {workload:10} {sample['value']:10.1f}/s  "
+                            f"clients answered {sample['answered']}/{CONCURRENCY_WORKLOADS[workload]}",
+                            flush=True,
+                        )
+                    if round_number == 0:
+                        holds[name] = hold_idle(server, args.hold, wait)
+                        h = holds[name]
+                        per = f"{h['kib_per_conn']:.1f} KiB each" if h["kib_per_conn"] is not None else ""
+                        print(f"hold {name:16} held {h['held']}/{args.hold} {per} {h['stopped']}", flush=True)
+                finally:
+                    server.stop()
+    report = {
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "hold": args.hold, "reply_wait": wait},
+        "workloads": {
+            w: {"unit": WORKLOADS[w][1], "what": WORKLOADS[w][2], "clients": n}
+            for w, n in CONCURRENCY_WORKLOADS.items()
+        },
+        "labels": {name: CONCURRENCY_LABELS.get(name, name) for name in servers},
+        "results": {
+            name: {
+                w: {
+                    "value": summarize(v["value"]) if v["value"] else None,
+                    "answered": min(v["answered"]) if v["answered"] and None not in v["answered"] else None,
+                    "failures": v["failures"],
+                }
+                for w, v in per.items()
+            }
+            for name, per in samples.items()
+        },
+        "idle": holds,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_concurrency(report, out)
+    print(f"wrote {out / 'results.json'}, {out / 'results.rst'} and {out / 'concurrency.png'}")
+
+
+def write_concurrency(report: dict[str, Any], out: Path) -> None:
+    """The table (results.rst, for the tutorial) and the plot (concurrency.png) of a --concurrency report."""
+    machine = report["machine"]
+    load = ", ".join(f"{x:.1f}" for x in machine["load_average_before"])
+    load_after = ", ".join(f"{x:.1f}" for x in machine["load_average_after"])
+    lines = [
+        ".. Generated by bench/run.py --concurrency; do not edit.",
+        "",
+        f"Command: ``{report['command']}``, {report['when']}, {machine['cpus']} CPUs, Python {machine['python']}, "
+        f"{machine['platform']}; load average (1, 5, 15 min) {load} before the run and {load_after} after it.  "
+        f"Throughput: medians of "
+        f'{report["settings"]["rounds"]} rounds of {report["settings"]["seconds"]:g} s (min-max); "answered" is how '
+        "many of the clients open at once got any reply at all (the fewest over the rounds).  Idle: connections "
+        f"opened one by one, one round trip each, up to {report['settings']['hold']:,}; memory is the growth, per "
+        "connection held, of the server's resident memory plus its children's private pages.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - server",
+        "     - connect-per-message, 20 at once (sessions/s; answered)",
+        "     - request/response, 100 connections, 64 B (messages/s; answered)",
+        "     - idle connections held",
+        "     - memory per idle connection",
+    ]
+    for name, label in report["labels"].items():
+        lines.append(f"   * - {label}")
+        for workload, meta in report["workloads"].items():
+            data = report["results"].get(name, {}).get(workload)
+            if not data or data["value"] is None:
+                failures = data["failures"] if data else []
+                lines.append(f"     - failed: ``{failures[0]}``" if failures else "     - n/a")
+                continue
+            v = data["value"]
+            answered = f"; {data['answered']} of {meta['clients']}" if data["answered"] is not None else ""
+            lines.append(f"     - {v['median']:,.0f} ({v['min']:,.0f}-{v['max']:,.0f}){answered}")
+        hold = report["idle"].get(name)
+        if hold is None:
+            lines += ["     - n/a", "     - n/a"]
+            continue
+        if hold["held"] == hold["cap"]:
+            lines.append(f"     - held all {hold['cap']:,}")
+        else:
+            lines.append(f"     - {hold['held']:,}: {hold['stopped']}")
+        kib = hold["kib_per_conn"]
+        lines.append(f"     - {kib:,.1f} KiB" if kib is not None else "     - n/a")
+    (out / "results.rst").write_text("\n".join(lines) + "\n")
+    plot_concurrency(report, out / "concurrency.png")
+
+
+def plot_concurrency(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    names = list(report["labels"])
+    short = [n.replace("-tuned", "\n(tuned)") for n in names]
+    colours = ["tab:blue" if n == "capserv" else "tab:grey" if n == "iterative" else "tab:orange" for n in names]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    panels = [
+        ("connect_20", "connect-per-message, 20 at once\nsessions/s (median, min-max; log scale)"),
+        ("rr_100x64", "request/response, 100 connections\nmessages/s (median, min-max; log scale)"),
+    ]
+    for ax, (workload, title) in zip(axes[:2], panels, strict=True):
+        clients = report["workloads"][workload]["clients"]
+        heights, low, high, notes = [], [], [], []
+        for n in names:
+            data = report["results"].get(n, {}).get(workload)
+            v = data["value"] if data and data["value"] else {"median": 0, "min": 0, "max": 0}
+            heights.append(v["median"])
+            low.append(v["median"] - v["min"])
+            high.append(v["max"] - v["median"])
+            answered = data["answered"] if data else None
+            notes.append(f"{answered}/{clients}\nanswered" if answered is not None else "")
+        bars = ax.bar(short, heights, color=colours, yerr=[low, high], capsize=3, ecolor="black")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        for bar, note, top in zip(bars, notes, high, strict=True):
+            if bar.get_height() > 0:
+                ax.annotate(
+                    note,
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height() + top),  # above the error bar
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.tick_params(axis="x", labelsize=7)
+        ax.margins(y=0.25)
+    ax = axes[2]
+    heights, notes = [], []
+    for n in names:
+        hold = report["idle"].get(n) or {}
+        heights.append(hold.get("kib_per_conn") or 0)
+        notes.append(f"held {hold.get('held', 0):,}" if hold else "")
+    bars = ax.bar(short, heights, color=colours)
+    ax.set_yscale("log")
+    ax.set_title(
+        f"memory per idle connection, KiB (log scale)\nof up to {report['settings']['hold']:,} held", fontsize=10
+    )
+    for bar, note in zip(bars, notes, strict=True):
+        ax.annotate(
+            note, (bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 1)), ha="center", va="bottom", fontsize=7
+        )
+    ax.tick_params(axis="x", labelsize=7)
+    ax.margins(y=0.25)
+    fig.suptitle("The lesson's last slide, measured: one event loop against a process or a thread per client")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

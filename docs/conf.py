@@ -12,7 +12,10 @@ author = "the capserv developers"
 copyright = "2026, the capserv developers"
 version = release = __version__
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode"]
+# sphinx.ext.graphviz draws the tutorial's diagrams with Graphviz's ``dot``
+# (Debian package graphviz; .ci/run installs it).
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode", "sphinx.ext.graphviz"]
+graphviz_output_format = "svg"
 default_role = "py:obj"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
