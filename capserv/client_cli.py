@@ -18,6 +18,7 @@ TLS failure, no UDP reply, a UDP reply too long to read whole).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -256,6 +257,14 @@ def describe_failure(failure: Failure) -> str:
     if failure.check(error.TimeoutError):
         return "timed out connecting"
     if failure.check(error.NoRouteError, error.ConnectError):
+        os_error = getattr(value, "osError", None)
+        code = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None)
+        if code == errno.ENOENT:
+            return "no such socket file (is capserv listening on that path?)"
+        if code == errno.EACCES:
+            return "permission denied"
+        if isinstance(code, int):
+            return f"cannot connect: {os.strerror(code)}"
         return f"cannot connect: {failure.getErrorMessage().strip()}"
     if failure.check(error.ConnectionLost):
         return "connection lost"

@@ -224,3 +224,18 @@ class SplitDescriptionTests(SynchronousTestCase):
         self.assertEqual(
             split_description("tls:host=h:port=1:trustRoots=/a\\:b"), ["tls", "host=h", "port=1", "trustRoots=/a:b"]
         )
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    """Connection failures read in capserv-client's words, not Twisted's."""
+
+    def test_missing_unix_socket(self) -> None:
+        """A UNIX socket path with nothing there says so, without Twisted's wording."""
+        from twisted.internet import error
+        from twisted.python.failure import Failure
+
+        from capserv.client_cli import describe_failure
+
+        message = describe_failure(Failure(error.ConnectError(osError=2)))
+        self.assertEqual(message, "no such socket file (is capserv listening on that path?)")
+        self.assertNotIn("An error occurred", describe_failure(Failure(error.ConnectError(osError=13))))
