@@ -32,6 +32,8 @@ IN_MEMORY = [
     "tests.test_client_memory",
     "tests.test_tlsdeps",
     "tests.test_docs",
+    "tests.test_internals",
+    "tests.test_rlimits",
 ]
 
 
