@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -203,9 +203,14 @@ class CapservService(MultiService):
         if self._stopping:
             self.force_stop()
         else:
-            # Stop, then force at once: the supervisor is past waiting.
+            # Stop, then force at once: the supervisor is past waiting.  The
+            # reactor may already be on its way to stopping (a SIGTERM came
+            # first and this service's stop has not begun yet).
             self._force_pending = True
-            self.reactor.stop()
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass
 
     def force_stop(self) -> None:
         """
