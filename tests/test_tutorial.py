@@ -295,14 +295,32 @@ def test_capserv_idle_timeout_closes_a_silent_client(port: int) -> None:
     assert re.fullmatch(r"the server closed the connection after \d+\.\d s", lines[1])
 
 
+def server_in_time_wait(port: int) -> bool:
+    """Whether a connection whose local port is ``port`` is in TIME_WAIT (Linux's /proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
+                return True
+    return False
+
+
 def test_lesson_tcp_server_leaves_its_port_in_time_wait(port: int, tmp_path: Path) -> None:
     """
     After the lesson's TCP server has served a client and stopped, the next
     server cannot listen on its port (TIME_WAIT without SO_REUSEADDR), and
     twisted_tcp.py says so in one line, as the page warns.
     """
-    with running("lesson/tcp_server.py", port, tmp_path):
-        assert lesson_client("tcp_client.py", port, tmp_path, "hello") == TCP_CLIENT_HELLO
+    for _ in range(5):
+        with running("lesson/tcp_server.py", port, tmp_path):
+            assert lesson_client("tcp_client.py", port, tmp_path, "hello") == TCP_CLIENT_HELLO
+        # The side that closes first keeps TIME_WAIT; the lesson's server
+        # nearly always does, but a loaded machine can let the client close
+        # first: then serve it again until the server's side holds it.
+        if server_in_time_wait(port):
+            break
+    assert server_in_time_wait(port)
     result = subprocess.run(
         [sys.executable, str(copy_on_port("twisted_tcp.py", port, tmp_path))],
         capture_output=True,
