@@ -1,0 +1,731 @@
+"""
+Serve Twisted stream protocols on the asyncio event loop's own transports.
+
+Under Twisted's asyncio reactor, a connection accepted by Twisted goes
+through Twisted's Python read and write path (``_readOrWrite``,
+``doRead``, ``doWrite``) on top of the event loop's reader and writer
+callbacks.  The event loop has transports of its own, and uvloop's are
+written in C.  This module lets any Twisted ``IProtocolFactory`` (capserv's
+`UppercaseFactory` unchanged) be served by the loop's server and
+transports (``loop.create_server(..., sock=sock)``), through a small
+adapter, `NativeTransport`, that gives the Twisted protocol the
+transport it expects:
+
+    - ``ITransport``/``ITCPTransport``: ``write``, ``writeSequence``,
+      ``loseConnection`` (after the buffer is sent), ``abortConnection``,
+      ``loseWriteConnection``, ``getPeer``/``getHost`` as Twisted
+      addresses (`IPv4Address`, `IPv6Address`, `UNIXAddress`), the
+      ``connected`` and ``disconnecting`` attributes and ``bufferSize``
+      (the write buffer's high-water mark);
+    - half-close: end of input calls ``readConnectionLost`` on an
+      `IHalfCloseableProtocol` and keeps the write side open;
+    - backpressure both ways: the loop's ``pause_writing`` and
+      ``resume_writing`` drive the producer the protocol registered, and
+      the transport's own ``pauseProducing``/``resumeProducing`` stop and
+      start reading;
+    - ``connectionLost`` with `ConnectionDone` on a clean close,
+      `ConnectionAborted` after ``abortConnection`` and `ConnectionLost`
+      on an error.
+
+`native_supported` says whether it can be used; `NativeSocketEndpoint`
+is an ``IStreamServerEndpoint`` over a socket that is already bound and
+listening; `native_endpoint` turns a ``tcp:``, ``tcp6:`` or ``unix:``
+description into one (and any other description into Twisted's endpoint),
+for embedding programs.  Setting ``CAPSERV_NATIVE=0`` in the environment
+turns the native path off.
+
+TLS (``ssl:``), the PROXY protocol (``haproxy:``), UDP and every other
+reactor keep Twisted's own transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamServerEndpoint,
+    ISystemHandle,
+    ITCPTransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capserv._internals import asyncio_loop
+
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "NativePort",
+    "NativeSocketEndpoint",
+    "NativeTransport",
+    "native_endpoint",
+    "native_supported",
+]
+
+_log = Logger(namespace="capserv.native")
+
+#: The listen backlog used when none is given.  The event loop calls
+#: ``listen()`` again on the socket it is handed, so the backlog the socket
+#: was made with is replaced by this one (capserv's `capserv.listen`
+#: default is the same number).
+DEFAULT_BACKLOG = 1024
+
+
+def native_supported(reactor: Any) -> bool:
+    """
+    Whether streams on ``reactor`` can be served by its event loop's own
+    transports: it is Twisted's asyncio reactor, and ``CAPSERV_NATIVE`` is
+    not ``"0"`` in the environment.
+
+    :param reactor: the reactor connections would be served on.
+    :return: `True` if `NativeSocketEndpoint` can be used.
+    """
+    if os.environ.get("CAPSERV_NATIVE", "") == "0":
+        return False
+    return asyncio_loop(reactor) is not None
+
+
+def _address(kind: int, address: Any) -> IAddress:
+    """
+    A Twisted address for a socket address of family ``kind``.
+    """
+    if kind == socket.AF_INET:
+        return IPv4Address("TCP", address[0], address[1])
+    if kind == socket.AF_INET6:
+        return IPv6Address("TCP", *address)
+    return UNIXAddress(address or None)
+
+
+class _Listening:
+    """
+    What every connection of one listening socket shares.
+    """
+
+    __slots__ = ("factory", "family", "loop")
+
+    def __init__(self, factory: IProtocolFactory, family: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.factory = factory
+        self.family = family
+        self.loop = loop
+
+
+@implementer(ITCPTransport, IConsumer, IPushProducer, ISystemHandle)
+class NativeTransport(asyncio.Protocol):
+    """
+    One connection: an asyncio protocol to the event loop, a Twisted
+    transport to the Twisted protocol the factory builds for it.
+
+    Built by the event loop's server for each accepted connection; the
+    Twisted protocol is built in `connection_made`, from the peer's
+    address, with ``factory.buildProtocol`` (`None` closes the connection
+    at once, as Twisted does).
+    """
+
+    __slots__ = (
+        "_aborted",
+        "_error",
+        "_listening",
+        "_peer",
+        "_producer",
+        "_protocol",
+        "_read_eof",
+        "_streaming",
+        "_transport",
+        "_write_open",
+        "connected",
+        "disconnecting",
+    )
+
+    def __init__(self, listening: _Listening) -> None:
+        self._listening = listening
+        self._transport: Any = None
+        self._protocol: IProtocol | None = None
+        self._peer: IAddress | None = None
+        self._producer: IProducer | None = None
+        self._streaming = False
+        self._read_eof = False
+        self._write_open = False
+        self._aborted = False
+        self._error: Failure | None = None
+        #: Whether the connection is open (Twisted's attribute).
+        self.connected = False
+        #: Whether `loseConnection` or `abortConnection` was called.
+        self.disconnecting = False
+
+    # -- asyncio.Protocol: called by the event loop ----------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        listening = self._listening
+        peer = _address(listening.family, transport.get_extra_info("peername"))
+        self._peer = peer
+        try:
+            protocol = listening.factory.buildProtocol(peer)
+        except Exception:
+            _log.failure("Building a protocol for {peer} failed", peer=peer)
+            protocol = None
+        if protocol is None:
+            transport.close()
+            return
+        self._protocol = protocol
+        self.connected = True
+        self._write_open = True
+        try:
+            protocol.makeConnection(self)
+        except Exception:
+            self._fail(Failure())
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        try:
+            protocol.dataReceived(data)
+        except Exception:
+            self._fail(Failure())
+
+    def eof_received(self) -> bool:
+        self._read_eof = True
+        protocol = self._protocol
+        half = IHalfCloseableProtocol(protocol, None)
+        if half is None or not self._write_open:
+            return False  # the loop closes the connection
+        try:
+            half.readConnectionLost()
+        except Exception:
+            self._fail(Failure())
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        self._write_open = False
+        producer, self._producer = self._producer, None
+        protocol, self._protocol = self._protocol, None
+        if producer is not None:
+            producer.stopProducing()
+        if protocol is None:
+            return
+        if self._error is not None:
+            reason = self._error
+        elif self._aborted:
+            reason = Failure(ConnectionAborted())
+        elif exc is None:
+            reason = connectionDone
+        else:
+            reason = Failure(ConnectionLost(str(exc)))
+        protocol.connectionLost(reason)
+
+    def pause_writing(self) -> None:
+        producer = self._producer
+        if producer is not None and self._streaming:
+            producer.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        if self._streaming:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+        else:
+            self._pull()
+
+    def _fail(self, failure: Failure) -> None:
+        """
+        The Twisted protocol raised: log it and drop the connection, as
+        Twisted's own transports do, with the error as the reason.
+        """
+        _log.failure("Unhandled error in protocol for {peer}", failure, peer=self._peer)
+        if self._error is None:
+            self._error = failure
+        self._aborted = True
+        self.disconnecting = True
+        self._write_open = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- ITransport ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        Send ``data`` (at once if the socket takes it, else buffered).
+        Ignored once the write side is closed, as in Twisted.
+        """
+        if self._write_open:
+            self._transport.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """
+        Send each of ``data`` in order.
+        """
+        if self._write_open:
+            self._transport.writelines(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close once everything buffered is sent.
+        """
+        if self.connected and not self.disconnecting:
+            self.disconnecting = True
+            self._transport.close()
+
+    def abortConnection(self) -> None:
+        """
+        Close at once, dropping whatever is buffered.
+        """
+        if self.connected and not self._aborted:
+            self._aborted = True
+            self.disconnecting = True
+            self._write_open = False
+            self._transport.abort()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: send what is buffered, then shut down the sending side.
+        """
+        if not self._write_open:
+            return
+        self._write_open = False
+        transport = self._transport
+        if self._read_eof or not transport.can_write_eof():
+            self.loseConnection()
+            return
+        transport.write_eof()
+        half = IHalfCloseableProtocol(self._protocol, None)
+        if half is not None:
+            self._listening.loop.call_soon(self._write_lost, half)
+
+    def _write_lost(self, half: IHalfCloseableProtocol) -> None:
+        if self.connected:
+            half.writeConnectionLost()
+
+    def getPeer(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: the peer's address (`IPv4Address`, `IPv6Address` or
+            `UNIXAddress`).
+        """
+        assert self._peer is not None
+        return self._peer
+
+    def getHost(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: this side's address.
+        """
+        return _address(self._listening.family, self._transport.get_extra_info("sockname"))
+
+    def getHandle(self) -> Any:
+        """
+        :return: the connection's socket (a stand-in object on uvloop).
+        """
+        return self._transport.get_extra_info("socket")
+
+    def _socket_option(self, level: int, option: int, value: bool | None) -> bool:
+        sock = self._transport.get_extra_info("socket")
+        if sock is None or self._listening.family == socket.AF_UNIX:
+            return False
+        if value is not None:
+            sock.setsockopt(level, option, int(value))
+        return bool(sock.getsockopt(level, option))
+
+    def getTcpNoDelay(self) -> bool:
+        """:return: whether Nagle's algorithm is off (the event loop turns it off)."""
+        return self._socket_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, None)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """:param enabled: turn Nagle's algorithm off (`True`) or on."""
+        self._socket_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """:return: whether TCP keepalives are on."""
+        return self._socket_option(socket.SOL_SOCKET, socket.SO_KEEPALIVE, None)
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """:param enabled: turn TCP keepalives on or off."""
+        self._socket_option(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    @property
+    def bufferSize(self) -> int:
+        """
+        The write buffer's high-water mark: past it the registered producer
+        is paused.  Setting it sets the event loop transport's limits
+        (``set_write_buffer_limits(high=...)``; the low mark is a quarter of
+        it).
+        """
+        high: int = self._transport.get_write_buffer_limits()[1]
+        return high
+
+    @bufferSize.setter
+    def bufferSize(self, value: int) -> None:
+        self._transport.set_write_buffer_limits(high=value)
+
+    # -- IConsumer -------------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer: a streaming one is paused while the write
+        buffer is over `bufferSize` and resumed once it drains; a pull one
+        is asked for more whenever the buffer has room.
+        """
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}, because {self._producer!r} is registered")
+        if not self.connected:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        if not streaming:
+            self._pull()
+
+    def unregisterProducer(self) -> None:
+        """
+        Forget the registered producer.
+        """
+        self._producer = None
+
+    def _pull(self) -> None:
+        producer = self._producer
+        if producer is None or self._streaming or not self.connected:
+            return
+        producer.resumeProducing()  # type: ignore[attr-defined]
+        transport = self._transport
+        if (
+            self._producer is producer
+            and self.connected
+            and transport.get_write_buffer_size() < transport.get_write_buffer_limits()[1]
+        ):
+            self._listening.loop.call_soon(self._pull)
+
+    # -- IPushProducer: the protocol throttling what it reads ------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the peer.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the peer again.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
+    def stopProducing(self) -> None:
+        """
+        Close the connection.
+        """
+        self.loseConnection()
+
+
+@implementer(IListeningPort)
+class NativePort:
+    """
+    A listening socket served by the event loop: what
+    `NativeSocketEndpoint.listen` returns.
+    """
+
+    def __init__(
+        self, server: asyncio.AbstractServer, host: IAddress, factory: IProtocolFactory, path: tuple[str, int] | None
+    ) -> None:
+        self._server: asyncio.AbstractServer | None = server
+        self._host = host
+        self._factory = factory
+        self._path = path
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: the port listens from the moment it is made.
+        """
+
+    def stopListening(self) -> Deferred[None]:
+        """
+        Close the listening socket; open connections stay open.
+
+        :return: a `Deferred` that has fired: the socket is closed when
+            this returns.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return succeed(None)
+        server.close()
+        if self._path is not None:
+            path, inode = self._path
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._factory.doStop()
+        return succeed(None)
+
+    loseConnection = stopListening
+
+    def getHost(self) -> IAddress:
+        """
+        :return: the address listened on.
+        """
+        return self._host
+
+
+def _run_now(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """
+    Run a coroutine that never waits for anything but a bare ``yield`` (as
+    ``loop.create_server`` does: CPython's yields once, through
+    ``asyncio.sleep(0)``, after it has started serving; uvloop's not at
+    all) to its end, now, without the event loop running.
+
+    :return: ``(True, result)``, or ``(False, task)`` when the coroutine
+        waits for a real future: then it goes on as a task on the loop, and
+        the task gives its result later.
+    """
+    for _ in range(100):
+        try:
+            waited = coroutine.send(None)
+        except StopIteration as done:
+            return True, done.value
+        if waited is not None:
+            # Something truly awaited: let the loop finish it.
+            return False, loop.create_task(_resume(coroutine, waited))
+    return False, loop.create_task(_resume(coroutine, None))
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
+    """
+    Finish, as a task, a coroutine that `_run_now` started, from where it
+    waits (for ``waited``, a future, or for a bare ``yield``).
+    """
+    while True:
+        if waited is None:
+            await asyncio.sleep(0)
+        else:
+            try:
+                await waited
+            except BaseException:  # the coroutine reads the outcome itself
+                pass
+        try:
+            waited = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+
+
+@implementer(IStreamServerEndpoint)
+class NativeSocketEndpoint:
+    """
+    Serve a listening socket with the event loop's own server and
+    transports.
+
+    :param reactor: Twisted's asyncio reactor (see `native_supported`).
+    :param make_socket: returns a bound, listening, non-blocking stream
+        socket (TCP over IPv4 or IPv6, or UNIX), or raises `OSError` (or
+        `CannotListenError`) if it cannot.
+    :param backlog: the listen backlog; the event loop sets it again on the
+        socket it is given.
+    :param interface: the address, for the error message of a socket that
+        cannot be made.
+    :param port: the port or path, for the same message.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        make_socket: Callable[[], socket.socket],
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        interface: str = "",
+        port: int | str = 0,
+    ) -> None:
+        self._reactor = reactor
+        self._make_socket = make_socket
+        self._backlog = backlog
+        self._interface = interface
+        self._port = port
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
+        """
+        Listen with ``protocolFactory``.
+
+        :return: a `Deferred` that has already fired, with a `NativePort`,
+            or with `CannotListenError` if the socket could not be made; it
+            fires before the reactor runs as well as while it runs.
+        """
+        loop = asyncio_loop(self._reactor)
+        if loop is None:
+            return fail(CannotListenError(self._interface, self._port, OSError("not Twisted's asyncio reactor")))
+        try:
+            sock = self._make_socket()
+        except CannotListenError:
+            return fail()
+        except OSError as e:
+            return fail(CannotListenError(self._interface, self._port, e))
+        try:
+            sock.setblocking(False)
+            family = sock.family
+            host = _address(family, sock.getsockname())
+            path = _filesystem_path(sock)
+            listening = _Listening(protocolFactory, family, loop)
+            coroutine = loop.create_server(partial(NativeTransport, listening), sock=sock, backlog=self._backlog)
+            protocolFactory.doStart()
+            done, result = _run_now(loop, coroutine)
+        except Exception as e:
+            sock.close()
+            return fail(CannotListenError(self._interface, self._port, e))
+        if done:
+            return succeed(NativePort(result, host, protocolFactory, path))
+        # An event loop whose create_server truly waits: fire when it is done.
+        d: Deferred[Any] = Deferred.fromFuture(result)
+        return d.addCallback(lambda server: NativePort(server, host, protocolFactory, path))
+
+
+def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
+    """
+    A UNIX socket's path and inode, to remove the socket file when the port
+    stops (as Twisted's UNIX port does), or `None`.
+    """
+    if sock.family != socket.AF_UNIX:
+        return None
+    name = sock.getsockname()
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not name or name.startswith("\0"):
+        return None
+    try:
+        info = os.stat(name)
+    except OSError:
+        return None
+    return (name, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
+
+
+# -- descriptions, for embedding programs --------------------------------------
+
+
+def _split(description: str) -> list[str]:
+    """
+    Split on colons not escaped with a backslash (``interface=\\:\\:1``).
+    """
+    parts, current, chars = [], [], iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ""))
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[str, Any]] | None:
+    """
+    Parse a ``tcp:``, ``tcp6:`` or ``unix:`` description the way Twisted
+    does, into a function that makes its listening socket and the
+    endpoint's keyword arguments; `None` for any other kind, or for
+    parameters this module does not handle (``lockfile``, ``wantPID``).
+    """
+    parts = _split(description)
+    kind = parts[0].strip().lower()
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            kwargs[key] = value
+        else:
+            args.append(part)
+    if args:
+        kwargs.setdefault("address" if kind == "unix" else "port", args[0])
+    backlog = int(kwargs.pop("backlog", DEFAULT_BACKLOG))
+    if kind in ("tcp", "tcp6"):
+        family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+        interface = kwargs.pop("interface", "::" if kind == "tcp6" else "")
+        port = int(kwargs.pop("port"))
+        if kwargs:
+            return None
+
+        def make_inet() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    info = socket.getaddrinfo(interface, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+                    sock.bind(info[0][4])
+                else:
+                    sock.bind((interface, port))
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return make_inet, {"backlog": backlog, "interface": interface, "port": port}
+    if kind == "unix":
+        path = kwargs.pop("address")
+        mode = int(kwargs.pop("mode", "666"), 8)
+        if kwargs.pop("lockfile", "0") not in ("0", "") or kwargs:
+            return None
+
+        def make_unix() -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(path)
+                if not path.startswith("\0"):
+                    os.chmod(path, mode)
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return make_unix, {"backlog": backlog, "interface": "", "port": path}
+    return None
+
+
+def native_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    An endpoint for a Twisted server endpoint description, served by the
+    event loop's own transports where it can be.
+
+    Use it in place of ``twisted.internet.endpoints.serverFromString``:
+    ``tcp:``, ``tcp6:`` and ``unix:`` descriptions on Twisted's asyncio
+    reactor (and with ``CAPSERV_NATIVE`` not ``"0"``) give a
+    `NativeSocketEndpoint`; anything else, or any other reactor, gives
+    Twisted's endpoint for the description.
+
+    :param reactor: the reactor to listen on.
+    :param description: e.g. ``"tcp:50007:interface=127.0.0.1"``.
+    :return: the endpoint; the socket is made when it listens.
+    """
+    if native_supported(reactor):
+        try:
+            parsed = _socket_maker(description)
+        except (ValueError, KeyError):
+            parsed = None  # let Twisted's parser name the problem
+        if parsed is not None:
+            make_socket, options = parsed
+            return NativeSocketEndpoint(reactor, make_socket, **options)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    return endpoint
