@@ -283,10 +283,19 @@ class NativeTransport(asyncio.Protocol):
     def loseConnection(self) -> None:
         """
         Close once everything buffered is sent.
+
+        The sending side is shut down first (as Twisted's TCP transport
+        does), so a peer whose last bytes were never read sees the end of
+        the stream before the kernel resets the connection.  Writes after
+        this are ignored.
         """
         if self.connected and not self.disconnecting:
             self.disconnecting = True
-            self._transport.close()
+            transport = self._transport
+            if self._write_open and transport.can_write_eof():
+                self._write_open = False
+                transport.write_eof()
+            transport.close()
 
     def abortConnection(self) -> None:
         """
@@ -520,10 +529,8 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
         if waited is None:
             await asyncio.sleep(0)
         else:
-            try:
-                await waited
-            except BaseException:  # the coroutine reads the outcome itself
-                pass
+            # Wait without awaiting it here: the coroutine reads the outcome.
+            await asyncio.wait([waited])
         try:
             waited = coroutine.send(None)
         except StopIteration as done:
