@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from capserv._internals import is_proxy_protocol, stream_writer
+from capserv.accesslog import ACCESS_FORMAT
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
@@ -203,7 +204,7 @@ class UppercaseProtocol(Protocol):
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
         self._log.info(
-            "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({reason})",
+            ACCESS_FORMAT,
             peer=describe(self.peer),
             duration=duration,
             bytes_in=self.bytes_in,
