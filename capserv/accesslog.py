@@ -44,7 +44,7 @@ import json
 import threading
 import weakref
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
@@ -77,6 +77,14 @@ FLUSH_INTERVAL = 1.0
 BUFFER_SIZE = 65536
 
 _writers: weakref.WeakSet[BufferedWriter] = weakref.WeakSet()
+
+
+class Writable(Protocol):
+    """A text file, or anything with its ``write`` and ``flush``."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 def flush_all() -> None:
@@ -142,7 +150,7 @@ class BufferedWriter:
 
     def __init__(
         self,
-        out: IO[str],
+        out: Writable,
         clock: IReactorTime | None = None,
         interval: float = FLUSH_INTERVAL,
         limit: int = BUFFER_SIZE,
@@ -253,7 +261,7 @@ class TextLogObserver:
 
     def __init__(
         self,
-        out: IO[str] | BufferedWriter,
+        out: Writable | BufferedWriter,
         time_format: str | None = timeFormatRFC3339,
         clock: IReactorTime | None = None,
         interval: float = FLUSH_INTERVAL,
@@ -292,7 +300,7 @@ class JSONLogObserver:
     """
 
     def __init__(
-        self, out: IO[str] | BufferedWriter, clock: IReactorTime | None = None, interval: float = FLUSH_INTERVAL
+        self, out: Writable | BufferedWriter, clock: IReactorTime | None = None, interval: float = FLUSH_INTERVAL
     ) -> None:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
         self._dumps: Callable[[Any], str] = json.JSONEncoder(default=_unencodable).encode

@@ -19,13 +19,16 @@ once.
 
 from __future__ import annotations
 
+import signal
 import sys
+from typing import Any
 
 from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
 
 from capserv.accesslog import JSONLogObserver, TextLogObserver
 
-__all__ = ["json_lines", "text_lines"]
+__all__ = ["json_lines", "text_lines", "twistd_observer"]
 
 
 def json_lines() -> ILogObserver:
@@ -42,3 +45,39 @@ def text_lines() -> ILogObserver:
     written in batches.
     """
     return TextLogObserver(sys.stdout)
+
+
+def twistd_observer(logfile: str, nodaemon: bool) -> ILogObserver | None:
+    """
+    A `TextLogObserver` where twistd would make its own text observer for
+    ``--logfile`` (or standard output under ``-n``), so the daemon's
+    default log takes the cheap path too: the same file, the same lines.
+
+    Make it what twistd logs to by setting it as the application's
+    ``ILogObserver`` component (twistd uses that unless ``--logger`` is
+    given; do not set it under ``--syslog``).
+
+    :param logfile: twistd's ``--logfile`` value (``""`` if not given).
+    :param nodaemon: twistd's ``-n``.
+    :return: the observer, or `None` where twistd refuses the combination
+        itself (``--logfile=-`` for a daemon).
+    """
+    out: Any
+    if logfile == "-":
+        if not nodaemon:
+            return None
+        out = sys.stdout
+    elif nodaemon and not logfile:
+        out = sys.stdout
+    else:
+        # As twistd does: a rotating file, rotated on SIGUSR1 too.
+        out = LogFile.fromFullPath(logfile or "twistd.log")
+        if not signal.getsignal(signal.SIGUSR1):
+
+            def rotate(number: int, frame: object) -> None:
+                from capserv.reactor import global_reactor
+
+                global_reactor().callFromThread(out.rotate)
+
+            signal.signal(signal.SIGUSR1, rotate)
+    return TextLogObserver(out)

@@ -229,3 +229,34 @@ def test_logger_factories() -> None:
     """capserv.logs' factories for twistd --logger build capserv's observers."""
     assert isinstance(json_lines(), JSONLogObserver)
     assert isinstance(text_lines(), TextLogObserver)
+
+
+def test_twistd_observer_follows_twistds_choice(tmp_path: Any) -> None:
+    """
+    twistd_observer writes where twistd's text observer would: standard
+    output under -n, the --logfile file (rotated on SIGUSR1), nothing for a
+    daemon asked to log to standard output.
+    """
+    import signal
+    import sys
+
+    from capserv.logs import twistd_observer
+
+    assert twistd_observer("-", nodaemon=False) is None
+    for logfile in ("-", ""):
+        observer = twistd_observer(logfile, nodaemon=True)
+        assert isinstance(observer, TextLogObserver) and observer.writer._out is sys.stdout
+    before = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        path = tmp_path / "capserv.log"
+        observer = twistd_observer(str(path), nodaemon=False)
+        assert isinstance(observer, TextLogObserver)
+        assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
+        observer.writer._clock = Clock()
+        logged([observer], FIELDS[0])
+        observer.writer.flush()
+        assert path.read_text().endswith(render_access(FIELDS[0]) + "\n")
+        observer.writer._out.close()  # type: ignore[union-attr]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
