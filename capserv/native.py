@@ -372,6 +372,17 @@ class NativeTransport(asyncio.Protocol):
         self._socket_option(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
 
     @property
+    def write_buffer_size(self) -> int:
+        """
+        How many written bytes are not yet sent (the event loop transport's
+        ``get_write_buffer_size()``).
+        """
+        if self._transport is None:
+            return 0
+        size: int = self._transport.get_write_buffer_size()
+        return size
+
+    @property
     def bufferSize(self) -> int:
         """
         The write buffer's high-water mark: past it the registered producer

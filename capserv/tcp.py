@@ -28,14 +28,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv._internals import is_proxy_protocol, stream_writer
+from capserv._internals import is_proxy_protocol, stream_writer, unsent_bytes
 from capserv.accesslog import ACCESS_FORMAT
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
 from capserv.reactor import global_reactor
 from capserv.stats import TCPStats
-from capserv.text import Uppercaser
+from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding
 
 if TYPE_CHECKING:
     pass
@@ -91,10 +91,12 @@ class UppercaseProtocol(Protocol):
     def __init__(self, factory: UppercaseFactory, peer: IAddress | None) -> None:
         self.factory = factory
         self.peer = peer
-        config = factory.config
-        self._codec = Uppercaser(config.encoding, config.ascii_only)
+        #: The incremental codec, made when the first chunk that is not
+        #: plain ASCII arrives (most connections never see one; see
+        #: `UppercaseFactory.ascii_upper`).
+        self._codec: Uppercaser | None = None
         self._clock = factory.clock
-        self._idle_timeout = config.idle_timeout
+        self._idle_timeout = factory.config.idle_timeout
         self._throttle = _ReadThrottle(self)
         self._abort_call: IDelayedCall | None = None
         #: Set once the connection is on its way out: after end of input,
@@ -142,7 +144,15 @@ class UppercaseProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self._clock.seconds()
         self.bytes_in += len(data)
-        reply = self._codec.feed(data)
+        codec = self._codec
+        if codec is None:
+            if self.factory.ascii_upper and data.isascii():
+                reply = data.upper()
+            else:
+                codec = self._codec = self.factory.codec()
+                reply = codec.feed(data)
+        else:
+            reply = codec.feed(data)
         if reply:
             self.bytes_out += len(reply)
             self._write(reply)
@@ -176,7 +186,7 @@ class UppercaseProtocol(Protocol):
         The peer has finished sending: send what is still owed, then close.
         """
         self._last_activity = self._clock.seconds()
-        tail = self._codec.flush()
+        tail = self._codec.flush() if self._codec is not None else b""
         if tail:
             self.bytes_out += len(tail)
             self.transport.write(tail)
@@ -250,8 +260,11 @@ class UppercaseProtocol(Protocol):
         self.closing = True
         self._close_when_drained = False
         self._unregister_throttle()
-        self.transport.loseConnection()
-        if grace > 0 and self._abort_call is None:
+        transport = self.transport
+        transport.loseConnection()
+        # With nothing left to send the close cannot stall: no abort timer
+        # to schedule and cancel (transports that cannot tell get one).
+        if grace > 0 and self._abort_call is None and unsent_bytes(transport) != 0:
             self._abort_call = self._clock.callLater(grace, self._abort)
 
     def _unregister_throttle(self) -> None:
@@ -339,6 +352,16 @@ class UppercaseFactory(ServerFactory):
         # timeout: no timer per connection to create, reschedule or cancel.
         self._sweep_call: IDelayedCall | None = None
         self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
+        #: Whether an ASCII chunk is uppercased by `bytes.upper` alone with
+        #: nothing pending (the encoding maps ASCII to ASCII one to one),
+        #: so a connection needs no codec until other bytes arrive.
+        self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
+
+    def codec(self) -> Uppercaser:
+        """
+        A new incremental codec for one connection's stream.
+        """
+        return Uppercaser(self.config.encoding, self.config.ascii_only)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
