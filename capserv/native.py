@@ -41,6 +41,7 @@ reactor keep Twisted's own transports.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
@@ -74,9 +75,12 @@ from capserv._internals import asyncio_loop
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "NativeDatagramPort",
     "NativePort",
     "NativeSocketEndpoint",
     "NativeTransport",
+    "listen_datagrams",
+    "native_datagrams_supported",
     "native_endpoint",
     "native_supported",
 ]
@@ -633,6 +637,174 @@ def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
     except OSError:
         return None
     return (name, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
+
+
+# -- datagrams --------------------------------------------------------------------
+
+
+def native_datagrams_supported(reactor: Any) -> bool:
+    """
+    Whether datagrams on ``reactor`` are better served by its event loop's
+    own transport: `native_supported`, and the loop is uvloop's.
+
+    Measured (``udp 50 x 64 B``, one run): Twisted's UDP port on the
+    asyncio reactor reads every datagram waiting in one go and answers
+    190,000 a second on asyncio's loop but only 120,000 on uvloop's, where
+    uvloop's own datagram transport answers 185,000.  asyncio's datagram
+    transport reads one datagram per wake-up and answers 30,000: Twisted's
+    port stays there.
+
+    :param reactor: the reactor datagrams would be served on.
+    """
+    if not native_supported(reactor):
+        return False
+    return type(asyncio_loop(reactor)).__module__.split(".")[0] == "uvloop"
+
+
+@implementer(IListeningPort)
+class NativeDatagramPort(asyncio.DatagramProtocol):
+    """
+    A UDP socket served by the event loop's datagram transport for a Twisted
+    ``DatagramProtocol``: the protocol's transport (``write(datagram,
+    addr)``, ``getHost``, ``maxPacketSize``) and the listening port
+    (``stopListening``) in one.
+
+    ``write`` raises `OSError` (``ENOBUFS``) instead of queueing once the
+    transport holds ``write_limit`` bytes not yet sent, as Twisted's port
+    raises when the socket will not take a datagram, so replies are dropped
+    and counted instead of piling up.  A send that fails later is reported
+    by the event loop: it goes to the protocol's ``send_error(error)`` if it
+    has one (capserv's counts it), and is logged otherwise.
+
+    Made by `listen_datagrams`.
+    """
+
+    #: The largest datagram read whole: the event loops read up to 64 KiB.
+    maxPacketSize = 65535
+    #: Bytes of replies that may wait to be sent before ``write`` refuses.
+    write_limit = 262144
+
+    def __init__(self, protocol: Any, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._protocol = protocol
+        self._family = sock.family
+        self._host = sock.getsockname()
+        self._transport: Any = None
+        #: The socket, shared with the transport (for empty datagrams).
+        self._sock = sock
+        self._stopped = False
+        coroutine = loop.create_datagram_endpoint(lambda: self, sock=sock)
+        done, result = _run_now(loop, coroutine)
+        if not done:
+            # Both loops wait for connection_made: the transport is made on
+            # the loop's next turn (the socket is bound already, so
+            # datagrams wait in its buffer meanwhile).
+            result.add_done_callback(self._made)
+
+    def _made(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            _log.failure("Cannot serve datagrams on {address}", Failure(error), address=self.getHost())
+
+    # -- asyncio.DatagramProtocol ------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if self._stopped:
+            transport.close()
+            return
+        self._protocol.makeConnection(self)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._protocol.datagramReceived(data, addr)
+        except Exception:
+            _log.failure("Unhandled error in datagram protocol {protocol!r}", protocol=self._protocol)
+
+    def error_received(self, exc: Exception) -> None:
+        handler = getattr(self._protocol, "send_error", None)
+        if handler is not None:
+            handler(exc)
+        else:
+            _log.warn("Datagram error on {address}: {error}", address=self.getHost(), error=exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    # -- the Twisted transport ---------------------------------------------
+
+    def write(self, datagram: bytes, addr: Any) -> None:
+        """
+        Send ``datagram`` to ``addr`` (an address tuple as
+        ``datagramReceived`` gives it).
+
+        :raises OSError: with ``ENOBUFS`` when replies are piling up.
+        """
+        transport = self._transport
+        if transport is None:
+            raise OSError(errno.ENOTCONN, "datagram port is not serving")
+        if not datagram:
+            # The event loops' sendto drops an empty datagram; Twisted sends
+            # it, and an empty request gets an empty reply.
+            self._sock.sendto(datagram, addr)
+            return
+        if transport.get_write_buffer_size() > self.write_limit:
+            raise OSError(errno.ENOBUFS, "too many datagrams waiting to be sent")
+        transport.sendto(datagram, addr)
+
+    def getHost(self) -> IAddress:
+        """
+        :return: the address listened on.
+        """
+        if self._family == socket.AF_INET6:
+            return IPv6Address("UDP", *self._host)
+        return IPv4Address("UDP", self._host[0], self._host[1])
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: the port listens from the moment it is made.
+        """
+
+    def stopListening(self) -> Deferred[None]:
+        """
+        Close the socket and tell the protocol (``doStop``).
+
+        :return: a `Deferred` that has fired.
+        """
+        if self._stopped:
+            return succeed(None)
+        self._stopped = True
+        if self._transport is not None:
+            self._transport.close()
+            self._protocol.doStop()
+        # Else not serving yet: connection_made will close the transport.
+        return succeed(None)
+
+    loseConnection = stopListening
+
+
+def listen_datagrams(reactor: Any, protocol: Any, make_socket: Callable[[], socket.socket]) -> NativeDatagramPort:
+    """
+    Serve a bound UDP socket with the event loop's datagram transport (see
+    `native_datagrams_supported` for when that is faster).
+
+    :param reactor: Twisted's asyncio reactor.
+    :param protocol: a Twisted ``DatagramProtocol``.
+    :param make_socket: returns the bound socket, or raises `OSError`.
+    :return: the port; the protocol starts (``startProtocol``) on the
+        loop's next turn.
+    :raises CannotListenError: if the socket cannot be made.
+    """
+    loop = asyncio_loop(reactor)
+    try:
+        if loop is None:
+            raise OSError("not Twisted's asyncio reactor")
+        sock = make_socket()
+        sock.setblocking(False)
+    except OSError as e:
+        raise CannotListenError("", 0, e) from None
+    return NativeDatagramPort(protocol, sock, loop)
 
 
 # -- descriptions, for embedding programs --------------------------------------

@@ -13,7 +13,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IListeningPort
 
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol, UppercaseFactory
-from capserv.native import NativeSocketEndpoint, native_supported
+from capserv.native import NativeSocketEndpoint, listen_datagrams, native_datagrams_supported, native_supported
 
 
 def have_ipv6() -> bool:
@@ -61,6 +61,16 @@ def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[Uppercas
     from twisted.internet import reactor
 
     proto = UppercaseDatagramProtocol(config, clock=reactor)
+    if native_datagrams_supported(reactor):
+        # The event loop's datagram transport (uvloop: CAPSERV_TEST_LOOP=uvloop).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def bound() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            return sock
+
+        return proto, listen_datagrams(reactor, proto, bound)
     port = reactor.listenUDP(0, proto, interface=host, maxPacketSize=MAX_DATAGRAM)
     return proto, port
 

@@ -45,11 +45,13 @@ from capserv.native import (
     NativeTransport,
     _Listening,
     _run_now,
+    listen_datagrams,
+    native_datagrams_supported,
     native_endpoint,
     native_supported,
 )
 
-from .loopback import HOSTS
+from .loopback import HOSTS, udp_exchange
 
 # -- in memory -----------------------------------------------------------------
 
@@ -841,3 +843,104 @@ def test_listen_while_the_loop_runs_has_fired_too(reactor: AsyncioSelectorReacto
         return True
 
     assert run(reactor, inside())
+
+
+# -- datagrams ---------------------------------------------------------------------
+
+
+def udp_socket(host: str = "127.0.0.1") -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_datagrams_round_trip_whole_and_stop(reactor: AsyncioSelectorReactor, host: str) -> None:
+    """
+    capserv's datagram protocol, unchanged, answers through the loop's
+    datagram transport: uppercase replies, 60,000-byte datagrams whole, an
+    empty datagram answered; the protocol is stopped with the port.
+    """
+    from capserv import UppercaseDatagramProtocol
+
+    proto = UppercaseDatagramProtocol(clock=reactor)
+    port = listen_datagrams(reactor, proto, lambda: udp_socket(host))
+    address = port.getHost()
+    assert isinstance(address, IPv6Address if ":" in host else IPv4Address) and address.type == "UDP"
+    loop = reactor._asyncioEventloop
+
+    async def client() -> list[bytes]:
+        # A blocking client in a thread (uvloop has no sock_recvfrom).
+        return [
+            await loop.run_in_executor(None, udp_exchange, host, address.port, payload)
+            for payload in ("straße".encode(), b"x" * 60000, b"")
+        ]
+
+    try:
+        assert run(reactor, client()) == [b"STRASSE", b"X" * 60000, b""]
+        assert proto.stats.datagrams_out == 3 and proto.transport is port
+    finally:
+        run(reactor, wait(port.stopListening(), reactor))
+    assert proto.transport is None  # doStop ran
+
+
+def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None:
+    """
+    write raises ENOBUFS while too many bytes wait to be sent (capserv counts
+    it as a send error); an error the loop reports later reaches the
+    protocol's send_error.
+    """
+    from capserv import UppercaseDatagramProtocol
+    from capserv.native import NativeDatagramPort
+
+    class Queued(FakeLoopTransport):
+        sent: list[tuple[bytes, Any]] = []
+
+        def sendto(self, data: bytes, addr: Any) -> None:
+            self.sent.append((data, addr))
+
+    proto = UppercaseDatagramProtocol(clock=Clock())
+    port = NativeDatagramPort.__new__(NativeDatagramPort)
+    port._protocol, port._transport, port._stopped = proto, None, False
+    transport = Queued()
+    port.connection_made(transport)  # type: ignore[arg-type]
+    port.datagram_received(b"hi", ("192.0.2.1", 4000))
+    assert transport.sent == [(b"HI", ("192.0.2.1", 4000))]
+    transport.buffered = port.write_limit + 1
+    port.datagram_received(b"hi", ("192.0.2.1", 4000))
+    assert proto.stats.drops["send_error"] == 1 and len(transport.sent) == 1
+    port.error_received(OSError(errno.ENETUNREACH, "unreachable"))
+    assert proto.stats.drops["send_error"] == 2
+
+
+def test_datagrams_native_only_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """native_datagrams_supported is True on uvloop's loop only (asyncio's datagram transport measured slower)."""
+    monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
+    for make, expected in ((asyncio.new_event_loop, False), (uvloop.new_event_loop, True)):
+        reactor = AsyncioSelectorReactor(make())
+        try:
+            assert native_datagrams_supported(reactor) is expected
+            monkeypatch.setenv("CAPSERV_NATIVE", "0")
+            assert not native_datagrams_supported(reactor)
+            monkeypatch.delenv("CAPSERV_NATIVE")
+        finally:
+            close_reactor(reactor)
+    assert not native_datagrams_supported(MemoryReactor())
+
+
+def test_listen_datagrams_reports_a_socket_that_cannot_be_made() -> None:
+    """An OSError from make_socket is raised as CannotListenError, at once."""
+
+    def taken() -> socket.socket:
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    with pytest.raises(CannotListenError):
+        listen_datagrams(MemoryReactor(), object(), taken)
+    loop = asyncio.new_event_loop()
+    reactor = AsyncioSelectorReactor(loop)
+    try:
+        with pytest.raises(CannotListenError, match="Address already in use"):
+            listen_datagrams(reactor, object(), taken)
+    finally:
+        close_reactor(reactor)
