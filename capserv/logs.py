@@ -28,7 +28,7 @@ from twisted.python.logfile import LogFile
 
 from capserv.accesslog import JSONLogObserver, TextLogObserver
 
-__all__ = ["json_lines", "text_lines", "twistd_observer"]
+__all__ = ["json_lines", "text_lines", "twistd_observer", "twisted_text"]
 
 
 def json_lines() -> ILogObserver:
@@ -81,3 +81,14 @@ def twistd_observer(logfile: str, nodaemon: bool) -> ILogObserver | None:
 
             signal.signal(signal.SIGUSR1, rotate)
     return TextLogObserver(out)
+
+
+def twisted_text() -> ILogObserver:
+    """
+    twisted.logger's own text observer on standard output, what twistd
+    builds for ``-n``: for measuring what `text_lines` saves
+    (``bench/run.py``'s ``-twistdlog`` variants).
+    """
+    from twisted.logger import textFileLogObserver
+
+    return textFileLogObserver(sys.stdout)
