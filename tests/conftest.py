@@ -22,4 +22,7 @@ if os.environ.get("CAPSERV_TEST_LOOP") == "uvloop":
 
     import uvloop
 
+    # Twisted 24.7 and later make the reactor's loop with new_event_loop()
+    # (the policy's); older ones take get_event_loop() (the current one).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())

@@ -444,7 +444,7 @@ def test_memory_addresses(family: int, peername: Any, sockname: Any, peer: Any, 
 def test_native_supported_only_on_the_asyncio_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
     """native_supported is True for an asyncio reactor, False for others and when CAPSERV_NATIVE=0."""
     assert not native_supported(MemoryReactor())
-    loop = asyncio.new_event_loop()
+    loop = asyncio.SelectorEventLoop()
     reactor = AsyncioSelectorReactor(loop)
     try:
         monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
@@ -473,7 +473,7 @@ def test_run_now_finishes_bare_yields_and_hands_real_waits_to_the_loop() -> None
         await asyncio.sleep(0)
         return "served"
 
-    loop = asyncio.new_event_loop()
+    loop = asyncio.SelectorEventLoop()
     try:
         assert _run_now(loop, bare()) == (True, "served")
         future = loop.create_future()
@@ -491,7 +491,7 @@ def test_run_now_finishes_bare_yields_and_hands_real_waits_to_the_loop() -> None
 
 def test_listen_reports_a_socket_that_cannot_be_made_at_once() -> None:
     """An OSError from make_socket fails listen's Deferred, already fired, with CannotListenError naming the address."""
-    loop = asyncio.new_event_loop()
+    loop = asyncio.SelectorEventLoop()
     reactor = AsyncioSelectorReactor(loop)
     try:
 
@@ -528,7 +528,7 @@ def close_reactor(reactor: AsyncioSelectorReactor) -> None:
 @pytest.fixture(params=["asyncio", "uvloop"])
 def reactor(request: pytest.FixtureRequest) -> Iterator[AsyncioSelectorReactor]:
     """An asyncio reactor on a new asyncio or uvloop event loop, for this test only."""
-    loop = asyncio.new_event_loop() if request.param == "asyncio" else uvloop.new_event_loop()
+    loop = asyncio.SelectorEventLoop() if request.param == "asyncio" else uvloop.new_event_loop()
     reactor = AsyncioSelectorReactor(loop)
     try:
         yield reactor
@@ -917,7 +917,7 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
 def test_datagrams_native_only_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     """native_datagrams_supported is True on uvloop's loop only (asyncio's datagram transport measured slower)."""
     monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
-    for make, expected in ((asyncio.new_event_loop, False), (uvloop.new_event_loop, True)):
+    for make, expected in ((asyncio.SelectorEventLoop, False), (uvloop.new_event_loop, True)):
         reactor = AsyncioSelectorReactor(make())
         try:
             assert native_datagrams_supported(reactor) is expected
@@ -937,7 +937,7 @@ def test_listen_datagrams_reports_a_socket_that_cannot_be_made() -> None:
 
     with pytest.raises(CannotListenError):
         listen_datagrams(MemoryReactor(), object(), taken)
-    loop = asyncio.new_event_loop()
+    loop = asyncio.SelectorEventLoop()
     reactor = AsyncioSelectorReactor(loop)
     try:
         with pytest.raises(CannotListenError, match="Address already in use"):
