@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+import pytest_twisted
 import uvloop
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -944,3 +945,57 @@ def test_listen_datagrams_reports_a_socket_that_cannot_be_made() -> None:
             listen_datagrams(reactor, object(), taken)
     finally:
         close_reactor(reactor)
+
+
+# -- unsent_bytes: what a closing connection still owes ----------------------------
+
+
+def test_unsent_bytes_of_transports_that_cannot_tell_and_of_the_adapter() -> None:
+    """
+    unsent_bytes is None for transports it does not know (an abort timer is
+    kept), the event loop's count for the adapter.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from capserv._internals import unsent_bytes
+
+    assert unsent_bytes(StringTransport()) is None
+    adapter, tr, _ = connect(Factory.forProtocol(Recorder))
+    tr.buffered = 1234
+    assert unsent_bytes(adapter) == 1234 == adapter.write_buffer_size
+
+
+@pytest_twisted.inlineCallbacks
+def test_unsent_bytes_of_twisteds_tcp_transport() -> Any:
+    """
+    On Twisted's own TCP transport unsent_bytes reads Twisted's buffer (its
+    private fields, checked on the oldest and newest Twisted): 0 when all
+    is sent, more once a client that does not read lets replies pile up.
+    """
+    from twisted.internet import reactor
+
+    from capserv._internals import unsent_bytes
+
+    seen: list[int | None] = []
+    done: Deferred[None] = Deferred()
+
+    class Flood(Protocol):
+        def connectionMade(self) -> None:
+            seen.append(unsent_bytes(self.transport))
+            for _ in range(64):
+                self.transport.write(b"x" * 1048576)  # type: ignore[union-attr]
+            seen.append(unsent_bytes(self.transport))
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            done.callback(None)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Flood), interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        yield done
+    finally:
+        client.close()
+        yield port.stopListening()
+    assert seen[0] == 0
+    assert isinstance(seen[1], int) and seen[1] > 0
