@@ -621,8 +621,12 @@ def test_loopback_round_trip_split_character_and_half_close(reactor: AsyncioSele
     assert factory.stats.connections_total == 1 and factory.stats.bytes_out == len(b"HELLO STRASSE ") + 20000
 
 
-def test_loopback_addresses_of_the_connection(reactor: AsyncioSelectorReactor) -> None:
-    """getPeer is the client's address and getHost the server's, as Twisted addresses, on a real TCP connection."""
+@pytest.mark.parametrize("host", HOSTS)
+def test_loopback_addresses_of_the_connection(reactor: AsyncioSelectorReactor, host: str) -> None:
+    """
+    getPeer is the client's address and getHost the server's, as Twisted
+    addresses of the right family, on a real TCP connection.
+    """
     seen: list[Any] = []
 
     class Spy(Protocol):
@@ -630,10 +634,10 @@ def test_loopback_addresses_of_the_connection(reactor: AsyncioSelectorReactor) -
             seen.append((self.transport.getPeer(), self.transport.getHost()))  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
 
-    port = listen(reactor, Factory.forProtocol(Spy))
+    port = listen(reactor, Factory.forProtocol(Spy), lambda: tcp_socket(host))
 
     async def client() -> tuple[Any, bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+        reader, writer = await asyncio.open_connection(host, port.getHost().port)
         local = writer.get_extra_info("sockname")
         data = await read_to_end(reader)
         writer.close()
@@ -644,7 +648,10 @@ def test_loopback_addresses_of_the_connection(reactor: AsyncioSelectorReactor) -
     finally:
         port.stopListening()
     assert data == b""
-    assert seen == [(IPv4Address("TCP", *local), IPv4Address("TCP", "127.0.0.1", port.getHost().port))]
+    kind = IPv6Address if ":" in host else IPv4Address
+    (peer, here) = seen[0]
+    assert (type(peer), peer.host, peer.port) == (kind, local[0], local[1])
+    assert here == kind("TCP", host, port.getHost().port)
 
 
 def test_loopback_unix_socket_addresses_and_cleanup(reactor: AsyncioSelectorReactor) -> None:
