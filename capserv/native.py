@@ -116,7 +116,9 @@ def _address(kind: int, address: Any) -> IAddress:
         return IPv4Address("TCP", address[0], address[1])
     if kind == socket.AF_INET6:
         return IPv6Address("TCP", *address)
-    return UNIXAddress(address or None)
+    # An unnamed peer: Twisted's UNIX port hands buildProtocol the empty
+    # name (getPeer says None, below).
+    return UNIXAddress(address or "")
 
 
 class _Listening:
@@ -336,8 +338,11 @@ class NativeTransport(asyncio.Protocol):
         :return: the peer's address (`IPv4Address`, `IPv6Address` or
             `UNIXAddress`).
         """
-        assert self._peer is not None
-        return self._peer
+        peer = self._peer
+        assert peer is not None
+        if isinstance(peer, UNIXAddress) and not peer.name:
+            return UNIXAddress(None)  # as Twisted's UNIX transport says
+        return peer
 
     def getHost(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
         """
