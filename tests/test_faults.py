@@ -394,6 +394,7 @@ class LoopTransportModel:
         self.lostWith: object = None
         self.writesAfterLoss = 0
         self.writesAfterEOF = 0
+        self.peer: Peer | None = None
 
     # what the adapter calls
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -407,6 +408,10 @@ class LoopTransportModel:
             self.writesAfterEOF += 1
             raise RuntimeError("Cannot call write() after write_eof()")
         if self.failWrites:
+            # The loop reports a failed send as a loss, later; the bytes
+            # are gone.
+            if self.peer is not None:
+                self.peer.writeFailed = True  # not raised: the test must know
             self._lose(BrokenPipeError(errno.EPIPE, "write failed (injected)"))
             return
         self.written.append(data)
@@ -515,6 +520,7 @@ class NativeConnectionLife(ConnectionLife):
         admitted = isinstance(protocol, UppercaseProtocol) and protocol in self.factory.connections
         peer = Peer(protocol, transport, host, admitted)  # type: ignore[arg-type]
         peer.adapter = adapter  # type: ignore[attr-defined]
+        transport.peer = peer
         self.peers.append(peer)
 
     @rule(index=st.integers(0, 5), data=CHUNKS)
