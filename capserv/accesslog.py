@@ -42,6 +42,7 @@ from __future__ import annotations
 import atexit
 import json
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -50,6 +51,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
     ILogObserver,
     LogEvent,
+    Logger,
+    LogLevel,
     eventAsJSON,
     formatEventAsClassicLogText,
     formatTime,
@@ -64,6 +67,7 @@ __all__ = [
     "TextLogObserver",
     "close_all",
     "flush_all",
+    "log_connection",
     "render_access",
 ]
 
@@ -108,6 +112,47 @@ def close_all() -> None:
 
 
 atexit.register(flush_all)
+
+
+#: The logger of the per-connection line, under the namespace it always had
+#: (the protocol's).  A module-level one: ``Logger`` as a class attribute
+#: builds a new ``Logger`` each time it is looked up on an instance.
+_connection_logger = Logger(namespace="capserv.tcp.UppercaseProtocol")
+
+
+def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, reason: str) -> None:
+    """
+    Log one connection's close line: the event ``Logger.info(ACCESS_FORMAT,
+    peer=..., ...)`` would publish (the same fields, level, namespace,
+    format and time), built directly.
+
+    ``Logger.info`` spends about 4 µs an event checking its level and
+    assembling the event; the observers are what the line is for.  The
+    event's ``log_source`` is `None` (it was the protocol object, which no
+    observer can write out).
+
+    :param peer: the peer, as `capserv.addresses.describe` writes it.
+    :param duration: seconds the connection was open.
+    :param bytes_in: bytes read from the peer.
+    :param bytes_out: bytes written to it.
+    :param reason: why it ended.
+    """
+    logger = _connection_logger
+    logger.observer(
+        {
+            "peer": peer,
+            "duration": duration,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "reason": reason,
+            "log_logger": logger,
+            "log_level": LogLevel.info,
+            "log_namespace": logger.namespace,
+            "log_source": None,
+            "log_format": ACCESS_FORMAT,
+            "log_time": time.time(),
+        }
+    )
 
 
 def render_access(event: LogEvent) -> str:

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from capserv._internals import is_proxy_protocol, stream_writer, unsent_bytes
-from capserv.accesslog import ACCESS_FORMAT
+from capserv.accesslog import log_connection
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
@@ -190,14 +190,7 @@ class UppercaseProtocol(Protocol):
         duration = max(0.0, self._clock.seconds() - self.started)
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
-        self._log.info(
-            ACCESS_FORMAT,
-            peer=describe(self.peer),
-            duration=duration,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            reason=self._reason,
-        )
+        log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
 
     # -- backpressure: IPushProducer, called by the transport ----------------
 

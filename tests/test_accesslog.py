@@ -260,3 +260,31 @@ def test_twistd_observer_follows_twistds_choice(tmp_path: Any) -> None:
         observer.writer._out.close()  # type: ignore[union-attr]
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_log_connection_publishes_what_logger_info_would() -> None:
+    """
+    log_connection's event has the keys and values Logger.info's would
+    (fields, level, namespace, format), with a current time stamp, and
+    reaches the global publisher's observers.
+    """
+    import time
+
+    from twisted.logger import globalLogPublisher
+
+    from capserv.accesslog import log_connection
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        before = time.time()
+        log_connection(**FIELDS[0])
+        Logger(namespace="capserv.tcp.UppercaseProtocol").info(ACCESS_FORMAT, **FIELDS[0])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine, theirs = (e for e in events if e.get("log_format") is ACCESS_FORMAT)
+    assert set(mine) == set(theirs)
+    ignore = {"log_time", "log_logger", "log_source"}
+    assert {k: v for k, v in mine.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
+    assert before <= mine["log_time"] <= theirs["log_time"]
+    assert mine["log_source"] is None
