@@ -44,7 +44,16 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from capserv.accesslog import ACCESS_FORMAT, BufferedWriter, JSONLogObserver, TextLogObserver, close_all, render_access
+from capserv import accesslog
+from capserv.accesslog import (
+    ACCESS_FORMAT,
+    BufferedWriter,
+    JSONLogObserver,
+    TextLogObserver,
+    close_all,
+    log_connection,
+    render_access,
+)
 
 FORMAT = ACCESS_FORMAT
 FIELDS = {"peer": "127.0.0.1:54321", "duration": 0.00123, "bytes_in": 64, "bytes_out": 64, "reason": "end of input"}
@@ -104,6 +113,16 @@ def main() -> None:
     json_observer = JSONLogObserver(BufferedWriter(capserv_json, clock=Clock()))
     results.append(("twisted.logger -> capserv JSONLogObserver (buffered)", per_event(n, logger_to([json_observer]))))
     results.append(("  of which: rendering the message (render_access)", per_event(n, lambda: render_access(event))))
+    # How capserv publishes the line: the event built directly.
+    accesslog._connection_logger = Logger(
+        namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(text_observer)
+    )
+    results.append(
+        (
+            "capserv log_connection -> capserv TextLogObserver",
+            per_event(n, lambda: log_connection("127.0.0.1:54321", 0.00123, 64, 64, "end of input")),
+        )
+    )
     close_all()
 
     width = max(len(name) for name, _ in results)
