@@ -613,16 +613,20 @@ class NativeSocketEndpoint:
             path = _filesystem_path(sock)
             listening = _Listening(protocolFactory, family, loop)
             coroutine = loop.create_server(partial(NativeTransport, listening), sock=sock, backlog=self._backlog)
-            protocolFactory.doStart()
             done, result = _run_now(loop, coroutine)
         except Exception as e:
             sock.close()
             return fail(CannotListenError(self._interface, self._port, e))
+
+        def started(server: asyncio.AbstractServer) -> NativePort:
+            protocolFactory.doStart()
+            return NativePort(server, host, protocolFactory, path)
+
         if done:
-            return succeed(NativePort(result, host, protocolFactory, path))
+            return succeed(started(result))
         # An event loop whose create_server truly waits: fire when it is done.
         d: Deferred[Any] = Deferred.fromFuture(result)
-        return d.addCallback(lambda server: NativePort(server, host, protocolFactory, path))
+        return d.addCallback(started)
 
 
 def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:

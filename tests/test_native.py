@@ -1009,3 +1009,23 @@ def test_unsent_bytes_of_twisteds_tcp_transport() -> Any:
         yield port.stopListening()
     assert seen[0] == 0
     assert isinstance(seen[1], int) and seen[1] > 0
+
+
+def test_factory_started_and_stopped_with_the_port(reactor: AsyncioSelectorReactor) -> None:
+    """The factory's doStart runs when the port listens and doStop when it stops, as with Twisted's ports."""
+    factory = Factory.forProtocol(Recorder)
+    port = listen(reactor, factory)
+    assert factory.numPorts == 1
+    run(reactor, wait(port.stopListening(), reactor))
+    assert factory.numPorts == 0
+    port.stopListening()  # a second time does nothing
+    assert factory.numPorts == 0
+
+
+def test_a_socket_the_loop_refuses_fails_listen(reactor: AsyncioSelectorReactor) -> None:
+    """A socket that is not a stream socket fails listen with CannotListenError, and the factory is not started."""
+    factory = Factory.forProtocol(Recorder)
+    failures: list[Failure] = []
+    NativeSocketEndpoint(reactor, lambda: udp_socket()).listen(factory).addErrback(failures.append)
+    assert failures and failures[0].check(CannotListenError)
+    assert factory.numPorts == 0
