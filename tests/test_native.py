@@ -1029,3 +1029,46 @@ def test_a_socket_the_loop_refuses_fails_listen(reactor: AsyncioSelectorReactor)
     NativeSocketEndpoint(reactor, lambda: udp_socket()).listen(factory).addErrback(failures.append)
     assert failures and failures[0].check(CannotListenError)
     assert factory.numPorts == 0
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT on this platform")
+def test_reuse_port_sockets_and_an_inherited_descriptor(reactor: AsyncioSelectorReactor) -> None:
+    """
+    Sockets made elsewhere serve as well: two SO_REUSEPORT sockets on one
+    port (as --workers makes them) and a socket rebuilt from a descriptor
+    (as systemd passes them) all answer.
+    """
+    factory = UppercaseFactory(clock=reactor)
+
+    def reuse_port(number: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", number))
+        sock.listen(16)
+        return sock
+
+    first = listen(reactor, factory, lambda: reuse_port(0))
+    number = first.getHost().port
+    second = listen(reactor, factory, lambda: reuse_port(number))
+    inherited = tcp_socket()
+    descriptor = os.dup(inherited.fileno())
+    inherited.close()
+    third = listen(reactor, factory, lambda: socket.socket(fileno=descriptor))
+
+    async def clients() -> list[bytes]:
+        replies = []
+        for port_number in [number] * 20 + [third.getHost().port]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_number)
+            writer.write(b"shared")
+            writer.write_eof()
+            replies.append(await read_to_end(reader))
+            writer.close()
+        return replies
+
+    try:
+        assert run(reactor, clients()) == [b"SHARED"] * 21
+    finally:
+        for port in (first, second, third):
+            run(reactor, wait(port.stopListening(), reactor))
+        run(reactor, wait(factory.drain(timeout=0), reactor))
+    assert factory.stats.connections_total == 21
