@@ -180,6 +180,9 @@ class NativeTransport(asyncio.Protocol):
     # -- asyncio.Protocol: called by the event loop ----------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """
+        A connection was accepted: build its Twisted protocol and connect it.
+        """
         self._transport = transport
         listening = self._listening
         peer = _address(listening.family, transport.get_extra_info("peername"))
@@ -201,6 +204,9 @@ class NativeTransport(asyncio.Protocol):
             self._fail(Failure())
 
     def data_received(self, data: bytes) -> None:
+        """
+        Bytes arrived: the Twisted protocol's ``dataReceived``.
+        """
         protocol = self._protocol
         if protocol is None:
             return
@@ -210,6 +216,12 @@ class NativeTransport(asyncio.Protocol):
             self._fail(Failure())
 
     def eof_received(self) -> bool:
+        """
+        The peer shut its sending side: ``readConnectionLost`` for an
+        `IHalfCloseableProtocol`, which keeps the write side open.
+
+        :return: whether the event loop should keep the connection open.
+        """
         self._read_eof = True
         protocol = self._protocol
         half = IHalfCloseableProtocol(protocol, None)
@@ -223,6 +235,11 @@ class NativeTransport(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """
+        The connection is closed: stop the producer and tell the protocol,
+        with Twisted's reason (`ConnectionDone`, `ConnectionAborted`,
+        `ConnectionLost`, or the protocol's own error).
+        """
         self.connected = False
         self._write_open = False
         producer, self._producer = self._producer, None
@@ -242,11 +259,18 @@ class NativeTransport(asyncio.Protocol):
         protocol.connectionLost(reason)
 
     def pause_writing(self) -> None:
+        """
+        The write buffer passed its high-water mark: pause a streaming
+        producer.
+        """
         producer = self._producer
         if producer is not None and self._streaming:
             producer.pauseProducing()  # type: ignore[attr-defined]
 
     def resume_writing(self) -> None:
+        """
+        The write buffer drained to its low-water mark: resume the producer.
+        """
         producer = self._producer
         if producer is None:
             return
@@ -719,6 +743,9 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
     # -- asyncio.DatagramProtocol ------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """
+        The event loop's datagram transport is ready: start the protocol.
+        """
         self._transport = transport
         if self._stopped:
             transport.close()
@@ -726,12 +753,18 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
         self._protocol.makeConnection(self)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """
+        A datagram arrived: the protocol's ``datagramReceived``.
+        """
         try:
             self._protocol.datagramReceived(data, addr)
         except Exception:
             _log.failure("Unhandled error in datagram protocol {protocol!r}", protocol=self._protocol)
 
     def error_received(self, exc: Exception) -> None:
+        """
+        A send failed after it was queued: the protocol's ``send_error``.
+        """
         handler = getattr(self._protocol, "send_error", None)
         if handler is not None:
             handler(exc)
@@ -739,6 +772,9 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
             _log.warn("Datagram error on {address}: {error}", address=self.getHost(), error=exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """
+        The datagram transport is closed.
+        """
         self._transport = None
 
     # -- the Twisted transport ---------------------------------------------
