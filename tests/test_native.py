@@ -461,6 +461,7 @@ def test_native_supported_only_on_the_asyncio_reactor(monkeypatch: pytest.Monkey
         assert isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:mode=600"), NativeSocketEndpoint)
         # Descriptions it does not handle go to Twisted.
         assert not isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:lockfile=1"), NativeSocketEndpoint)
+        assert not isinstance(native_endpoint(reactor, "haproxy:tcp:0"), NativeSocketEndpoint)
         assert isinstance(native_endpoint(MemoryReactor(), "tcp:0"), TCP4ServerEndpoint)
     finally:
         close_reactor(reactor)
