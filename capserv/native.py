@@ -69,6 +69,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.lockfile import FilesystemLock
 from zope.interface import implementer
 
 from capserv._internals import asyncio_loop
@@ -500,12 +501,18 @@ class NativePort:
     """
 
     def __init__(
-        self, server: asyncio.AbstractServer, host: IAddress, factory: IProtocolFactory, path: tuple[str, int] | None
+        self,
+        server: asyncio.AbstractServer,
+        host: IAddress,
+        factory: IProtocolFactory,
+        path: tuple[str, int] | None,
+        cleanup: Callable[[], object] | None = None,
     ) -> None:
         self._server: asyncio.AbstractServer | None = server
         self._host = host
         self._factory = factory
         self._path = path
+        self._cleanup = cleanup
 
     def startListening(self) -> None:
         """
@@ -530,6 +537,8 @@ class NativePort:
                     os.unlink(path)
             except OSError:
                 pass
+        if self._cleanup is not None:
+            self._cleanup()
         self._factory.doStop()
         return succeed(None)
 
@@ -596,6 +605,8 @@ class NativeSocketEndpoint:
     :param interface: the address, for the error message of a socket that
         cannot be made.
     :param port: the port or path, for the same message.
+    :param cleanup: called once the port has stopped listening (releases a
+        UNIX socket's lock file, say).
     """
 
     def __init__(
@@ -606,12 +617,14 @@ class NativeSocketEndpoint:
         backlog: int = DEFAULT_BACKLOG,
         interface: str = "",
         port: int | str = 0,
+        cleanup: Callable[[], object] | None = None,
     ) -> None:
         self._reactor = reactor
         self._make_socket = make_socket
         self._backlog = backlog
         self._interface = interface
         self._port = port
+        self._cleanup = cleanup
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
         """
@@ -640,11 +653,13 @@ class NativeSocketEndpoint:
             done, result = _run_now(loop, coroutine)
         except Exception as e:
             sock.close()
+            if self._cleanup is not None:
+                self._cleanup()
             return fail(CannotListenError(self._interface, self._port, e))
 
         def started(server: asyncio.AbstractServer) -> NativePort:
             protocolFactory.doStart()
-            return NativePort(server, host, protocolFactory, path)
+            return NativePort(server, host, protocolFactory, path, self._cleanup)
 
         if done:
             return succeed(started(result))
@@ -875,9 +890,10 @@ def _split(description: str) -> list[str]:
 def _socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[str, Any]] | None:
     """
     Parse a ``tcp:``, ``tcp6:`` or ``unix:`` description the way Twisted
-    does, into a function that makes its listening socket and the
-    endpoint's keyword arguments; `None` for any other kind, or for
-    parameters this module does not handle (``lockfile``, ``wantPID``).
+    does (``unix:`` with its lock file unless ``lockfile=0``), into a
+    function that makes its listening socket and the endpoint's keyword
+    arguments; `None` for any other kind, or for parameters this module
+    does not handle.
     """
     parts = _split(description)
     kind = parts[0].strip().lower()
@@ -919,10 +935,23 @@ def _socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[s
     if kind == "unix":
         path = kwargs.pop("address")
         mode = int(kwargs.pop("mode", "666"), 8)
-        if kwargs.pop("lockfile", "0") not in ("0", "") or kwargs:
+        # Twisted's default: a lock file beside the socket, and a socket
+        # left behind by a process that died is removed.
+        locked = bool(int(kwargs.pop("lockfile", "1")))
+        if kwargs:
             return None
+        lock = FilesystemLock(path + ".lock") if locked and not path.startswith("\0") else None
 
         def make_unix() -> socket.socket:
+            if lock is not None:
+                if not lock.lock():
+                    raise CannotListenError(None, path, "Cannot acquire lock")
+                if not lock.clean:
+                    try:
+                        if stat.S_ISSOCK(os.stat(path).st_mode):
+                            os.remove(path)
+                    except OSError:
+                        pass
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
@@ -932,10 +961,16 @@ def _socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[s
                 sock.setblocking(False)
             except BaseException:
                 sock.close()
+                if lock is not None:
+                    lock.unlock()
                 raise
             return sock
 
-        return make_unix, {"backlog": backlog, "interface": "", "port": path}
+        def unlock() -> None:
+            if lock is not None and lock.locked:
+                lock.unlock()
+
+        return make_unix, {"backlog": backlog, "interface": "", "port": path, "cleanup": unlock}
     return None
 
 

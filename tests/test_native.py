@@ -460,7 +460,7 @@ def test_native_supported_only_on_the_asyncio_reactor(monkeypatch: pytest.Monkey
         assert isinstance(native_endpoint(reactor, "tcp:0:interface=127.0.0.1"), NativeSocketEndpoint)
         assert isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:mode=600"), NativeSocketEndpoint)
         # Descriptions it does not handle go to Twisted.
-        assert not isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:lockfile=1"), NativeSocketEndpoint)
+        assert isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:lockfile=0"), NativeSocketEndpoint)
         assert not isinstance(native_endpoint(reactor, "haproxy:tcp:0"), NativeSocketEndpoint)
         assert isinstance(native_endpoint(MemoryReactor(), "tcp:0"), TCP4ServerEndpoint)
     finally:
@@ -1073,3 +1073,33 @@ def test_reuse_port_sockets_and_an_inherited_descriptor(reactor: AsyncioSelector
             run(reactor, wait(port.stopListening(), reactor))
         run(reactor, wait(factory.drain(timeout=0), reactor))
     assert factory.stats.connections_total == 21
+
+
+def test_native_endpoint_unix_lock_file_as_twisted(reactor: AsyncioSelectorReactor, tmp_path: Any) -> None:
+    """
+    native_endpoint's unix: keeps Twisted's lock file: a second listener on
+    the path is refused while the first holds it; stopping removes the
+    socket and the lock; a socket left by a dead process is replaced.
+    """
+    path = str(tmp_path / "capserv.sock")
+    factory = Factory.forProtocol(Recorder)
+    endpoint = native_endpoint(reactor, f"unix:{path}:mode=600")
+    assert isinstance(endpoint, NativeSocketEndpoint)
+    ports: list[Any] = []
+    endpoint.listen(factory).addCallback(ports.append)
+    (port,) = ports
+    assert os.path.islink(path + ".lock") and oct(os.stat(path).st_mode & 0o777) == "0o600"
+    refused: list[Failure] = []
+    native_endpoint(reactor, f"unix:{path}").listen(factory).addErrback(refused.append)
+    assert refused and refused[0].check(CannotListenError) and "lock" in refused[0].getErrorMessage()
+    port.stopListening()
+    assert not os.path.exists(path) and not os.path.lexists(path + ".lock")
+    # A socket file and a lock left behind by a process that is gone.
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(path)
+    leftover.close()
+    os.symlink("999999999", path + ".lock")
+    ports.clear()
+    native_endpoint(reactor, f"unix:{path}").listen(factory).addCallback(ports.append)
+    assert ports and ports[0].getHost() == UNIXAddress(path)
+    ports[0].stopListening()
