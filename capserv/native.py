@@ -84,6 +84,7 @@ __all__ = [
     "native_datagrams_supported",
     "native_endpoint",
     "native_supported",
+    "socket_maker",
 ]
 
 _log = Logger(namespace="capserv.native")
@@ -887,13 +888,23 @@ def _split(description: str) -> list[str]:
     return parts
 
 
-def _socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[str, Any]] | None:
+def socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[str, Any]] | None:
     """
     Parse a ``tcp:``, ``tcp6:`` or ``unix:`` description the way Twisted
-    does (``unix:`` with its lock file unless ``lockfile=0``), into a
-    function that makes its listening socket and the endpoint's keyword
-    arguments; `None` for any other kind, or for parameters this module
-    does not handle.
+    does (``unix:`` with its lock file unless ``lockfile=0``) into what a
+    `NativeSocketEndpoint` takes::
+
+        make_socket, options = socket_maker("tcp:50007:interface=127.0.0.1")
+        NativeSocketEndpoint(reactor, make_socket, **options)
+
+    :param description: a Twisted server endpoint description.
+    :return: the function that makes the bound, listening socket (raising
+        `OSError`, or `CannotListenError` for a UNIX lock held by a live
+        process) and the endpoint's keyword arguments (``backlog``,
+        ``interface``, ``port``, ``cleanup``); `None` for any other kind,
+        or for parameters this module does not handle.
+    :raises ValueError: for a malformed port, mode or backlog.
+    :raises KeyError: for a description without its port or path.
     """
     parts = _split(description)
     kind = parts[0].strip().lower()
@@ -991,7 +1002,7 @@ def native_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     if native_supported(reactor):
         try:
-            parsed = _socket_maker(description)
+            parsed = socket_maker(description)
         except (ValueError, KeyError):
             parsed = None  # let Twisted's parser name the problem
         if parsed is not None:
