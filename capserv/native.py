@@ -645,6 +645,7 @@ class NativeSocketEndpoint:
         except OSError as e:
             return fail(CannotListenError(self._interface, self._port, e))
         try:
+            sock = _as_tcp(sock)
             sock.setblocking(False)
             family = sock.family
             host = _address(family, sock.getsockname())
@@ -667,6 +668,17 @@ class NativeSocketEndpoint:
         # An event loop whose create_server truly waits: fire when it is done.
         d: Deferred[Any] = Deferred.fromFuture(result)
         return d.addCallback(started)
+
+
+def _as_tcp(sock: socket.socket) -> socket.socket:
+    """
+    The same TCP socket, saying it is TCP (``proto`` ``IPPROTO_TCP``, not
+    0), so that asyncio's loop turns Nagle's algorithm off on the
+    connections it accepts, as uvloop's does (asyncio checks ``proto``).
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    return sock
 
 
 def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:

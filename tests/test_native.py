@@ -1103,3 +1103,36 @@ def test_native_endpoint_unix_lock_file_as_twisted(reactor: AsyncioSelectorReact
     native_endpoint(reactor, f"unix:{path}").listen(factory).addCallback(ports.append)
     assert ports and ports[0].getHost() == UNIXAddress(path)
     ports[0].stopListening()
+
+
+def test_tcp_options_nagle_off_on_both_loops(reactor: AsyncioSelectorReactor) -> None:
+    """
+    Accepted TCP connections have Nagle's algorithm off on asyncio's loop as
+    on uvloop's (a socket made with proto 0 included); the ITCPTransport
+    option methods read and set the real socket.
+    """
+    seen: list[tuple[bool, bool, bool, bool]] = []
+
+    class Options(Protocol):
+        def connectionMade(self) -> None:
+            transport: Any = self.transport
+            first = transport.getTcpNoDelay()
+            transport.setTcpNoDelay(False)
+            transport.setTcpKeepAlive(True)
+            handle = transport.getHandle()
+            seen.append((first, transport.getTcpNoDelay(), transport.getTcpKeepAlive(), handle is not None))
+            transport.loseConnection()
+
+    port = listen(reactor, Factory.forProtocol(Options))
+
+    async def client() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+        data = await read_to_end(reader)
+        writer.close()
+        return data
+
+    try:
+        assert run(reactor, client()) == b""
+    finally:
+        port.stopListening()
+    assert seen == [(True, False, True, True)]
