@@ -81,6 +81,8 @@ IDLE_TARGET_KIB = 2.6
 #   -fastlog    capserv's buffered observer for the log
 #               (--logger=capserv.logs.text_lines), whatever the daemon's default
 #   -nofast     no write-now / direct sendto paths (CAPSERV_NO_FASTPATH=1)
+#   -nativeudp  UDP through uvloop's datagram transport (CAPSERV_NATIVE_UDP=1;
+#               off by default: not measured faster)
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-epoll": (["--no-uvloop"], {}),
     "-asyncio": (["--reactor=asyncio"], {}),
@@ -88,6 +90,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-twistdlog": (["--logger=capserv.logs.twisted_text"], {}),
     "-fastlog": (["--logger=capserv.logs.text_lines"], {}),
     "-nofast": ([], {"CAPSERV_NO_FASTPATH": "1"}),
+    "-nativeudp": ([], {"CAPSERV_NATIVE_UDP": "1"}),
 }
 
 

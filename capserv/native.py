@@ -705,19 +705,24 @@ def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
 
 def native_datagrams_supported(reactor: Any) -> bool:
     """
-    Whether datagrams on ``reactor`` are better served by its event loop's
-    own transport: `native_supported`, and the loop is uvloop's.
+    Whether datagrams on ``reactor`` are to be served by its event loop's
+    own datagram transport: only when asked (``CAPSERV_NATIVE_UDP=1``), on
+    uvloop's loop, and with `native_supported`.
 
-    Measured (``udp 50 x 64 B``, one run): Twisted's UDP port on the
-    asyncio reactor reads every datagram waiting in one go and answers
-    190,000 a second on asyncio's loop but only 120,000 on uvloop's, where
-    uvloop's own datagram transport answers 185,000.  asyncio's datagram
-    transport reads one datagram per wake-up and answers 30,000: Twisted's
-    port stays there.
+    Not by default, because it did not measure faster.  Twisted's UDP port
+    on the asyncio reactor reads every datagram waiting in one go; one
+    process serving both on uvloop's loop, alternating the load between
+    them (``udp 50 x 64 B``, load average 2), spent 6.7 µs of CPU a
+    datagram on Twisted's port and 7.7 µs on uvloop's transport; runs at
+    load 1 gave 190,000-205,000 datagrams a second for Twisted's port and
+    191,000-198,000 for uvloop's (one early run that favoured uvloop's,
+    185,000 against 120,000, did not repeat).  asyncio's own datagram
+    transport reads one datagram per wake-up and answered 30,000.
+    ``bench/run.py``'s ``-nativeudp`` variants measure it again.
 
     :param reactor: the reactor datagrams would be served on.
     """
-    if not native_supported(reactor):
+    if os.environ.get("CAPSERV_NATIVE_UDP", "") != "1" or not native_supported(reactor):
         return False
     return type(asyncio_loop(reactor)).__module__.split(".")[0] == "uvloop"
 

@@ -62,7 +62,8 @@ def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[Uppercas
 
     proto = UppercaseDatagramProtocol(config, clock=reactor)
     if native_datagrams_supported(reactor):
-        # The event loop's datagram transport (uvloop: CAPSERV_TEST_LOOP=uvloop).
+        # The event loop's datagram transport (CAPSERV_NATIVE_UDP=1 with
+        # CAPSERV_TEST_LOOP=uvloop).
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         def bound() -> socket.socket:

@@ -926,9 +926,19 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
     assert proto.stats.drops["send_error"] == 2
 
 
-def test_datagrams_native_only_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """native_datagrams_supported is True on uvloop's loop only (asyncio's datagram transport measured slower)."""
+def test_datagrams_native_only_when_asked_and_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    native_datagrams_supported is True only with CAPSERV_NATIVE_UDP=1 and on
+    uvloop's loop (not measured faster; asyncio's datagram transport slower).
+    """
     monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
+    monkeypatch.delenv("CAPSERV_NATIVE_UDP", raising=False)
+    reactor = AsyncioSelectorReactor(uvloop.new_event_loop())
+    try:
+        assert not native_datagrams_supported(reactor)
+    finally:
+        close_reactor(reactor)
+    monkeypatch.setenv("CAPSERV_NATIVE_UDP", "1")
     for make, expected in ((asyncio.SelectorEventLoop, False), (uvloop.new_event_loop, True)):
         reactor = AsyncioSelectorReactor(make())
         try:
