@@ -712,13 +712,12 @@ def native_datagrams_supported(reactor: Any) -> bool:
     Not by default, because it did not measure faster.  Twisted's UDP port
     on the asyncio reactor reads every datagram waiting in one go; one
     process serving both on uvloop's loop, alternating the load between
-    them (``udp 50 x 64 B``, load average 2), spent 6.7 µs of CPU a
-    datagram on Twisted's port and 7.7 µs on uvloop's transport; runs at
-    load 1 gave 190,000-205,000 datagrams a second for Twisted's port and
-    191,000-198,000 for uvloop's (one early run that favoured uvloop's,
-    185,000 against 120,000, did not repeat).  asyncio's own datagram
-    transport reads one datagram per wake-up and answered 30,000.
-    ``bench/run.py``'s ``-nativeudp`` variants measure it again.
+    them (``udp 50 x 64 B``, 6 runs of 1 s, load average 1), answered
+    189,000 datagrams a second at 4.9 µs of CPU each on Twisted's port and
+    177,000 at 5.3 µs on uvloop's transport (one early run that favoured
+    uvloop's did not repeat).  asyncio's own datagram transport reads one
+    datagram per wake-up and answered 30,000.  ``bench/run.py``'s
+    ``-nativeudp`` variants measure it again.
 
     :param reactor: the reactor datagrams would be served on.
     """
