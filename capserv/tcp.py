@@ -57,9 +57,10 @@ class UppercaseProtocol(Protocol):
     reading cannot make the server buffer without bound.  (Being its own
     producer costs a connection no extra object, and no reference cycle for
     the garbage collector to find.)
-    """
 
-    _log = Logger()
+    When a connection closes it logs one line with its peer, duration,
+    bytes in and out and reason (`capserv.accesslog.log_connection`).
+    """
 
     factory: UppercaseFactory
     transport: ITransport
