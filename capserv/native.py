@@ -608,6 +608,9 @@ class NativeSocketEndpoint:
     :param port: the port or path, for the same message.
     :param cleanup: called once the port has stopped listening (releases a
         UNIX socket's lock file, say).
+    :param unlink: remove a UNIX socket's file when the port stops, as
+        Twisted's UNIX port does (`False` for a socket someone else owns,
+        such as one systemd passed).
     """
 
     def __init__(
@@ -619,6 +622,7 @@ class NativeSocketEndpoint:
         interface: str = "",
         port: int | str = 0,
         cleanup: Callable[[], object] | None = None,
+        unlink: bool = True,
     ) -> None:
         self._reactor = reactor
         self._make_socket = make_socket
@@ -626,6 +630,7 @@ class NativeSocketEndpoint:
         self._interface = interface
         self._port = port
         self._cleanup = cleanup
+        self._unlink = unlink
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
         """
@@ -649,7 +654,7 @@ class NativeSocketEndpoint:
             sock.setblocking(False)
             family = sock.family
             host = _address(family, sock.getsockname())
-            path = _filesystem_path(sock)
+            path = _filesystem_path(sock) if self._unlink else None
             listening = _Listening(protocolFactory, family, loop)
             coroutine = loop.create_server(partial(NativeTransport, listening), sock=sock, backlog=self._backlog)
             done, result = _run_now(loop, coroutine)

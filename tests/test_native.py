@@ -1146,3 +1146,20 @@ def test_tcp_options_nagle_off_on_both_loops(reactor: AsyncioSelectorReactor) ->
     finally:
         port.stopListening()
     assert seen == [(True, False, True, True)]
+
+
+def test_unlink_false_leaves_a_unix_socket_file(reactor: AsyncioSelectorReactor, tmp_path: Any) -> None:
+    """With unlink=False (a socket systemd owns) stopping leaves the socket file; by default it is removed."""
+    for unlink in (False, True):
+        path = str(tmp_path / f"{unlink}.sock")
+
+        def make(path: str = path) -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            sock.listen(4)
+            return sock
+
+        ports: list[Any] = []
+        NativeSocketEndpoint(reactor, make, unlink=unlink).listen(Factory.forProtocol(Recorder)).addCallback(ports.append)
+        ports[0].stopListening()
+        assert os.path.exists(path) is not unlink
