@@ -1160,6 +1160,7 @@ def test_unlink_false_leaves_a_unix_socket_file(reactor: AsyncioSelectorReactor,
             return sock
 
         ports: list[Any] = []
-        NativeSocketEndpoint(reactor, make, unlink=unlink).listen(Factory.forProtocol(Recorder)).addCallback(ports.append)
+        endpoint = NativeSocketEndpoint(reactor, make, unlink=unlink)
+        endpoint.listen(Factory.forProtocol(Recorder)).addCallback(ports.append)
         ports[0].stopListening()
         assert os.path.exists(path) is not unlink
