@@ -1085,12 +1085,15 @@ def test_reuse_port_sockets_and_an_inherited_descriptor(reactor: AsyncioSelector
     assert factory.stats.connections_total == 21
 
 
-def test_native_endpoint_unix_lock_file_as_twisted(reactor: AsyncioSelectorReactor, tmp_path: Any) -> None:
+def test_native_endpoint_unix_lock_file_as_twisted(
+    reactor: AsyncioSelectorReactor, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     native_endpoint's unix: keeps Twisted's lock file: a second listener on
     the path is refused while the first holds it; stopping removes the
     socket and the lock; a socket left by a dead process is replaced.
     """
+    monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
     path = str(tmp_path / "capserv.sock")
     factory = Factory.forProtocol(Recorder)
     endpoint = native_endpoint(reactor, f"unix:{path}:mode=600")
