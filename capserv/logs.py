@@ -92,3 +92,36 @@ def twisted_text() -> ILogObserver:
     from twisted.logger import textFileLogObserver
 
     return textFileLogObserver(sys.stdout)
+
+
+def install_for_twistd(application: Any, options: Any) -> bool:
+    """
+    Make twistd log through capserv's text observer (`twistd_observer`)
+    when it would build its own text observer: no ``--logger`` and no
+    ``--syslog`` given.
+
+    Call it with the twistd application before twistd starts logging (for
+    a plugin: from the service's ``setServiceParent``, whose parent is the
+    application twistd made; twistd starts logging after that).
+
+    :param application: the application (a ``Componentized``, as twistd's
+        is).
+    :param options: twistd's options (``logger``, ``syslog``, ``logfile``,
+        ``nodaemon``), e.g. the plugin options' ``parent``.
+    :return: whether capserv's observer was installed.
+    """
+    from twisted.logger import ILogObserver as LogObserverInterface
+
+    def option(name: str) -> Any:
+        try:
+            return options[name]
+        except (KeyError, TypeError):
+            return None
+
+    if option("logger") or option("syslog") or application.getComponent(LogObserverInterface, None) is not None:
+        return False
+    observer = twistd_observer(option("logfile") or "", bool(option("nodaemon")))
+    if observer is None:
+        return False
+    application.setComponent(LogObserverInterface, observer)
+    return True

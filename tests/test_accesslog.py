@@ -288,3 +288,28 @@ def test_log_connection_publishes_what_logger_info_would() -> None:
     assert {k: v for k, v in mine.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
     assert before <= mine["log_time"] <= theirs["log_time"]
     assert mine["log_source"] is None
+
+
+def test_install_for_twistd_only_where_twistd_would_build_its_text_observer() -> None:
+    """
+    install_for_twistd sets capserv's observer as the application's
+    ILogObserver under -n (standard output), and leaves --logger, --syslog
+    and an observer already set alone.
+    """
+    import sys
+
+    from twisted.application.service import Application
+    from twisted.logger import ILogObserver
+
+    from capserv.logs import install_for_twistd
+
+    application = Application("capserv")
+    assert install_for_twistd(application, {"nodaemon": True, "logfile": None, "logger": None, "syslog": False})
+    observer = application.getComponent(ILogObserver)
+    assert isinstance(observer, TextLogObserver) and observer.writer._out is sys.stdout
+    assert not install_for_twistd(application, {"nodaemon": True})  # already set
+    for options in ({"logger": "capserv.logs.json_lines", "nodaemon": True}, {"syslog": True, "nodaemon": True}):
+        other = Application("capserv")
+        assert not install_for_twistd(other, options)
+        assert other.getComponent(ILogObserver, None) is None
+    assert not install_for_twistd(Application("capserv"), {"logfile": "-", "nodaemon": False})
