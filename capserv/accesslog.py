@@ -207,7 +207,10 @@ class BufferedWriter:
         self._buffer: list[str] = []
         self._size = 0
         self._timer: IDelayedCall | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: Twisted logs from its signal handlers ("Received
+        # SIGTERM"), which Python runs in the main thread between any two
+        # bytecodes -- also while this writer holds its lock.
+        self._lock = threading.RLock()
         self._reactor_thread = threading.get_ident()
         _writers.add(self)
 
@@ -231,15 +234,20 @@ class BufferedWriter:
                 self._timer = clock.callLater(self.interval, self.flush)
 
     def _write_out(self) -> None:
-        """Write what is waiting (with the lock held)."""
+        """
+        Write what is waiting (with the lock held).  The buffer is swapped
+        out before it is written, so a call that interrupts this one (a
+        signal handler logging) writes only its own lines: none twice.
+        """
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return
-        text = "".join(self._buffer)
-        self._buffer.clear()
+        self._buffer = []
         self._size = 0
+        text = "".join(buffer)
         try:
             self._out.write(text)
             self._out.flush()
@@ -248,10 +256,16 @@ class BufferedWriter:
 
     def flush(self) -> None:
         """
-        Write everything waiting now.
+        Write everything waiting now.  Gives up after a second if another
+        thread holds the writer (so that stopping, or the interpreter
+        exiting, never hangs on a log).
         """
-        with self._lock:
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
             self._write_out()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """

@@ -313,3 +313,70 @@ def test_install_for_twistd_only_where_twistd_would_build_its_text_observer() ->
         assert not install_for_twistd(other, options)
         assert other.getComponent(ILogObserver, None) is None
     assert not install_for_twistd(Application("capserv"), {"logfile": "-", "nodaemon": False})
+
+
+def test_a_line_logged_while_the_writer_writes_neither_blocks_nor_repeats() -> None:
+    """
+    A log line written from inside a write (as Twisted's signal handlers
+    log, between any two bytecodes of the main thread) neither deadlocks
+    nor writes any line twice.
+    """
+    clock = Clock()
+    written: list[str] = []
+
+    class Interrupted:
+        def __init__(self) -> None:
+            self.writer: BufferedWriter | None = None
+            self.interrupted = False
+
+        def write(self, text: str) -> None:
+            if not self.interrupted and self.writer is not None:
+                self.interrupted = True
+                self.writer.write("Received SIGTERM, shutting down.\n", urgent=True)
+            written.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    out = Interrupted()
+    writer = BufferedWriter(out, clock)
+    out.writer = writer
+    writer.write("a closed after...\n")
+    writer.write("b closed after...\n")
+    done = threading.Event()
+
+    def flush() -> None:
+        writer.flush()
+        done.set()
+
+    thread = threading.Thread(target=flush, daemon=True)
+    thread.start()
+    assert done.wait(5), "the writer deadlocked"
+    lines = "".join(written).splitlines()
+    assert sorted(lines) == sorted(["a closed after...", "b closed after...", "Received SIGTERM, shutting down."])
+    assert writer.waiting == 0 and clock.getDelayedCalls() == []
+
+
+def test_flush_gives_up_on_a_writer_another_thread_holds() -> None:
+    """flush (what runs at stop and at exit) returns within about a second if another thread holds the writer."""
+    out = io.StringIO()
+    writer = BufferedWriter(out, Clock())
+    writer.write("waiting\n")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    try:
+        writer.flush()  # returns instead of waiting for the other thread
+        assert out.getvalue() == ""
+    finally:
+        release.set()
+        thread.join(5)
+    writer.flush()
+    assert out.getvalue() == "waiting\n"
