@@ -23,6 +23,7 @@ __all__ = [
     "proxy_protocol_factory",
     "stream_writer",
     "systemd_descriptors",
+    "unsent_bytes",
 ]
 
 
@@ -71,6 +72,46 @@ def clear_exit_signal(reactor: Any) -> bool:
     return False
 
 
+def _tcp() -> Any:
+    """``twisted.internet.tcp``, imported when first needed (it is not when
+    the module is imported, so that no reactor is)."""
+    global _tcp_module
+    if _tcp_module is None:
+        from twisted.internet import tcp
+
+        _tcp_module = tcp
+    return _tcp_module
+
+
+_tcp_module: Any = None
+
+
+def unsent_bytes(transport: Any) -> int | None:
+    """
+    How many bytes written to a stream transport are not yet sent, or `None`
+    if the transport cannot tell.
+
+    `capserv.native`'s transport says so publicly (``write_buffer_size``).
+    Twisted's TCP transport keeps its buffer in ``dataBuffer`` (sent up to
+    ``offset``) and ``_tempDataBuffer`` (``_tempDataLen`` bytes).
+
+    :return: the count, or `None` for other transports (TLS, wrappers,
+        test doubles) and when Twisted's internals are not the expected
+        ones.
+    """
+    size = getattr(transport, "write_buffer_size", None)
+    if isinstance(size, int):
+        return size
+    if not isinstance(transport, _tcp().Connection):
+        return None
+    buffer = getattr(transport, "dataBuffer", None)
+    offset = getattr(transport, "offset", None)
+    pending = getattr(transport, "_tempDataLen", None)
+    if not isinstance(buffer, bytes) or not isinstance(offset, int) or not isinstance(pending, int):
+        return None
+    return len(buffer) - offset + pending
+
+
 def stream_writer(transport: Any) -> Any:
     """
     A ``write(data)`` for a TCP or UNIX transport that sends at once when
@@ -88,12 +129,13 @@ def stream_writer(transport: Any) -> Any:
         whose internals are not the ones expected (TLS, PROXY-protocol
         wrappers, other reactors' transports).
     """
-    from twisted.internet import tcp
-
-    if not fast_paths_enabled():
+    tcp = _tcp()
+    # The type first: a transport of another kind (capserv.native's) costs
+    # no look-up of the environment.
+    if not isinstance(transport, tcp.Connection) or not fast_paths_enabled():
         return transport.write
     needed = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "connected", "_writeDisconnected", "disconnecting")
-    if not isinstance(transport, tcp.Connection) or not all(hasattr(transport, name) for name in needed):
+    if not all(hasattr(transport, name) for name in needed):
         return transport.write
     write: Callable[[bytes], None] = transport.write
     send: Callable[[bytes], int] = transport.socket.send

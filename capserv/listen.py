@@ -356,7 +356,9 @@ class _SocketListener(Listener):
         if native:
             from capserv.native import NativeSocketEndpoint
 
-            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(reactor, self.take_socket)
+            # A UNIX socket's file is removed by UnixListener itself (and a
+            # systemd socket's file is systemd's).
+            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(reactor, self.take_socket, unlink=False)
         else:
             endpoint = SocketEndpoint(reactor, self.take_socket)
         service: IService = endpoint_service(_Logged(endpoint, self.description, self.what), handler)

@@ -5,64 +5,125 @@ Log observers for twistd's ``--logger`` option.
 per line to standard output: the rendered message (``text``), the level,
 the time, the namespace, and every structured field of the event that is
 plain data (``peer``, ``bytes_in``, ``bytes_out``, ``duration``,
-``reason``, ``limit``...), for a log shipper to read.
+``reason``, ``limit``...), for a log shipper to read
+(`capserv.accesslog.event_as_json`).  Twisted's own ``jsonFileLogObserver``
+keeps only the format string, writes ``{"unpersistable": true}`` for fields
+it cannot serialize and starts each record with an RS byte.
 
-Twisted's own ``jsonFileLogObserver`` keeps the format string but not the
-message, and writes ``{"unpersistable": true}`` for every field it cannot
-serialize (the reactor, the logging object, a protocol); a log shipper can
-use neither.  This observer writes the text and leaves such fields out.
+``--logger=capserv.logs.text_lines`` writes what twistd writes by default
+(``TIME [SYSTEM] MESSAGE``), for less CPU.
+
+Both are `capserv.accesslog` observers: the per-connection lines are
+written in batches, at least once a second and when capserv stops (a
+SIGKILL can lose the last second of them); every other event is written at
+once.
 """
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
-from typing import IO, Any
+from typing import Any
 
-from twisted.logger import FileLogObserver, LogEvent, formatEvent
+from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
 
-__all__ = ["event_as_json", "json_lines"]
+from capserv.accesslog import JSONLogObserver, TextLogObserver
 
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, _PLAIN):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
-    return False
+__all__ = ["json_lines", "text_lines", "twistd_observer", "twisted_text"]
 
 
-def event_as_json(event: LogEvent) -> str:
-    """
-    One event as a line of JSON: its rendered text, level, time, namespace
-    and plain-data fields; a failure's traceback as ``failure``.
-    """
-    record: dict[str, Any] = {"text": formatEvent(event)}
-    level = event.get("log_level")
-    if level is not None:
-        record["level"] = level.name
-    for key, value in event.items():
-        if key in ("log_format", "log_level", "log_logger", "log_source", "log_failure", "log_io"):
-            continue
-        if key == "log_time":
-            record["time"] = value
-        elif key == "log_namespace":
-            record["namespace"] = value
-        elif not key.startswith("log_") and key not in record and _plain(value):
-            record[key] = value
-    failure = event.get("log_failure")
-    if failure is not None:
-        record["failure"] = failure.getTraceback()
-    return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def json_lines(out: IO[str] | None = None) -> FileLogObserver:
+def json_lines() -> ILogObserver:
     """
     A JSON-lines observer on standard output (redirect it, or let systemd's
     journal take it).
     """
-    return FileLogObserver(out if out is not None else sys.stdout, event_as_json)
+    return JSONLogObserver(sys.stdout)
+
+
+def text_lines() -> ILogObserver:
+    """
+    twistd's text format on standard output, the per-connection lines
+    written in batches.
+    """
+    return TextLogObserver(sys.stdout)
+
+
+def twistd_observer(logfile: str, nodaemon: bool) -> ILogObserver | None:
+    """
+    A `TextLogObserver` where twistd would make its own text observer for
+    ``--logfile`` (or standard output under ``-n``), so the daemon's
+    default log takes the cheap path too: the same file, the same lines.
+
+    Make it what twistd logs to by setting it as the application's
+    ``ILogObserver`` component (twistd uses that unless ``--logger`` is
+    given; do not set it under ``--syslog``).
+
+    :param logfile: twistd's ``--logfile`` value (``""`` if not given).
+    :param nodaemon: twistd's ``-n``.
+    :return: the observer, or `None` where twistd refuses the combination
+        itself (``--logfile=-`` for a daemon).
+    """
+    out: Any
+    if logfile == "-":
+        if not nodaemon:
+            return None
+        out = sys.stdout
+    elif nodaemon and not logfile:
+        out = sys.stdout
+    else:
+        # As twistd does: a rotating file, rotated on SIGUSR1 too.
+        out = LogFile.fromFullPath(logfile or "twistd.log")
+        if not signal.getsignal(signal.SIGUSR1):
+
+            def rotate(number: int, frame: object) -> None:
+                from capserv.reactor import global_reactor
+
+                global_reactor().callFromThread(out.rotate)
+
+            signal.signal(signal.SIGUSR1, rotate)
+    return TextLogObserver(out)
+
+
+def twisted_text() -> ILogObserver:
+    """
+    twisted.logger's own text observer on standard output, what twistd
+    builds for ``-n``: for measuring what `text_lines` saves
+    (``bench/run.py``'s ``-twistdlog`` variants).
+    """
+    from twisted.logger import textFileLogObserver
+
+    return textFileLogObserver(sys.stdout)
+
+
+def install_for_twistd(application: Any, options: Any) -> bool:
+    """
+    Make twistd log through capserv's text observer (`twistd_observer`)
+    when it would build its own text observer: no ``--logger`` and no
+    ``--syslog`` given.
+
+    Call it with the twistd application before twistd starts logging (for
+    a plugin: from the service's ``setServiceParent``, whose parent is the
+    application twistd made; twistd starts logging after that).
+
+    :param application: the application (a ``Componentized``, as twistd's
+        is).
+    :param options: twistd's options (``logger``, ``syslog``, ``logfile``,
+        ``nodaemon``), e.g. the plugin options' ``parent``.
+    :return: whether capserv's observer was installed.
+    """
+    from twisted.logger import ILogObserver as LogObserverInterface
+
+    def option(name: str) -> Any:
+        try:
+            return options[name]
+        except (KeyError, TypeError):
+            return None
+
+    if option("logger") or option("syslog") or application.getComponent(LogObserverInterface, None) is not None:
+        return False
+    observer = twistd_observer(option("logfile") or "", bool(option("nodaemon")))
+    if observer is None:
+        return False
+    application.setComponent(LogObserverInterface, observer)
+    return True

@@ -24,8 +24,10 @@ from twisted.logger import Logger
 
 from capserv._internals import clear_exit_signal
 from capserv._version import __version__
+from capserv.accesslog import flush_all
 from capserv.config import CapservConfig
 from capserv.listen import ListenError
+from capserv.logs import install_for_twistd
 from capserv.reactor import describe_reactor
 from capserv.rlimits import raise_file_limit
 from capserv.tcp import UppercaseFactory
@@ -75,8 +77,21 @@ class CapservService(MultiService):
         #: `capserv.workers.FORCE_SIGNAL`; stop signals it gets directly as
         #: well as from the supervisor count once.
         self.worker = False
+        #: twistd's own options when twistd runs this service: its logging
+        #: options decide whether capserv's log observer is installed.
+        self.twistd_options: Any = None
         self._stopping = False
         self._force_pending = False
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Join twistd's application; before twistd starts logging, make it log
+        through capserv's cheaper text observer where it would build its own
+        (`capserv.logs.install_for_twistd`).
+        """
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
+        if self.twistd_options is not None:
+            install_for_twistd(parent, self.twistd_options)
 
     def privilegedStartService(self) -> None:
         """
@@ -169,6 +184,7 @@ class CapservService(MultiService):
                 datagrams_answered=self.datagrams.stats.datagrams_out,
                 how=" (forced by a second signal)" if self.forced else "",
             )
+            flush_all()
 
         return deferLater(self.reactor, 0, log)
 

@@ -12,7 +12,6 @@ daemonizes, and nothing listens), then wires them, like Twisted's own
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -24,6 +23,7 @@ from capserv._version import __version__
 from capserv.coerce import number
 from capserv.config import CapservConfig, ConfigError
 from capserv.listen import DEFAULT_LISTEN, Listener, ListenError, parse_listen
+from capserv.native import native_supported
 from capserv.reactor import choose_reactor
 from capserv.service import CapservService, StartError
 from capserv.tcp import UppercaseFactory
@@ -291,6 +291,7 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
     factory = UppercaseFactory(settings, clock=reactor)
     datagrams = DatagramState(settings, clock=reactor)
     service = CapservService(settings, factory, datagrams, reactor)
+    service.twistd_options = getattr(config, "parent", None)
     listeners: list[Listener] = list(config["listen"])
     metrics: Listener | None = config.get("metrics_listener")
     _bind_all([*listeners, *([metrics] if metrics else [])], shared)
@@ -336,11 +337,7 @@ def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
     """Whether streams are served on the event loop's own transports."""
     if config.get("no-native"):
         return False
-    try:
-        native = importlib.import_module("capserv.native")
-    except ImportError:
-        return False
-    return bool(native.native_supported(reactor))
+    return native_supported(reactor)
 
 
 def _worker_command(config: Options | dict[str, Any], listeners: list[Listener]) -> list[str]:

@@ -28,13 +28,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv._internals import is_proxy_protocol, stream_writer
+from capserv._internals import is_proxy_protocol, stream_writer, unsent_bytes
+from capserv.accesslog import log_connection
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
 from capserv.reactor import global_reactor
 from capserv.stats import TCPStats
-from capserv.text import Uppercaser
+from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding
 
 if TYPE_CHECKING:
     pass
@@ -42,47 +43,24 @@ if TYPE_CHECKING:
 __all__ = ["UppercaseFactory", "UppercaseProtocol"]
 
 
-@implementer(IPushProducer)
-class _ReadThrottle:
-    """
-    Stop reading from a peer while its unsent reply is over the high-water
-    mark.
-
-    Registered as the transport's streaming producer: the transport calls
-    `pauseProducing` when its write buffer passes the mark and
-    `resumeProducing` once it has drained, and this object turns those into
-    "stop reading" and "start reading" on the same transport.  So a client
-    that sends without reading cannot make the server buffer without bound.
-    """
-
-    __slots__ = ("_protocol", "paused")
-
-    def __init__(self, protocol: UppercaseProtocol) -> None:
-        self._protocol = protocol
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self._protocol._read_paused()
-
-    def resumeProducing(self) -> None:
-        if self.paused:
-            self.paused = False
-            self._protocol._read_resumed()
-
-    def stopProducing(self) -> None:
-        self.paused = False
-
-
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class UppercaseProtocol(Protocol):
     """
     Uppercase one connection's byte stream, with backpressure, half-close
     and an idle timeout.
-    """
 
-    _log = Logger()
+    Backpressure: the protocol registers itself with its transport as a
+    streaming producer.  The transport calls `pauseProducing` when its
+    write buffer passes the high-water mark and `resumeProducing` once it
+    has drained, and the protocol turns those into "stop reading" and
+    "start reading" on the same transport, so a client that sends without
+    reading cannot make the server buffer without bound.  (Being its own
+    producer costs a connection no extra object, and no reference cycle for
+    the garbage collector to find.)
+
+    When a connection closes it logs one line with its peer, duration,
+    bytes in and out and reason (`capserv.accesslog.log_connection`).
+    """
 
     factory: UppercaseFactory
     transport: ITransport
@@ -90,11 +68,14 @@ class UppercaseProtocol(Protocol):
     def __init__(self, factory: UppercaseFactory, peer: IAddress | None) -> None:
         self.factory = factory
         self.peer = peer
-        config = factory.config
-        self._codec = Uppercaser(config.encoding, config.ascii_only)
+        #: The incremental codec, made when the first chunk that is not
+        #: plain ASCII arrives (most connections never see one; see
+        #: `UppercaseFactory.ascii_upper`).
+        self._codec: Uppercaser | None = None
         self._clock = factory.clock
-        self._idle_timeout = config.idle_timeout
-        self._throttle = _ReadThrottle(self)
+        self._idle_timeout = factory.config.idle_timeout
+        #: Whether reading is paused because the reply backed up.
+        self.reading_paused = False
         self._abort_call: IDelayedCall | None = None
         #: Set once the connection is on its way out: after end of input,
         #: an idle timeout or a shutdown.
@@ -105,7 +86,7 @@ class UppercaseProtocol(Protocol):
         #: by the factory's `UppercaseFactory.admit` and `UppercaseFactory.unregister`.
         self.counted_host: str | None = None
         self._is_refused = False
-        #: Whether the read throttle is registered with the transport.
+        #: Whether the protocol is registered as its transport's producer.
         self._registered = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -129,7 +110,7 @@ class UppercaseProtocol(Protocol):
             # The transport pauses its producer once this many bytes are
             # waiting to be sent.
             transport.bufferSize = high_water  # type: ignore[attr-defined]
-        transport.registerProducer(self._throttle, True)  # type: ignore[attr-defined]
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
         self._write = stream_writer(transport)
         if proxied:
@@ -141,7 +122,15 @@ class UppercaseProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self._clock.seconds()
         self.bytes_in += len(data)
-        reply = self._codec.feed(data)
+        codec = self._codec
+        if codec is None:
+            if self.factory.ascii_upper and data.isascii():
+                reply = data.upper()
+            else:
+                codec = self._codec = self.factory.codec()
+                reply = codec.feed(data)
+        else:
+            reply = codec.feed(data)
         if reply:
             self.bytes_out += len(reply)
             self._write(reply)
@@ -175,7 +164,7 @@ class UppercaseProtocol(Protocol):
         The peer has finished sending: send what is still owed, then close.
         """
         self._last_activity = self._clock.seconds()
-        tail = self._codec.flush()
+        tail = self._codec.flush() if self._codec is not None else b""
         if tail:
             self.bytes_out += len(tail)
             self.transport.write(tail)
@@ -193,7 +182,7 @@ class UppercaseProtocol(Protocol):
         if call is not None and call.active():
             call.cancel()
         self._abort_call = None
-        self._throttle.stopProducing()
+        self.stopProducing()
         factory = self.factory
         factory.unregister(self)
         if self._is_refused:
@@ -202,16 +191,31 @@ class UppercaseProtocol(Protocol):
         duration = max(0.0, self._clock.seconds() - self.started)
         if not self.closing:
             self._reason = reason.getErrorMessage() if reason is not None else "closed"
-        self._log.info(
-            "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({reason})",
-            peer=describe(self.peer),
-            duration=duration,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            reason=self._reason,
-        )
+        log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
 
-    # -- backpressure ----------------------------------------------------------
+    # -- backpressure: IPushProducer, called by the transport ----------------
+
+    def pauseProducing(self) -> None:
+        """
+        The reply backed up past the high-water mark: stop reading.
+        """
+        if not self.reading_paused:
+            self.reading_paused = True
+            self._read_paused()
+
+    def resumeProducing(self) -> None:
+        """
+        The reply drained: read again (or close, if that was waiting).
+        """
+        if self.reading_paused:
+            self.reading_paused = False
+            self._read_resumed()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away.
+        """
+        self.reading_paused = False
 
     def _read_paused(self) -> None:
         self.factory.stats.pauses += 1
@@ -236,7 +240,7 @@ class UppercaseProtocol(Protocol):
         if self.closing:
             return
         self.closing = True
-        if drain and self._throttle.paused:
+        if drain and self.reading_paused:
             self._close_when_drained = True
         else:
             self._close_now(self._idle_timeout)
@@ -249,12 +253,15 @@ class UppercaseProtocol(Protocol):
         self.closing = True
         self._close_when_drained = False
         self._unregister_throttle()
-        self.transport.loseConnection()
-        if grace > 0 and self._abort_call is None:
+        transport = self.transport
+        transport.loseConnection()
+        # With nothing left to send the close cannot stall: no abort timer
+        # to schedule and cancel (transports that cannot tell get one).
+        if grace > 0 and self._abort_call is None and unsent_bytes(transport) != 0:
             self._abort_call = self._clock.callLater(grace, self._abort)
 
     def _unregister_throttle(self) -> None:
-        """Unregister the read throttle, once (some transports raise on a second time)."""
+        """Unregister as the transport's producer, once (some transports raise on a second time)."""
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -352,6 +359,16 @@ class UppercaseFactory(ServerFactory):
         # timeout: no timer per connection to create, reschedule or cancel.
         self._sweep_call: IDelayedCall | None = None
         self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
+        #: Whether an ASCII chunk is uppercased by `bytes.upper` alone with
+        #: nothing pending (the encoding maps ASCII to ASCII one to one),
+        #: so a connection needs no codec until other bytes arrive.
+        self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
+
+    def codec(self) -> Uppercaser:
+        """
+        A new incremental codec for one connection's stream.
+        """
+        return Uppercaser(self.config.encoding, self.config.ascii_only)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """

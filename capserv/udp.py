@@ -172,6 +172,14 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         stats.datagrams_out += 1
         stats.bytes_out += len(reply)
 
+    def send_error(self, error: Exception) -> None:
+        """
+        A reply that the transport queued failed to go out later (the event
+        loop's datagram transports report send errors this way, not from
+        ``write``): counted and logged once in a while like any failed send.
+        """
+        self._drop("send_error", ("?", 0), 0, str(error))
+
     def _drop(self, reason: str, addr: Any, size: int, detail: str = "") -> None:
         self.stats.drops[reason] += 1
         held = self.state.drop_log.check()

@@ -13,6 +13,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IListeningPort
 
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol, UppercaseFactory
+from capserv.native import NativeSocketEndpoint, listen_datagrams, native_datagrams_supported, native_supported
 
 
 def have_ipv6() -> bool:
@@ -28,20 +29,49 @@ def have_ipv6() -> bool:
 HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback"))]
 
 
+def listening_socket(host: str) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket on ``host``, port 0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 @defer.inlineCallbacks
 def listen_tcp(host: str, config: CapservConfig | None = None) -> Any:
+    """
+    Listen on ``host``, port 0, with a new `UppercaseFactory`: through the
+    event loop's own transports (`capserv.native`) when the reactor can,
+    so the asyncio reactor's runs test that path (``CAPSERV_NATIVE=0``
+    tests Twisted's transports there), else with ``listenTCP``.
+    """
     from twisted.internet import reactor
 
     factory = UppercaseFactory(config, clock=reactor)
-    port = reactor.listenTCP(0, factory, interface=host)
+    if native_supported(reactor):
+        port = yield NativeSocketEndpoint(reactor, lambda: listening_socket(host)).listen(factory)
+    else:
+        port = reactor.listenTCP(0, factory, interface=host)
     return factory, port
-    yield
 
 
 def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[UppercaseDatagramProtocol, IListeningPort]:
     from twisted.internet import reactor
 
     proto = UppercaseDatagramProtocol(config, clock=reactor)
+    if native_datagrams_supported(reactor):
+        # The event loop's datagram transport (CAPSERV_NATIVE_UDP=1 with
+        # CAPSERV_TEST_LOOP=uvloop).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def bound() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            return sock
+
+        return proto, listen_datagrams(reactor, proto, bound)
     port = reactor.listenUDP(0, proto, interface=host, maxPacketSize=MAX_DATAGRAM)
     return proto, port
 

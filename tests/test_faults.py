@@ -17,7 +17,9 @@ uppercase, and at the end that every connection closes and no timer is left.
 from __future__ import annotations
 
 import errno
+import socket
 from collections import Counter
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -32,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig, UppercaseDatagramProtocol, UppercaseFactory, UppercaseProtocol
+from capserv.native import NativeTransport, _Listening
 
 from .contract import reference
 
@@ -374,6 +377,192 @@ class ConnectionLifeTests(SynchronousTestCase):
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             ),
         )
+
+
+# -- the same life through capserv.native's adapter ---------------------------
+
+
+class LoopTransportModel:
+    """
+    An asyncio transport as the event loops behave towards their protocol
+    (here `capserv.native.NativeTransport`): writes buffer until the peer
+    reads, ``pause_writing`` past the high-water mark and ``resume_writing``
+    at the low one, ``close`` once the buffer is sent, ``write_eof`` after
+    it, ``abort`` at once, a send error reported as a loss (not raised), and
+    ``connection_lost`` on a later turn of the loop (`turn`).
+    """
+
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+        self.protocol: Any = None
+        self.written: list[bytes] = []
+        self.owed = 0
+        self.limits = (16384, 65536)
+        self.writing_paused = False
+        self.reading = True
+        self.closing = False
+        self.eof = False
+        self.failWrites = False
+        self.pendingLoss: list[Exception | None] | None = None
+        self.lostWith: object = None
+        self.writesAfterLoss = 0
+        self.writesAfterEOF = 0
+        self.peer: Peer | None = None
+
+    # what the adapter calls
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.address.host, self.address.port) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        if self.lostWith is not None:
+            self.writesAfterLoss += 1
+            return
+        if self.eof:
+            self.writesAfterEOF += 1
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self.failWrites:
+            # The loop reports a failed send as a loss, later; the bytes
+            # are gone.
+            if self.peer is not None:
+                self.peer.writeFailed = True  # not raised: the test must know
+            self._lose(BrokenPipeError(errno.EPIPE, "write failed (injected)"))
+            return
+        self.written.append(data)
+        self.owed += len(data)
+        if self.owed > self.limits[1] and not self.writing_paused:
+            self.writing_paused = True
+            self.protocol.pause_writing()
+
+    def writelines(self, data: list[bytes]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.reading = False
+            self._maybe_lost()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.reading = False
+        self.owed = 0
+        self._lose(None)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.owed
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.limits
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        assert high is not None
+        self.limits = (high // 4 if low is None else low, high)
+
+    # what the test does
+    def value(self) -> bytes:
+        return b"".join(self.written)
+
+    @property
+    def disconnecting(self) -> bool:
+        return self.closing or self.pendingLoss is not None
+
+    def peerReads(self, amount: int) -> None:
+        self.owed = max(0, self.owed - amount)
+        if self.writing_paused and self.owed <= self.limits[0] and self.lostWith is None:
+            self.writing_paused = False
+            self.protocol.resume_writing()
+        self._maybe_lost()
+
+    def reset(self) -> None:
+        self._lose(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (injected)"))
+
+    def _maybe_lost(self) -> None:
+        if self.closing and self.owed == 0:
+            self._lose(None)
+
+    def _lose(self, error: Exception | None) -> None:
+        if self.pendingLoss is None:
+            self.pendingLoss = [error]
+
+    def turn(self) -> bool:
+        """One turn of the event loop: report a pending loss.  Whether it did."""
+        if self.pendingLoss is None or self.lostWith is not None:
+            return False
+        (error,) = self.pendingLoss
+        self.lostWith = error if error is not None else "clean"
+        self.protocol.connection_lost(error)
+        return True
+
+
+class NativeConnectionLife(ConnectionLife):
+    """
+    The same events and the same books, with every connection served
+    through `capserv.native`'s adapter over an event-loop transport model:
+    the adapter must keep capserv's protocol whole (and close every
+    connection, with or without an abort timer).
+    """
+
+    @rule(host=st.sampled_from(HOSTS), port=st.integers(1024, 65535))
+    @precondition(lambda self: hasattr(self, "factory") and len(self.peers) < 6)
+    def connect(self, host: str, port: int) -> None:
+        address = IPv4Address("TCP", host, port)
+        adapter = NativeTransport(_Listening(self.factory, socket.AF_INET, None))  # type: ignore[arg-type]
+        transport = LoopTransportModel(address)
+        transport.protocol = adapter
+        adapter.connection_made(transport)  # type: ignore[arg-type]
+        protocol = adapter._protocol
+        admitted = isinstance(protocol, UppercaseProtocol) and protocol in self.factory.connections
+        peer = Peer(protocol, transport, host, admitted)  # type: ignore[arg-type]
+        peer.adapter = adapter  # type: ignore[attr-defined]
+        transport.peer = peer
+        self.peers.append(peer)
+
+    @rule(index=st.integers(0, 5), data=CHUNKS)
+    @precondition(lambda self: hasattr(self, "factory"))
+    def send(self, index: int, data: bytes) -> None:
+        peer = self._pick(index)
+        if peer is None or peer.halfClosed or not peer.transport.reading or peer.transport.disconnecting:
+            return  # the loop delivers nothing to a paused or closing transport
+        peer.sent += data
+        peer.adapter.data_received(data)  # type: ignore[attr-defined]
+
+    @rule(index=st.integers(0, 5))
+    @precondition(lambda self: hasattr(self, "factory"))
+    def half_close(self, index: int) -> None:
+        peer = self._pick(index)
+        if peer is None or peer.halfClosed or peer.transport.disconnecting or not peer.transport.reading:
+            return  # a paused transport does not see the end of input yet
+        peer.halfClosed = True
+        if not peer.adapter.eof_received():  # type: ignore[attr-defined]
+            peer.transport.close()  # what the loop does when told not to keep it open
+
+    @invariant()
+    def no_write_after_eof(self) -> None:
+        for peer in self.peers:
+            assert peer.transport.writesAfterEOF == 0  # type: ignore[attr-defined]
+
+
+NativeConnectionLife.TestCase.settings = ConnectionLife.TestCase.settings
+test_native_connection_life = NativeConnectionLife.TestCase
 
 
 # -- the named steps, one test each, so a failure says where -----------------

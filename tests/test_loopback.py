@@ -186,7 +186,7 @@ def test_unread_100mb_keeps_server_memory_bounded() -> Any:
             still = still + 1 if proto.bytes_in == last else 0
             last = proto.bytes_in
         (proto,) = factory.connections
-        assert proto._throttle.paused, "the server should have paused reading"
+        assert proto.reading_paused, "the server should have paused reading"
         assert factory.stats.pauses >= 1
         assert proto.bytes_in < 40 * 1048576, f"server read {proto.bytes_in} bytes from a non-reading client"
         growth = _rss_bytes() - rss_before
