@@ -343,7 +343,6 @@ class TextLogObserver:
             self.writer.write(text, urgent=True)
 
 
-
 _PLAIN = (str, int, float, bool, type(None))
 
 

@@ -61,13 +61,16 @@ def _parsed_is_loopback(host: str) -> bool:
 def describe(address: IAddress | object) -> str:
     """
     A short human form of an address for log lines: ``1.2.3.4:5678``,
-    ``[::1]:5678``, or the UNIX path.
+    ``[::1]:5678``, the UNIX path, or ``unix client`` for the unnamed end
+    of a UNIX connection (a client's socket has no path).
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if isinstance(host, str) and isinstance(port, int):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
+    if hasattr(address, "name"):
+        name = address.name
+        if not name:
+            return "unix client"
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return str(address)

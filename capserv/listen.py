@@ -70,6 +70,10 @@ DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.
 #: (Linux caps it at ``net.core.somaxconn``, 4096 by default.)
 DEFAULT_BACKLOG = 1024
 
+#: Listening lines, under the module's name (a ``Logger`` class attribute
+#: would name the private class that logs).
+_log = Logger(namespace="capserv.listen")
+
 _KINDS_HINT = (
     "write tcp:PORT, tcp6:PORT, unix:PATH, udp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, "
     "systemd:domain=INET:index=N or haproxy:tcp:PORT"
@@ -308,7 +312,6 @@ def _bind_error(description: str, e: OSError, address: str) -> ListenError:
 class _SocketListener(Listener):
     """A listener that binds its own socket and hands it to the reactor."""
 
-    _log = Logger(namespace="capserv.listen")
     _socket: socket.socket | None = None
     what = "streams"
 
@@ -746,8 +749,6 @@ class SocketEndpoint:
 class _Logged:
     """An endpoint that logs where it listens, with the operator's description."""
 
-    _log = Logger(namespace="capserv.listen")
-
     def __init__(self, endpoint: IStreamServerEndpoint, description: str, what: str) -> None:
         self.endpoint = endpoint
         self.description = description
@@ -755,7 +756,7 @@ class _Logged:
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def listening(port: IListeningPort) -> IListeningPort:
-            self._log.info(
+            _log.info(
                 "Listening for {what} on {address} ({description})",
                 what=self.what,
                 address=describe(port.getHost()),
@@ -788,8 +789,6 @@ class _DatagramService(Service):
     one the listener bound, through ``IReactorSocket.adoptDatagramPort``).
     """
 
-    _log = Logger(namespace="capserv.listen")
-
     def __init__(self, listener: DatagramListener, protocol: DatagramProtocol, reactor: Any) -> None:
         self.listener = listener
         self.protocol = protocol
@@ -807,7 +806,7 @@ class _DatagramService(Service):
             )
         finally:
             sock.close()
-        self._log.info(
+        _log.info(
             "Listening for datagrams on {address} ({description})",
             address=describe(self.port.getHost()),
             description=self.listener.description,

@@ -16,9 +16,7 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogPublisher,
-    eventsFromJSONLogFile,
     formatEvent,
-    jsonFileLogObserver,
     textFileLogObserver,
 )
 
@@ -29,6 +27,7 @@ from capserv.accesslog import (
     JSONLogObserver,
     TextLogObserver,
     close_all,
+    event_as_json,
     flush_all,
     render_access,
 )
@@ -89,32 +88,36 @@ def test_text_observer_other_events_and_cached_time_stamps() -> None:
 
 
 @pytest.mark.parametrize("fields", FIELDS)
-def test_json_observer_has_twisteds_fields(fields: dict[str, Any]) -> None:
+def test_json_observer_access_line_is_event_as_json(fields: dict[str, Any]) -> None:
     """
-    JSONLogObserver's object for an access event holds what Twisted's JSON
-    observer writes (less its log_flattened copy), and reads back into an
-    event that formats to the same line.
+    JSONLogObserver's fast access line is the object event_as_json writes
+    for the same event: the rendered text, level, namespace, time and the
+    fields, and nothing unpersistable.
     """
-    ours, theirs = io.StringIO(), io.StringIO()
+    ours, reference = io.StringIO(), io.StringIO()
     observer = JSONLogObserver(ours, clock=Clock(), interval=0)
-    logged([observer, jsonFileLogObserver(theirs, "")], fields)
+
+    def slow(event: dict[str, Any]) -> None:
+        reference.write(event_as_json(event))
+
+    logged([observer, slow], fields)
     mine = json.loads(ours.getvalue())
-    twisted = json.loads(theirs.getvalue())
-    twisted.pop("log_flattened")
-    assert mine == twisted
-    (event,) = eventsFromJSONLogFile(io.StringIO(ours.getvalue()), recordSeparator="")
-    assert formatEvent(event) == render_access(fields)
-    assert event["log_level"] is LogLevel.info
+    assert mine == json.loads(reference.getvalue())
+    assert mine["text"] == render_access(fields)
+    assert mine["level"] == "info"
+    assert "unpersistable" not in ours.getvalue()
 
 
-def test_json_observer_other_events_are_twisteds() -> None:
-    """Events other than the access line are written with Twisted's own JSON encoding, at once."""
+def test_json_observer_other_events() -> None:
+    """Events other than the access line carry their text and plain fields, written at once."""
     ours = io.StringIO()
     observer = JSONLogObserver(ours, clock=Clock())
     log = Logger(namespace="capserv.tcp", observer=observer)
     log.warn("Refused connection from {peer}: {limit} reached", peer="192.0.2.1:1", limit="max_connections")
     event = json.loads(ours.getvalue())
-    assert event["limit"] == "max_connections" and event["log_level"]["name"] == "warn"
+    assert event["limit"] == "max_connections" and event["level"] == "warn"
+    assert event["text"] == "Refused connection from 192.0.2.1:1: max_connections reached"
+    assert "unpersistable" not in ours.getvalue()
 
 
 def test_access_lines_wait_for_the_timer_and_other_events_flush_them_in_order() -> None:
