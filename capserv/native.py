@@ -197,7 +197,14 @@ class NativeTransport(asyncio.Protocol):
         """
         self._transport = transport
         listening = self._listening
-        peer = _address(listening.family, transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        if peername is None and listening.family != socket.AF_UNIX:
+            # The peer reset the connection before it was handed over
+            # (uvloop then has no address): nothing to serve; close it, or
+            # the loop would keep the socket.
+            transport.abort()
+            return
+        peer = _address(listening.family, peername)
         self._peer = peer
         try:
             protocol = listening.factory.buildProtocol(peer)

@@ -228,6 +228,19 @@ def test_memory_refused_by_build_protocol() -> None:
     assert tr.written == []
 
 
+def test_memory_peer_gone_before_the_handover_is_closed() -> None:
+    """
+    A connection reset before the loop hands it over (uvloop then gives no
+    peer address) is aborted at once, building no protocol: otherwise the
+    loop would keep its socket open for good.
+    """
+    factory = capserv_factory()
+    adapter, tr, _ = connect(factory, socket.AF_INET, FakeLoopTransport(peername=None))
+    assert tr.aborted and not adapter.connected
+    assert factory.stats.connections_total == 0
+    adapter.connection_lost(ConnectionResetError())
+
+
 def test_memory_max_connections_refuses_the_one_over() -> None:
     """capserv's max_connections limit works through the adapter: the second connection is closed and counted."""
     factory = capserv_factory(max_connections=1)
