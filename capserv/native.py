@@ -202,7 +202,7 @@ class NativeTransport(asyncio.Protocol):
             # The peer reset the connection before it was handed over
             # (uvloop then has no address): nothing to serve; close it, or
             # the loop would keep the socket.
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         peer = _address(listening.family, peername)
         self._peer = peer

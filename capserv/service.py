@@ -219,10 +219,15 @@ class CapservService(MultiService):
         if self._stopping:
             self.force_stop()
         else:
-            # Stop, then force at once: the supervisor is past waiting.  The
-            # reactor may already be on its way to stopping (a SIGTERM came
-            # first and this service's stop has not begun yet).
+            # Force as soon as the stop begins.  The supervisor's SIGTERM
+            # came first and the reactor's own stop for it is normally
+            # queued already; stop here only if, a moment later, none has
+            # begun (stopping twice would log ReactorNotRunning).
             self._force_pending = True
+            self.reactor.callLater(0.5, self._stop_if_not_stopping)
+
+    def _stop_if_not_stopping(self) -> None:
+        if not self._stopping:
             try:
                 self.reactor.stop()
             except ReactorNotRunning:

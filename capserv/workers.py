@@ -133,8 +133,8 @@ class _Worker(ProcessProtocol):
             self._reap()
 
     def _reap(self, tries: int = 50) -> None:
-        if self.ended or self.transport is None:
-            return
+        if self.ended or self.transport is None or self.transport.pid is None:
+            return  # ended, or reaped already (Twisted saw SIGCHLD)
         self.transport.reapProcess()  # type: ignore[attr-defined]
         if not self.ended and tries > 0:
             self.pool.reactor.callLater(0.1, self._reap, tries - 1)
