@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import resource
 import selectors
 import socket
@@ -311,3 +312,23 @@ def _drain(s: socket.socket) -> int:
         except BlockingIOError:
             return n
         n += 1
+
+
+@contextlib.contextmanager
+def kernel_buffers_to_ourselves() -> Iterator[None]:
+    """
+    Run a test that fills hundreds of megabytes of the kernel's socket
+    buffers alone: parallel test runs (tox run-parallel) take turns through
+    a lock file.  Two at once can pass Linux's ``tcp_mem`` pressure mark,
+    where the kernel holds back every socket on the machine, and a client
+    waits on the kernel rather than on capserv.
+    """
+    import fcntl
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), "capserv-tests-kernel-buffers.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -50,7 +50,7 @@ def test_slow_readers_do_not_stall_normal_clients(fds: int) -> None:
     byte, and the daemon's memory grows by at most the high-water mark per connection.
     """
     slow = min(100, fds // 4)
-    with serving("--high-water=65536") as server:
+    with attacks.kernel_buffers_to_ourselves(), serving("--high-water=65536") as server:
         rss_before, _ = server.usage()
         sockets = [attacks.connect(server.host, server.tcp, buffers=16384) for _ in range(slow)]
         with attacks.many(sockets):
