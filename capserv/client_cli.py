@@ -44,6 +44,7 @@ from capserv.client import (
     udp_request,
 )
 from capserv.coerce import number
+from capserv.descriptions import split_description
 from capserv.tlsdeps import tls_unavailable_message
 
 __all__ = [
@@ -319,27 +320,6 @@ def connect_endpoint(reactor: Any, description: str, timeout: float = 30) -> ISt
     except Exception as e:  # Twisted's parsers raise many kinds, some without text
         why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
         raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
-
-
-def split_description(description: str) -> list[str]:
-    """
-    Split an endpoint string at its unescaped colons, removing the
-    backslashes that escape (as Twisted reads them): ``tls:\\:\\:1:443``
-    is ``["tls", "::1", "443"]``.
-    """
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 _TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots")

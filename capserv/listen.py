@@ -42,6 +42,7 @@ from capserv._internals import (
     systemd_descriptors,
 )
 from capserv.addresses import describe
+from capserv.descriptions import split_description
 from capserv.udp import MAX_DATAGRAM
 
 __all__ = [
@@ -88,24 +89,6 @@ class ListenError(Exception):
 
 
 # -- parsing -------------------------------------------------------------------
-
-
-def _split(description: str) -> list[str]:
-    """
-    Split on colons not escaped with a backslash, as Twisted's endpoint
-    strings do (``interface=\\:\\:1``).
-    """
-    parts, current, chars = [], [], iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current.append(next(chars, ""))
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
 
 
 def _escape(address: str) -> str:
@@ -204,7 +187,7 @@ def parse_listen(description: str) -> Listener:
 
     :raises ListenError: naming what is wrong and what to write instead.
     """
-    parts = _split(description)
+    parts = split_description(description)
     kind = parts[0].strip().lower()
     if kind in ("tcp", "tcp6"):
         return StreamListener.parse(description, kind, parts[1:])
@@ -654,7 +637,7 @@ class EndpointListener(Listener):
 
         if kind == "ssl":
             _require_tls(description)
-            named = {part.split("=", 1)[0] for part in _split(description)[1:]}
+            named = {part.split("=", 1)[0] for part in split_description(description)[1:]}
             if "privateKey" not in named:
                 raise ListenError(
                     f"--listen {description!r}: ssl: needs privateKey=KEY.pem "
@@ -685,7 +668,7 @@ class EndpointListener(Listener):
         the service starts, after twistd has daemonized): bind it and let it
         go at once.
         """
-        parts = _split(self.description)
+        parts = split_description(self.description)
         if parts[0].strip().lower() != "ssl":
             return
         args = [part for part in parts[1:] if "=" not in part]

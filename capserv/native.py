@@ -83,6 +83,7 @@ from twisted.python.lockfile import FilesystemLock
 from zope.interface import implementer
 
 from capserv._internals import asyncio_loop
+from capserv.descriptions import split_description
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -909,23 +910,6 @@ def listen_datagrams(reactor: Any, protocol: Any, make_socket: Callable[[], sock
 # -- descriptions, for embedding programs --------------------------------------
 
 
-def _split(description: str) -> list[str]:
-    """
-    Split on colons not escaped with a backslash (``interface=\\:\\:1``).
-    """
-    parts, current, chars = [], [], iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current.append(next(chars, ""))
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
 def socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[str, Any]] | None:
     """
     Parse a ``tcp:``, ``tcp6:`` or ``unix:`` description the way Twisted
@@ -944,7 +928,7 @@ def socket_maker(description: str) -> tuple[Callable[[], socket.socket], dict[st
     :raises ValueError: for a malformed port, mode or backlog.
     :raises KeyError: for a description without its port or path.
     """
-    parts = _split(description)
+    parts = split_description(description)
     kind = parts[0].strip().lower()
     args: list[str] = []
     kwargs: dict[str, str] = {}
