@@ -362,11 +362,20 @@ class ServiceTests(SynchronousTestCase):
 class TLSBindTests(SynchronousTestCase):
     """An ssl: listener's port is checked when the others are bound."""
 
+    def scratch_file(self) -> str:
+        """A path in a temporary folder removed after the test (not in the checkout)."""
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="capserv-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        return f"{folder}/key.pem"
+
     def test_taken_ssl_port_stops_the_start(self) -> None:
         """A taken ssl: port ends makeService with one line, before daemonizing."""
         import trustme
 
-        key = self.mktemp()
+        key = self.scratch_file()
         trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
@@ -380,7 +389,7 @@ class TLSBindTests(SynchronousTestCase):
 
     def test_key_file_that_is_not_pem(self) -> None:
         """A key file that is not PEM is named as such, not in OpenSSL's words."""
-        key = self.mktemp()
+        key = self.scratch_file()
         with open(key, "w") as f:
             f.write("not a key\n")
         with self.assertRaises(ListenError) as caught:
