@@ -275,7 +275,15 @@ def describe_failure(failure: Failure) -> str:
         from OpenSSL.SSL import Error as TLSError
 
         if failure.check(TLSError):
-            return f"TLS failure: {value}"
+            text = str(value)
+            if "certificate verify failed" in text:
+                return (
+                    "the server's TLS certificate is not trusted here; give its CA with "
+                    "trustRoots=PEM_FILE_OR_FOLDER in --connect (see capserv-client --help)"
+                )
+            if "wrong version number" in text or "unexpected eof" in text.lower():
+                return "the server did not answer in TLS (is it a tls:/ssl: listener?)"
+            return f"TLS failure: {text}"
     except ImportError:
         pass
     import socket

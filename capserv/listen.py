@@ -282,14 +282,43 @@ def _bind_error(description: str, e: OSError, address: str) -> ListenError:
         return ListenError(
             f"cannot listen on {description!r}: {reasons.get(e.errno or 0, f'{address}: {e.strerror or e}')}"
         )
+    in_use = f"{address} is already in use; stop what listens there or choose another port"
+    if e.errno == errno.EADDRINUSE and _only_time_wait(address):
+        in_use = (
+            f"{address} still has connections closing (TIME_WAIT) from a program that did not set "
+            "SO_REUSEADDR; wait a minute or choose another port"
+        )
     reasons = {
-        errno.EADDRINUSE: f"{address} is already in use; stop what listens there or choose another port",
+        errno.EADDRINUSE: in_use,
         errno.EADDRNOTAVAIL: f"{address} is not an address of this host; choose one it has (ip address shows them)",
         errno.EACCES: f"{address} needs privileges; choose a port >= 1024 or run with CAP_NET_BIND_SERVICE",
         errno.ENOENT: f"the folder of {address} does not exist; create it or choose another path",
     }
     reason = reasons.get(e.errno or 0, f"{address}: {e.strerror or e}")
     return ListenError(f"cannot listen on {description!r}: {reason}")
+
+
+def _only_time_wait(address: str) -> bool:
+    """
+    Whether a TCP port that could not be bound has no listener on this host,
+    only connections in TIME_WAIT (Linux's /proc/net/tcp and tcp6).
+    """
+    try:
+        port = int(address.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    states = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        states.add(fields[3])
+        except OSError:
+            return False
+    return states == {"06"}
 
 
 class _SocketListener(Listener):

@@ -100,7 +100,7 @@ class CapservService(MultiService):
         """
         wanted = self.config.max_connections + 256
         limit = raise_file_limit(wanted)
-        if limit < wanted:
+        if limit < self.config.max_connections:
             self._log.warn(
                 "The open-file limit is {limit}: about {most} connections at once, below --max-connections "
                 "{max_connections}; raise it (ulimit -n, LimitNOFILE= in the unit) or lower --max-connections",

@@ -239,3 +239,14 @@ class DescribeFailureTests(SynchronousTestCase):
         message = describe_failure(Failure(error.ConnectError(osError=2)))
         self.assertEqual(message, "no such socket file (is capserv listening on that path?)")
         self.assertNotIn("An error occurred", describe_failure(Failure(error.ConnectError(osError=13))))
+
+    def test_untrusted_certificate(self) -> None:
+        """A certificate the client does not trust says how to trust it, not OpenSSL's tuple."""
+        from OpenSSL.SSL import Error
+        from twisted.python.failure import Failure
+
+        from capserv.client_cli import describe_failure
+
+        message = describe_failure(Failure(Error([("SSL routines", "", "certificate verify failed")])))
+        self.assertIn("trustRoots=", message)
+        self.assertNotIn("SSL routines", message)

@@ -397,3 +397,26 @@ class TLSBindTests(SynchronousTestCase):
         message = str(caught.exception)
         self.assertIn("not usable PEM", message)
         self.assertNotIn("routines", message)
+
+
+class TimeWaitTests(SynchronousTestCase):
+    """A port held only by closing connections is named as such."""
+
+    def test_time_wait_left_by_a_program_without_reuseaddr(self) -> None:
+        """After a server without SO_REUSEADDR closes first (as the lesson's
+        does), the port cannot be bound for a while: the error says why,
+        instead of telling the operator to stop a listener that is not there."""
+        server = socket.socket()  # no SO_REUSEADDR, as the lesson's server
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its end keeps TIME_WAIT
+        client.recv(1)
+        client.close()
+        server.close()
+        listener = parse_listen(f"tcp:{port}:interface=127.0.0.1")
+        with self.assertRaises(ListenError) as caught:
+            listener.bind()
+        self.assertIn("TIME_WAIT", str(caught.exception))
