@@ -175,6 +175,12 @@ def haproxy_pair(tmp_path: Path):  # type: ignore[no-untyped-def]
         finally:
             proxy.send_signal(signal.SIGTERM)
             proxy.wait(10)
+            # Both stop at once (each waits its --shutdown-timeout for the
+            # connections still open), not one after the other.
+            for daemon in (a, b):
+                daemon.signal(signal.SIGTERM)
+            for daemon in (a, b):
+                daemon.wait(20)
 
 
 def test_haproxy_passes_the_real_client_address(haproxy_pair) -> None:  # type: ignore[no-untyped-def]
