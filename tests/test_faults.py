@@ -561,8 +561,28 @@ class NativeConnectionLife(ConnectionLife):
             assert peer.transport.writesAfterEOF == 0  # type: ignore[attr-defined]
 
 
-NativeConnectionLife.TestCase.settings = ConnectionLife.TestCase.settings
-test_native_connection_life = NativeConnectionLife.TestCase
+class NativeConnectionLifeTests(SynchronousTestCase):
+    """
+    The native state machine, as a trial test case so that either runner
+    runs it.
+    """
+
+    def test_native_connection_life(self) -> None:
+        """
+        The same connection lives through capserv.native's adapter over a
+        model of the event loop's transport keep the same books: every byte
+        right, nothing written after end of file, every connection closed
+        and no timer left.
+        """
+        run_state_machine_as_test(
+            NativeConnectionLife,
+            settings=settings(
+                max_examples=100,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
 
 
 # -- the named steps, one test each, so a failure says where -----------------
