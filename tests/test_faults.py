@@ -356,6 +356,16 @@ class ConnectionLife(RuleBasedStateMachine):
             assert fired[0]
 
 
+def machine_settings(examples: int) -> settings:
+    """Hypothesis settings for a connection-life state machine: ``examples`` runs of up to 40 steps."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
 class ConnectionLifeTests(SynchronousTestCase):
     """
     The state machine, as a trial test case so that either runner runs it.
@@ -370,12 +380,7 @@ class ConnectionLifeTests(SynchronousTestCase):
         """
         run_state_machine_as_test(
             ConnectionLife,
-            settings=settings(
-                max_examples=300,
-                stateful_step_count=40,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            ),
+            settings=machine_settings(300),
         )
 
 
@@ -569,19 +574,14 @@ class NativeConnectionLifeTests(SynchronousTestCase):
 
     def test_native_connection_life(self) -> None:
         """
-        The same connection lives through capserv.native's adapter over a
-        model of the event loop's transport keep the same books: every byte
+        Connections living through capserv.native's adapter over a model of
+        the event loop's transport keep the same books: every byte
         right, nothing written after end of file, every connection closed
         and no timer left.
         """
         run_state_machine_as_test(
             NativeConnectionLife,
-            settings=settings(
-                max_examples=100,
-                stateful_step_count=40,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            ),
+            settings=machine_settings(100),
         )
 
 
