@@ -702,13 +702,13 @@ class EndpointListener(Listener):
             return
         args = [part for part in parts[1:] if "=" not in part]
         kwargs = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-        probe = StreamListener(self.description, "tcp", kwargs.get("interface", ""), 0, 1)
         try:
-            probe.port = int(kwargs.get("port", args[0] if args else "0"))
+            port = int(kwargs.get("port", args[0] if args else "0"))
         except ValueError:
             return  # Twisted's parser accepted it; let Twisted report it
-        probe.family = socket.AF_INET6 if ":" in probe.host else socket.AF_INET
-        if probe.port:
+        if port:
+            # A plain TCP listener on the same address (it derives the family).
+            probe = StreamListener(self.description, "tcp", kwargs.get("interface", ""), port, 1)
             probe.bind()
             probe.close()
 
