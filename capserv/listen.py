@@ -271,8 +271,14 @@ class Listener:
         raise NotImplementedError
 
 
-def _bind_error(description: str, e: OSError, address: str) -> ListenError:
-    """Turn a failed bind into one line that says what to do."""
+def _bind_error(description: str, e: OSError, address: str, stream: bool = True) -> ListenError:
+    """
+    Turn a failed bind into one line that says what to do.
+
+    ``stream`` is false for UDP: TIME_WAIT is a TCP state, so a UDP port in
+    use is never explained by it (a TCP connection closing on the same port
+    number is another socket altogether).
+    """
     if isinstance(e.filename, str) or address.startswith(("/", ".")) or "systemd" in address:
         reasons = {
             errno.EADDRINUSE: f"{address} is in use by a running server; stop it or choose another path",
@@ -283,7 +289,7 @@ def _bind_error(description: str, e: OSError, address: str) -> ListenError:
             f"cannot listen on {description!r}: {reasons.get(e.errno or 0, f'{address}: {e.strerror or e}')}"
         )
     in_use = f"{address} is already in use; stop what listens there or choose another port"
-    if e.errno == errno.EADDRINUSE and _only_time_wait(address):
+    if e.errno == errno.EADDRINUSE and stream and _only_time_wait(address):
         in_use = (
             f"{address} still has connections closing (TIME_WAIT) from a program that did not set "
             "SO_REUSEADDR; wait a minute or choose another port"
@@ -340,7 +346,7 @@ class _SocketListener(Listener):
         try:
             self._socket = self._make(reuse_port)
         except OSError as e:
-            raise _bind_error(self.description, e, self.where()) from None
+            raise _bind_error(self.description, e, self.where(), self.what == "streams") from None
 
     def close(self) -> None:
         if self._socket is not None:
@@ -811,7 +817,7 @@ class _DatagramService(Service):
         try:
             sock = self.listener.take_socket()
         except OSError as e:
-            raise _bind_error(self.listener.description, e, self.listener.where()) from None
+            raise _bind_error(self.listener.description, e, self.listener.where(), stream=False) from None
         try:
             self.port = self.reactor.adoptDatagramPort(
                 sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM

@@ -420,3 +420,26 @@ class TimeWaitTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             listener.bind()
         self.assertIn("TIME_WAIT", str(caught.exception))
+
+    def test_udp_port_in_use_is_never_blamed_on_tcp_time_wait(self) -> None:
+        """TIME_WAIT is a TCP state: a UDP port held by another program is
+        "in use", even while a TCP connection on the same port number is
+        closing (CI once saw the TIME_WAIT wording for a UDP port)."""
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+        client.recv(1)
+        client.close()
+        server.close()
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", port))
+        listener = parse_listen(f"udp:{port}:interface=127.0.0.1")
+        with self.assertRaises(ListenError) as caught:
+            listener.bind()
+        self.assertIn("in use", str(caught.exception))
+        self.assertNotIn("TIME_WAIT", str(caught.exception))
