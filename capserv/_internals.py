@@ -21,6 +21,7 @@ __all__ = [
     "fast_paths_enabled",
     "is_proxy_protocol",
     "proxy_protocol_factory",
+    "reset_unnoticed",
     "stream_writer",
     "systemd_descriptors",
     "unsent_bytes",
@@ -184,6 +185,37 @@ def datagram_sender(transport: Any) -> Any:
     ):
         return transport.write
     return transport.socket.sendto
+
+
+def reset_unnoticed(transport: Any) -> bool:
+    """
+    Whether the socket under a Twisted transport holds an error its
+    reactor was never told of (and clear it: reading ``SO_ERROR`` does).
+
+    On uvloop, a reset that arrives while a Twisted transport waits to
+    read comes out of libuv as a poll error, which uvloop drops without
+    calling the reader (and libuv stops polling the descriptor): the
+    connection looks open until something else closes it.  The socket
+    still holds the error, so asking for it tells.  The socket is Twisted's
+    ``tcp.Connection.socket``, reached through wrappers (TLS, PROXY) by
+    their ``transport``; transports without one (capserv.native's, memory
+    transports) have nothing to ask and answer no.
+    """
+    import socket
+
+    for _ in range(4):
+        sock = getattr(transport, "socket", None)
+        if isinstance(sock, socket.socket):
+            break
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return False
+    else:
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    except OSError:  # closed meanwhile: Twisted knows
+        return False
 
 
 def is_proxy_protocol(transport: Any) -> bool:

@@ -615,8 +615,15 @@ class DatagramListener(_SocketListener):
 class ProxyListener(Listener):
     """
     ``haproxy:INNER``: connections through a PROXY-protocol load balancer,
-    served with the client's real address (Twisted's transports: the
-    wrapper needs them).
+    served with the client's real address.
+
+    Twisted's PROXY wrapper runs on whichever transport the inner listener
+    has, the event loop's own included (`capserv.native`).  On uvloop that
+    matters for more than speed: a Twisted transport there never learns
+    of a reset that arrives while it waits to read (libuv reports it as a
+    poll error, and uvloop drops it), and HAProxy ends every
+    ``check-send-proxy`` health check with exactly that: a PROXY header,
+    then a reset.
     """
 
     def __init__(self, description: str, inner: StreamListener | UnixListener | SystemdStreamListener) -> None:
@@ -638,7 +645,7 @@ class ProxyListener(Listener):
         return f"haproxy:{self.inner.with_port(port)}"
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        return self.inner.service(proxy_protocol_factory(handler), reactor, native=False)
+        return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)
 
 
 class _ReactorSlot:

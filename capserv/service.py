@@ -160,7 +160,7 @@ class CapservService(MultiService):
         return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
     def _drain(self, _: object) -> Deferred[None]:
-        open_now = len(self.factory.connections)
+        open_now = len(self.factory.connections) - self.factory.abort_reset()
         if open_now:
             self._log.info(
                 "Stopping: no longer listening; {open} open, waiting up to {timeout:g}s for {them} to finish",

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv._internals import is_proxy_protocol, stream_writer, unsent_bytes
+from capserv._internals import is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
 from capserv.accesslog import log_connection
 from capserv.addresses import describe, host_key
 from capserv.config import CapservConfig
@@ -279,6 +279,7 @@ class UppercaseProtocol(Protocol):
         (called by the factory's sweep).
         """
         if now - self._last_activity < self._idle_timeout:
+            self.check_reset()
             return
         if self.closing and not self._close_when_drained:
             # Already closing and still silent: the abort timer handles it.
@@ -286,6 +287,23 @@ class UppercaseProtocol(Protocol):
         self.factory.stats.idle_timeouts += 1
         self._reason = f"idle for {self._idle_timeout:g}s"
         self._close_now(self.factory.config.abort_grace or 0.001)
+
+    def check_reset(self) -> bool:
+        """
+        Abort the connection if the peer reset it unnoticed (a Twisted
+        transport on uvloop: `capserv._internals.reset_unnoticed`), so it
+        neither holds a descriptor and a per-IP slot until the idle timeout
+        nor makes a graceful stop wait for it.
+
+        :return: whether it was.
+        """
+        if self.transport is None or not reset_unnoticed(self.transport):
+            return False
+        self._reason = "connection reset by peer"
+        self.closing = True
+        self._unregister_throttle()
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+        return True
 
     def shutdown(self) -> None:
         """
@@ -506,6 +524,15 @@ class UppercaseFactory(ServerFactory):
         for protocol in list(self.connections):
             protocol.abort_now()
 
+    def abort_reset(self) -> int:
+        """
+        Abort every connection its peer has reset unnoticed
+        (`UppercaseProtocol.check_reset`), as a stop begins.
+
+        :return: how many.
+        """
+        return sum(protocol.check_reset() for protocol in list(self.connections))
+
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
         Stop accepting connections and wait for the open ones to finish.
@@ -518,6 +545,7 @@ class UppercaseFactory(ServerFactory):
         :return: a `Deferred` that fires once every connection has closed.
         """
         self._accepting = False
+        self.abort_reset()
         if not self.connections:
             return succeed(None)
         d: Deferred[None] = Deferred()

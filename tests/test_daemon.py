@@ -574,3 +574,34 @@ def test_workers_log_whole_lines_to_one_logfile(tmp_path: Path) -> None:
     assert all(re.match(r"^\d{4}-\d\d-\d\dT\S+ \[", line) for line in lines), "\n".join(lines)
     assert sum(" started (" in line for line in lines) == 3
     assert any(line.split(" ", 1)[1].startswith("[worker 1]") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "options, first_bytes",
+    [
+        # Half a UTF-8 character: capserv holds it and has nothing to send.
+        (["--no-native", "--listen", "tcp:0:interface=127.0.0.1"], b"\xc3"),
+        # HAProxy ends every check-send-proxy health check so: a PROXY v2
+        # LOCAL header, then a reset.
+        (["--listen", "haproxy:tcp:0:interface=127.0.0.1"], b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"),
+    ],
+    ids=["twisted-transport", "haproxy-health-check"],
+)
+def test_a_reset_connection_does_not_linger(options: list[str], first_bytes: bytes) -> None:
+    """A connection its client resets right after sending something that
+    needs no reply does not stay open until the idle timeout, nor hold up a
+    graceful stop (on uvloop, Twisted's transports were never told of such
+    a reset)."""
+    import struct
+
+    with Daemon([*options, "--shutdown-timeout=20"]) as daemon:
+        daemon.started()
+        for _ in range(3):
+            with socket.create_connection(daemon.address(0), timeout=10) as s:
+                s.sendall(first_bytes)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.5)
+        daemon.signal()
+        assert daemon.wait(30) == 0
+    assert "open, waiting" not in daemon.output, daemon.output
+    assert "server shutting down" not in daemon.output, daemon.output

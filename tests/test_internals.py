@@ -24,6 +24,7 @@ from capserv._internals import (
     datagram_sender,
     endpoint_service,
     proxy_protocol_factory,
+    reset_unnoticed,
     stream_writer,
     systemd_descriptors,
 )
@@ -96,3 +97,46 @@ class InternalsTests(SynchronousTestCase):
     def test_systemd_descriptors_without_systemd(self) -> None:
         """Outside socket activation there are no inherited sockets."""
         self.assertEqual(systemd_descriptors(), [])
+
+
+def _reset_pair() -> tuple[socket.socket, socket.socket]:
+    """A loopback TCP connection whose client end has been reset (RST)."""
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return client, server
+
+
+class ResetUnnoticedTests(SynchronousTestCase):
+    """`reset_unnoticed` finds a reset the reactor was not told of."""
+
+    def test_reset_found_through_wrappers(self) -> None:
+        """A reset socket under a transport, or under a wrapper's
+        transport (TLS, PROXY), is found once; a live one and a transport
+        without a socket (capserv.native's, memory ones) are not."""
+        client, server = _reset_pair()
+        self.addCleanup(server.close)
+
+        class Plain:
+            socket = server
+
+        class Wrapper:
+            transport = Plain()
+
+        self.assertFalse(reset_unnoticed(Wrapper()))
+        client.close()  # SO_LINGER 0: a reset
+        import time
+
+        deadline = time.monotonic() + 5
+        while not reset_unnoticed(Wrapper()):
+            self.assertLess(time.monotonic(), deadline, "the reset never showed")
+            time.sleep(0.01)
+        self.assertFalse(reset_unnoticed(Plain()))  # reading the error cleared it
+        self.assertFalse(reset_unnoticed(StringTransport()))
+        self.assertFalse(reset_unnoticed(None))
