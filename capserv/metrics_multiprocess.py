@@ -61,6 +61,7 @@ FOLDER_VARIABLE = "CAPSERV_METRICS_DIR"
 #: prometheus-client's variable for multiprocess mode and its folder.
 PROMETHEUS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
+
 def use_folder(path: str) -> None:
     """
     Put this process's prometheus-client metrics in multiprocess mode, with
