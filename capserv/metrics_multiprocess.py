@@ -27,6 +27,7 @@ between the processes and outlive a worker that is killed.
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import shutil
 import tempfile
@@ -244,19 +245,35 @@ class SharedMetrics(Service):
 
 
 class _Scrape:
-    """Copy the supervisor's own figures, then read every process's files."""
+    """
+    Copy the supervisor's own figures, then add up every process's files.
+
+    Files still empty are left out: prometheus-client creates a file before
+    it sizes it, and its collector fails the whole scrape on an empty one
+    (prometheus/client_python#1199), which a worker killed at that instant
+    would leave behind for good.
+    """
 
     def __init__(self, mirror: MetricsMirror, path: str) -> None:
-        from prometheus_client.multiprocess import MultiProcessCollector
-
         self.mirror = mirror
-        self.files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+        self.path = path
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: a registry must not scrape (and so copy) to learn the names."""
         return []
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
         self.mirror.mirror()
-        metrics: Iterable[Metric] = self.files.collect()  # type: ignore[no-untyped-call]
+        files = [name for name in glob.glob(os.path.join(self.path, "*.db")) if _has_data(name)]
+        metrics: Iterable[Metric] = MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
         return metrics
+
+
+def _has_data(name: str) -> bool:
+    """Whether a metric file exists and has been sized (it never shrinks back)."""
+    try:
+        return os.path.getsize(name) > 0
+    except OSError:
+        return False

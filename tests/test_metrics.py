@@ -175,6 +175,18 @@ class MultiprocessTests(SynchronousTestCase):
         workers[102].mirror()
         self.assertEqual(samples(scrape)[("capserv_connections_total", ())], 18)
 
+    def test_an_empty_file_does_not_break_the_scrape(self) -> None:
+        """A metric file not yet sized (a worker killed as it created it)
+        is left out instead of failing every scrape."""
+        supervisor = Process()
+        shared = SharedMetrics(MetricsMirror(supervisor.collector), supervisor.reactor)
+        self.addCleanup(shared.remove)
+        with open(os.path.join(shared.path, "counter_999.db"), "wb"):
+            pass
+        self.as_process(100)
+        supervisor.serve(connections=2)
+        self.assertEqual(samples(shared.collector())[("capserv_connections_total", ())], 2)
+
     def test_folder_for_workers_and_removed_after_shutdown(self) -> None:
         """The supervisor's folder is passed to workers (which then copy into
         it) and removed once the reactor has stopped everything."""
