@@ -4,19 +4,23 @@ Prometheus metrics for ``--metrics DESCRIPTION``.
 A collector reads capserv's own counters when scraped (nothing is updated
 per packet), and prometheus-client's Twisted resource serves them in the
 text format on any stream endpoint.  prometheus-client is an optional extra:
-``pip install 'capserv[metrics]'``.
+``pip install 'capserv[metrics]'``.  With ``--workers``, the figures of every
+process add up through `capserv.metrics_multiprocess`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from capserv.tcp import UppercaseFactory
 from capserv.udp import DatagramState
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 __all__ = ["CapservCollector", "metrics_site"]
 
@@ -30,6 +34,11 @@ class CapservCollector:
     """
 
     def __init__(self, factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> None:
+        """
+        :param workers: the ``capserv_workers`` figure: the processes serving
+            (1 for one process's own share, as `capserv.metrics_multiprocess`
+            adds those up over the processes alive).
+        """
         self.factory = factory
         self.datagram = datagram
         self.workers = workers
@@ -95,16 +104,22 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_site(factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> Site:
+def metrics_site(
+    factory: UppercaseFactory, datagram: DatagramState, workers: int = 1, collector: Collector | None = None
+) -> Site:
     """
     A web site serving the metrics at ``/metrics``, from its own registry
     (so an embedding program's registry is not touched).
+
+    :param collector: what to serve instead of a `CapservCollector` of
+        ``factory`` and ``datagram``: with ``--workers``, the figures of
+        every process (`capserv.metrics_multiprocess.SharedMetrics.collector`).
     """
     from prometheus_client import CollectorRegistry
     from prometheus_client.twisted import MetricsResource
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(CapservCollector(factory, datagram, workers))
+    registry.register(collector if collector is not None else CapservCollector(factory, datagram, workers))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))  # type: ignore[no-untyped-call]
     return _QuietSite(root)  # type: ignore[no-untyped-call]

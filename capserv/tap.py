@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
@@ -36,6 +36,9 @@ from capserv.workers import (
     worker_command,
     worker_slot,
 )
+
+if TYPE_CHECKING:
+    from capserv.metrics_multiprocess import SharedMetrics
 
 __all__ = ["Options", "makeService"]
 
@@ -299,10 +302,12 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
     for listener in listeners:
         handler = datagrams.protocol() if listener.datagram else factory
         listener.service(handler, reactor, native=native).setServiceParent(service)
+    every_worker = _shared_metrics(factory, datagrams, reactor) if metrics is not None and workers > 1 else None
     if metrics is not None:
         from capserv.metrics import metrics_site
 
-        site = metrics_site(factory, datagrams, workers)
+        collector = every_worker.collector() if every_worker is not None else None
+        site = metrics_site(factory, datagrams, workers, collector=collector)
         metrics.what = "metrics (HTTP)"
         metrics.service(site, reactor).setServiceParent(service)
     if workers > 1:
@@ -311,13 +316,42 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
             _worker_command(config, listeners),
             reactor,
             settings.shutdown_timeout + settings.abort_grace + 5,
+            env=every_worker.worker_env() if every_worker is not None else None,
         )
+        if every_worker is not None:
+            every_worker.setServiceParent(service)  # type: ignore[no-untyped-call]
+            pool.on_exit.append(every_worker.process_dead)
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
         service.on_force.append(pool.force)
     if config.get("worker"):
         service.worker = True
         OrphanWatch(reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
+        _mirror_worker_metrics(service, reactor)
     return service
+
+
+def _shared_metrics(factory: UppercaseFactory, datagrams: DatagramState, reactor: Any) -> SharedMetrics:
+    """
+    The supervisor's side of metrics that add up every worker: made before
+    anything imports prometheus-client's metrics (it chooses multiprocess
+    mode then).
+    """
+    from capserv.metrics import CapservCollector
+    from capserv.metrics_multiprocess import MetricsMirror, SharedMetrics
+
+    return SharedMetrics(MetricsMirror(CapservCollector(factory, datagrams)), reactor)
+
+
+def _mirror_worker_metrics(service: CapservService, reactor: Any) -> None:
+    """In a worker whose supervisor serves metrics: copy this worker's figures to it."""
+    from capserv.metrics_multiprocess import MetricsMirror, MirrorService, worker_folder
+
+    if worker_folder() is None:
+        return
+    from capserv.metrics import CapservCollector
+
+    mirror = MetricsMirror(CapservCollector(service.factory, service.datagrams))
+    MirrorService(mirror, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
 
 
 def _bind_all(listeners: list[Listener], reuse_port: bool) -> None:

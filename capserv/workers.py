@@ -19,7 +19,9 @@ the worker's number, so every line of every process reaches one place whole.
 
 Children are started with ``reactor.spawnProcess`` and watched by a
 `ProcessProtocol`; a worker whose supervisor has gone stops by itself
-(`OrphanWatch`).
+(`OrphanWatch`).  Whoever needs to know that a worker exited (the metrics
+of every worker, `capserv.metrics_multiprocess`) hears of it through
+`WorkerPool.on_exit`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -157,17 +160,30 @@ class WorkerPool(Service):
     #: this stops, instead of after.
     stops_in_parallel = True
 
-    def __init__(self, count: int, command: list[str], reactor: Any, stop_timeout: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        command: list[str],
+        reactor: Any,
+        stop_timeout: float,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """
         :param command: the worker's command line (``argv``, first the
             program).
         :param stop_timeout: seconds a stop waits for workers before killing
             them.
+        :param env: environment variables for the workers, beside this
+            process's own.
         """
         self.count = count
         self.command = command
         self.reactor = reactor
         self.stop_timeout = stop_timeout
+        self.env = dict(env or {})
+        #: Called with the pid of each worker that exits, whatever the
+        #: reason, before it is replaced or counted out of a stop.
+        self.on_exit: list[Callable[[int], None]] = []
         self.workers: dict[int, tuple[_Worker, Any]] = {}
         self.restarts = 0
         self._backoff: dict[int, float] = {}
@@ -189,7 +205,7 @@ class WorkerPool(Service):
     def _spawn(self, slot: int) -> int:
         self._pending.pop(slot, None)
         worker = _Worker(self, slot, self.reactor.seconds())
-        env = dict(os.environ, **{WORKER_VARIABLE: str(slot)})
+        env = dict(os.environ, **self.env, **{WORKER_VARIABLE: str(slot)})
         with open(os.devnull, "rb") as devnull:
             transport = self.reactor.spawnProcess(
                 worker, self.command[0], self.command, env=env, childFDs={0: devnull.fileno(), 1: "r", 2: "r"}
@@ -223,6 +239,8 @@ class WorkerPool(Service):
     def ended(self, worker: _Worker, code: int | None, signum: int | None) -> None:
         """A worker exited: replace it, or count it out of a stop."""
         self.workers.pop(worker.slot, None)
+        for callback in self.on_exit:
+            callback(worker.pid)
         how = f"signal {signum}" if signum else f"status {code}"
         if self._stopped is not None:
             if not self.workers:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from twisted.python import usage
 from .attacks import exchange
 from .daemon import TCP0, UDP0, Daemon, scrape, twistd_path
 from .loopback import tcp_exchange, udp_exchange
-from .test_daemon import lesson_port
+from .test_daemon import _all_started, lesson_port
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(180)]
 
@@ -79,6 +80,92 @@ def test_metrics_move_with_traffic() -> None:
     assert after["capserv_datagrams_sent_total"] == 1
     assert after['capserv_datagrams_dropped_total{reason="rate_limit"}'] == 2
     assert after['capserv_datagrams_dropped_total{reason="low_port"}'] == 0
+
+
+def _still_served(s: socket.socket) -> bool:
+    """Whether an open connection is still answered (its process alive)."""
+    try:
+        s.sendall(b"ping")
+        return s.recv(10) == b"PING"
+    except OSError:
+        return False
+
+
+def _scrape_until(port: int, check: Callable[[dict[str, float]], bool], timeout: float = 20.0) -> dict[str, float]:
+    """Scrape until ``check`` holds (bounded); the metrics that passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(port)
+        if check(metrics):
+            return metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {metrics}")
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+def test_metrics_add_up_every_worker() -> None:
+    """With --workers 2, /metrics counts the sessions and datagrams of both
+    processes, exactly; a worker killed outright keeps its counts in the
+    totals while its open connections leave the gauges, and its replacement
+    joins them; the folder of metric files is gone after the stop."""
+    pytest.importorskip("prometheus_client")
+    sessions, datagrams, held_count = 40, 20, 16
+    with Daemon(["--workers", "2", "--listen", TCP0, "--listen", UDP0, "--metrics", TCP0]) as daemon:
+        line = daemon.wait_for("Started 1 more worker:")
+        worker = int(re.findall(r"worker: (\d+)", line)[0])
+        _all_started(daemon, 2)
+        host, port = daemon.address(0)
+        _, uport = daemon.address(1)
+        _, mport = daemon.address(2)
+        payloads = [f"session {i}".encode() for i in range(sessions)]
+        for payload in payloads:
+            assert tcp_exchange(host, port, payload) == payload.upper()
+        for i in range(datagrams):
+            assert udp_exchange(host, uport, b"datagram %d" % i) == b"DATAGRAM %d" % i
+        totals = _scrape_until(
+            mport,
+            lambda m: m["capserv_connections_total"] >= sessions and m["capserv_datagrams_sent_total"] >= datagrams,
+        )
+        assert totals["capserv_connections_total"] == sessions
+        assert totals['capserv_received_bytes_total{transport="tcp"}'] == sum(map(len, payloads))
+        assert totals["capserv_datagrams_received_total"] == datagrams
+        assert totals["capserv_datagrams_sent_total"] == datagrams
+        assert totals["capserv_workers"] == 2
+        folder = daemon.wait_for("Metrics of every worker add up in ").split(" add up in ", 1)[1]
+        assert os.path.isdir(folder)
+
+        held = []
+        try:
+            for _ in range(held_count):
+                s = socket.create_connection((host, port), timeout=10)
+                held.append(s)
+                s.sendall(b"held")
+                assert s.recv(10) == b"HELD"
+            _scrape_until(mport, lambda m: m["capserv_connections_active"] >= held_count)
+            os.kill(worker, signal.SIGKILL)
+            daemon.wait_for(f"Worker 1 (pid {worker}) exited with signal 9")
+            alive = sum(_still_served(s) for s in held)
+            assert 0 < alive < held_count, "the connections did not spread over both processes"
+            after = scrape(mport)
+            # The dead worker's open connections are not counted as open...
+            assert after["capserv_connections_active"] == alive
+            # ...and everything it served still counts.
+            assert after["capserv_connections_total"] == sessions + held_count
+            assert after["capserv_datagrams_received_total"] == datagrams
+            # The replacement reports in; the totals never went down meanwhile.
+            replaced = _scrape_until(
+                mport,
+                lambda m: m["capserv_workers"] == 2 or m["capserv_connections_total"] != sessions + held_count,
+            )
+            assert replaced["capserv_connections_total"] == sessions + held_count
+            assert replaced["capserv_connections_active"] == alive
+        finally:
+            for s in held:
+                s.close()
+        daemon.signal()
+        assert daemon.wait() == 0
+    assert not os.path.exists(folder)
 
 
 def test_metrics_option_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

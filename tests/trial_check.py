@@ -34,6 +34,7 @@ IN_MEMORY = [
     "tests.test_docs",
     "tests.test_internals",
     "tests.test_rlimits",
+    "tests.test_metrics",
 ]
 
 
