@@ -317,6 +317,7 @@ class NotifierTests(SynchronousTestCase):
         self.assertIsNone(notify_address({"NOTIFY_SOCKET": "vsock:2:1234"}))
 
     def receiver(self, address: str | bytes) -> socket.socket:
+        """A datagram socket in systemd's place, closed after the test."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.addCleanup(sock.close)
         sock.bind(address)
