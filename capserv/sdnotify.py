@@ -93,7 +93,7 @@ class Notifier:
             return False
         message = "".join(f"{name}={value}\n" for name, value in fields.items())
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(SEND_TIMEOUT)
                 sock.sendto(message.encode(), self.address)
         except OSError as e:
