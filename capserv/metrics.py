@@ -10,10 +10,10 @@ process add up through `capserv.metrics_multiprocess`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from capserv.tcp import UppercaseFactory
@@ -105,7 +105,11 @@ class _QuietSite(Site):
 
 
 def metrics_site(
-    factory: UppercaseFactory, datagram: DatagramState, workers: int = 1, collector: Collector | None = None
+    factory: UppercaseFactory,
+    datagram: DatagramState,
+    workers: int = 1,
+    collector: Collector | None = None,
+    children: Mapping[bytes, IResource] | None = None,
 ) -> Site:
     """
     A web site serving the metrics at ``/metrics``, from its own registry
@@ -114,6 +118,9 @@ def metrics_site(
     :param collector: what to serve instead of a `CapservCollector` of
         ``factory`` and ``datagram``: with ``--workers``, the figures of
         every process (`capserv.metrics_multiprocess.SharedMetrics.collector`).
+    :param children: more resources to serve beside ``/metrics``, by path
+        segment (the daemon's ``/healthz`` and ``/readyz``,
+        `capserv.health.health_children`).
     """
     from prometheus_client import CollectorRegistry
     from prometheus_client.twisted import MetricsResource
@@ -122,4 +129,6 @@ def metrics_site(
     registry.register(collector if collector is not None else CapservCollector(factory, datagram, workers))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))  # type: ignore[no-untyped-call]
+    for path, child in (children or {}).items():
+        root.putChild(path, child)
     return _QuietSite(root)  # type: ignore[no-untyped-call]
