@@ -36,7 +36,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
@@ -329,7 +329,10 @@ class OrphanWatch(Service):
             assert self._loop is not None
             self._loop.stop()
             self._loop = None
-            self.reactor.stop()
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass  # stopping already (a drain or a graceful stop): it goes on
 
     def stopService(self) -> None:
         Service.stopService(self)

@@ -35,6 +35,7 @@ IN_MEMORY = [
     "tests.test_internals",
     "tests.test_rlimits",
     "tests.test_metrics",
+    "tests.test_workers",
 ]
 
 
