@@ -203,6 +203,16 @@ def test_grace_period_covers_drain_shutdown_and_abort() -> None:
     assert "preStop" not in container().get("lifecycle", {})
 
 
+def test_readiness_notices_the_drain_before_it_ends() -> None:
+    """
+    The readiness probe sees ``/readyz``'s 503 (and the pod is marked not
+    ready) well within ``--drain-delay``, while capserv still serves.
+    """
+    probe = container()["readinessProbe"]
+    noticed = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    assert noticed < float(options()["drain-delay"])
+
+
 def test_pod_runs_unprivileged_on_a_read_only_root() -> None:
     """
     Not root, no privilege escalation, no capabilities, a read-only root
