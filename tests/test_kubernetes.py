@@ -213,6 +213,19 @@ def test_readiness_notices_the_drain_before_it_ends() -> None:
     assert noticed < float(options()["drain-delay"])
 
 
+def test_liveness_outlasts_the_stop_after_the_drain() -> None:
+    """
+    Once the drain is over, ``/healthz`` closes with the other listeners;
+    the liveness probe's failures needed for a restart take longer than the
+    rest of the stop (``--shutdown-timeout`` + ``--abort-grace``), so a
+    stopping pod is never restarted for it.
+    """
+    probe = container()["livenessProbe"]
+    config = options()["config"]
+    tolerated = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    assert tolerated > config.shutdown_timeout + config.abort_grace
+
+
 def test_pod_runs_unprivileged_on_a_read_only_root() -> None:
     """
     Not root, no privilege escalation, no capabilities, a read-only root
