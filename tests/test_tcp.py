@@ -464,13 +464,15 @@ class NetworkLimitTests(SynchronousTestCase):
 
     def test_closing_releases_the_networks_slot(self) -> None:
         """
-        A connection that closes gives its network's slot back to any address of it.
+        A connection that closes gives its network's slot back to any address of it,
+        which then holds it.
         """
         h = Harness(max_connections_per_ip=1)
         proto, _ = h.connect("2001:db8::1", 1)
         h.lose(proto)
         _, tr = h.connect("2001:db8::2", 2)
         self.assertFalse(tr.disconnecting)
+        self.assertRefused(h, "2001:db8::1", 3)
 
     def test_refusal_names_the_network(self) -> None:
         """
