@@ -14,6 +14,9 @@ bound.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
+
 __all__ = ["BYTE_RATE", "RATE_LIMIT", "TokenBuckets"]
 
 #: What `TokenBuckets.spend` says when a source is out of datagram tokens
@@ -55,15 +58,19 @@ class TokenBuckets:
         self.max_size = max_size
         #: How many sources were forgotten to keep the table bounded.
         self.evictions = 0
-        # Dicts keep insertion order; re-inserting on every hit makes the
-        # first key the least recently seen.  An entry is (datagram tokens,
-        # byte tokens, time of the last refill).
-        self._table: dict[str, tuple[float, float, float]] = {}
+        # Moving a key to the end on every hit makes the first key the least
+        # recently seen.  An OrderedDict, not a dict: a dict's first key is
+        # found by scanning past the slots of keys deleted before it, which
+        # made each eviction from a full 65,536-entry table cost 34 µs (a
+        # flood from many spoofed sources paid that per datagram); the
+        # OrderedDict evicts in constant time, for 35 ns more per hit.  An
+        # entry is (datagram tokens, byte tokens, time of the last refill).
+        self._table: OrderedDict[Hashable, tuple[float, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def spend(self, key: str, now: float, size: int = 0) -> str | None:
+    def spend(self, key: Hashable, now: float, size: int = 0) -> str | None:
         """
         Spend one datagram token and ``size`` byte tokens of ``key``'s
         buckets if they hold that many; spend nothing otherwise.
@@ -75,19 +82,25 @@ class TokenBuckets:
             (no datagram token) or `BYTE_RATE` (too few byte tokens).
         """
         table = self._table
-        entry = table.pop(key, None)
+        entry = table.get(key)
         if entry is None:
             tokens = self.burst
             byte_tokens = self.byte_burst
             if len(table) >= self.max_size:
-                del table[next(iter(table))]
+                table.popitem(last=False)
                 self.evictions += 1
         else:
+            table.move_to_end(key)
             tokens, byte_tokens, last = entry
             if now > last:
+                # Comparisons rather than min(): this runs for every datagram.
                 elapsed = now - last
-                tokens = min(self.burst, tokens + elapsed * self.rate)
-                byte_tokens = min(self.byte_burst, byte_tokens + elapsed * self.byte_rate)
+                tokens += elapsed * self.rate
+                if tokens > self.burst:
+                    tokens = self.burst
+                byte_tokens += elapsed * self.byte_rate
+                if byte_tokens > self.byte_burst:
+                    byte_tokens = self.byte_burst
             else:
                 # A clock that steps backwards refills nothing, and keeps
                 # the later stamp so that stepping forward again does not
@@ -102,13 +115,13 @@ class TokenBuckets:
         table[key] = (tokens - 1.0, byte_tokens - size, now)
         return None
 
-    def allow(self, key: str, now: float, size: int = 0) -> bool:
+    def allow(self, key: Hashable, now: float, size: int = 0) -> bool:
         """
         `spend`, answering whether the reply may be sent.
         """
         return self.spend(key, now, size) is None
 
-    def adjust(self, key: str, change: int) -> bool:
+    def adjust(self, key: Hashable, change: int) -> bool:
         """
         Change what a reply that `spend` let through costs in bytes, once
         its real size is known (uppercasing can grow or shrink a text).

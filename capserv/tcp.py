@@ -85,7 +85,7 @@ class UppercaseProtocol(Protocol):
         #: The source network this connection is counted in for the per-IP
         #: limit; set and cleared by the factory's `UppercaseFactory.admit`
         #: and `UppercaseFactory.unregister`.
-        self.counted_host: str | None = None
+        self.counted_host: bytes | None = None
         self._is_refused = False
         #: Whether the protocol is registered as its transport's producer.
         self._registered = False
@@ -354,7 +354,7 @@ class UppercaseFactory(ServerFactory):
         self.connections: set[UppercaseProtocol] = set()
         #: The network each peer is counted in by the per-IP limit.
         self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
-        self._per_host: dict[str, int] = {}
+        self._per_host: dict[bytes, int] = {}
         self._refused_log = LogThrottle(clock, 10.0)
         self._accepting = True
         self._drained: list[Deferred[None]] = []
@@ -391,21 +391,23 @@ class UppercaseFactory(ServerFactory):
             return _Refused()
         return UppercaseProtocol(self, addr)
 
-    def _refuse(self, addr: IAddress | None, limit: str, network: str | None = None, count: int = 0) -> None:
+    def _refuse(self, addr: IAddress | None, limit: str, network: bytes | None = None, count: int = 0) -> None:
         self.stats.connections_refused[limit] += 1
-        detail = ""
         if network is not None:
             self.stats.limited[limit][family(network)] += 1
-            limit_option = f"--max-connections-per-ip {self.config.max_connections_per_ip}"
-            detail = f" ({network} has {count} connection{'' if count == 1 else 's'} open; {limit_option})"
         held = self._refused_log.check()
         if held is not None:
+            detail = text = ""
+            if network is not None:
+                text = self.networks.text(network)
+                limit_option = f"--max-connections-per-ip {self.config.max_connections_per_ip}"
+                detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {limit_option})"
             self._log.warn(
                 "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
                 peer=describe(addr),
                 limit=limit,
                 detail=detail,
-                network=network,
+                network=text or None,
                 held=held,
             )
 

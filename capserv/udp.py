@@ -35,6 +35,9 @@ MAX_REPLY_IPV4 = 65507
 #: The largest UDP payload over IPv6 without jumbograms: 65,535 - 8.
 MAX_REPLY_IPV6 = 65527
 
+#: How many source hosts `DatagramState.source` remembers the network of.
+_SOURCES_REMEMBERED = 4096
+
 #: The option each per-source drop reason is over, for log lines.
 _BUDGETS = {"rate_limit": "--udp-rate", BYTE_RATE: "--udp-byte-rate"}
 
@@ -76,6 +79,33 @@ class DatagramState:
                 config.udp_byte_burst,
             )
         self.drop_log = LogThrottle(clock, 10.0)
+        # What `source` answered for recent source hosts: most traffic comes
+        # from hosts seen a moment ago, and a lookup here costs less than
+        # parsing the address again.  Emptied when full, so it stays small
+        # whatever a flood from many sources does.
+        self._sources: dict[str, bytes] = {}
+
+    def source(self, host: str) -> bytes:
+        """
+        The network whose budgets a datagram from ``host`` spends, or
+        ``b""`` if it spends none (a loopback source, unless
+        ``udp_rate_loopback``; a source without an IP address).
+
+        :param host: the source host as the transport gives it (the first
+            item of the address tuple).
+        """
+        sources = self._sources
+        network = sources.get(host)
+        if network is None:
+            key = host_key((host, 0))
+            if key is None or (not self.config.udp_rate_loopback and is_loopback(key)):
+                network = b""
+            else:
+                network = self.networks.network(key)
+            if len(sources) >= _SOURCES_REMEMBERED:
+                sources.clear()
+            sources[host] = network
+        return network
 
     def protocol(self) -> UppercaseDatagramProtocol:
         """
@@ -139,7 +169,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         self.clock = state.clock
         self.stats = state.stats
         self.buckets = state.buckets
-        self._network = state.networks.network
+        self._source = state.source
         # ASCII input can be uppercased with bytes.upper() in this encoding.
         self._ascii = self.config.ascii_only
         self._fast = is_ascii_compatible(self.config.encoding)
@@ -162,14 +192,13 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             return
         host = addr[0]
         buckets = self.buckets
-        network = None
+        network = b""
         if buckets is not None:
-            key = host_key(addr)
-            if key is not None and (config.udp_rate_loopback or not is_loopback(key)):
+            network = self._source(host)
+            if network:
                 # Charged before uppercasing, so a flood over its budget
                 # costs no uppercasing: ASCII replies have the request's
                 # size; others are charged the difference below.
-                network = self._network(key)
                 refused = buckets.spend(network, self.clock.seconds(), size)
                 if refused is not None:
                     self._drop(refused, addr, size, network=network)
@@ -183,12 +212,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         ):
             self._drop("oversize", addr, len(reply))
             return
-        if (
-            network is not None
-            and len(reply) != size
-            and buckets is not None
-            and not buckets.adjust(network, len(reply) - size)
-        ):
+        if network and len(reply) != size and buckets is not None and not buckets.adjust(network, len(reply) - size):
             # Uppercasing grew the text past what the source has left.
             self._drop(BYTE_RATE, addr, len(reply), network=network)
             return
@@ -208,14 +232,17 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         """
         self._drop("send_error", ("?", 0), 0, str(error))
 
-    def _drop(self, reason: str, addr: Any, size: int, detail: str = "", network: str | None = None) -> None:
+    def _drop(self, reason: str, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
         stats = self.stats
         stats.drops[reason] += 1
         if network is not None:
             stats.limited[reason][family(network)] += 1
-            detail = f"{network} over {_BUDGETS[reason]}"
         held = self.state.drop_log.check()
         if held is not None:
+            text = None
+            if network is not None:
+                text = self.state.networks.text(network)
+                detail = f"{text} over {_BUDGETS[reason]}"
             self._log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
                 "{held} more drops since the last report; totals: {totals}",
@@ -223,7 +250,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
                 reason=reason,
                 size=size,
                 detail=f": {detail}" if detail else "",
-                network=network,
+                network=text,
                 held=held,
                 drops=dict(stats.drops),
                 totals=", ".join(f"{name} {count}" for name, count in sorted(stats.drops.items())),

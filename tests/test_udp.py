@@ -14,9 +14,10 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol
+from capserv.addresses import SourceNetworks
 from capserv.config import MIN_UDP_BYTE_BURST
 from capserv.ratelimit import BYTE_RATE, RATE_LIMIT, TokenBuckets
-from capserv.udp import MAX_REPLY_IPV4, MAX_REPLY_IPV6
+from capserv.udp import MAX_REPLY_IPV4, MAX_REPLY_IPV6, DatagramState
 
 CLIENT = ("192.0.2.1", 40000)
 
@@ -323,6 +324,46 @@ class NetworkTests(SynchronousTestCase):
         proto.datagramReceived(b"c", ("::ffff:198.51.100.1", 2000, 0, 0))
         self.assertEqual(answered(tr), ["192.0.2.9", "::ffff:198.51.100.1"])
 
+    def test_networks_written_as_cidr(self) -> None:
+        """
+        SourceNetworks zeroes the host bits at any prefix length, whole bytes or not,
+        and writes the network as CIDR text; mapped IPv4 and scope ids are undone.
+        """
+        cases = [
+            (32, 64, "192.0.2.77", "192.0.2.77/32"),
+            (24, 64, "192.0.2.77", "192.0.2.0/24"),
+            (1, 64, "192.0.2.77", "128.0.0.0/1"),
+            (32, 64, "2001:db8:aa:bb:cc::1", "2001:db8:aa:bb::/64"),
+            (32, 48, "2001:db8:aa:bb:cc::1", "2001:db8:aa::/48"),
+            (32, 61, "2001:db8:aa:bf:cc::1", "2001:db8:aa:b8::/61"),
+            (32, 128, "2001:db8::1", "2001:db8::1/128"),
+            (24, 64, "::ffff:198.51.100.9", "198.51.100.0/24"),
+            (32, 64, "fe80::1%eth0", "fe80::/64"),
+        ]
+        for v4, v6, host, expected in cases:
+            networks = SourceNetworks(v4, v6)
+            key = networks.key((host, 4000))
+            assert key is not None
+            self.assertEqual(networks.text(key), expected, (v4, v6, host))
+
+    def test_sources_remembered_boundedly(self) -> None:
+        """
+        The shared state remembers the network of recent source hosts (loopback ones
+        spend no budget), and forgets them all once it holds 4,096, so a flood from
+        many sources cannot grow it.
+        """
+        state = DatagramState(CapservConfig(), clock=Clock())
+        networks = SourceNetworks()
+        self.assertEqual(state.source("127.0.0.1"), b"")
+        self.assertEqual(state.source("::1"), b"")
+        self.assertEqual(state.source("::ffff:192.0.2.1"), networks.network("192.0.2.1"))
+        self.assertEqual(state.source("2001:db8::5"), networks.network("2001:db8::"))
+        for i in range(5000):
+            state.source(f"10.0.{i // 256}.{i % 256}")
+            self.assertLessEqual(len(state._sources), 4096)
+        limited = DatagramState(CapservConfig(udp_rate_loopback=True), clock=Clock())
+        self.assertEqual(limited.source("127.0.0.1"), networks.network("127.0.0.1"))
+
     def test_drop_log_and_counters_name_the_network(self) -> None:
         """
         A datagram dropped by a per-source budget is logged with the network and its
@@ -479,7 +520,6 @@ class MetricsTests(SynchronousTestCase):
 
         from capserv.metrics import CapservCollector
         from capserv.tcp import UppercaseFactory
-        from capserv.udp import DatagramState
 
         clock = Clock()
         config = CapservConfig(max_connections_per_ip=1, ipv4_prefix=24, udp_byte_burst=MIN_UDP_BYTE_BURST)
