@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from capserv.text import lookup_encoding
 
-__all__ = ["CapservConfig", "ConfigError"]
+__all__ = ["MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
+
+#: The smallest byte burst: one largest reply capserv sends (65,535 - 8
+#: bytes over IPv6, `capserv.udp.MAX_REPLY_IPV6`), so every reply it would
+#: send can pass the byte budget.
+MIN_UDP_BYTE_BURST = 65527
 
 
 class ConfigError(ValueError):
@@ -47,19 +52,34 @@ class CapservConfig:
     abort_grace: float = 5.0
     #: Most TCP connections open at once, across all listeners.
     max_connections: int = 20000
-    #: Most TCP connections open at once from one IP address.
+    #: Most TCP connections open at once from one source network (see
+    #: `ipv4_prefix` and `ipv6_prefix`).
     max_connections_per_ip: int = 0
+    #: The length of the IPv4 networks that per-source limits count as one
+    #: source (``max_connections_per_ip``, the UDP budgets): 32, each address.
+    ipv4_prefix: int = 32
+    #: The length of the IPv6 networks counted as one source: 64, because a
+    #: single host is given a whole /64.
+    ipv6_prefix: int = 64
     #: Unsent reply bytes on one connection past which capserv stops reading
     #: from it until they drain.
     high_water: int = 65536
-    #: Datagrams per second allowed from one source address (token bucket).
+    #: Datagrams per second answered per source network (token bucket).
     udp_rate: float = 500.0
     #: Datagrams a source may send at once before the rate applies.
     udp_burst: int = 1000
-    #: Apply the UDP rate limit to loopback sources too.  Off by default:
+    #: Reply bytes per second sent to one source network (a second token
+    #: bucket): 125,000, one megabit a second, caps what a spoofed stream
+    #: can aim at one victim (500 datagrams a second of 65,507 bytes would
+    #: be 262 megabits).
+    udp_byte_rate: float = 125000.0
+    #: Reply bytes a source may be sent at once before the byte rate
+    #: applies; at least `MIN_UDP_BYTE_BURST` while the byte rate is on.
+    udp_byte_burst: int = 250000
+    #: Apply the UDP rate limits to loopback sources too.  Off by default:
     #: a reply to loopback cannot be reflected at another host.
     udp_rate_loopback: bool = False
-    #: Most source addresses the rate limiter remembers (least recently seen
+    #: Most source networks the rate limiter remembers (least recently seen
     #: are forgotten first), bounding its memory.
     udp_rate_table_size: int = 65536
     #: Answer datagrams from source ports below 1024.  Off by default: those
@@ -75,11 +95,11 @@ class CapservConfig:
         except LookupError:
             raise ConfigError("encoding", f"unknown text encoding {self.encoding!r}") from None
         object.__setattr__(self, "encoding", canonical)
-        for name in ("idle_timeout", "abort_grace", "udp_rate", "shutdown_timeout"):
+        for name in ("idle_timeout", "abort_grace", "udp_rate", "udp_byte_rate", "shutdown_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value != value or value < 0:
                 raise ConfigError(name, f"must be a number >= 0, not {value!r}")
-        for name in ("max_connections", "max_connections_per_ip", "udp_burst"):
+        for name in ("max_connections", "max_connections_per_ip", "udp_burst", "udp_byte_burst"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(name, f"must be a whole number >= 0, not {value!r}")
@@ -89,6 +109,16 @@ class CapservConfig:
                 raise ConfigError(name, f"must be a whole number >= 1, not {value!r}")
         if self.udp_rate > 0 and self.udp_burst < 1:
             raise ConfigError("udp_burst", f"must be >= 1 while the UDP rate limit is on, not {self.udp_burst}")
+        if self.udp_byte_rate > 0 and self.udp_byte_burst < MIN_UDP_BYTE_BURST:
+            raise ConfigError(
+                "udp_byte_burst",
+                f"must be at least {MIN_UDP_BYTE_BURST} (one largest reply) while the UDP byte rate is on, "
+                f"not {self.udp_byte_burst}",
+            )
+        for name, most in (("ipv4_prefix", 32), ("ipv6_prefix", 128)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ConfigError(name, f"must be a prefix length from 1 to {most}, not {value!r}")
 
     def replace(self, **changes: object) -> CapservConfig:
         """

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["CapservCollector", "metrics_site"]
 
 REFUSAL_LIMITS = ("max_connections", "max_connections_per_ip", "shutdown")
-DROP_REASONS = ("rate_limit", "oversize", "low_port", "send_error")
+DROP_REASONS = ("rate_limit", "byte_rate", "oversize", "low_port", "send_error")
+#: The per-source limits, each counted by the source network's family.
+NETWORK_LIMITS = ("max_connections_per_ip", "rate_limit", "byte_rate")
 
 
 class CapservCollector:
@@ -87,9 +89,21 @@ class CapservCollector:
         for reason in DROP_REASONS:
             drops.add_metric([reason], udp["drops"].get(reason, 0))
         yield drops
+        limited = CounterMetricFamily(
+            "capserv_network_limited",
+            "Connections refused and datagrams dropped by a per-source limit, by the limit and the "
+            "source network's family and prefix length (--ipv4-prefix, --ipv6-prefix).",
+            labels=["limit", "family", "prefix"],
+        )
+        config = self.factory.config
+        for limit in NETWORK_LIMITS:
+            counts = (tcp if limit == "max_connections_per_ip" else udp)["limited"].get(limit, {})
+            limited.add_metric([limit, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
+            limited.add_metric([limit, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
+        yield limited
         yield GaugeMetricFamily(
             "capserv_udp_rate_sources",
-            "Source addresses the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
+            "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
             value=udp["rate_table_size"],
         )
         yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=self.workers)

@@ -7,7 +7,7 @@ connection and datagram, and read by whatever exports them.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 __all__ = ["TCPStats", "UDPStats"]
 
@@ -27,6 +27,7 @@ class TCPStats:
         "connections_refused",
         "connections_total",
         "idle_timeouts",
+        "limited",
         "pauses",
     )
 
@@ -36,6 +37,9 @@ class TCPStats:
         #: Connections closed at once, by the limit that refused them
         #: (``"max_connections"``, ``"max_connections_per_ip"``, ``"shutdown"``).
         self.connections_refused: Counter[str] = Counter()
+        #: Connections refused by the per-source limit, by the limit and the
+        #: source network's family (``"ipv4"``, ``"ipv6"``).
+        self.limited: defaultdict[str, Counter[str]] = defaultdict(Counter)
         #: Connections closed for being idle.
         self.idle_timeouts = 0
         #: Connections aborted because they would not take their last bytes.
@@ -53,7 +57,7 @@ class UDPStats:
     Totals for one `UppercaseDatagramProtocol`.
     """
 
-    __slots__ = ("bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "drops")
+    __slots__ = ("bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "drops", "limited")
 
     def __init__(self) -> None:
         self.datagrams_in = 0
@@ -61,5 +65,9 @@ class UDPStats:
         self.bytes_in = 0
         self.bytes_out = 0
         #: Datagrams not answered, by reason: ``"rate_limit"``,
-        #: ``"oversize"``, ``"low_port"``, ``"send_error"``.
+        #: ``"byte_rate"``, ``"oversize"``, ``"low_port"``, ``"send_error"``.
         self.drops: Counter[str] = Counter()
+        #: Datagrams dropped by a per-source budget (``"rate_limit"``,
+        #: ``"byte_rate"``), by the source network's family (``"ipv4"``,
+        #: ``"ipv6"``).
+        self.limited: defaultdict[str, Counter[str]] = defaultdict(Counter)

@@ -78,7 +78,11 @@ class Options(usage.Options):
             "(native transports are faster; see docs/operations).",
         ],
         ["udp-allow-low-ports", None, "Answer datagrams from source ports below 1024 (off by default: loop guard)."],
-        ["udp-rate-loopback", None, "Apply --udp-rate to loopback sources too (exempt by default)."],
+        [
+            "udp-rate-loopback",
+            None,
+            "Apply --udp-rate and --udp-byte-rate to loopback sources too (exempt by default).",
+        ],
     ]
 
     optParameters = [
@@ -108,8 +112,22 @@ class Options(usage.Options):
             "max-connections-per-ip",
             None,
             _DEFAULTS.max_connections_per_ip,
-            "Most TCP connections open at once from one IP address.",
+            "Most TCP connections open at once from one source network (see --ipv4-prefix, --ipv6-prefix).",
             number("max-connections-per-ip", int),
+        ],
+        [
+            "ipv4-prefix",
+            None,
+            _DEFAULTS.ipv4_prefix,
+            "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
+            number("ipv4-prefix", int, 1),
+        ],
+        [
+            "ipv6-prefix",
+            None,
+            _DEFAULTS.ipv6_prefix,
+            "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
+            number("ipv6-prefix", int, 1),
         ],
         [
             "high-water",
@@ -122,7 +140,7 @@ class Options(usage.Options):
             "udp-rate",
             None,
             _DEFAULTS.udp_rate,
-            "Datagrams per second answered per source address.",
+            "Datagrams per second answered per source network.",
             number("udp-rate", float),
         ],
         [
@@ -133,10 +151,24 @@ class Options(usage.Options):
             number("udp-burst", int),
         ],
         [
+            "udp-byte-rate",
+            None,
+            _DEFAULTS.udp_byte_rate,
+            "Reply bytes per second sent to one source network.",
+            number("udp-byte-rate", float),
+        ],
+        [
+            "udp-byte-burst",
+            None,
+            _DEFAULTS.udp_byte_burst,
+            "Reply bytes a source may be sent at once before --udp-byte-rate applies (at least 65527).",
+            number("udp-byte-burst", int),
+        ],
+        [
             "udp-rate-table-size",
             None,
             _DEFAULTS.udp_rate_table_size,
-            "Most source addresses the UDP rate limiter remembers.",
+            "Most source networks the UDP rate limiter remembers.",
             number("udp-rate-table-size", int, 1),
         ],
         [
@@ -260,9 +292,13 @@ class Options(usage.Options):
                 abort_grace=float(self["abort-grace"]),
                 max_connections=int(self["max-connections"]),
                 max_connections_per_ip=int(self["max-connections-per-ip"]),
+                ipv4_prefix=int(self["ipv4-prefix"]),
+                ipv6_prefix=int(self["ipv6-prefix"]),
                 high_water=int(self["high-water"]),
                 udp_rate=float(self["udp-rate"]),
                 udp_burst=int(self["udp-burst"]),
+                udp_byte_rate=float(self["udp-byte-rate"]),
+                udp_byte_burst=int(self["udp-byte-burst"]),
                 udp_rate_loopback=bool(self["udp-rate-loopback"]),
                 udp_rate_table_size=int(self["udp-rate-table-size"]),
                 udp_allow_low_ports=bool(self["udp-allow-low-ports"]),

@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from capserv._internals import is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
 from capserv.accesslog import log_connection
-from capserv.addresses import describe, host_key
+from capserv.addresses import SourceNetworks, describe, family
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
 from capserv.reactor import global_reactor
@@ -82,9 +82,10 @@ class UppercaseProtocol(Protocol):
         self.closing = False
         self._close_when_drained = False
         self._reason = "closed"
-        #: The per-IP key this connection is counted under; set and cleared
-        #: by the factory's `UppercaseFactory.admit` and `UppercaseFactory.unregister`.
-        self.counted_host: str | None = None
+        #: The source network this connection is counted in for the per-IP
+        #: limit; set and cleared by the factory's `UppercaseFactory.admit`
+        #: and `UppercaseFactory.unregister`.
+        self.counted_host: bytes | None = None
         self._is_refused = False
         #: Whether the protocol is registered as its transport's producer.
         self._registered = False
@@ -369,7 +370,9 @@ class UppercaseFactory(ServerFactory):
         self.stats = TCPStats()
         #: Open connections.
         self.connections: set[UppercaseProtocol] = set()
-        self._per_host: dict[str, int] = {}
+        #: The network each peer is counted in by the per-IP limit.
+        self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
+        self._per_host: dict[bytes, int] = {}
         self._refused_log = LogThrottle(clock, 10.0)
         self._accepting = True
         self._drained: list[Deferred[None]] = []
@@ -406,31 +409,41 @@ class UppercaseFactory(ServerFactory):
             return _Refused()
         return UppercaseProtocol(self, addr)
 
-    def _refuse(self, addr: IAddress | None, limit: str) -> None:
+    def _refuse(self, addr: IAddress | None, limit: str, network: bytes | None = None, count: int = 0) -> None:
         self.stats.connections_refused[limit] += 1
+        if network is not None:
+            self.stats.limited[limit][family(network)] += 1
         held = self._refused_log.check()
         if held is not None:
+            detail = text = ""
+            if network is not None:
+                text = self.networks.text(network)
+                limit_option = f"--max-connections-per-ip {self.config.max_connections_per_ip}"
+                detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {limit_option})"
             self._log.warn(
-                "Refused connection from {peer}: {limit} reached ({held} more refused since the last report)",
+                "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
                 peer=describe(addr),
                 limit=limit,
+                detail=detail,
+                network=text or None,
                 held=held,
             )
 
     def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
-        Count ``protocol`` against ``address``'s per-IP limit, or refuse it
-        (counted and logged) if the address is already at the limit.
+        Count ``protocol`` against the per-IP limit of the network
+        ``address`` is in (`networks`), or refuse it (counted and logged)
+        if that network is already at the limit.
 
         :return: whether the connection may go on.
         """
-        key = host_key(address)
+        key = self.networks.key(address)
         if key is None:
             return True
         count = self._per_host.get(key, 0)
         limit = self.config.max_connections_per_ip
         if limit and count >= limit:
-            self._refuse(address, "max_connections_per_ip")
+            self._refuse(address, "max_connections_per_ip", key, count)
             return False
         self._per_host[key] = count + 1
         protocol.counted_host = key
@@ -490,9 +503,12 @@ class UppercaseFactory(ServerFactory):
 
     def connections_from(self, address: IAddress | str) -> int:
         """
-        How many connections are open from one IP address.
+        How many connections the per-IP limit counts for ``address``: those
+        open from its whole source network (`networks`).
+
+        :param address: an IP address as text, or a Twisted address.
         """
-        key = address if isinstance(address, str) else host_key(address)
+        key = self.networks.key((address, 0) if isinstance(address, str) else address)
         return self._per_host.get(key, 0) if key is not None else 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -504,6 +520,7 @@ class UppercaseFactory(ServerFactory):
             "connections_active": len(self.connections),
             "connections_total": stats.connections_total,
             "connections_refused": dict(stats.connections_refused),
+            "limited": {limit: dict(by_family) for limit, by_family in stats.limited.items()},
             "idle_timeouts": stats.idle_timeouts,
             "aborts": stats.aborts,
             "pauses": stats.pauses,

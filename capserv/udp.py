@@ -2,7 +2,8 @@
 The uppercase service over datagrams: one reply datagram per datagram.
 
 Besides uppercasing, this is where capserv keeps a UDP service from being
-abused: a per-source rate limit (reflection), no answers to low source ports
+abused: per-source budgets of datagrams and of reply bytes, a source being
+a network (reflection), no answers to low source ports
 (loops between servers), a size check on replies, and send errors counted
 rather than raised.
 """
@@ -17,10 +18,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from capserv._internals import datagram_sender
-from capserv.addresses import host_key, is_loopback
+from capserv.addresses import SourceNetworks, family, host_key, is_loopback
 from capserv.config import CapservConfig
 from capserv.logthrottle import LogThrottle
-from capserv.ratelimit import TokenBuckets
+from capserv.ratelimit import BYTE_RATE, TokenBuckets
 from capserv.reactor import global_reactor
 from capserv.stats import UDPStats
 from capserv.text import is_ascii_compatible, uppercase
@@ -34,12 +35,18 @@ MAX_REPLY_IPV4 = 65507
 #: The largest UDP payload over IPv6 without jumbograms: 65,535 - 8.
 MAX_REPLY_IPV6 = 65527
 
+#: How many source hosts `DatagramState.source` remembers the network of.
+_SOURCES_REMEMBERED = 4096
+
+#: The option each per-source drop reason is over, for log lines.
+_BUDGETS = {"rate_limit": "--udp-rate", BYTE_RATE: "--udp-byte-rate"}
+
 
 class DatagramState:
     """
     What every datagram port of one capserv shares: the configuration, the
-    clock, the counters, the per-source rate limiter and the drop-log
-    throttle.
+    clock, the counters, the per-source budgets (datagrams and bytes, by
+    source network) and the drop-log throttle.
 
     A Twisted datagram protocol serves one port, so a service listening on
     several UDP ports builds one protocol per port and hands each the same
@@ -59,10 +66,46 @@ class DatagramState:
         self.config = config if config is not None else CapservConfig()
         self.clock: IReactorTime = clock
         self.stats = UDPStats()
+        config = self.config
+        #: The network each source is counted in.
+        self.networks = SourceNetworks(config.ipv4_prefix, config.ipv6_prefix)
         self.buckets: TokenBuckets | None = None
-        if self.config.udp_rate > 0:
-            self.buckets = TokenBuckets(self.config.udp_rate, self.config.udp_burst, self.config.udp_rate_table_size)
+        if config.udp_rate > 0 or config.udp_byte_rate > 0:
+            self.buckets = TokenBuckets(
+                config.udp_rate,
+                config.udp_burst,
+                config.udp_rate_table_size,
+                config.udp_byte_rate,
+                config.udp_byte_burst,
+            )
         self.drop_log = LogThrottle(clock, 10.0)
+        # What `source` answered for recent source hosts: most traffic comes
+        # from hosts seen a moment ago, and a lookup here costs less than
+        # parsing the address again.  Emptied when full, so it stays small
+        # whatever a flood from many sources does.
+        self._sources: dict[str, bytes] = {}
+
+    def source(self, host: str) -> bytes:
+        """
+        The network whose budgets a datagram from ``host`` spends, or
+        ``b""`` if it spends none (a loopback source, unless
+        ``udp_rate_loopback``; a source without an IP address).
+
+        :param host: the source host as the transport gives it (the first
+            item of the address tuple).
+        """
+        sources = self._sources
+        network = sources.get(host)
+        if network is None:
+            key = host_key((host, 0))
+            if key is None or (not self.config.udp_rate_loopback and is_loopback(key)):
+                network = b""
+            else:
+                network = self.networks.network(key)
+            if len(sources) >= _SOURCES_REMEMBERED:
+                sources.clear()
+            sources[host] = network
+        return network
 
     def protocol(self) -> UppercaseDatagramProtocol:
         """
@@ -81,6 +124,7 @@ class DatagramState:
             "bytes_in": stats.bytes_in,
             "bytes_out": stats.bytes_out,
             "drops": dict(stats.drops),
+            "limited": {reason: dict(by_family) for reason, by_family in stats.limited.items()},
             "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
         }
 
@@ -125,6 +169,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         self.clock = state.clock
         self.stats = state.stats
         self.buckets = state.buckets
+        self._source = state.source
         # ASCII input can be uppercased with bytes.upper() in this encoding.
         self._ascii = self.config.ascii_only
         self._fast = is_ascii_compatible(self.config.encoding)
@@ -139,22 +184,25 @@ class UppercaseDatagramProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         stats = self.stats
         stats.datagrams_in += 1
-        stats.bytes_in += len(data)
+        size = len(data)
+        stats.bytes_in += size
         config = self.config
         if addr[1] < 1024 and not config.udp_allow_low_ports:
-            self._drop("low_port", addr, len(data))
+            self._drop("low_port", addr, size)
             return
         host = addr[0]
         buckets = self.buckets
+        network = b""
         if buckets is not None:
-            key = host_key(addr)
-            if (
-                key is not None
-                and (config.udp_rate_loopback or not is_loopback(key))
-                and not buckets.allow(key, self.clock.seconds())
-            ):
-                self._drop("rate_limit", addr, len(data))
-                return
+            network = self._source(host)
+            if network:
+                # Charged before uppercasing, so a flood over its budget
+                # costs no uppercasing: ASCII replies have the request's
+                # size; others are charged the difference below.
+                refused = buckets.spend(network, self.clock.seconds(), size)
+                if refused is not None:
+                    self._drop(refused, addr, size, network=network)
+                    return
         if self._ascii or (self._fast and data.isascii()):
             reply = data.upper()
         else:
@@ -163,6 +211,10 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             len(reply) > MAX_REPLY_IPV6 or ":" not in host or host.startswith("::ffff:")
         ):
             self._drop("oversize", addr, len(reply))
+            return
+        if network and len(reply) != size and buckets is not None and not buckets.adjust(network, len(reply) - size):
+            # Uppercasing grew the text past what the source has left.
+            self._drop(BYTE_RATE, addr, len(reply), network=network)
             return
         try:
             self._send(reply, addr)
@@ -180,10 +232,17 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         """
         self._drop("send_error", ("?", 0), 0, str(error))
 
-    def _drop(self, reason: str, addr: Any, size: int, detail: str = "") -> None:
-        self.stats.drops[reason] += 1
+    def _drop(self, reason: str, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
+        stats = self.stats
+        stats.drops[reason] += 1
+        if network is not None:
+            stats.limited[reason][family(network)] += 1
         held = self.state.drop_log.check()
         if held is not None:
+            text = None
+            if network is not None:
+                text = self.state.networks.text(network)
+                detail = f"{text} over {_BUDGETS[reason]}"
             self._log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
                 "{held} more drops since the last report; totals: {totals}",
@@ -191,9 +250,10 @@ class UppercaseDatagramProtocol(DatagramProtocol):
                 reason=reason,
                 size=size,
                 detail=f": {detail}" if detail else "",
+                network=text,
                 held=held,
-                drops=dict(self.stats.drops),
-                totals=", ".join(f"{name} {count}" for name, count in sorted(self.stats.drops.items())),
+                drops=dict(stats.drops),
+                totals=", ".join(f"{name} {count}" for name, count in sorted(stats.drops.items())),
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -293,7 +293,7 @@ class ConnectionLife(RuleBasedStateMachine):
             return
         live = [p for p in self.peers if p.admitted and not p.lost]
         assert self.factory.connections == {p.protocol for p in live}
-        expected = Counter(p.host for p in live)
+        expected = Counter(self.factory.networks.network(p.host) for p in live)
         assert dict(self.factory._per_host) == dict(expected)
         limit = self.factory.config.max_connections
         if limit:

@@ -420,6 +420,78 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(refusals[-1]["held"], 4)
 
 
+class NetworkLimitTests(SynchronousTestCase):
+    """The per-IP connection limit counts a source network, not an address."""
+
+    assertRefused = LimitTests.assertRefused
+
+    def test_one_ipv6_64_shares_one_budget(self) -> None:
+        """
+        Two addresses of one IPv6 /64 share one per-IP budget (one host owns the whole
+        /64), while an address of the next /64 has its own.
+        """
+        h = Harness(max_connections_per_ip=2)
+        h.connect("2001:db8:0:1::5", 1)
+        h.connect("2001:db8:0:1:ffff::6", 2)
+        self.assertRefused(h, "2001:db8:0:1::7", 3)
+        _, other = h.connect("2001:db8:0:2::5", 4)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(h.factory.connections_from("2001:db8:0:1::99"), 2)
+        self.assertEqual(h.factory.connections_from("2001:db8:0:2::5"), 1)
+
+    def test_shorter_ipv6_prefix_merges_more(self) -> None:
+        """
+        With --ipv6-prefix 48, two /64s of one /48 share a budget; another /48 does not.
+        """
+        h = Harness(max_connections_per_ip=1, ipv6_prefix=48)
+        h.connect("2001:db8:1:1::1", 1)
+        self.assertRefused(h, "2001:db8:1:2::1", 2)
+        _, other = h.connect("2001:db8:2::1", 3)
+        self.assertFalse(other.disconnecting)
+
+    def test_ipv4_prefix_24(self) -> None:
+        """
+        With --ipv4-prefix 24 two addresses of one /24 share a budget, and an IPv4-mapped
+        peer counts in its IPv4 /24; another /24 does not.
+        """
+        h = Harness(max_connections_per_ip=2, ipv4_prefix=24)
+        h.connect("198.51.100.1", 1)
+        h.connect("::ffff:198.51.100.200", 2)
+        self.assertRefused(h, "198.51.100.7", 3)
+        _, other = h.connect("198.51.101.1", 4)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(h.factory.connections_from("198.51.100.50"), 2)
+
+    def test_closing_releases_the_networks_slot(self) -> None:
+        """
+        A connection that closes gives its network's slot back to any address of it,
+        which then holds it.
+        """
+        h = Harness(max_connections_per_ip=1)
+        proto, _ = h.connect("2001:db8::1", 1)
+        h.lose(proto)
+        _, tr = h.connect("2001:db8::2", 2)
+        self.assertFalse(tr.disconnecting)
+        self.assertRefused(h, "2001:db8::1", 3)
+
+    def test_refusal_names_the_network(self) -> None:
+        """
+        A per-IP refusal is logged naming the peer, its network with the prefix, how
+        many connections that network has and the option, and is counted by family.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(max_connections_per_ip=1)
+        h.connect("2001:db8::1", 1)
+        self.assertRefused(h, "2001:db8::5", 2)
+        (refusal,) = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(refusal["peer"], "[2001:db8::5]:2")
+        self.assertEqual(refusal["network"], "2001:db8::/64")
+        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; --max-connections-per-ip 1)")
+        self.assertEqual(h.factory.snapshot()["limited"], {"max_connections_per_ip": {"ipv6": 1}})
+
+
 class LoggingAndStatsTests(SynchronousTestCase):
     def test_one_line_at_close(self) -> None:
         """
