@@ -12,10 +12,10 @@ from typing import Any
 __all__ = ["number"]
 
 
-def number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]:
+def number(option: str, kind: type, minimum: float = 0, maximum: float | None = None) -> Callable[[str], Any]:
     """
     A coercer turning an option's text into ``kind`` (``int`` or ``float``),
-    at least ``minimum``.
+    at least ``minimum`` (and at most ``maximum``, if given).
 
     :param option: the option's long name, for the error message.
     """
@@ -25,6 +25,8 @@ def number(option: str, kind: type, minimum: float = 0) -> Callable[[str], Any]:
             result = kind(value)
         except ValueError:
             raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
+        if maximum is not None and (result != result or not minimum <= result <= maximum):
+            raise ValueError(f"--{option}: {value!r} must be from {minimum:g} to {maximum:g}")
         if result != result or result < minimum:
             raise ValueError(f"--{option}: {value!r} must be >= {minimum:g}")
         if result == float("inf"):

@@ -120,14 +120,14 @@ class Options(usage.Options):
             None,
             _DEFAULTS.ipv4_prefix,
             "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
-            number("ipv4-prefix", int, 1),
+            number("ipv4-prefix", int, 1, 32),
         ],
         [
             "ipv6-prefix",
             None,
             _DEFAULTS.ipv6_prefix,
             "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
-            number("ipv6-prefix", int, 1),
+            number("ipv6-prefix", int, 1, 128),
         ],
         [
             "high-water",
