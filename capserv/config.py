@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from capserv.text import lookup_encoding
 
-__all__ = ["MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
+__all__ = ["MAX_HIGH_WATER", "MAX_IDLE_TIMEOUT", "MAX_WAIT", "MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
 
 #: The smallest byte burst: one largest reply capserv sends (65,535 - 8
 #: bytes over IPv6, `capserv.udp.MAX_REPLY_IPV6`), so every reply it would
@@ -30,6 +30,23 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+#: The most a waiting time may be: a day.  More is a typing slip (a stop
+#: that never ends), not a policy.
+MAX_WAIT = 86400.0
+#: The longest idle timeout: 30 days.
+MAX_IDLE_TIMEOUT = 30 * MAX_WAIT
+#: The largest high-water mark: 1 GiB of unsent reply per connection (the
+#: event loops take it as a C int).
+MAX_HIGH_WATER = 1 << 30
+
+_UPPER_BOUNDS = (
+    ("idle_timeout", MAX_IDLE_TIMEOUT, "30 days"),
+    ("abort_grace", MAX_WAIT, "a day"),
+    ("shutdown_timeout", MAX_WAIT, "a day"),
+    ("high_water", MAX_HIGH_WATER, "1 GiB"),
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,10 @@ class CapservConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, f"must be a whole number >= 1, not {value!r}")
+        for name, most, what in _UPPER_BOUNDS:
+            value = getattr(self, name)
+            if value > most:
+                raise ConfigError(name, f"must be at most {int(most)} ({what}), not {value!r}")
         if self.udp_rate > 0 and self.udp_burst < 1:
             raise ConfigError("udp_burst", f"must be >= 1 while the UDP rate limit is on, not {self.udp_burst}")
         if self.udp_byte_rate > 0 and self.udp_byte_burst < MIN_UDP_BYTE_BURST:

@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from capserv._version import __version__
 from capserv.coerce import number
-from capserv.config import CapservConfig, ConfigError
+from capserv.config import MAX_WAIT, CapservConfig, ConfigError
 from capserv.listen import DEFAULT_LISTEN, Listener, ListenError, parse_listen
 from capserv.native import native_supported
 from capserv.reactor import choose_reactor
@@ -199,7 +199,7 @@ class Options(usage.Options):
             0.0,
             "Seconds a stop keeps accepting and serving while /readyz says not ready (503), "
             "before the graceful stop: let a load balancer take this instance out first.",
-            number("drain-delay", float),
+            number("drain-delay", float, 0, MAX_WAIT),
         ],
     ]
 

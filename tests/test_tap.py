@@ -137,6 +137,12 @@ class OptionsTests(SynchronousTestCase):
             (["--max-connections=1.5"], "--max-connections"),
             (["--max-connections=many"], "--max-connections"),
             (["--high-water=0"], "--high-water"),
+            # Values a C int or a stop cannot live with: a typing slip.
+            (["--high-water=2147483648"], "--high-water: must be at most 1073741824 (1 GiB)"),
+            (["--shutdown-timeout=1e12"], "--shutdown-timeout: must be at most 86400 (a day)"),
+            (["--abort-grace=1e6"], "--abort-grace: must be at most 86400 (a day)"),
+            (["--idle-timeout=1e12"], "--idle-timeout: must be at most 2592000 (30 days)"),
+            (["--drain-delay=1e12"], "--drain-delay: '1e12' must be from 0 to 86400"),
             (["--udp-rate=nan"], "--udp-rate"),
             (["--encoding=rot13"], "--encoding"),
             (["--udp-rate=5", "--udp-burst=0"], "--udp-burst"),
