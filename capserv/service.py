@@ -276,12 +276,24 @@ class CapservService(MultiService):
         def log() -> None:
             if not self.forced:
                 clear_exit_signal(self.reactor)
+            refused = sum(self.factory.stats.connections_refused.values())
+            dropped = sum(self.datagrams.stats.drops.values())
+            turned_away = []
+            if refused:
+                turned_away.append(f"{plural(refused, 'connection')} refused")
+            if dropped:
+                turned_away.append(f"{plural(dropped, 'datagram')} dropped")
+            shared = self.worker or any(getattr(child, "stops_in_parallel", False) for child in self)
             self._log.info(
-                "capserv stopped: {tcp} served and {udp} answered{how}",
+                "capserv stopped: {tcp} served and {udp} answered{away}{whose}{how}",
                 tcp=plural(self.factory.stats.connections_total, "TCP connection"),
                 udp=plural(self.datagrams.stats.datagrams_out, "datagram"),
+                away=f", {' and '.join(turned_away)} (metrics say why)" if turned_away else "",
+                whose=" by this process" if shared else "",
                 tcp_connections=self.factory.stats.connections_total,
                 datagrams_answered=self.datagrams.stats.datagrams_out,
+                connections_refused=refused,
+                datagrams_dropped=dropped,
                 how=" (forced by a second signal)" if self.forced else "",
             )
             flush_all()

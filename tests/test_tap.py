@@ -372,6 +372,42 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn("1 TCP connection served and 0 datagrams answered", lines[stopped[0]])
         self.assertFalse([line for line in lines if " object at 0x" in line])
 
+    def test_stop_line_counts_what_was_turned_away(self) -> None:
+        """Refusals and drops are logged throttled (one line per 10 s), so
+        the stop line gives their totals: none is lost from the log when
+        the process stops inside a throttle window; a worker says the
+        figures are its own."""
+        reactor = MemoryReactorClock()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        service = started(parse("--listen", LOCAL, "--max-connections-per-ip=1"), reactor)
+        service.worker = True
+        peer = IPv4Address("TCP", "192.0.2.1", 5000)
+        protocols = []
+        for port in (5000, 5001, 5002):
+            protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", port))
+            assert protocol is not None
+            protocol.makeConnection(StringTransport(peerAddress=peer))
+            protocols.append(protocol)
+        service.datagrams.stats.drops["rate_limit"] += 30
+        lines: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            service.stopService()
+            reactor.advance(service.config.shutdown_timeout + service.config.abort_grace + 1)
+            for protocol in protocols:
+                protocol.connectionLost(None)  # type: ignore[arg-type]
+            reactor.advance(0)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        stopped = [line for line in lines if line.startswith("capserv stopped")]
+        self.assertEqual(len(stopped), 1, lines)
+        self.assertIn("2 connections refused and 30 datagrams dropped (metrics say why) by this process", stopped[0])
+
     def test_plural(self) -> None:
         """Counts read as English."""
         self.assertEqual(plural(1, "datagram"), "1 datagram")
