@@ -311,7 +311,7 @@ class OrphanWatch(Service):
 
     _log = Logger(namespace="capserv.workers")
 
-    def __init__(self, reactor: Any, interval: float = 1.0) -> None:
+    def __init__(self, reactor: Any, interval: float = 0.5) -> None:
         self.reactor = reactor
         self.interval = interval
         self._parent = os.getppid()
