@@ -33,6 +33,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 #: setns(2)'s flag for a network namespace.
 CLONE_NEWNET = 0x40000000
@@ -107,10 +108,10 @@ class Netns:
         finally:
             os.close(target)
 
-    def popen(self, command: list[str], **kwargs: object) -> subprocess.Popen[str]:
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start ``command`` in this namespace (as ``ip netns exec`` would)."""
         with self.entered():
-            return subprocess.Popen(command, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+            return subprocess.Popen(command, text=True, **kwargs)
 
     def run(self, command: list[str], timeout: float = 30) -> str:
         """Run ``command`` here; its output, or an error naming it and saying why."""
@@ -198,7 +199,7 @@ class Topology:
         ip("-n", lb, "link", "add", "br0", "type", "bridge")
         ip("-n", lb, "addr", "add", f"{LB_INSIDE}/24", "dev", "br0")
         ip("-n", lb, "link", "set", "br0", "up")
-        for index, (ns, address) in enumerate(zip(self.hosts, HOSTS), start=1):
+        for index, (ns, address) in enumerate(zip(self.hosts, HOSTS, strict=True), start=1):
             port = f"host{index}"
             ip("-n", lb, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
             ip("-n", lb, "link", "set", port, "master", "br0")

@@ -62,16 +62,28 @@ class HAProxy:
         assert binary is not None
         self.lb = lb
         self.log = log
-        self._log_file = open(log, "w")  # noqa: SIM115 (closed in stop)
-        self.process = lb.popen([binary, "-db", "-f", str(HAPROXY_CONFIG)], stdout=self._log_file, stderr=subprocess.STDOUT)
+        self._log_file = open(log, "w")  # closed in stop()
+        self.process = lb.popen(
+            [binary, "-db", "-f", str(HAPROXY_CONFIG)], stdout=self._log_file, stderr=subprocess.STDOUT
+        )
 
     def servers(self) -> dict[str, str]:
-        """Each capserv host's status as HAProxy sees it (``UP``, ``DOWN``...)."""
+        """
+        Each capserv host's status as HAProxy sees it: ``UP`` once a check
+        has passed (HAProxy starts its servers ``UP`` before checking them,
+        which is not taken as in rotation here), ``DOWN``, or what HAProxy
+        says in between (``DOWN 1/2``...).
+        """
         with self.lb.entered():
             status, body = http_get(*STATS)
         assert status == 200, (status, body)
         rows = csv.DictReader(io.StringIO(body.decode().lstrip("# ")))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "capservs" and row["svname"].startswith("host")}
+        servers = {}
+        for row in rows:
+            if row["pxname"] == "capservs" and row["svname"].startswith("host"):
+                checked = row["status"] != "UP" or row["check_status"] == "L7OK"
+                servers[row["svname"]] = row["status"] if checked else f"UP ({row['check_status']})"
+        return servers
 
     def wait_for(self, wanted: dict[str, str], timeout: float = 15.0) -> float:
         """Wait until the hosts named in ``wanted`` have those statuses; the seconds it took."""
@@ -97,17 +109,16 @@ class HAProxy:
         self._log_file.close()
 
 
-def udp_rules(live: Sequence[str]) -> str:
+def udp_rules(live: Sequence[str], slots: int = 2) -> str:
     """
     ``docs/multihost/udp.nft`` for these live hosts: the file as written,
-    with its two ``define`` lines for the backends filled in.
+    with its ``define backends`` line giving each of the rule's ``slots``
+    a live host, in turn.
     """
-    backends = ", ".join(f"{index} : {address}" for index, address in enumerate(live))
+    backends = ", ".join(f"{slot} : {live[slot % len(live)]}" for slot in range(slots))
     lines = []
     for line in UDP_RULES.read_text().splitlines():
-        if line.startswith("define count ="):
-            line = f"define count = {len(live)}"
-        elif line.startswith("define backends ="):
+        if line.startswith("define backends ="):
             line = f"define backends = {{ {backends} }}"
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -124,7 +135,10 @@ class UdpBackends:
     Conntrack pins a UDP flow (client address and port) to the host its
     first datagram went to; the clients of these tests use a new socket (a
     new source port) for every try, as the lesson's UDP client does, so a
-    retry is a new flow and goes to a host that is ready now.
+    retry is a new flow and goes to a host that is ready now.  (A new socket
+    that reuses the port of a recent flow to a host that has stopped since
+    loses its datagram; its retry is answered.  docs/operations.rst says
+    what clients that keep one port need instead.)
     """
 
     def __init__(self, lb: Netns, hosts: Sequence[str], folder: Path, interval: float = 0.1) -> None:

@@ -27,6 +27,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -101,12 +102,20 @@ def start_host(network: Network, index: int, options: list[str]) -> Daemon:
     """Start capserv on host ``index`` (0 or 1); return it once it has started."""
     with network.topology.hosts[index].entered():
         daemon = Daemon([*CAPSERV, *options])
-    return daemon.started()
+    try:
+        return daemon.started()
+    except AssertionError:
+        daemon.__exit__(None, None, None)
+        raise AssertionError(
+            f"host{index + 1} did not start (status {daemon.process.returncode}):\n{daemon.output}"
+        ) from None
 
 
 def in_rotation(network: Network, hosts: list[str]) -> None:
     """Wait until both balancers send to exactly ``hosts``."""
-    network.haproxy.wait_for({name: ("UP" if address in hosts else "DOWN") for name, address in zip(NAMES, HOSTS)})
+    network.haproxy.wait_for(
+        {name: ("UP" if address in hosts else "DOWN") for name, address in zip(NAMES, HOSTS, strict=True)}
+    )
     network.udp.wait_for(hosts)
 
 
@@ -358,6 +367,15 @@ class Load:
 _STOPPED = re.compile(r"capserv stopped: ([\d,]+) TCP connections? served and ([\d,]+) datagrams? answered")
 
 
+def exit_status(daemon: Daemon, name: str, timeout: float = 30.0) -> int:
+    """Wait for a stopping host to exit; its status, or its last lines if it does not."""
+    try:
+        return daemon.wait(timeout)
+    except subprocess.TimeoutExpired:
+        tail = "\n".join(daemon.lines[-30:])
+        raise AssertionError(f"{name} still running {timeout}s after SIGTERM; its last lines:\n{tail}") from None
+
+
 def served(daemon: Daemon) -> tuple[int, int]:
     """(TCP connections, datagrams answered) from a stopped host's last line."""
     match = _STOPPED.search(daemon.wait_for("capserv stopped"))
@@ -399,8 +417,8 @@ def test_rolling_restart_loses_nothing(network: Network) -> None:
         load = Load(network.client)
         load.start()
         try:
-            progress(load, 50, 20)
-            for index, (name, address) in enumerate(zip(NAMES, HOSTS)):
+            progress(load, 300, 100)
+            for index, (name, address) in enumerate(zip(NAMES, HOSTS, strict=True)):
                 old = hosts[index]
                 others = [host for host in HOSTS if host != address]
                 start = time.monotonic()
@@ -410,16 +428,18 @@ def test_rolling_restart_loses_nothing(network: Network) -> None:
                 out = time.monotonic() - start
                 # Both balancers took it out while it was still draining.
                 assert old.process.poll() is None, f"{name} stopped before the balancers took it out"
-                assert old.wait(30) == 0
+                assert exit_status(old, name) == 0
                 stopped = time.monotonic() - start
                 per_host.append((f"{name} (first run)", *served(old)))
                 old.__exit__(None, None, None)
                 hosts[index] = start_host(network, index, options)
                 in_rotation(network, list(HOSTS))
                 back = time.monotonic() - start
-                steps.append(f"{name}: out of rotation {out:.2f}s after SIGTERM, exit 0 at {stopped:.2f}s, back at {back:.2f}s")
+                steps.append(
+                    f"{name}: out of rotation {out:.2f}s after SIGTERM, exit 0 at {stopped:.2f}s, back at {back:.2f}s"
+                )
                 # The restarted host takes its share again before the next one goes.
-                progress(load, 50, 20)
+                progress(load, 300, 100)
         finally:
             figures = load.stop()
     for index, name in enumerate(NAMES):
