@@ -459,6 +459,8 @@ def test_rolling_restart_loses_nothing(network: Network) -> None:
     assert figures.sessions_lost == 0, (report, figures.errors)
     assert figures.exchanges_lost == 0, (report, figures.errors)
     assert figures.sessions == figures.sessions_answered
+    # Every session went through one of the hosts.
+    assert sum(tcp for _, tcp, _ in per_host) == figures.sessions, per_host
     # Every host, restarted, served both kinds again.
     for name, tcp, udp in per_host[2:]:
         assert tcp > 0 and udp > 0, name
