@@ -9,10 +9,10 @@ text format on any stream endpoint.  prometheus-client is an optional extra:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from capserv.tcp import UppercaseFactory
@@ -95,10 +95,19 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_site(factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> Site:
+def metrics_site(
+    factory: UppercaseFactory,
+    datagram: DatagramState,
+    workers: int = 1,
+    children: Mapping[bytes, IResource] | None = None,
+) -> Site:
     """
     A web site serving the metrics at ``/metrics``, from its own registry
     (so an embedding program's registry is not touched).
+
+    :param children: more resources to serve beside ``/metrics``, by path
+        segment (the daemon's ``/healthz`` and ``/readyz``,
+        `capserv.health.health_children`).
     """
     from prometheus_client import CollectorRegistry
     from prometheus_client.twisted import MetricsResource
@@ -107,4 +116,6 @@ def metrics_site(factory: UppercaseFactory, datagram: DatagramState, workers: in
     registry.register(CapservCollector(factory, datagram, workers))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))  # type: ignore[no-untyped-call]
+    for path, child in (children or {}).items():
+        root.putChild(path, child)
     return _QuietSite(root)  # type: ignore[no-untyped-call]

@@ -1,11 +1,19 @@
 """
-The daemon's service: every listener of one capserv, and its graceful stop.
+The daemon's service: every listener of one capserv, its readiness, and its
+graceful stop.
 
 `CapservService` is a `MultiService` of listener services (and, with
-``--workers``, the worker supervisor).  Stopping it stops every listener at
-once (new connections are refused), lets open connections finish for up to
-``shutdown_timeout`` seconds, then closes the rest.  A second SIGINT or
-SIGTERM during that wait aborts what is left at once.
+``--workers``, the worker supervisor).  Stopping it first drains, if asked
+to (``drain_delay``: readiness turns "not ready" while every listener goes
+on accepting and serving, so that a load balancer takes the instance out
+before it stops listening), then stops every listener at once (new
+connections are refused), lets open connections finish for up to
+``shutdown_timeout`` seconds, and closes the rest.  A second SIGINT or
+SIGTERM during the drain or that wait aborts what is left at once.
+
+Its `CapservService.state` is what ``/readyz`` reports
+(`capserv.health`), and under systemd it tells the service manager when it
+is ready and when it stops (`capserv.sdnotify`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any, NoReturn
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -26,10 +35,12 @@ from capserv._internals import clear_exit_signal
 from capserv._version import __version__
 from capserv.accesslog import flush_all
 from capserv.config import CapservConfig
+from capserv.health import DRAINING, READY, STARTING, STOPPING
 from capserv.listen import ListenError
 from capserv.logs import install_for_twistd
 from capserv.reactor import describe_reactor
 from capserv.rlimits import raise_file_limit
+from capserv.sdnotify import Notifier, notify_address
 from capserv.tcp import UppercaseFactory
 from capserv.udp import DatagramState
 from capserv.workers import FORCE_SIGNAL
@@ -54,19 +65,35 @@ def plural(count: int, noun: str) -> str:
 class CapservService(MultiService):
     """
     Every listener of one capserv, sharing one stream factory and one
-    datagram state, with a graceful stop.
+    datagram state, with a drain and a graceful stop.
     """
 
     _log = Logger(namespace="capserv")
 
     def __init__(
-        self, config: CapservConfig, factory: UppercaseFactory, datagrams: DatagramState, reactor: Any
+        self,
+        config: CapservConfig,
+        factory: UppercaseFactory,
+        datagrams: DatagramState,
+        reactor: Any,
+        drain_delay: float = 0.0,
+        notifier: Notifier | None = None,
     ) -> None:
+        """
+        :param drain_delay: seconds a stop keeps accepting and serving,
+            while `state` says `capserv.health.DRAINING`, before it stops
+            listening (``--drain-delay``; 0: stop listening at once).
+        :param notifier: where to tell systemd of readiness and the stop;
+            by default the socket ``NOTIFY_SOCKET`` names, except in a
+            worker of ``--workers`` (only the main process notifies).
+        """
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.config = config
         self.factory = factory
         self.datagrams = datagrams
+        self.drain_delay = drain_delay
+        self.notifier = notifier
         #: Called (no arguments) when a second signal forces the stop, after
         #: this process's own connections are aborted: the worker
         #: supervisor passes the signal on.
@@ -82,6 +109,25 @@ class CapservService(MultiService):
         self.twistd_options: Any = None
         self._stopping = False
         self._force_pending = False
+        self._listening = False
+        self._drain_call: IDelayedCall | None = None
+        self._drain_over: Deferred[None] | None = None
+
+    @property
+    def state(self) -> str:
+        """
+        Where the service is: `capserv.health.STARTING` until the reactor
+        runs with every listener listening, then `~capserv.health.READY`;
+        once a stop has begun `~capserv.health.DRAINING` for the drain
+        delay, then `~capserv.health.STOPPING`.
+        """
+        if self._drain_call is not None:
+            return DRAINING
+        if self._stopping:
+            return STOPPING
+        if self._listening and all(child.running for child in self):
+            return READY
+        return STARTING
 
     def setServiceParent(self, parent: Any) -> None:
         """
@@ -126,40 +172,94 @@ class CapservService(MultiService):
                 child.startService()
         if self.worker:
             self._install(FORCE_SIGNAL, self._forced_by_supervisor)
-        # Logged once the reactor runs, when its signal handlers are in
-        # place: from this line on, SIGTERM means a graceful stop.
-        self.reactor.callWhenRunning(
-            self._log.info,
+        if self.notifier is None:
+            self.notifier = Notifier(None if self.worker else notify_address())
+        self.reactor.callWhenRunning(self._reactor_running)
+
+    def _reactor_running(self) -> None:
+        """
+        The reactor runs, with every listener listening: log the start line
+        (from this line on, SIGTERM means a graceful stop: the reactor's
+        signal handlers are in place), and tell systemd.
+        """
+        self._log.info(
             "capserv {version} started ({reactor}, pid {pid})",
             version=__version__,
             pid=os.getpid(),
             reactor=describe_reactor(self.reactor),
         )
+        if self._stopping:
+            return
+        self._listening = True
+        if self.notifier is not None:
+            self.notifier.notify(READY="1", STATUS=f"Serving (capserv {__version__}, pid {os.getpid()})")
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening, wait for open connections (up to the shutdown
-        timeout), then close the rest; a second stop signal meanwhile
-        aborts them at once.
+        Drain for the drain delay (not ready, still serving), then stop
+        listening, wait for open connections (up to the shutdown timeout)
+        and close the rest; a second stop signal meanwhile aborts them at
+        once.
+
+        :return: a `Deferred` that fires once all that is done: twistd
+            calls this from a "before shutdown" trigger, so the reactor
+            runs, and serves, until then.
         """
         Service.stopService(self)
         self._stopping = True
         self._catch_second_signal()
-        # Refuse at once anything accepted before the listeners are closed.
-        self.factory.stop_accepting()
         children = list(self)
         parallel = [c for c in children if getattr(c, "stops_in_parallel", False)]
-        listeners = DeferredList(
-            [maybeDeferred(child.stopService) for child in reversed(children) if child not in parallel],
-            consumeErrors=True,
-        )
-        own = listeners.addCallback(self._drain)
+        # Those stop at once, alongside (the worker supervisor passes the
+        # stop on to its workers, which drain as this process does).
         others = [maybeDeferred(child.stopService) for child in parallel]
+        listeners = [child for child in reversed(children) if child not in parallel]
+        if self.drain_delay > 0:
+            own = self._drain_first().addCallback(lambda _: self._stop_listening(listeners))
+        else:
+            self._notify_stopping("Stopping: waiting for open connections to finish")
+            own = self._stop_listening(listeners)
         if self._force_pending:
             self.force_stop()
         return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
-    def _drain(self, _: object) -> Deferred[None]:
+    def _drain_first(self) -> Deferred[None]:
+        """
+        Report "not ready" and keep serving for the drain delay.
+
+        :return: a `Deferred` that fires when the delay is over, or when a
+            second signal cuts it short (`force_stop`).
+        """
+        self._log.info(
+            "Draining: not ready; still serving for {delay:g}s (--drain-delay), then stopping",
+            delay=self.drain_delay,
+        )
+        self._notify_stopping(f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping")
+        self._drain_over = Deferred()
+        self._drain_call = self.reactor.callLater(self.drain_delay, self._end_drain)
+        return self._drain_over
+
+    def _end_drain(self) -> None:
+        """End the drain (its delay is over, or a stop is forced)."""
+        call, self._drain_call = self._drain_call, None
+        if call is not None and call.active():
+            call.cancel()
+        over, self._drain_over = self._drain_over, None
+        if over is not None:
+            over.callback(None)
+
+    def _notify_stopping(self, status: str) -> None:
+        if self.notifier is not None:
+            self.notifier.notify(STOPPING="1", STATUS=status)
+
+    def _stop_listening(self, listeners: list[Any]) -> Deferred[None]:
+        """Stop every listener, then wait for the open connections."""
+        # Refuse at once anything accepted before the listeners are closed.
+        self.factory.stop_accepting()
+        stopped = DeferredList([maybeDeferred(child.stopService) for child in listeners], consumeErrors=True)
+        return stopped.addCallback(self._wait_for_connections)
+
+    def _wait_for_connections(self, _: object) -> Deferred[None]:
         open_now = len(self.factory.connections)
         if open_now:
             self._log.info(
@@ -235,7 +335,8 @@ class CapservService(MultiService):
 
     def force_stop(self) -> None:
         """
-        Abort every open connection now, ending a graceful stop at once.
+        Abort every open connection now, ending a drain or a graceful stop
+        at once.
         """
         if self.forced or not self._stopping:
             return
@@ -244,6 +345,8 @@ class CapservService(MultiService):
             "Second stop signal: aborting {open} now",
             open=plural(len(self.factory.connections), "open connection"),
         )
+        # Stop listening first, so nothing new arrives once all is aborted.
+        self._end_drain()
         for callback in self.on_force:
             callback()
         self.factory.abort_all()

@@ -158,6 +158,14 @@ class Options(usage.Options):
             "Seconds a graceful stop waits for open connections before closing them.",
             number("shutdown-timeout", float),
         ],
+        [
+            "drain-delay",
+            None,
+            0.0,
+            "Seconds a stop keeps accepting and serving while /readyz says not ready (503), "
+            "before the graceful stop: let a load balancer take this instance out first.",
+            number("drain-delay", float),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -290,7 +298,8 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
     shared = workers > 1 or bool(config.get("worker"))
     factory = UppercaseFactory(settings, clock=reactor)
     datagrams = DatagramState(settings, clock=reactor)
-    service = CapservService(settings, factory, datagrams, reactor)
+    drain_delay = float(config.get("drain-delay", 0.0))
+    service = CapservService(settings, factory, datagrams, reactor, drain_delay=drain_delay)
     service.twistd_options = getattr(config, "parent", None)
     listeners: list[Listener] = list(config["listen"])
     metrics: Listener | None = config.get("metrics_listener")
@@ -300,9 +309,10 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
         handler = datagrams.protocol() if listener.datagram else factory
         listener.service(handler, reactor, native=native).setServiceParent(service)
     if metrics is not None:
+        from capserv.health import health_children
         from capserv.metrics import metrics_site
 
-        site = metrics_site(factory, datagrams, workers)
+        site = metrics_site(factory, datagrams, workers, children=health_children(service))
         metrics.what = "metrics (HTTP)"
         metrics.service(site, reactor).setServiceParent(service)
     if workers > 1:
@@ -310,7 +320,8 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
             workers,
             _worker_command(config, listeners),
             reactor,
-            settings.shutdown_timeout + settings.abort_grace + 5,
+            # The workers drain too, then stop gracefully.
+            drain_delay + settings.shutdown_timeout + settings.abort_grace + 5,
         )
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
         service.on_force.append(pool.force)

@@ -163,6 +163,7 @@ def test_port_in_use_is_one_clear_line(kind: int) -> None:
         (["--max-connections=many"], "--max-connections"),
         (["--udp-rate=fast"], "--udp-rate"),
         (["--encoding=klingon"], "--encoding"),
+        (["--drain-delay=soon"], "--drain-delay: 'soon' is not a number"),
         (["--listen", "bogus:1"], "bogus:1"),
         (["--listen", "udp:99999"], "udp:99999"),
         (["--listen", "udp:50007:interface=nowhere"], "nowhere"),

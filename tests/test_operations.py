@@ -340,12 +340,19 @@ def test_udp_systemd_without_sockets_is_a_usage_error() -> None:
 
 def test_systemd_units_in_docs_use_real_options() -> None:
     """The documented unit's capserv arguments parse, with sockets passed as
-    its .socket unit would pass them."""
+    its .socket unit would pass them; it is a Type=notify unit running
+    twistd in the foreground, and its stop timeout covers the drain delay,
+    the shutdown timeout and the abort grace."""
     service = (ROOT / "docs" / "systemd" / "capserv.service").read_text()
+    settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "main"
     exec_start = re.search(r"ExecStart=(.*?)(?<!\\)\n", service, re.S)
     assert exec_start is not None
     words = exec_start.group(1).replace("\\\n", " ").split()
     args = words[words.index("capserv") + 1 :]
+    twistd_args = words[1 : words.index("capserv")]
+    assert "--nodaemon" in twistd_args or "-n" in twistd_args, "Type=notify needs twistd in the foreground"
     socket_unit = (ROOT / "docs" / "systemd" / "capserv.socket").read_text()
     assert "ListenStream=" in socket_unit and "ListenDatagram=" in socket_unit
     stream = socket.socket()
@@ -355,7 +362,8 @@ def test_systemd_units_in_docs_use_real_options() -> None:
     datagram.bind(("127.0.0.1", 0))
     check = (
         "from capserv.tap import Options; o = Options(); o.parseOptions(__import__('sys').argv[1:]); "
-        "print([listener.description for listener in o['listen']])"
+        "print([listener.description for listener in o['listen']]); "
+        "print(o['drain-delay'] + o['config'].shutdown_timeout + o['config'].abort_grace)"
     )
     fds = f"{stream.fileno()},{datagram.fileno()}"
     try:
@@ -370,7 +378,9 @@ def test_systemd_units_in_docs_use_real_options() -> None:
         stream.close()
         datagram.close()
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['systemd:domain=INET:index=0', 'udp:systemd=1']"
+    listeners, stop_time = result.stdout.strip().splitlines()
+    assert listeners == "['systemd:domain=INET:index=0', 'udp:systemd=1']"
+    assert float(settings["TimeoutStopSec"]) > float(stop_time)
 
 
 # -- the container recipe -----------------------------------------------------------------
