@@ -323,3 +323,31 @@ class WorkerPoolTests(SynchronousTestCase):
             pool.ended(protocol, 0, None)
         self.assertEqual(exited, [1001, 1002, 1003])
         self.assertEqual(stopped, [None])
+
+
+class MetricsResourceTests(SynchronousTestCase):
+    """``/metrics`` answers in the reactor's thread, at once."""
+
+    def test_scrape_is_rendered_at_once_without_threads(self) -> None:
+        """The answer comes back from ``render`` itself: no thread pool is
+        involved (prometheus-client's WSGI resource answered later from a
+        pool thread, and a stop with a scrape in flight hung), in the text
+        format, or OpenMetrics when the scraper asks for it."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from capserv.metrics import metrics_site
+
+        process = Process()
+        process.serve(connections=3)
+        site = metrics_site(process.factory, process.datagrams)
+        request = DummyRequest([b"metrics"])
+        resource = site.getResourceFor(request)
+        body = resource.render(request)
+        self.assertIsInstance(body, bytes)
+        self.assertIn(b"capserv_connections_total 3.0", body)
+        self.assertIn(b"text/plain", request.responseHeaders.getRawHeaders(b"content-type")[0])
+        request = DummyRequest([b"metrics"])
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/openmetrics-text; version=1.0.0"])
+        body = site.getResourceFor(request).render(request)
+        self.assertTrue(body.endswith(b"# EOF\n"), body[-40:])
+        self.assertIn(b"openmetrics", request.responseHeaders.getRawHeaders(b"content-type")[0])
