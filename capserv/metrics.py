@@ -2,8 +2,8 @@
 Prometheus metrics for ``--metrics DESCRIPTION``.
 
 A collector reads capserv's own counters when scraped (nothing is updated
-per packet), and prometheus-client's Twisted resource serves them in the
-text format on any stream endpoint.  prometheus-client is an optional extra:
+per packet), and `MetricsResource` serves them in prometheus-client's text
+format on any stream endpoint, in the reactor's thread.  prometheus-client is an optional extra:
 ``pip install 'capserv[metrics]'``.  With ``--workers``, the figures of every
 process add up through `capserv.metrics_multiprocess`.
 """
