@@ -95,7 +95,13 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["encoding", None, _DEFAULTS.encoding, "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).", str],
+        [
+            "encoding",
+            None,
+            _DEFAULTS.encoding,
+            "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
+            str,
+        ],
         [
             "idle-timeout",
             None,

@@ -269,6 +269,8 @@ class ExampleTests(SynchronousTestCase):
                 service_encoding(name)
             self.assertIn(f"{name!r}", str(caught.exception))
             self.assertIn(why, str(caught.exception))
-            self.assertIn("write an ASCII-compatible text encoding such as utf-8, latin-1 or cp1252", str(caught.exception))
+            self.assertIn(
+                "write an ASCII-compatible text encoding such as utf-8, latin-1 or cp1252", str(caught.exception)
+            )
         with self.assertRaises(ConfigError):
             CapservConfig(encoding="utf-16")

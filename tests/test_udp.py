@@ -161,8 +161,7 @@ class LowPortTests(SynchronousTestCase):
         (warning,) = [e for e in events if "Dropped" in e.get("log_format", "")]
         self.assertEqual(
             formatEvent(warning).split(";")[0],
-            "Dropped a datagram for [::ffff:10.9.0.1]:999 "
-            "(low_port, 4 bytes: source port below 1024",
+            "Dropped a datagram for [::ffff:10.9.0.1]:999 (low_port, 4 bytes: source port below 1024",
         )
         self.assertIn("--udp-allow-low-ports answers it)", formatEvent(warning))
 
