@@ -25,9 +25,11 @@ def number(option: str, kind: type, minimum: float = 0, maximum: float | None = 
             result = kind(value)
         except ValueError:
             raise ValueError(f"--{option}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
-        if maximum is not None and (result != result or not minimum <= result <= maximum):
+        if result != result:
+            raise ValueError(f"--{option}: {value!r} is not a number; write one such as 0 or 2.5")
+        if maximum is not None and not minimum <= result <= maximum:
             raise ValueError(f"--{option}: {value!r} must be from {minimum:g} to {maximum:g}")
-        if result != result or result < minimum:
+        if result < minimum:
             raise ValueError(f"--{option}: {value!r} must be >= {minimum:g}")
         if result == float("inf"):
             raise ValueError(f"--{option}: {value!r} must be a finite number (0 turns it off)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from capserv.text import lookup_encoding
+from capserv.text import service_encoding
 
 __all__ = ["MAX_HIGH_WATER", "MAX_IDLE_TIMEOUT", "MAX_WAIT", "MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
 
@@ -57,7 +57,9 @@ class CapservConfig:
     Zero turns a limit, a timeout or a rate off.
     """
 
-    #: Text encoding of the bytes clients send (any Python text codec).
+    #: Text encoding of the bytes clients send: a Python text codec in which
+    #: ASCII letters are themselves (utf-8, latin-1, cp1252...;
+    #: `capserv.text.service_encoding`).
     encoding: str = "utf-8"
     #: Map only a-z to A-Z and leave every other byte alone (fastest).
     ascii_only: bool = False
@@ -108,9 +110,9 @@ class CapservConfig:
 
     def __post_init__(self) -> None:
         try:
-            canonical = lookup_encoding(self.encoding)
-        except LookupError:
-            raise ConfigError("encoding", f"unknown text encoding {self.encoding!r}") from None
+            canonical = service_encoding(self.encoding)
+        except LookupError as e:
+            raise ConfigError("encoding", str(e)) from None
         object.__setattr__(self, "encoding", canonical)
         for name in ("idle_timeout", "abort_grace", "udp_rate", "udp_byte_rate", "shutdown_timeout"):
             value = getattr(self, name)

@@ -75,8 +75,14 @@ DEFAULT_BACKLOG = 1024
 #: would name the private class that logs).
 _log = Logger(namespace="capserv.listen")
 
-_KINDS_HINT = (
+#: What to write for a listener's kind: every kind, then the stream kinds
+#: only (``--metrics`` serves HTTP, so it takes no ``udp:``).
+KINDS_HINT = (
     "write tcp:PORT, tcp6:PORT, unix:PATH, udp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, "
+    "systemd:domain=INET:index=N or haproxy:tcp:PORT"
+)
+STREAM_KINDS_HINT = (
+    "write tcp:PORT, tcp6:PORT, unix:PATH, ssl:PORT:privateKey=KEY:certKey=CERT, "
     "systemd:domain=INET:index=N or haproxy:tcp:PORT"
 )
 
@@ -85,7 +91,14 @@ class ListenError(Exception):
     """
     A listen description is wrong, or its address cannot be taken; the
     message names the description and what to write instead.
+
+    :ivar errno: the bind's error number when the address could not be
+        taken (``errno.EADDRINUSE``...), else `None`.
     """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 # -- parsing -------------------------------------------------------------------
@@ -123,7 +136,7 @@ class _Arguments:
             raise self.error(f"unknown parameter {unknown[0]!r} (this kind takes {', '.join(allowed)})")
 
     def error(self, message: str) -> ListenError:
-        return ListenError(f"--listen {self.description!r}: {message}")
+        return ListenError(f"--listen '{self.description}': {message}")
 
     def port(self) -> int:
         if "port" not in self.kwargs:
@@ -169,15 +182,20 @@ def _port(text: str, error: Callable[[str], ListenError]) -> int:
     return port
 
 
-_UNESCAPED_V6 = re.compile(r"interface=((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.%]*)")
+_UNESCAPED_V6 = re.compile(r"interface=(\[?)((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.]*(?:%[\w.-]+)?)\]?")
 
 
 def _ipv6_hint(description: str) -> str:
-    """A hint to escape an IPv6 address's colons, if that is what went wrong."""
+    """
+    A hint to escape an IPv6 address's colons, if that is what went wrong
+    (brackets, as in a URL, do not escape them).
+    """
     match = _UNESCAPED_V6.search(description)
-    if match is None or "\\" in match.group(1):
+    if match is None or "\\" in match.group(2):
         return ""
-    return f"escape an IPv6 address's colons: write interface={_escape(match.group(1))}"
+    if match.group(1):
+        return f"write an IPv6 address without brackets, its colons escaped: interface={_escape(match.group(2))}"
+    return f"escape an IPv6 address's colons: write interface={_escape(match.group(2))}"
 
 
 def parse_listen(description: str) -> Listener:
@@ -202,12 +220,12 @@ def parse_listen(description: str) -> Listener:
         inner = parse_listen(inner_text) if inner_text else None
         if not isinstance(inner, (StreamListener, UnixListener, SystemdStreamListener)):
             raise ListenError(
-                f"--listen {description!r}: haproxy: wraps a stream listener; write haproxy:tcp:PORT, "
+                f"--listen '{description}': haproxy: wraps a stream listener; write haproxy:tcp:PORT, "
                 "haproxy:tcp6:PORT, haproxy:unix:PATH or haproxy:systemd:domain=INET:index=N"
             )
         return ProxyListener(description, inner)
     if not kind:
-        raise ListenError(f"--listen {description!r}: no kind given; {_KINDS_HINT}")
+        raise ListenError(f"--listen '{description}': no kind given; {KINDS_HINT}")
     return EndpointListener.parse(description, kind)
 
 
@@ -262,7 +280,7 @@ class Listener:
         The description of this listener on a concrete port, for the other
         ``--workers`` processes.
         """
-        raise ListenError(f"--listen {self.description!r}: --workers cannot share this listener")
+        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
 
     def bound_port(self) -> int:
         """
@@ -286,7 +304,8 @@ def _bind_error(description: str, e: OSError, address: str, stream: bool = True)
             errno.EEXIST: f"{address} exists and is not a socket; remove it or choose another path",
         }
         return ListenError(
-            f"cannot listen on {description!r}: {reasons.get(e.errno or 0, f'{address}: {e.strerror or e}')}"
+            f"cannot listen on '{description}': {reasons.get(e.errno or 0, f'{address}: {e.strerror or e}')}",
+            e.errno,
         )
     in_use = f"{address} is already in use; stop what listens there or choose another port"
     if e.errno == errno.EADDRINUSE and stream and _only_time_wait(address):
@@ -301,7 +320,7 @@ def _bind_error(description: str, e: OSError, address: str, stream: bool = True)
         errno.ENOENT: f"the folder of {address} does not exist; create it or choose another path",
     }
     reason = reasons.get(e.errno or 0, f"{address}: {e.strerror or e}")
-    return ListenError(f"cannot listen on {description!r}: {reason}")
+    return ListenError(f"cannot listen on '{description}': {reason}", e.errno)
 
 
 def _only_time_wait(address: str) -> bool:
@@ -682,7 +701,7 @@ class EndpointListener(Listener):
             named = {part.split("=", 1)[0] for part in split_description(description)[1:]}
             if "privateKey" not in named:
                 raise ListenError(
-                    f"--listen {description!r}: ssl: needs privateKey=KEY.pem "
+                    f"--listen '{description}': ssl: needs privateKey=KEY.pem "
                     "(and certKey=CERT.pem when the key file holds no certificate)"
                 )
         slot = _ReactorSlot()
@@ -690,18 +709,18 @@ class EndpointListener(Listener):
             endpoint = serverFromString(slot, description)
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
-            raise ListenError(f"--listen {description!r}: cannot read{where}: {e.strerror or e}") from None
+            raise ListenError(f"--listen '{description}': cannot read{where}: {e.strerror or e}") from None
         except ValueError as e:
             if str(e).startswith("Unknown endpoint type"):
-                raise ListenError(f"--listen {description!r}: unknown kind {kind!r}; {_KINDS_HINT}") from None
-            raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
+                raise ListenError(f"--listen '{description}': unknown kind {kind!r}; {KINDS_HINT}") from None
+            raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
         except Exception as e:  # endpoint parsers (plugins too) raise many kinds
             if type(e).__module__.startswith("OpenSSL"):
                 raise ListenError(
-                    f"--listen {description!r}: the key or certificate is not usable PEM "
+                    f"--listen '{description}': the key or certificate is not usable PEM "
                     "(a PEM private key in privateKey=, its certificate there or in certKey=)"
                 ) from None
-            raise ListenError(f"--listen {description!r}: {e or type(e).__name__}") from None
+            raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
         return cls(description, endpoint, slot)
 
     def bind(self, reuse_port: bool = False) -> None:
@@ -734,7 +753,7 @@ class EndpointListener(Listener):
 def _require_tls(description: str) -> None:
     from capserv.tlsdeps import tls_unavailable_message
 
-    message = tls_unavailable_message(f"--listen {description!r}")
+    message = tls_unavailable_message(f"--listen '{description}'")
     if message is not None:
         raise ListenError(message)
 

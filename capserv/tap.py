@@ -12,6 +12,7 @@ daemonizes, and nothing listens), then wires them, like Twisted's own
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import sys
@@ -22,7 +23,15 @@ from twisted.python import usage
 from capserv._version import __version__
 from capserv.coerce import number
 from capserv.config import MAX_WAIT, CapservConfig, ConfigError
-from capserv.listen import DEFAULT_LISTEN, Listener, ListenError, parse_listen
+from capserv.listen import (
+    DEFAULT_LISTEN,
+    KINDS_HINT,
+    STREAM_KINDS_HINT,
+    Listener,
+    ListenError,
+    ProxyListener,
+    parse_listen,
+)
 from capserv.native import native_supported
 from capserv.reactor import choose_reactor
 from capserv.service import CapservService, StartError
@@ -86,7 +95,13 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["encoding", None, _DEFAULTS.encoding, "Text encoding of client bytes (any Python codec).", str],
+        [
+            "encoding",
+            None,
+            _DEFAULTS.encoding,
+            "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
+            str,
+        ],
         [
             "idle-timeout",
             None,
@@ -240,6 +255,18 @@ class Options(usage.Options):
                 raise usage.UsageError(message) from None
             raise SystemExit(f"capserv: {message}\nTry 'twistd capserv --help' for the options.") from None
 
+    def parseArgs(self, *args: str) -> None:
+        """
+        Refuse words that are not options: capserv takes options only (a
+        stray word is most often an option's value whose ``--name`` went
+        missing, or a value with a space in it).
+        """
+        if args:
+            raise usage.UsageError(
+                f"capserv takes no arguments, only options, and '{args[0]}' is not an option; "
+                "remove it, or write the option it is the value of (--listen '...')"
+            )
+
     def opt_version(self) -> None:
         """
         Print capserv's version and exit.
@@ -261,10 +288,12 @@ class Options(usage.Options):
             try:
                 metrics = parse_listen(self["metrics"])
             except ListenError as e:
-                raise usage.UsageError(str(e).replace("--listen", "--metrics", 1)) from None
+                # Metrics are HTTP: the kinds to write are the stream kinds.
+                message = str(e).replace("--listen", "--metrics", 1).replace(KINDS_HINT, STREAM_KINDS_HINT)
+                raise usage.UsageError(message) from None
             if metrics.datagram:
                 raise usage.UsageError(
-                    f"--metrics {self['metrics']!r}: metrics are served over HTTP; "
+                    f"--metrics '{self['metrics']}': metrics are served over HTTP; "
                     "write a stream listen string such as tcp:9150:interface=127.0.0.1"
                 )
             self["metrics_listener"] = metrics
@@ -281,7 +310,7 @@ class Options(usage.Options):
             for listener in self["listen"]:
                 if not listener.shareable:
                     raise usage.UsageError(
-                        f"--listen {listener.description!r}: --workers shares only tcp:, tcp6:, udp: "
+                        f"--listen '{listener.description}': --workers shares only tcp:, tcp6:, udp: "
                         "and haproxy:tcp listeners; serve this one from a process without --workers"
                     )
         try:
@@ -342,7 +371,7 @@ def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservServ
     service.twistd_options = getattr(config, "parent", None)
     listeners: list[Listener] = list(config["listen"])
     metrics: Listener | None = config.get("metrics_listener")
-    _bind_all([*listeners, *([metrics] if metrics else [])], shared)
+    _bind_all(listeners, shared, metrics)
     native = _native(reactor, config)
     for listener in listeners:
         handler = datagrams.protocol() if listener.datagram else factory
@@ -401,17 +430,68 @@ def _mirror_worker_metrics(service: CapservService, reactor: Any) -> None:
     MirrorService(mirror, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
 
 
-def _bind_all(listeners: list[Listener], reuse_port: bool) -> None:
-    """Bind every listener, or none: on a failure, let go of those bound."""
+def _bind_all(listeners: list[Listener], reuse_port: bool, metrics: Listener | None = None) -> None:
+    """
+    Bind every listener (and the metrics listener, last), or none: on a
+    failure, let go of those bound.
+
+    A port in use that a listener of this same command already holds is
+    reported as that clash (two ``--listen`` of one port, or ``::`` after
+    ``0.0.0.0``, which on Linux takes IPv4 too), not as another program's.
+    """
     done: list[Listener] = []
     try:
-        for listener in listeners:
-            listener.bind(reuse_port)
+        for listener in [*listeners, *([metrics] if metrics is not None else [])]:
+            try:
+                listener.bind(reuse_port)
+            except ListenError as e:
+                if e.errno == errno.EADDRINUSE:
+                    clash = _clash(listener, done)
+                    if clash:
+                        raise ListenError(clash, e.errno) from None
+                raise
             done.append(listener)
     except ListenError as e:
         for listener in done:
             listener.close()
         raise StartError(str(e)) from None
+
+
+def _port_and_kind(listener: Listener) -> tuple[int, bool, str] | None:
+    """
+    The port a listener asks for, whether it takes datagrams, and its host
+    (``""`` for every address); `None` for one without an IP port.
+    """
+    if isinstance(listener, ProxyListener):
+        listener = listener.inner
+    port = getattr(listener, "port", None)
+    if not isinstance(port, int) or not port:
+        return None
+    return port, listener.datagram, str(getattr(listener, "host", ""))
+
+
+def _clash(listener: Listener, done: list[Listener]) -> str | None:
+    """
+    The message for a port in use by an earlier listener of this command
+    (same port, same kind), or `None` if none is.
+    """
+    mine = _port_and_kind(listener)
+    if mine is None:
+        return None
+    port, datagram, host = mine
+    for earlier in done:
+        theirs = _port_and_kind(earlier)
+        if theirs is None or theirs[:2] != (port, datagram):
+            continue
+        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
+        both = {host, theirs[2]}
+        v6_wildcard = "::" in both and any(":" not in h for h in both)
+        hint = " (on Linux, :: takes IPv4 too)" if v6_wildcard else ""
+        return (
+            f"cannot listen on '{listener.description}': port {port} is already taken by "
+            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
+        )
+    return None
 
 
 def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:

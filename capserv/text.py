@@ -25,7 +25,7 @@ import codecs
 import re
 from functools import cache
 
-__all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "uppercase"]
+__all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "service_encoding", "uppercase"]
 
 #: The codec error handler: Python's ``surrogateescape``, widened to every
 #: byte.  ``surrogateescape`` turns an undecodable byte 0x80-0xFF into
@@ -71,10 +71,49 @@ def lookup_encoding(name: str) -> str:
     :raises LookupError: if ``name`` is not a text encoding Python knows, so
         configuration can report the culprit instead of failing per packet.
     """
-    info = codecs.lookup(name)
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise LookupError(f"unknown text encoding {name!r}; write {_WRITE_INSTEAD}") from None
     if not getattr(info, "_is_text_encoding", True):
-        raise LookupError(f"{name!r} is not a text encoding")
+        raise LookupError(
+            f"{name!r} is a Python codec but not a text encoding (it transforms bytes or text); write {_WRITE_INSTEAD}"
+        )
     return info.name
+
+
+#: The encodings to suggest when one is refused.
+_WRITE_INSTEAD = "an ASCII-compatible text encoding such as utf-8, latin-1 or cp1252"
+
+
+def service_encoding(name: str) -> str:
+    """
+    Resolve the encoding a service is configured with: a text encoding in
+    which ASCII letters are themselves (UTF-8, Latin-1, the cp125x and
+    ISO-8859 families, Shift JIS...), so that the ASCII text most clients
+    send is uppercased.
+
+    `Uppercaser` takes wider codecs too (UTF-16, UTF-32): fed text in them,
+    it uppercases it; but a service configured with one would read the
+    ASCII its clients send as other characters and send it back unchanged.
+
+    :return: the canonical name, e.g. ``"utf-8"``.
+    :raises LookupError: naming why the codec is refused and what to write.
+    """
+    canonical = lookup_encoding(name)
+    try:
+        ascii_letters = "Az".encode(canonical) == b"Az" and b"Az".decode(canonical) == "Az"
+    except (UnicodeError, LookupError):
+        ascii_letters = False
+    if not ascii_letters:
+        raise LookupError(
+            f"{name!r} does not write ASCII letters as themselves, so ASCII text sent in it would come back "
+            f"unchanged; write {_WRITE_INSTEAD}"
+        )
+    if uppercase(b"Az", canonical) != b"AZ":
+        # idna: the codec lowercases what it encodes (nameprep).
+        raise LookupError(f"{name!r} cannot write capitals (it lowercases what it encodes); write {_WRITE_INSTEAD}")
+    return canonical
 
 
 @cache

@@ -188,7 +188,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         stats.bytes_in += size
         config = self.config
         if addr[1] < 1024 and not config.udp_allow_low_ports:
-            self._drop("low_port", addr, size)
+            self._drop("low_port", addr, size, "source port below 1024; --udp-allow-low-ports answers it")
             return
         host = addr[0]
         buckets = self.buckets
@@ -246,7 +246,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             self._log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
                 "{held} more drops since the last report; totals: {totals}",
-                peer=f"{addr[0]}:{addr[1]}",
+                peer=f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}",
                 reason=reason,
                 size=size,
                 detail=f": {detail}" if detail else "",

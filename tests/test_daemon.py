@@ -167,6 +167,8 @@ def test_port_in_use_is_one_clear_line(kind: int) -> None:
         (["--udp-byte-burst=1000"], "--udp-byte-burst: must be at least 65527"),
         (["--encoding=klingon"], "--encoding"),
         (["--drain-delay=soon"], "--drain-delay: 'soon' is not a number"),
+        (["--drain-delay=nan"], "--drain-delay: 'nan' is not a number"),
+        (["stray-word"], "capserv takes no arguments, only options, and 'stray-word' is not an option"),
         (["--listen", "bogus:1"], "bogus:1"),
         (["--listen", "udp:99999"], "udp:99999"),
         (["--listen", "udp:50007:interface=nowhere"], "nowhere"),

@@ -156,6 +156,16 @@ class OptionsTests(SynchronousTestCase):
             (["--listen", "udp:1:color=red"], "color"),
             (["--metrics", "udp:9150"], "--metrics"),
             (["--shutdown-timeout=inf"], "--shutdown-timeout"),
+            (["--drain-delay=nan"], "--drain-delay: 'nan' is not a number"),
+            (["--idle-timeout=nan"], "--idle-timeout: 'nan' is not a number"),
+            (["--encoding=rot13"], "'rot13' is a Python codec but not a text encoding"),
+            (["--encoding=utf-16"], "'utf-16' does not write ASCII letters as themselves"),
+            (["--encoding=undefined"], "write an ASCII-compatible text encoding such as utf-8"),
+            (["--encoding=punycode"], "--encoding: 'punycode' does not write ASCII letters"),
+            (["--encoding=idna"], "--encoding: 'idna' cannot write capitals"),
+            (["--encoding=no-such"], "--encoding: unknown text encoding 'no-such'; write"),
+            (["extra-arg"], "capserv takes no arguments, only options, and 'extra-arg' is not an option"),
+            (["--listen", "udp:50007:interface=[::1]"], "without brackets, its colons escaped: interface=\\:\\:1"),
             (["--workers=100000", "--listen", LOCAL], "--workers"),
         ]:
             with self.assertRaises(usage.UsageError, msg=args) as caught:
@@ -165,6 +175,22 @@ class OptionsTests(SynchronousTestCase):
             self.assertNotIn("Parameter type enforcement", message)
             self.assertNotIn("invalid literal", message)
             self.assertNotIn("\n", message)
+
+    def test_metrics_errors_list_only_stream_kinds(self) -> None:
+        """--metrics serves HTTP: a bad one lists the stream kinds, not udp:."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--metrics", "abc")
+        message = str(caught.exception)
+        self.assertIn("--metrics 'abc': unknown kind 'abc'; write tcp:PORT", message)
+        self.assertNotIn("udp:", message)
+
+    def test_descriptions_quoted_as_typed(self) -> None:
+        """An escaped IPv6 address is shown as typed, not with doubled backslashes."""
+        typed = "udp:50007:interface=\\:\\:1:color=red"
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--listen", typed)
+        self.assertIn(f"--listen '{typed}':", str(caught.exception))
+        self.assertNotIn("\\\\", str(caught.exception))
 
     def test_usage_error_under_twistd_is_one_line_and_a_pointer(self) -> None:
         """As twistd's subcommand, a bad option exits non-zero with one line
@@ -285,6 +311,35 @@ class ServiceTests(SynchronousTestCase):
         self.assertNotIn("\n", message)
         self.assertFalse(options["listen"][0].bound)
         self.assertEqual(reactor.adoptedPorts, [])
+
+    def test_clash_between_own_listeners_is_named(self) -> None:
+        """A port two listeners of this command both ask for is reported as
+        that clash (not as another program's), for streams, for datagrams
+        on 0.0.0.0 then ::, and for --metrics; nothing stays bound."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("0.0.0.0", 0))
+            free = probe.getsockname()[1]
+        for args, hint in [
+            (["--listen", f"tcp:{free}:interface=127.0.0.1", "--listen", f"tcp:{free}:interface=127.0.0.1"], ""),
+            (["--listen", LOCAL, "--metrics", f"tcp:{free}:interface=127.0.0.1", "--listen", f"tcp:{free}"], ""),
+            (
+                ["--listen", f"udp:{free}:interface=0.0.0.0", "--listen", f"udp:{free}:interface=\\:\\:"],
+                " (on Linux, :: takes IPv4 too)",
+            ),
+        ]:
+            if socket.has_ipv6 is False and hint:
+                continue
+            options = parse(*args)
+            second = options["metrics_listener"] or options["listen"][1]
+            first = options["listen"][-1] if options["metrics_listener"] else options["listen"][0]
+            with self.assertRaises(SystemExit, msg=args) as caught:
+                makeService(options, reactor=MemoryReactorClock())
+            self.assertEqual(
+                caught.exception.code,
+                f"capserv: cannot listen on '{second.description}': port {free} is already taken by "
+                f"--listen '{first.description}' of this same command{hint}; drop one of them",
+            )
+            self.assertFalse(first.bound)
 
     def test_graceful_stop_waits_then_closes(self) -> None:
         """A stop waits the shutdown timeout for open connections, then closes them."""

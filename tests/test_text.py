@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding, uppercase
+from capserv.config import CapservConfig, ConfigError
+from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding, service_encoding, uppercase
 
 from .contract import reference
 
@@ -247,3 +248,29 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(lookup_encoding("UTF8"), "utf-8")
         self.assertRaises(LookupError, lookup_encoding, "no-such-codec")
         self.assertRaises(LookupError, lookup_encoding, "rot13")
+
+    def test_service_encoding_takes_only_ascii_compatible_codecs(self) -> None:
+        """
+        A service's encoding must write ASCII letters as themselves (else ASCII
+        text comes back unchanged); the error says why and what to write.
+        """
+        for name in ("utf-8", "latin-1", "cp1252", "shift_jis", "utf-7"):
+            self.assertEqual(service_encoding(name), lookup_encoding(name))
+        for name, why in [
+            ("rot13", "not a text encoding"),
+            ("utf-16", "does not write ASCII letters as themselves"),
+            ("utf-32-le", "does not write ASCII letters as themselves"),
+            ("undefined", "does not write ASCII letters as themselves"),
+            ("punycode", "does not write ASCII letters as themselves"),
+            ("idna", "cannot write capitals"),
+            ("no-such-codec", "unknown text encoding"),
+        ]:
+            with self.assertRaises(LookupError, msg=name) as caught:
+                service_encoding(name)
+            self.assertIn(f"{name!r}", str(caught.exception))
+            self.assertIn(why, str(caught.exception))
+            self.assertIn(
+                "write an ASCII-compatible text encoding such as utf-8, latin-1 or cp1252", str(caught.exception)
+            )
+        with self.assertRaises(ConfigError):
+            CapservConfig(encoding="utf-16")

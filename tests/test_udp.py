@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import MessageLengthError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol
@@ -147,6 +147,23 @@ class LowPortTests(SynchronousTestCase):
         proto.datagramReceived(b"ok", ("192.0.2.1", 1024))
         self.assertEqual(tr.written, [(b"OK", ("192.0.2.1", 1024))])
         self.assertEqual(proto.stats.drops["low_port"], 3)
+
+    def test_drop_line_names_the_option_and_brackets_ipv6(self) -> None:
+        """
+        The low_port drop line names --udp-allow-low-ports, and writes an IPv6 peer
+        in brackets as the TCP lines do.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, _tr, _clock = make()
+        proto.datagramReceived(b"loop", ("::ffff:10.9.0.1", 999, 0, 0))
+        (warning,) = [e for e in events if "Dropped" in e.get("log_format", "")]
+        self.assertEqual(
+            formatEvent(warning).split(";")[0],
+            "Dropped a datagram for [::ffff:10.9.0.1]:999 (low_port, 4 bytes: source port below 1024",
+        )
+        self.assertIn("--udp-allow-low-ports answers it)", formatEvent(warning))
 
     def test_option_allows_them(self) -> None:
         """
