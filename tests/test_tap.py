@@ -12,6 +12,7 @@ import io
 import signal
 import socket
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -61,6 +62,30 @@ def started(options: Options, reactor: MemoryReactorClock) -> CapservService:
     service.privilegedStartService()
     service.startService()
     return service
+
+
+def stop_reading_lines(
+    service: CapservService, reactor: MemoryReactorClock, wait: float, protocols: list[Any]
+) -> list[str]:
+    """
+    Stop ``service``, let ``wait`` seconds pass, close ``protocols``' connections
+    and let the stop finish; return every log line written meanwhile.
+    """
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        service.stopService()
+        reactor.advance(wait)
+        for protocol in protocols:
+            protocol.connectionLost(None)
+        reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return lines
 
 
 class OptionsTests(SynchronousTestCase):
@@ -406,19 +431,7 @@ class ServiceTests(SynchronousTestCase):
         protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
         assert protocol is not None
         protocol.makeConnection(StringTransport())
-        lines: list[str] = []
-
-        def observe(event: LogEvent) -> None:
-            lines.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        try:
-            service.stopService()
-            reactor.advance(5)
-            protocol.connectionLost(None)  # type: ignore[arg-type]
-            reactor.advance(0)
-        finally:
-            globalLogPublisher.removeObserver(observe)
+        lines = stop_reading_lines(service, reactor, 5, [protocol])
         self.assertIn("Stopping: no longer listening; 1 connection open, waiting up to 5s for it to finish", lines)
         closes = [i for i, line in enumerate(lines) if "closed after" in line]
         stopped = [i for i, line in enumerate(lines) if line.startswith("capserv stopped")]
@@ -445,20 +458,9 @@ class ServiceTests(SynchronousTestCase):
             protocol.makeConnection(StringTransport(peerAddress=peer))
             protocols.append(protocol)
         service.datagrams.stats.drops["rate_limit"] += 30
-        lines: list[str] = []
-
-        def observe(event: LogEvent) -> None:
-            lines.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        try:
-            service.stopService()
-            reactor.advance(service.config.shutdown_timeout + service.config.abort_grace + 1)
-            for protocol in protocols:
-                protocol.connectionLost(None)  # type: ignore[arg-type]
-            reactor.advance(0)
-        finally:
-            globalLogPublisher.removeObserver(observe)
+        lines = stop_reading_lines(
+            service, reactor, service.config.shutdown_timeout + service.config.abort_grace + 1, protocols
+        )
         stopped = [line for line in lines if line.startswith("capserv stopped")]
         self.assertEqual(len(stopped), 1, lines)
         self.assertIn("2 connections refused and 30 datagrams dropped (metrics say why) by this process", stopped[0])
