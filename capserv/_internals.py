@@ -10,6 +10,7 @@ newest Twisted capserv supports.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -201,8 +202,6 @@ def reset_unnoticed(transport: Any) -> bool:
     their ``transport``; transports without one (capserv.native's, memory
     transports) have nothing to ask and answer no.
     """
-    import socket
-
     for _ in range(4):
         sock = getattr(transport, "socket", None)
         if isinstance(sock, socket.socket):

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -598,8 +599,6 @@ def test_a_reset_connection_does_not_linger(options: list[str], first_bytes: byt
     needs no reply does not stay open until the idle timeout, nor hold up a
     graceful stop (on uvloop, Twisted's transports were never told of such
     a reset)."""
-    import struct
-
     with Daemon([*options, "--shutdown-timeout=20"]) as daemon:
         daemon.started()
         for _ in range(3):

@@ -8,6 +8,8 @@ expected and falls back to public behaviour when they are not.
 from __future__ import annotations
 
 import socket
+import struct
+import time
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
@@ -101,8 +103,6 @@ class InternalsTests(SynchronousTestCase):
 
 def _reset_pair() -> tuple[socket.socket, socket.socket]:
     """A loopback TCP connection whose client end has been reset (RST)."""
-    import struct
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -131,8 +131,6 @@ class ResetUnnoticedTests(SynchronousTestCase):
 
         self.assertFalse(reset_unnoticed(Wrapper()))
         client.close()  # SO_LINGER 0: a reset
-        import time
-
         deadline = time.monotonic() + 5
         while not reset_unnoticed(Wrapper()):
             self.assertLess(time.monotonic(), deadline, "the reset never showed")

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import workers
@@ -62,8 +63,6 @@ class OrphanWatchTests(SynchronousTestCase):
         watch, parent = self._watch(reactor)
         parent[0] = 1
         logged: list[Any] = []
-        from twisted.logger import globalLogPublisher
-
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         reactor.advance(1)
