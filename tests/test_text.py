@@ -4,12 +4,14 @@ Tests for L{capserv.text}: the incremental uppercasing codec.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from capserv import text
 from capserv.config import CapservConfig, ConfigError
 from capserv.text import Uppercaser, is_ascii_compatible, lookup_encoding, service_encoding, uppercase
 
@@ -274,3 +276,72 @@ class ExampleTests(SynchronousTestCase):
             )
         with self.assertRaises(ConfigError):
             CapservConfig(encoding="utf-16")
+
+
+#: The inputs that once cost 40-130x what text costs (issue 18): each is
+#: uppercased by the reference rules, whole and at every split point.
+_SLOW_INPUTS = {
+    "random bytes": bytes(range(256)) + bytes((i * 97 + 13) % 256 for i in range(256)),
+    "Latin-1 text": "Grüße aus Köln, ça va très bien, µ ÿ ß".encode("latin-1"),
+    "a run of 0xff": b"\xff" * 64,
+    "lone continuation bytes": b"\x80\xbf" * 16 + b"a\x80",
+    "truncated sequences": b"\xe2\x82a\xf0\x9f\x98b\xc3",
+    "surrogates encoded as UTF-8": "\ud800\udfff".encode("utf-8", "surrogatepass") + b"x",
+}
+
+
+class SlowInputTests(SynchronousTestCase):
+    """
+    The inputs that are not UTF-8 keep the contract on the fast handler.
+    """
+
+    def test_every_split_point_gives_the_reference(self) -> None:
+        """
+        Each input cut at every point (and fed one byte at a time) gives the
+        reference answer: invalid bytes unchanged, split characters joined.
+        """
+        for name, data in _SLOW_INPUTS.items():
+            expected = reference(data)
+            for cut in range(len(data) + 1):
+                with self.subTest(name=name, cut=cut):
+                    self.assertEqual(feed_all(Uppercaser(), [data[:cut], data[cut:]]), expected)
+            self.assertEqual(feed_all(Uppercaser(), [data[i : i + 1] for i in range(len(data))]), expected)
+            self.assertEqual(uppercase(data), expected)
+
+    def test_utf8_never_calls_back_into_python(self) -> None:
+        """
+        In UTF-8, bad bytes are escaped by Python's own C handler: capserv's
+        Python error handler (one call per run of bad bytes, the cost that
+        made random bytes 50x slower than text) is never called.
+        """
+        calls = []
+        original = text._escape
+
+        def counting(error: UnicodeError) -> tuple[str | bytes, int]:
+            calls.append(error)
+            return original(error)
+
+        self.patch(text, "_escape", counting)
+        codecs.register_error(text._ERRORS, counting)
+        self.addCleanup(codecs.register_error, text._ERRORS, original)
+        for data in _SLOW_INPUTS.values():
+            feed_all(Uppercaser(), [data[:7], data[7:]])
+        self.assertEqual(calls, [])
+        # The check can fail: a wide codec still takes the Python handler.
+        feed_all(Uppercaser("utf-16-le"), [b"\x00\xd8"])
+        self.assertNotEqual(calls, [])
+
+    @settings(max_examples=200, deadline=None)
+    @given(chunked(st.binary()), st.sampled_from(["latin-1", "cp1252", "iso8859-7", "koi8-r", "cp437"]))
+    def test_one_byte_codecs_agree_with_capserv_escape(self, case: tuple[bytes, list[bytes]], encoding: str) -> None:
+        """
+        For the one-byte codecs that take Python's C handler, the answer is
+        exactly what capserv's own escape handler gives, however the input is cut.
+        """
+        _whole, chunks = case
+        self.assertEqual(text._errors_for(codecs.lookup(encoding).name), "surrogateescape")
+        fast = feed_all(Uppercaser(encoding), chunks)
+        slow = Uppercaser(encoding)
+        slow._decoder = codecs.getincrementaldecoder(encoding)(text._ERRORS)
+        slow._encoder = codecs.getincrementalencoder(encoding)(text._ERRORS)
+        self.assertEqual(fast, feed_all(slow, chunks))
