@@ -64,7 +64,7 @@ setup(
             "Twisted[tls]>=23.10.0",
         ],
     },
-    entry_points={"console_scripts": ["capserv-client = capserv.client_cli:main"]},
+    entry_points={"console_scripts": ["capserv-client = capserv.client.command:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -1,5 +1,5 @@
 """
-The adversarial cases of tests/test_adversarial.py at full size, with
+The adversarial cases of tests/integration/test_adversarial.py at full size, with
 timings: what each attack costs the daemon and the clients that behave.
 
     python bench/adversarial.py --out docs/reliability/adversarial.json
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from tests import attacks  # noqa: E402
-from tests.daemon import serving  # noqa: E402
+from tests.support.daemon import serving  # noqa: E402
 
 
 def latency(host: str, port: int, clients: int = 10, count: int = 200) -> dict[str, float]:

@@ -10,11 +10,11 @@ a log:
 - ``twisted.logger -> text file``: what ``twistd --logfile`` (and ``-n``
   on standard output) does: format the event as text (time stamp, system,
   message) and write and flush it, one ``write`` per event;
-- ``twisted.logger -> JSON lines``: what ``--logger=capserv.logs.json_lines``
+- ``twisted.logger -> JSON lines``: what ``--logger=capserv.daemon.logs.json_lines``
   does;
 - ``the pieces of the text observer``: formatting the time stamp, formatting
   the message, the write and flush alone;
-- ``capserv.accesslog``'s observers: the same line (and JSON object)
+- ``capserv.protocols.accesslog``'s observers: the same line (and JSON object)
   rendered from its fields, written in batches.
 
 The numbers are for comparing with each other in one run on one machine,
@@ -44,8 +44,8 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from capserv import accesslog
-from capserv.accesslog import (
+from capserv.protocols import accesslog
+from capserv.protocols.accesslog import (
     ACCESS_FORMAT,
     BufferedWriter,
     JSONLogObserver,

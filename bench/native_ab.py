@@ -41,7 +41,7 @@ from twisted.internet import asyncioreactor
 asyncioreactor.install(loop)
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner
-from capserv.accesslog import TextLogObserver
+from capserv.protocols.accesslog import TextLogObserver
 globalLogBeginner.beginLoggingTo([TextLogObserver(open(sys.argv[4], "w"))], redirectStandardIO=False)
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol, UppercaseFactory
 from capserv.native import NativeSocketEndpoint, listen_datagrams

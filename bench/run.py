@@ -77,9 +77,9 @@ IDLE_TARGET_KIB = 2.6
 #   -asyncio    Twisted's asyncio reactor on asyncio's own loop, not uvloop's
 #   -twisted    Twisted's transports on the asyncio reactor (CAPSERV_NATIVE=0)
 #   -twistdlog  twisted.logger's own text observer for the log
-#               (--logger=capserv.logs.twisted_text)
+#               (--logger=capserv.daemon.logs.twisted_text)
 #   -fastlog    capserv's buffered observer for the log
-#               (--logger=capserv.logs.text_lines), whatever the daemon's default
+#               (--logger=capserv.daemon.logs.text_lines), whatever the daemon's default
 #   -nofast     no write-now / direct sendto paths (CAPSERV_NO_FASTPATH=1)
 #   -nativeudp  UDP through uvloop's datagram transport (CAPSERV_NATIVE_UDP=1;
 #               off by default: not measured faster)
@@ -87,8 +87,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-epoll": (["--no-uvloop"], {}),
     "-asyncio": (["--reactor=asyncio"], {}),
     "-twisted": ([], {"CAPSERV_NATIVE": "0"}),
-    "-twistdlog": (["--logger=capserv.logs.twisted_text"], {}),
-    "-fastlog": (["--logger=capserv.logs.text_lines"], {}),
+    "-twistdlog": (["--logger=capserv.daemon.logs.twisted_text"], {}),
+    "-fastlog": (["--logger=capserv.daemon.logs.text_lines"], {}),
     "-nofast": ([], {"CAPSERV_NO_FASTPATH": "1"}),
     "-nativeudp": ([], {"CAPSERV_NATIVE_UDP": "1"}),
 }

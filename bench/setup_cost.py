@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.logger import globalLogBeginner
 
-import capserv.tcp
+import capserv.protocols.tcp
 from capserv import CapservConfig, UppercaseFactory
-from capserv.native import NativeTransport, _Listening
+from capserv.native import NativeTransport
+from capserv.native._adapter import _Listening
 
 MESSAGE = b"hello from the lesson's client, sixty-four bytes of lowercase..."
 
@@ -106,27 +107,27 @@ def per_connection(n: int, life: Callable[[], None], loop: asyncio.AbstractEvent
 
 @contextmanager
 def eager_codec() -> Iterator[None]:
-    original = capserv.tcp.UppercaseProtocol.__init__
+    original = capserv.protocols.tcp.UppercaseProtocol.__init__
 
     def init(self: Any, factory: Any, peer: Any) -> None:
         original(self, factory, peer)
         self._codec = factory.codec()
 
-    capserv.tcp.UppercaseProtocol.__init__ = init  # type: ignore[method-assign]
+    capserv.protocols.tcp.UppercaseProtocol.__init__ = init  # type: ignore[method-assign]
     try:
         yield
     finally:
-        capserv.tcp.UppercaseProtocol.__init__ = original  # type: ignore[method-assign]
+        capserv.protocols.tcp.UppercaseProtocol.__init__ = original  # type: ignore[method-assign]
 
 
 @contextmanager
 def eager_abort_timer() -> Iterator[None]:
-    original = capserv.tcp.unsent_bytes
-    capserv.tcp.unsent_bytes = lambda transport: None  # type: ignore[assignment]
+    original = capserv.protocols.tcp.unsent_bytes
+    capserv.protocols.tcp.unsent_bytes = lambda transport: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        capserv.tcp.unsent_bytes = original
+        capserv.protocols.tcp.unsent_bytes = original
 
 
 @contextmanager

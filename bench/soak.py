@@ -32,7 +32,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from run import build_loadgen  # noqa: E402
 
-from tests.daemon import process_usage, scrape, serving  # noqa: E402
+from tests.support.daemon import process_usage, scrape, serving  # noqa: E402
 
 #: name: loadgen arguments after HOST PORT (SECONDS is added).
 LOADS = {

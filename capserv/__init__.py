@@ -6,10 +6,10 @@ Importing capserv never imports the global reactor.
 """
 
 from capserv._version import __version__
-from capserv.config import CapservConfig, ConfigError
-from capserv.tcp import UppercaseFactory, UppercaseProtocol
-from capserv.text import Uppercaser, uppercase
-from capserv.udp import MAX_DATAGRAM, UppercaseDatagramProtocol
+from capserv.protocols.config import CapservConfig, ConfigError
+from capserv.protocols.tcp import UppercaseFactory, UppercaseProtocol
+from capserv.protocols.text import Uppercaser, uppercase
+from capserv.protocols.udp import MAX_DATAGRAM, UppercaseDatagramProtocol
 
 __all__ = [
     "MAX_DATAGRAM",

@@ -18,7 +18,7 @@ Run for a bounded time (tox -e fuzz runs it for 60 seconds)::
     python fuzz/fuzz_codec.py -max_total_time=60 NEW_CORPUS_DIR fuzz/seeds
 
 A failure prints the input and writes it to ``crash-*``; turn it into a
-test in tests/test_text.py.
+test in tests/unit/test_text.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["capserv"]):
-    from capserv.text import Uppercaser, uppercase
+    from capserv.protocols.text import Uppercaser, uppercase
 
 #: UTF-8 (the default), single-byte codecs, a multi-byte one, wide ones.
 STATELESS = ["utf-8", "latin-1", "cp1252", "shift_jis", "utf-16-le", "utf-32-le"]

@@ -1,0 +1,30 @@
+"""
+capserv's client: a Deferred-based API (`tcp_request`, `udp_request`,
+`open_stream`) and the ``capserv-client`` command (`capserv.client.command`).
+"""
+
+from capserv.client.api import (
+    MAX_UDP_REPLY,
+    MessageTooLongError,
+    NoReplyError,
+    ReplyTooLongError,
+    ServerClosedError,
+    StreamSession,
+    open_stream,
+    resolve_udp,
+    tcp_request,
+    udp_request,
+)
+
+__all__ = [
+    "MAX_UDP_REPLY",
+    "MessageTooLongError",
+    "NoReplyError",
+    "ReplyTooLongError",
+    "ServerClosedError",
+    "StreamSession",
+    "open_stream",
+    "resolve_udp",
+    "tcp_request",
+    "udp_request",
+]

@@ -1,0 +1,590 @@
+"""
+The uppercase service over streams: a `Protocol` and its `Factory`.
+
+Whatever arrives is uppercased and written back as soon as it arrives, with
+no framing, so one-shot clients, interactive ones and bulk pipes all work.
+The factory holds the state shared by its connections: configuration,
+clock, counters and the connection limits.
+
+Data flows one way: transport -> `UppercaseProtocol.dataReceived` ->
+`Uppercaser` -> ``transport.write``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capserv.protocols._twisted import global_reactor, is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
+from capserv.protocols.accesslog import log_connection
+from capserv.protocols.addresses import SourceNetworks, describe, family
+from capserv.protocols.config import CapservConfig
+from capserv.protocols.logthrottle import LogThrottle
+from capserv.protocols.stats import TCPStats
+from capserv.protocols.text import Uppercaser, is_ascii_compatible, lookup_encoding
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["UppercaseFactory", "UppercaseProtocol"]
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class UppercaseProtocol(Protocol):
+    """
+    Uppercase one connection's byte stream, with backpressure, half-close
+    and an idle timeout.
+
+    Backpressure: the protocol registers itself with its transport as a
+    streaming producer.  The transport calls `pauseProducing` when its
+    write buffer passes the high-water mark and `resumeProducing` once it
+    has drained, and the protocol turns those into "stop reading" and
+    "start reading" on the same transport, so a client that sends without
+    reading cannot make the server buffer without bound.  (Being its own
+    producer costs a connection no extra object, and no reference cycle for
+    the garbage collector to find.)
+
+    When a connection closes it logs one line with its peer, duration,
+    bytes in and out and reason (`capserv.protocols.accesslog.log_connection`).
+    """
+
+    factory: UppercaseFactory
+    transport: ITransport
+
+    def __init__(self, factory: UppercaseFactory, peer: IAddress | None) -> None:
+        self.factory = factory
+        self.peer = peer
+        #: The incremental codec, made when the first chunk that is not
+        #: plain ASCII arrives (most connections never see one; see
+        #: `UppercaseFactory.ascii_upper`).
+        self._codec: Uppercaser | None = None
+        self._clock = factory.clock
+        self._idle_timeout = factory.config.idle_timeout
+        #: Whether reading is paused because the reply backed up.
+        self.reading_paused = False
+        self._abort_call: IDelayedCall | None = None
+        #: Set once the connection is on its way out: after end of input,
+        #: an idle timeout or a shutdown.
+        self.closing = False
+        self._close_when_drained = False
+        self._reason = "closed"
+        #: The source network this connection is counted in for the per-IP
+        #: limit; set and cleared by the factory's `UppercaseFactory.admit`
+        #: and `UppercaseFactory.unregister`.
+        self.counted_host: bytes | None = None
+        self._is_refused = False
+        #: Whether the protocol is registered as its transport's producer.
+        self._registered = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self._last_activity = 0.0
+
+    # -- connection lifetime -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        transport = self.transport
+        proxied = is_proxy_protocol(transport)
+        if not proxied and not factory.admit(self, self.peer):
+            self._refused()
+            return
+        factory.register(self)
+        now = self._clock.seconds()
+        self.started = self._last_activity = now
+        high_water = factory.config.high_water
+        if isinstance(getattr(transport, "bufferSize", None), int):
+            # The transport pauses its producer once this many bytes are
+            # waiting to be sent.
+            transport.bufferSize = high_water  # type: ignore[attr-defined]
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._registered = True
+        self._write = stream_writer(transport)
+        if proxied:
+            # Behind HAProxy the client's address arrives in the PROXY
+            # header, read before the first data is passed on: count and
+            # limit by it then.  Plain connections pay nothing for this.
+            self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_activity = self._clock.seconds()
+        self.bytes_in += len(data)
+        codec = self._codec
+        if codec is None:
+            if self.factory.ascii_upper and data.isascii():
+                reply = data.upper()
+            else:
+                codec = self._codec = self.factory.codec()
+                reply = codec.feed(data)
+        else:
+            reply = codec.feed(data)
+        if reply:
+            self.bytes_out += len(reply)
+            self._write(reply)
+
+    def _first_proxied_data(self, data: bytes) -> None:
+        del self.dataReceived  # back to the class's method
+        real = self.transport.getPeer()
+        self.peer = real
+        if not self.factory.admit(self, real):
+            self._refused()
+            return
+        self.dataReceived(data)
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def _refused(self) -> None:
+        """
+        Over the per-IP limit: close at once, serving nothing.
+        """
+        self.closing = True
+        self._is_refused = True
+        self.dataReceived = self._ignore  # type: ignore[method-assign]
+        self._reason = "refused: max_connections_per_ip"
+        transport = self.transport
+        self._unregister_throttle()
+        transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer has finished sending: send what is still owed, then close.
+        """
+        self._last_activity = self._clock.seconds()
+        tail = self._codec.flush() if self._codec is not None else b""
+        if tail:
+            self.bytes_out += len(tail)
+            self.transport.write(tail)
+        self._reason = "end of input"
+        self._finish(drain=True)
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nothing more can be sent; there is nothing left to do.
+        """
+        self._finish(drain=False)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        call = self._abort_call
+        if call is not None and call.active():
+            call.cancel()
+        self._abort_call = None
+        self.stopProducing()
+        factory = self.factory
+        factory.unregister(self)
+        if self._is_refused:
+            return  # the refusal was logged (throttled); no line per refusal
+        # Never negative, even if the wall clock was stepped back meanwhile.
+        duration = max(0.0, self._clock.seconds() - self.started)
+        if not self.closing:
+            self._reason = reason.getErrorMessage() if reason is not None else "closed"
+        log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
+
+    # -- backpressure: IPushProducer, called by the transport ----------------
+
+    def pauseProducing(self) -> None:
+        """
+        The reply backed up past the high-water mark: stop reading.
+        """
+        if not self.reading_paused:
+            self.reading_paused = True
+            self._read_paused()
+
+    def resumeProducing(self) -> None:
+        """
+        The reply drained: read again (or close, if that was waiting).
+        """
+        if self.reading_paused:
+            self.reading_paused = False
+            self._read_resumed()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is going away.
+        """
+        self.reading_paused = False
+
+    def _read_paused(self) -> None:
+        self.factory.stats.pauses += 1
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _read_resumed(self) -> None:
+        # The peer took everything it was owed: that is traffic too.
+        self._last_activity = self._clock.seconds()
+        if self._close_when_drained:
+            self._close_now(self._idle_timeout)
+        elif not self.closing:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- closing ---------------------------------------------------------------
+
+    def _finish(self, drain: bool) -> None:
+        """
+        Close once what is owed is sent.  If reading is paused because the
+        reply backed up, wait for it to drain first (the transport will not
+        close while a producer is registered).
+        """
+        if self.closing:
+            return
+        self.closing = True
+        if drain and self.reading_paused:
+            self._close_when_drained = True
+        else:
+            self._close_now(self._idle_timeout)
+
+    def _close_now(self, grace: float) -> None:
+        """
+        Stop reading, send what is buffered and close; abort if the peer has
+        not taken it within ``grace`` seconds (0: wait as long as it takes).
+        """
+        self.closing = True
+        self._close_when_drained = False
+        self._unregister_throttle()
+        transport = self.transport
+        transport.loseConnection()
+        # With nothing left to send the close cannot stall: no abort timer
+        # to schedule and cancel (transports that cannot tell get one).
+        if grace > 0 and self._abort_call is None and unsent_bytes(transport) != 0:
+            self._abort_call = self._clock.callLater(grace, self._abort)
+
+    def _unregister_throttle(self) -> None:
+        """Unregister as the transport's producer, once (some transports raise on a second time)."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def _abort(self) -> None:
+        # The fired call stays in _abort_call: closing or shutting down again
+        # must not schedule another abort.
+        self.factory.stats.aborts += 1
+        self._reason += ", aborted: peer did not take its last bytes"
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def check_idle(self, now: float) -> None:
+        """
+        Close the connection if it has been idle for the idle timeout
+        (called by the factory's sweep).
+        """
+        if now - self._last_activity < self._idle_timeout:
+            self.check_reset()
+            return
+        if self.closing and not self._close_when_drained:
+            # Already closing and still silent: the abort timer handles it.
+            return
+        self.factory.stats.idle_timeouts += 1
+        self._reason = f"idle for {self._idle_timeout:g}s"
+        self._close_now(self.factory.config.abort_grace or 0.001)
+
+    def check_reset(self) -> bool:
+        """
+        Abort the connection if the peer reset it unnoticed (a Twisted
+        transport on uvloop: `capserv.protocols._twisted.reset_unnoticed`), so it
+        neither holds a descriptor and a per-IP slot until the idle timeout
+        nor makes a graceful stop wait for it.
+
+        :return: whether it was.
+        """
+        if self.transport is None or not reset_unnoticed(self.transport):
+            return False
+        self._reason = "connection reset by peer"
+        self.closing = True
+        self._unregister_throttle()
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+        return True
+
+    def shutdown(self) -> None:
+        """
+        Close now, as a graceful stop does once its time is up: send what is
+        buffered and abort after the configured grace.
+        """
+        if self._abort_call is not None:
+            return  # an abort is scheduled or done
+        self._reason = "server shutting down"
+        self._close_now(self.factory.config.abort_grace or 0.001)
+
+    def abort_now(self) -> None:
+        """
+        Abort at once, unsent bytes and all: a stop forced by a second
+        signal.
+        """
+        call = self._abort_call
+        if call is not None and call.active():
+            call.cancel()
+        self.closing = True
+        self._reason = "server stopping at once (second signal), aborted"
+        self._unregister_throttle()
+        self.factory.stats.aborts += 1
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class _Refused(Protocol):
+    """
+    Close a connection over a limit at once, touching nothing else.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+#: UppercaseFactory's logger, under the namespace operators filter on.
+_log = Logger(namespace="capserv.tcp.UppercaseFactory")
+
+
+class UppercaseFactory(ServerFactory):
+    """
+    Build `UppercaseProtocol` connections that share one configuration,
+    one clock, one set of counters and the connection limits.
+
+    Listen with it on any stream endpoint::
+
+        from twisted.internet.endpoints import serverFromString
+        serverFromString(reactor, "tcp:50007").listen(UppercaseFactory())
+    """
+
+    protocol = UppercaseProtocol  # type: ignore[assignment]
+    #: capserv logs its own listening and connection lines.
+    noisy = False
+
+    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+        """
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (timeouts, durations); the global
+            reactor if `None`, looked up now rather than at import time.
+        """
+        if clock is None:
+            clock = global_reactor()
+        assert clock is not None
+        self.config = config if config is not None else CapservConfig()
+        self.clock: IReactorTime = clock
+        self.stats = TCPStats()
+        #: Open connections.
+        self.connections: set[UppercaseProtocol] = set()
+        #: The network each peer is counted in by the per-IP limit.
+        self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
+        self._per_host: dict[bytes, int] = {}
+        self._refused_log = LogThrottle(clock, 10.0)
+        self._accepting = True
+        self._drained: list[Deferred[None]] = []
+        # One sweep for every connection's idle timeout, every tenth of the
+        # timeout: no timer per connection to create, reschedule or cancel.
+        self._sweep_call: IDelayedCall | None = None
+        self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
+        #: Whether an ASCII chunk is uppercased by `bytes.upper` alone with
+        #: nothing pending (the encoding maps ASCII to ASCII one to one),
+        #: so a connection needs no codec until other bytes arrive.
+        self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
+
+    def codec(self) -> Uppercaser:
+        """
+        A new incremental codec for one connection's stream.
+        """
+        return Uppercaser(self.config.encoding, self.config.ascii_only)
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        """
+        Build a protocol for a new connection, or a refusal if a limit says
+        no.
+        """
+        config = self.config
+        refusal = None
+        if not self._accepting:
+            refusal = "shutdown"
+        elif config.max_connections and len(self.connections) >= config.max_connections:
+            refusal = "max_connections"
+        # The per-IP limit is applied once the client's address is certain:
+        # at connectionMade, or behind HAProxy at the first data.
+        if refusal is not None:
+            self._refuse(addr, refusal)
+            return _Refused()
+        return UppercaseProtocol(self, addr)
+
+    def _refuse(self, addr: IAddress | None, limit: str, network: bytes | None = None, count: int = 0) -> None:
+        self.stats.connections_refused[limit] += 1
+        if network is not None:
+            self.stats.limited[limit][family(network)] += 1
+        held = self._refused_log.check()
+        if held is not None:
+            detail = text = ""
+            if network is not None:
+                text = self.networks.text(network)
+                limit_option = f"--max-connections-per-ip {self.config.max_connections_per_ip}"
+                detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {limit_option})"
+            _log.warn(
+                "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
+                peer=describe(addr),
+                limit=limit,
+                detail=detail,
+                network=text or None,
+                held=held,
+            )
+
+    def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
+        """
+        Count ``protocol`` against the per-IP limit of the network
+        ``address`` is in (`networks`), or refuse it (counted and logged)
+        if that network is already at the limit.
+
+        :return: whether the connection may go on.
+        """
+        key = self.networks.key(address)
+        if key is None:
+            return True
+        count = self._per_host.get(key, 0)
+        limit = self.config.max_connections_per_ip
+        if limit and count >= limit:
+            self._refuse(address, "max_connections_per_ip", key, count)
+            return False
+        self._per_host[key] = count + 1
+        protocol.counted_host = key
+        return True
+
+    def register(self, protocol: UppercaseProtocol) -> None:
+        """
+        Count ``protocol`` as open (admitted, now being served) and start the
+        idle sweep if it is the first.
+        """
+        self.connections.add(protocol)
+        self.stats.connections_total += 1
+        if self._sweep_call is None and self.config.idle_timeout > 0:
+            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Close connections idle for the idle timeout: each is closed between
+        the timeout and the timeout plus a tenth of it after its last
+        traffic.
+        """
+        self._sweep_call = None
+        now = self.clock.seconds()
+        for protocol in list(self.connections):
+            protocol.check_idle(now)
+        if self.connections:
+            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
+
+    def unregister(self, protocol: UppercaseProtocol) -> None:
+        """
+        Forget a connection that has closed (or was refused): release its
+        per-IP count, add its bytes to the totals, stop the sweep when none
+        is left and fire `drain`'s waiters then.  Safe to call twice.
+        """
+        key = protocol.counted_host
+        if key is not None:
+            protocol.counted_host = None
+            left = self._per_host.get(key, 1) - 1
+            if left > 0:
+                self._per_host[key] = left
+            else:
+                self._per_host.pop(key, None)
+        if protocol not in self.connections:
+            return
+        self.connections.discard(protocol)
+        if not self.connections and self._sweep_call is not None:
+            if self._sweep_call.active():
+                self._sweep_call.cancel()
+            self._sweep_call = None
+        stats = self.stats
+        stats.bytes_in += protocol.bytes_in
+        stats.bytes_out += protocol.bytes_out
+        if not self.connections and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def connections_from(self, address: IAddress | str) -> int:
+        """
+        How many connections the per-IP limit counts for ``address``: those
+        open from its whole source network (`networks`).
+
+        :param address: an IP address as text, or a Twisted address.
+        """
+        key = self.networks.key((address, 0) if isinstance(address, str) else address)
+        return self._per_host.get(key, 0) if key is not None else 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The counters as a dict, byte totals including open connections.
+        """
+        stats = self.stats
+        return {
+            "connections_active": len(self.connections),
+            "connections_total": stats.connections_total,
+            "connections_refused": dict(stats.connections_refused),
+            "limited": {limit: dict(by_family) for limit, by_family in stats.limited.items()},
+            "idle_timeouts": stats.idle_timeouts,
+            "aborts": stats.aborts,
+            "pauses": stats.pauses,
+            "bytes_in": stats.bytes_in + sum(p.bytes_in for p in self.connections),
+            "bytes_out": stats.bytes_out + sum(p.bytes_out for p in self.connections),
+        }
+
+    def stop_accepting(self) -> None:
+        """
+        Refuse every new connection from now on (a graceful stop has begun).
+        """
+        self._accepting = False
+
+    def abort_all(self) -> None:
+        """
+        Abort every open connection now (a stop forced by a second signal).
+        """
+        for protocol in list(self.connections):
+            protocol.abort_now()
+
+    def abort_reset(self) -> int:
+        """
+        Abort every connection its peer has reset unnoticed
+        (`UppercaseProtocol.check_reset`), as a stop begins.
+
+        :return: how many.
+        """
+        return sum(protocol.check_reset() for protocol in list(self.connections))
+
+    def drain(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Stop accepting connections and wait for the open ones to finish.
+
+        New connections are refused from now on.  After ``timeout`` seconds
+        (the configured ``shutdown_timeout`` if `None`; 0 means at once) the
+        connections still open are closed: what is buffered is sent, and
+        those that will not take it are aborted after the configured grace.
+
+        :return: a `Deferred` that fires once every connection has closed.
+        """
+        self._accepting = False
+        self.abort_reset()
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        if timeout is None:
+            timeout = self.config.shutdown_timeout
+
+        def close_the_rest() -> None:
+            for protocol in list(self.connections):
+                protocol.shutdown()
+
+        if timeout > 0:
+            call = self.clock.callLater(timeout, close_the_rest)
+
+            def cancel_timer(result: None) -> None:
+                if call.active():
+                    call.cancel()
+                return result
+
+            d.addCallback(cancel_timer)
+        else:
+            close_the_rest()
+        return d

@@ -1,0 +1,265 @@
+"""
+The uppercase service over datagrams: one reply datagram per datagram.
+
+Besides uppercasing, this is where capserv keeps a UDP service from being
+abused: per-source budgets of datagrams and of reply bytes, a source being
+a network (reflection), no answers to low source ports
+(loops between servers), a size check on replies, and send errors counted
+rather than raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from capserv.protocols._twisted import datagram_sender, global_reactor
+from capserv.protocols.addresses import SourceNetworks, family, host_key, is_loopback
+from capserv.protocols.config import CapservConfig
+from capserv.protocols.logthrottle import LogThrottle
+from capserv.protocols.ratelimit import BYTE_RATE, TokenBuckets
+from capserv.protocols.stats import UDPStats
+from capserv.protocols.text import is_ascii_compatible, uppercase
+
+__all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "DatagramState", "UppercaseDatagramProtocol"]
+
+#: The largest datagram read whole (Twisted's default of 8,192 truncates).
+MAX_DATAGRAM = 65535
+#: The largest UDP payload over IPv4: 65,535 - 20 (IP header) - 8 (UDP).
+MAX_REPLY_IPV4 = 65507
+#: The largest UDP payload over IPv6 without jumbograms: 65,535 - 8.
+MAX_REPLY_IPV6 = 65527
+
+#: How many source hosts `DatagramState.source` remembers the network of.
+_SOURCES_REMEMBERED = 4096
+
+#: The option each per-source drop reason is over, for log lines.
+_BUDGETS = {"rate_limit": "--udp-rate", BYTE_RATE: "--udp-byte-rate"}
+
+
+class DatagramState:
+    """
+    What every datagram port of one capserv shares: the configuration, the
+    clock, the counters, the per-source budgets (datagrams and bytes, by
+    source network) and the drop-log throttle.
+
+    A Twisted datagram protocol serves one port, so a service listening on
+    several UDP ports builds one protocol per port and hands each the same
+    state (as ``twisted.names`` hands one ``DNSServerFactory`` to every
+    ``DNSDatagramProtocol``): limits and counters hold across ports.
+    """
+
+    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+        """
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (rate limit, log throttling);
+            the global reactor if `None`, looked up now.
+        """
+        if clock is None:
+            clock = global_reactor()
+        assert clock is not None
+        self.config = config if config is not None else CapservConfig()
+        self.clock: IReactorTime = clock
+        self.stats = UDPStats()
+        config = self.config
+        #: The network each source is counted in.
+        self.networks = SourceNetworks(config.ipv4_prefix, config.ipv6_prefix)
+        self.buckets: TokenBuckets | None = None
+        if config.udp_rate > 0 or config.udp_byte_rate > 0:
+            self.buckets = TokenBuckets(
+                config.udp_rate,
+                config.udp_burst,
+                config.udp_rate_table_size,
+                config.udp_byte_rate,
+                config.udp_byte_burst,
+            )
+        self.drop_log = LogThrottle(clock, 10.0)
+        # What `source` answered for recent source hosts: most traffic comes
+        # from hosts seen a moment ago, and a lookup here costs less than
+        # parsing the address again.  Emptied when full, so it stays small
+        # whatever a flood from many sources does.
+        self._sources: dict[str, bytes] = {}
+
+    def source(self, host: str) -> bytes:
+        """
+        The network whose budgets a datagram from ``host`` spends, or
+        ``b""`` if it spends none (a loopback source, unless
+        ``udp_rate_loopback``; a source without an IP address).
+
+        :param host: the source host as the transport gives it (the first
+            item of the address tuple).
+        """
+        sources = self._sources
+        network = sources.get(host)
+        if network is None:
+            key = host_key((host, 0))
+            if key is None or (not self.config.udp_rate_loopback and is_loopback(key)):
+                network = b""
+            else:
+                network = self.networks.network(key)
+            if len(sources) >= _SOURCES_REMEMBERED:
+                sources.clear()
+            sources[host] = network
+        return network
+
+    def protocol(self) -> UppercaseDatagramProtocol:
+        """
+        A new protocol for one more port, sharing this state.
+        """
+        return UppercaseDatagramProtocol(state=self)
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The counters as a dict.
+        """
+        stats = self.stats
+        return {
+            "datagrams_in": stats.datagrams_in,
+            "datagrams_out": stats.datagrams_out,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "drops": dict(stats.drops),
+            "limited": {reason: dict(by_family) for reason, by_family in stats.limited.items()},
+            "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
+        }
+
+
+#: UppercaseDatagramProtocol's logger, under the namespace operators filter on.
+_log = Logger(namespace="capserv.udp.UppercaseDatagramProtocol")
+
+
+class UppercaseDatagramProtocol(DatagramProtocol):
+    """
+    Answer each datagram with its uppercase text, sent to its source.
+
+    Listen with it like any Twisted datagram protocol, asking for whole
+    datagrams::
+
+        reactor.listenUDP(50007, UppercaseDatagramProtocol(),
+                          interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
+
+    (`startProtocol` raises a smaller ``maxPacketSize`` it finds on its
+    transport, so a plain ``listenUDP`` works too.)  To serve several ports
+    with shared limits and counters, build each port's protocol from one
+    `DatagramState` (`DatagramState.protocol`).
+    """
+
+    #: The listener logs the address; Twisted's start/stop lines add nothing.
+    noisy = False
+
+    def __init__(
+        self,
+        config: CapservConfig | None = None,
+        clock: IReactorTime | None = None,
+        state: DatagramState | None = None,
+    ) -> None:
+        """
+        :param config: the behaviour; the daemon's defaults if `None`.
+        :param clock: where time comes from (rate limit, log throttling);
+            the global reactor if `None`, looked up now.
+        :param state: state shared with other ports' protocols; when given,
+            ``config`` and ``clock`` are taken from it.
+        """
+        if state is None:
+            state = DatagramState(config, clock)
+        self.state = state
+        self.config = state.config
+        self.clock = state.clock
+        self.stats = state.stats
+        self.buckets = state.buckets
+        self._source = state.source
+        # ASCII input can be uppercased with bytes.upper() in this encoding.
+        self._ascii = self.config.ascii_only
+        self._fast = is_ascii_compatible(self.config.encoding)
+        self._send: Any = None
+
+    def startProtocol(self) -> None:
+        transport = self.transport
+        self._send = datagram_sender(transport)
+        if getattr(transport, "maxPacketSize", MAX_DATAGRAM) < MAX_DATAGRAM:
+            transport.maxPacketSize = MAX_DATAGRAM  # type: ignore[union-attr]
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        stats = self.stats
+        stats.datagrams_in += 1
+        size = len(data)
+        stats.bytes_in += size
+        config = self.config
+        if addr[1] < 1024 and not config.udp_allow_low_ports:
+            self._drop("low_port", addr, size, "source port below 1024; --udp-allow-low-ports answers it")
+            return
+        host = addr[0]
+        buckets = self.buckets
+        network = b""
+        if buckets is not None:
+            network = self._source(host)
+            if network:
+                # Charged before uppercasing, so a flood over its budget
+                # costs no uppercasing: ASCII replies have the request's
+                # size; others are charged the difference below.
+                refused = buckets.spend(network, self.clock.seconds(), size)
+                if refused is not None:
+                    self._drop(refused, addr, size, network=network)
+                    return
+        if self._ascii or (self._fast and data.isascii()):
+            reply = data.upper()
+        else:
+            reply = uppercase(data, config.encoding)
+        if len(reply) > MAX_REPLY_IPV4 and (
+            len(reply) > MAX_REPLY_IPV6 or ":" not in host or host.startswith("::ffff:")
+        ):
+            self._drop("oversize", addr, len(reply))
+            return
+        if network and len(reply) != size and buckets is not None and not buckets.adjust(network, len(reply) - size):
+            # Uppercasing grew the text past what the source has left.
+            self._drop(BYTE_RATE, addr, len(reply), network=network)
+            return
+        try:
+            self._send(reply, addr)
+        except (OSError, MessageLengthError) as e:
+            self._drop("send_error", addr, len(reply), str(e))
+            return
+        stats.datagrams_out += 1
+        stats.bytes_out += len(reply)
+
+    def send_error(self, error: Exception) -> None:
+        """
+        A reply that the transport queued failed to go out later (the event
+        loop's datagram transports report send errors this way, not from
+        ``write``): counted and logged once in a while like any failed send.
+        """
+        self._drop("send_error", ("?", 0), 0, str(error))
+
+    def _drop(self, reason: str, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
+        stats = self.stats
+        stats.drops[reason] += 1
+        if network is not None:
+            stats.limited[reason][family(network)] += 1
+        held = self.state.drop_log.check()
+        if held is not None:
+            text = None
+            if network is not None:
+                text = self.state.networks.text(network)
+                detail = f"{text} over {_BUDGETS[reason]}"
+            _log.warn(
+                "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
+                "{held} more drops since the last report; totals: {totals}",
+                peer=f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}",
+                reason=reason,
+                size=size,
+                detail=f": {detail}" if detail else "",
+                network=text,
+                held=held,
+                drops=dict(stats.drops),
+                totals=", ".join(f"{name} {count}" for name, count in sorted(stats.drops.items())),
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The shared state's counters as a dict.
+        """
+        return self.state.snapshot()

@@ -1,0 +1,177 @@
+"""
+Prometheus metrics for ``--metrics DESCRIPTION``.
+
+A collector reads capserv's own counters when scraped (nothing is updated
+per packet), and `MetricsResource` serves them in prometheus-client's text
+format on any stream endpoint, in the reactor's thread.  prometheus-client is an optional extra:
+``pip install 'capserv[metrics]'``.  With ``--workers``, the figures of every
+process add up through `capserv.site.metrics_multiprocess`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from capserv.protocols.tcp import UppercaseFactory
+from capserv.protocols.udp import DatagramState
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+__all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
+
+REFUSAL_LIMITS = ("max_connections", "max_connections_per_ip", "shutdown")
+DROP_REASONS = ("rate_limit", "byte_rate", "oversize", "low_port", "send_error")
+#: The per-source limits, each counted by the source network's family.
+NETWORK_LIMITS = ("max_connections_per_ip", "rate_limit", "byte_rate")
+
+
+class CapservCollector:
+    """
+    Turn a stream factory's and the datagram state's counters into metrics.
+    """
+
+    def __init__(self, factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> None:
+        """
+        :param workers: the ``capserv_workers`` figure: the processes serving
+            (1 for one process's own share, as `capserv.site.metrics_multiprocess`
+            adds those up over the processes alive).
+        """
+        self.factory = factory
+        self.datagram = datagram
+        self.workers = workers
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        tcp = self.factory.snapshot()
+        udp = self.datagram.snapshot()
+        yield GaugeMetricFamily(
+            "capserv_connections_active", "TCP connections open now.", value=tcp["connections_active"]
+        )
+        yield CounterMetricFamily(
+            "capserv_connections", "TCP connections accepted and served.", value=tcp["connections_total"]
+        )
+        refused = CounterMetricFamily(
+            "capserv_connections_refused", "TCP connections closed at once, by limit.", labels=["limit"]
+        )
+        for limit in REFUSAL_LIMITS:
+            refused.add_metric([limit], tcp["connections_refused"].get(limit, 0))
+        yield refused
+        yield CounterMetricFamily(
+            "capserv_idle_timeouts", "TCP connections closed for being idle.", value=tcp["idle_timeouts"]
+        )
+        yield CounterMetricFamily(
+            "capserv_read_pauses",
+            "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
+            value=tcp["pauses"],
+        )
+        yield CounterMetricFamily(
+            "capserv_aborts", "TCP connections aborted for not taking their last bytes.", value=tcp["aborts"]
+        )
+        received = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
+        received.add_metric(["tcp"], tcp["bytes_in"])
+        received.add_metric(["udp"], udp["bytes_in"])
+        yield received
+        sent = CounterMetricFamily("capserv_sent_bytes", "Bytes sent.", labels=["transport"])
+        sent.add_metric(["tcp"], tcp["bytes_out"])
+        sent.add_metric(["udp"], udp["bytes_out"])
+        yield sent
+        yield CounterMetricFamily("capserv_datagrams_received", "Datagrams received.", value=udp["datagrams_in"])
+        yield CounterMetricFamily("capserv_datagrams_sent", "Reply datagrams sent.", value=udp["datagrams_out"])
+        drops = CounterMetricFamily(
+            "capserv_datagrams_dropped", "Datagrams not answered, by reason.", labels=["reason"]
+        )
+        for reason in DROP_REASONS:
+            drops.add_metric([reason], udp["drops"].get(reason, 0))
+        yield drops
+        limited = CounterMetricFamily(
+            "capserv_network_limited",
+            "Connections refused and datagrams dropped by a per-source limit, by the limit and the "
+            "source network's family and prefix length (--ipv4-prefix, --ipv6-prefix).",
+            labels=["limit", "family", "prefix"],
+        )
+        config = self.factory.config
+        for limit in NETWORK_LIMITS:
+            counts = (tcp if limit == "max_connections_per_ip" else udp)["limited"].get(limit, {})
+            limited.add_metric([limit, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
+            limited.add_metric([limit, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
+        yield limited
+        yield GaugeMetricFamily(
+            "capserv_udp_rate_sources",
+            "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
+            value=udp["rate_table_size"],
+        )
+        yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=self.workers)
+
+
+class _QuietSite(Site):
+    """A Site that does not log every scrape."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class MetricsResource(Resource):
+    """
+    ``/metrics``: the registry in Prometheus's text format (or OpenMetrics,
+    if the scraper asks for it), rendered in the reactor's thread.
+
+    prometheus-client's own Twisted resource is its WSGI app in a
+    ``WSGIResource``, which runs each scrape in the reactor's thread pool
+    and hands the answer back with ``blockingCallFromThread``.  A scrape in
+    flight when the reactor stops then waits for a reactor that waits for
+    the thread pool: twistd hung on SIGTERM (3 stops in 10 with scrapes
+    running).  Reading capserv's counters takes microseconds, so no thread
+    is needed.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        from prometheus_client.exposition import choose_encoder
+
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode("latin-1"))
+        output: bytes = encoder(self.registry)
+        return output
+
+
+def metrics_site(
+    factory: UppercaseFactory,
+    datagram: DatagramState,
+    workers: int = 1,
+    collector: Collector | None = None,
+    children: Mapping[bytes, IResource] | None = None,
+) -> Site:
+    """
+    A web site serving the metrics at ``/metrics``, from its own registry
+    (so an embedding program's registry is not touched).
+
+    :param collector: what to serve instead of a `CapservCollector` of
+        ``factory`` and ``datagram``: with ``--workers``, the figures of
+        every process (`capserv.site.metrics_multiprocess.SharedMetrics.collector`).
+    :param children: more resources to serve beside ``/metrics``, by path
+        segment (the daemon's ``/healthz`` and ``/readyz``,
+        `capserv.site.health.health_children`).
+    """
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector if collector is not None else CapservCollector(factory, datagram, workers))
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    for path, child in (children or {}).items():
+        root.putChild(path, child)
+    return _QuietSite(root)  # type: ignore[no-untyped-call]

@@ -1,0 +1,784 @@
+"""
+Tests for ``capserv-client`` and the client API against real servers on
+loopback.  Servers run in the test's reactor; the command runs as a
+subprocess (in a thread, so the reactor keeps serving).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, task
+from twisted.internet.protocol import DatagramProtocol
+
+from capserv import CapservConfig
+from capserv.client import MessageTooLongError, NoReplyError, open_stream, tcp_request, udp_request
+
+from ..support.daemon import memory_kib, script_path
+from ..support.loopback import HOSTS, have_ipv6, in_thread, listen_tcp, listen_udp, stop_tcp
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def client_path() -> str:
+    return script_path("capserv-client")
+
+
+def run_client(
+    args: list[str], stdin: bytes = b"", timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([client_path(), *args], input=stdin, capture_output=True, timeout=timeout, env=env)
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The exit status is ``code`` and stderr is one line in capserv-client's
+    words, with nothing on stdout; returns that line."""
+    assert result.returncode == code, result
+    assert result.stdout == b""
+    assert result.stderr.startswith(b"capserv-client: ") and result.stderr.count(b"\n") == 1, result.stderr
+    assert b"Traceback" not in result.stderr and b"Parameter type enforcement" not in result.stderr
+    return result.stderr.decode()
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+# -- the command: one message --------------------------------------------------
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest_twisted.inlineCallbacks
+def test_words_over_tcp(host: str) -> Any:
+    """
+    capserv-client sends its words as one message over TCP, over IPv4 and IPv6, and
+    prints the reply with a newline and nothing on stderr.
+    """
+    factory, port = yield listen_tcp(host)
+    try:
+        number = str(port.getHost().port)
+        result = yield in_thread(run_client, ["--host", host, "--port", number, "hello,", "straße"])
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"HELLO, STRASSE\n", b"")
+    finally:
+        yield stop_tcp(factory, port)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest_twisted.inlineCallbacks
+def test_words_over_udp(host: str) -> Any:
+    """
+    capserv-client --udp sends its words as one datagram, over IPv4 and IPv6, and prints
+    the reply.
+    """
+    _proto, port = listen_udp(host)
+    try:
+        number = str(port.getHost().port)
+        result = yield in_thread(run_client, ["--udp", "--host", host, "--port", number, "over", "udp"])
+        assert (result.returncode, result.stdout) == (0, b"OVER UDP\n")
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_host_name_resolves() -> Any:
+    """
+    --host takes a host name (localhost), resolved for TCP and for UDP.
+    """
+    factory, port = yield listen_tcp("127.0.0.1")
+    _proto, uport = listen_udp("127.0.0.1")
+    try:
+        result = yield in_thread(run_client, ["--host", "localhost", "--port", str(port.getHost().port), "name"])
+        assert result.stdout == b"NAME\n"
+        result = yield in_thread(
+            run_client, ["--udp", "--host", "localhost", "--port", str(uport.getHost().port), "name"]
+        )
+        assert result.stdout == b"NAME\n"
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connect_unix(tmp_path: Path) -> Any:
+    """
+    --connect unix:PATH makes one request and streams a pipe over a UNIX socket.
+    """
+    from twisted.internet import reactor
+
+    from capserv import UppercaseFactory
+
+    path = str(tmp_path / "s.sock")
+    factory = UppercaseFactory(clock=reactor)
+    port = yield endpoints.serverFromString(reactor, f"unix:{path}").listen(factory)
+    try:
+        result = yield in_thread(run_client, ["--connect", f"unix:{path}", "unix", "socket"])
+        assert (result.returncode, result.stdout) == (0, b"UNIX SOCKET\n")
+        result = yield in_thread(run_client, ["--connect", f"unix:{path}"], b"piped\nover unix")
+        assert result.stdout == b"PIPED\nOVER UNIX"
+    finally:
+        yield stop_tcp(factory, port)
+
+
+def _tls_server(tmp_path: Path) -> tuple[Any, Path]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    ca.cert_pem.write_to_path(str(roots / "ca.pem"))
+    return pem, roots
+
+
+@pytest_twisted.inlineCallbacks
+def test_connect_tls(tmp_path: Path) -> Any:
+    """--connect tls: with trustRoots naming a folder of CA certificates
+    makes one request and a piped stream over TLS; without the CA the
+    failure is one line with the network exit status."""
+    from twisted.internet import reactor
+
+    from capserv import UppercaseFactory
+
+    pem, roots = _tls_server(tmp_path)
+    factory = UppercaseFactory(clock=reactor)
+    port = yield endpoints.serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}"
+    ).listen(factory)
+    number = port.getHost().port
+    try:
+        connect = f"tls:localhost:{number}:trustRoots={roots}"
+        result = yield in_thread(run_client, ["--connect", connect, "secret", "straße"])
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"SECRET STRASSE\n", b"")
+        # Piped over TLS: no half-close, the client knows the reply's length.
+        data = "tls stream ΐ ß\n".encode() * 1000
+        result = yield in_thread(run_client, ["--connect", connect], data)
+        assert (result.returncode, result.stdout) == (0, data.decode().upper().encode())
+        # Without the CA: a TLS failure, one line, network exit status.
+        result = yield in_thread(run_client, ["--connect", f"tls:localhost:{number}", "x"])
+        assert result.returncode == 1
+        assert result.stderr.count(b"\n") == 1 and b"TLS" in result.stderr
+    finally:
+        yield stop_tcp(factory, port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_connect_tls_trust_roots_pem_file_and_ip_address(tmp_path: Path) -> Any:
+    """trustRoots= may name a PEM file as well as a folder, and the host of a
+    tls: string may be an IP address (verified against the certificate's IP
+    address)."""
+    from twisted.internet import reactor
+
+    from capserv import UppercaseFactory
+
+    pem, roots = _tls_server(tmp_path)
+    factory = UppercaseFactory(clock=reactor)
+    port = yield endpoints.serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}"
+    ).listen(factory)
+    number = port.getHost().port
+    try:
+        for connect in (
+            f"tls:localhost:{number}:trustRoots={roots / 'ca.pem'}",
+            f"tls:127.0.0.1:{number}:trustRoots={roots / 'ca.pem'}",
+            f"tls:host=localhost:port={number}:trustRoots={roots}",
+        ):
+            result = yield in_thread(run_client, ["--connect", connect, "pem", "file"])
+            assert (result.returncode, result.stdout, result.stderr) == (0, b"PEM FILE\n", b""), connect
+    finally:
+        yield stop_tcp(factory, port)
+
+
+@pytest.mark.parametrize(
+    "trust, says",
+    [
+        ("missing.pem", "trustRoots=MISSING: no such file or folder"),
+        ("empty-folder", "trustRoots=MISSING: no PEM certificate"),
+        ("not-a-cert.pem", "trustRoots=MISSING: no PEM certificate"),
+    ],
+)
+def test_connect_tls_bad_trust_roots_say_why(tmp_path: Path, trust: str, says: str) -> None:
+    """A trustRoots= that names nothing, an empty folder or a file without a
+    certificate is a one-line usage error saying so (Twisted's own message
+    for these is empty)."""
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    path = tmp_path / trust
+    message = one_line_error(run_client(["--connect", f"tls:localhost:1:trustRoots={path}", "x"]), 2)
+    assert says.replace("MISSING", str(path)) in message
+
+
+def test_tls_without_pyopenssl_names_the_install_command(tmp_path: Path) -> None:
+    """Where pyOpenSSL is missing, --connect tls: and ssl: say in one line
+    that TLS needs it and how to install it, and exit 2."""
+    (tmp_path / "OpenSSL").mkdir()
+    (tmp_path / "OpenSSL" / "__init__.py").write_text("raise ImportError(\"No module named 'OpenSSL'\")\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for connect in ("tls:localhost:50443", "ssl:localhost:50443"):
+        message = one_line_error(run_client(["--connect", connect, "x"], env=env), 2)
+        assert "pyOpenSSL is not installed" in message
+        assert "pip install 'capserv[tls]'" in message
+
+
+# -- the command: where options go, addresses as users write them -----------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_options_after_the_words_are_honoured() -> Any:
+    """``capserv-client hello --port N`` talks to port N (it used to send to
+    50007 and ignore the option); ``--`` ends the options so a word may
+    start with ``-``."""
+    factory, port = yield listen_tcp("127.0.0.1")
+    _proto, uport = listen_udp("127.0.0.1")
+    try:
+        number, unumber = str(port.getHost().port), str(uport.getHost().port)
+        result = yield in_thread(run_client, ["hello", "--port", number, "there"])
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"HELLO THERE\n", b"")
+        result = yield in_thread(run_client, ["hello", f"-p{unumber}", "-u"])
+        assert (result.returncode, result.stdout) == (0, b"HELLO\n")
+        result = yield in_thread(run_client, ["--port", number, "--", "-n", "--udp"])
+        assert (result.returncode, result.stdout) == (0, b"-N --UDP\n")
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+
+
+@pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
+@pytest_twisted.inlineCallbacks
+def test_ipv6_host_in_brackets_and_tcp6_connect_strings() -> Any:
+    """``--host '[::1]'`` works as ``--host ::1`` does, over TCP and UDP, and
+    ``--connect tcp6:\\:\\:1:PORT`` (the daemon's --listen form) connects."""
+    factory, port = yield listen_tcp("::1")
+    _proto, uport = listen_udp("::1")
+    try:
+        number, unumber = str(port.getHost().port), str(uport.getHost().port)
+        result = yield in_thread(run_client, ["--host", "[::1]", "--port", number, "brackets"])
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"BRACKETS\n", b"")
+        result = yield in_thread(run_client, ["--udp", "--host", "[::1]", "--port", unumber, "brackets"])
+        assert (result.returncode, result.stdout) == (0, b"BRACKETS\n")
+        for connect in (f"tcp6:\\:\\:1:{number}", f"tcp6:host=\\:\\:1:port={number}", f"tcp:\\:\\:1:{number}"):
+            result = yield in_thread(run_client, ["--connect", connect, "tcp6"])
+            assert (result.returncode, result.stdout, result.stderr) == (0, b"TCP6\n", b""), connect
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+
+
+def test_unusable_connect_string_names_the_forms() -> None:
+    """A --connect string Twisted cannot use (an IPv6 address in brackets,
+    unescaped) is one usage line that shows the forms that work, not
+    Twisted's internal TypeError."""
+    message = one_line_error(run_client(["--connect", "tcp:[::1]:50007", "x"]), 2)
+    assert "tcp6:\\:\\:1:50007" in message and "TypeError" not in message and "__init__" not in message
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "0.0", "nan", "inf", "soon"])
+def test_timeout_zero_negative_or_not_a_number_one_rule(value: str) -> None:
+    """--timeout 0, negative, NaN, infinite or not a number: the same one-line
+    message (more than 0 seconds), exit 2."""
+    message = one_line_error(run_client(["--timeout", value, "x"]), 2)
+    assert message == (
+        f"capserv-client: --timeout: {value!r} is not a number of seconds greater than 0 (for example 1 or 0.5)"
+        " (see capserv-client --help)\n"
+    )
+
+
+# -- the command: piped stdin ---------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_piped_stream_is_byte_for_byte() -> Any:
+    """
+    Piped stdin is streamed byte for byte (no newline added, invalid bytes kept), and
+    empty input gives empty output and exit 0.
+    """
+    factory, port = yield listen_tcp("127.0.0.1")
+    try:
+        data = b"no newline at the end \xff\xfe " + "straße".encode()
+        result = yield in_thread(run_client, ["--port", str(port.getHost().port)], data)
+        assert (result.returncode, result.stdout) == (0, b"NO NEWLINE AT THE END \xff\xfe " + b"STRASSE")
+        result = yield in_thread(run_client, ["--port", str(port.getHost().port)], b"")
+        assert (result.returncode, result.stdout) == (0, b"")
+    finally:
+        yield stop_tcp(factory, port)
+
+
+PIPE_MB = 1024
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_gigabyte_pipe_in_bounded_memory() -> Any:
+    """1 GB through ``capserv-client``: exact, and the client's peak memory
+    stays far below the data size."""
+    factory, port = yield listen_tcp("127.0.0.1", CapservConfig(ascii_only=True))
+    try:
+        peak_kib, received, exact = yield in_thread(_pipe_through_client, port.getHost().port, PIPE_MB)
+    finally:
+        yield stop_tcp(factory, port)
+    assert exact and received == PIPE_MB * 1048576
+    assert 0 < peak_kib < 200 * 1024, f"client peak RSS {peak_kib} KiB"
+
+
+def _pipe_through_client(number: int, megabytes: int) -> tuple[int, int, bool]:
+    chunk = b"abcdefghijklmnopqrstuvwxyz012345" * 32768  # 1 MiB
+    expected = chunk.upper()
+    process = subprocess.Popen([client_path(), "--port", str(number)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+
+    def feed() -> None:
+        assert process.stdin is not None
+        for _ in range(megabytes):
+            process.stdin.write(chunk)
+        process.stdin.close()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    received, exact, peak = 0, True, 0
+    reads = 0
+    while True:
+        data = process.stdout.read1(1 << 20)  # type: ignore[attr-defined]
+        if not data:
+            break
+        offset = received % len(expected)
+        exact = exact and data == (expected * 3)[offset : offset + len(data)]
+        received += len(data)
+        reads += 1
+        if reads % 8 == 0:
+            # VmHWM, not wait4's ru_maxrss: that counts the moment between
+            # fork and exec, when the child still shares the test process's
+            # pages, so it reports the test process's size.
+            peak = max(peak, memory_kib(process.pid, "VmHWM"))
+    writer.join(60)
+    process.wait(60)
+    process.stdout.close()
+    assert process.returncode == 0
+    return peak, received, exact
+
+
+@pytest_twisted.inlineCallbacks
+def test_piped_udp_one_datagram_per_line() -> Any:
+    """
+    Piped over UDP, each line (CRLF or LF, empty, or last without a newline) is one
+    datagram and each reply one line.
+    """
+    proto, port = listen_udp("127.0.0.1")
+    try:
+        result = yield in_thread(
+            run_client, ["--udp", "--port", str(port.getHost().port)], "one\ntwo straße\r\n\nlast".encode()
+        )
+        assert (result.returncode, result.stdout) == (0, b"ONE\nTWO STRASSE\n\nLAST\n")
+        assert proto.stats.datagrams_in == 4
+    finally:
+        yield port.stopListening()
+
+
+# -- the command: interactive, through a pseudo-terminal ------------------------
+
+
+class _Terminal:
+    """The controlling side of a pseudo-terminal, read up to a marker."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def read_until(self, needle: bytes, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"never saw {needle!r}; saw {self.buffer!r}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # EIO: the other side is gone
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"terminal closed before {needle!r}; saw {self.buffer!r}")
+                self.buffer += chunk
+        end = self.buffer.index(needle) + len(needle)
+        found, self.buffer = self.buffer[:end], self.buffer[end:]
+        return found
+
+    def rest(self) -> bytes:
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if not ready:
+                break
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.buffer += chunk
+        rest, self.buffer = self.buffer, b""
+        return rest
+
+
+def _interactive(args: list[str], lines: list[str]) -> tuple[int, bytes]:
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([client_path(), *args], stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    tty = _Terminal(controller)
+    transcript = b""
+    try:
+        transcript += tty.read_until(b"Input lowercase sentence:")
+        for line in lines:
+            os.write(controller, line.encode() + b"\n")
+            transcript += tty.read_until(line.upper().encode() + b"\r\n")
+            transcript += tty.read_until(b"Input lowercase sentence:")
+        os.write(controller, b"\x04")  # Ctrl-D: end of input
+        code = process.wait(20)
+        transcript += tty.rest()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    return code, transcript
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+@pytest_twisted.inlineCallbacks
+def test_interactive_prompt_loop(udp: bool) -> Any:
+    """
+    On a terminal, with no words, the client shows the lesson's prompt, prints each
+    reply, prompts again, and exits 0 on Ctrl-D, over TCP and UDP.
+    """
+    factory, port = yield listen_tcp("127.0.0.1")
+    _proto, uport = listen_udp("127.0.0.1")
+    try:
+        args = ["--udp", "--port", str(uport.getHost().port)] if udp else ["--port", str(port.getHost().port)]
+        code, transcript = yield in_thread(_interactive, args, ["hello there", "straße"])
+        assert code == 0
+        assert transcript.count(b"Input lowercase sentence:") == 3
+        assert b"HELLO THERE\r\n" in transcript and b"STRASSE\r\n" in transcript
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+
+
+# -- the command: UDP loss, retries, matching, giving up ---------------------------
+
+
+class LossyServer(DatagramProtocol):
+    """Drops the first ``drop`` datagrams; delays the reply to datagram
+    number ``delay_index`` by ``delay`` seconds; answers the rest at once."""
+
+    noisy = False
+
+    def __init__(self, drop: int = 0, delay_index: int = -1, delay: float = 0.0) -> None:
+        self.drop = drop
+        self.delay_index = delay_index
+        self.delay = delay
+        self.seen: list[bytes] = []
+        self.pending: list[Any] = []
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        from twisted.internet import reactor
+
+        index = len(self.seen)
+        self.seen.append(data)
+        if index < self.drop:
+            return
+        reply = data.upper()
+        if index == self.delay_index:
+            self.pending.append(reactor.callLater(self.delay, self.transport.write, reply, addr))
+        else:
+            self.transport.write(reply, addr)
+
+    def cleanup(self) -> None:
+        for call in self.pending:
+            if call.active():
+                call.cancel()
+
+
+def _listen_lossy(server: LossyServer) -> Any:
+    from twisted.internet import reactor
+
+    return reactor.listenUDP(0, server, interface="127.0.0.1")
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_retries_through_loss() -> Any:
+    """
+    When the first two datagrams are lost, the client retries and prints the reply to
+    the third try.
+    """
+    server = LossyServer(drop=2)
+    port = _listen_lossy(server)
+    try:
+        args = ["--udp", "--port", str(port.getHost().port), "--timeout", "0.3", "--retries", "3", "lossy"]
+        result = yield in_thread(run_client, args)
+        assert (result.returncode, result.stdout) == (0, b"LOSSY\n")
+        assert server.seen == [b"lossy"] * 3
+    finally:
+        server.cleanup()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_late_reply_is_not_taken_for_the_next_line() -> Any:
+    # The reply to the first try of "first" comes late, while "second" is
+    # already waiting for its own reply.
+    """
+    A reply that arrives late, after its request was retried, is not taken for the
+    answer to the next line: every line gets its own reply.
+    """
+    server = LossyServer(delay_index=0, delay=0.6)
+    port = _listen_lossy(server)
+    try:
+        args = ["--udp", "--port", str(port.getHost().port), "--timeout", "0.4", "--retries", "3"]
+        result = yield in_thread(run_client, args, b"first\nsecond\nthird\n")
+        assert (result.returncode, result.stdout) == (0, b"FIRST\nSECOND\nTHIRD\n")
+        assert server.seen[:2] == [b"first", b"first"]
+        yield sleep(0.3)  # let the late reply go out before cleaning up
+    finally:
+        server.cleanup()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_udp_gives_up_with_a_clear_error() -> Any:
+    """
+    With no reply after every try the client prints one line saying so, with the number
+    of tries, exits 1 and prints nothing on stdout.
+    """
+    server = LossyServer(drop=10**6)
+    port = _listen_lossy(server)
+    try:
+        args = ["--udp", "--port", str(port.getHost().port), "--timeout", "0.2", "--retries", "2", "void"]
+        result = yield in_thread(run_client, args)  # run_client's timeout: it never hangs
+        assert result.returncode == 1
+        assert result.stdout == b""
+        assert b"no reply" in result.stderr and b"after 3 tries" in result.stderr
+        assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
+        assert len(server.seen) == 3
+    finally:
+        yield port.stopListening()
+
+
+# -- UDP replies are read whole ---------------------------------------------------
+
+#: The largest UDP payload to each loopback address: 65,507 bytes over IPv4,
+#: 65,527 over IPv6.
+WHOLE = [
+    pytest.param("127.0.0.1", 65507, id="ipv4-65507"),
+    pytest.param("::1", 65527, id="ipv6-65527", marks=pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")),
+]
+
+
+@pytest.mark.parametrize("host, size", WHOLE)
+@pytest_twisted.inlineCallbacks
+def test_command_reads_the_largest_udp_reply_whole(host: str, size: int) -> Any:
+    """capserv-client --udp prints a reply of the largest size one datagram
+    carries, whole (it used to print 8,192 bytes and exit 0)."""
+    proto, port = listen_udp(host)
+    try:
+        args = ["--udp", "--host", host, "--port", str(port.getHost().port)]
+        result = yield in_thread(run_client, args, b"x" * size)
+        assert (result.returncode, len(result.stdout), result.stderr) == (0, size + 1, b"")
+        assert result.stdout == b"X" * size + b"\n"
+        assert proto.stats.datagrams_in == 1
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.parametrize("host, size", WHOLE)
+@pytest_twisted.inlineCallbacks
+def test_api_reads_the_largest_udp_reply_whole(host: str, size: int) -> Any:
+    """udp_request fires with the whole reply at the largest datagram size
+    (it used to fire with 8,192 bytes)."""
+    from twisted.internet import reactor
+
+    _proto, port = listen_udp(host)
+    try:
+        reply = yield udp_request(reactor, host, port.getHost().port, b"y" * size)
+        assert reply == b"Y" * size
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.parametrize("host, size", WHOLE)
+@pytest_twisted.inlineCallbacks
+def test_message_too_long_for_a_datagram_is_refused(host: str, size: int) -> Any:
+    """One byte more than a datagram carries to the address: the API fails
+    with MessageTooLongError and the command says so in one line, exit 2,
+    and nothing is sent."""
+    from twisted.internet import reactor
+
+    proto, port = listen_udp(host)
+    try:
+        number = port.getHost().port
+        with pytest.raises(MessageTooLongError):
+            yield udp_request(reactor, host, number, b"z" * (size + 1))
+        result = yield in_thread(run_client, ["--udp", "--host", host, "--port", str(number)], b"z" * (size + 1))
+        message = one_line_error(result, 2)
+        assert f"message too long for one datagram ({size + 1} bytes; at most {size} bytes" in message
+        assert proto.stats.datagrams_in == 0
+    finally:
+        yield port.stopListening()
+
+
+# -- the command: failures ---------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_refused() -> Any:
+    """
+    A refused connection is one line naming the server, exit 1.
+    """
+    factory, port = yield listen_tcp("127.0.0.1")
+    number = str(port.getHost().port)
+    yield stop_tcp(factory, port)
+    result = yield in_thread(run_client, ["--port", number, "anyone?"])
+    assert result.returncode == 1
+    assert result.stderr == f"capserv-client: 127.0.0.1:{number}: connection refused\n".encode()
+
+
+def test_unknown_host_name() -> None:
+    """
+    A host name that does not resolve is one line saying so, exit 1.
+    """
+    result = run_client(["--host", "no-such-host.invalid", "hi"])
+    assert result.returncode == 1
+    assert b"cannot resolve" in result.stderr and result.stderr.count(b"\n") == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_refused_by_a_connection_limit() -> Any:
+    """
+    A server that closes at once without replying (over its connection limit) is
+    reported as such, exit 1.
+    """
+    factory, port = yield listen_tcp("127.0.0.1", CapservConfig(max_connections=0 + 1))
+    import socket
+
+    holder = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        yield sleep(0.1)
+        result = yield in_thread(run_client, ["--port", str(port.getHost().port), "over"])
+        assert result.returncode == 1
+        assert b"without replying" in result.stderr
+    finally:
+        holder.close()
+        yield stop_tcp(factory, port)
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--bogus"], b"--bogus"),
+        (["--port", "0"], b"--port"),
+        (["--port", "http"], b"--port"),
+        (["--timeout", "-1"], b"--timeout"),
+        (["--retries", "x"], b"--retries"),
+        (["--udp", "--connect", "tcp:localhost:1"], b"--connect"),
+        (["--connect", "nonsense:1", "hi"], b"nonsense:1"),
+        (["hi", "--bogus"], b"unknown option --bogus"),
+        (["hi", "--port"], b"--port needs a value"),
+        (["--host", "[::1"], b"--host"),
+    ],
+)
+def test_usage_errors(args: list[str], culprit: bytes) -> None:
+    """Each bad option or value is one line on stderr naming the culprit,
+    exit 2, and no traceback."""
+    one_line_error(run_client(args), 2)
+    assert culprit in run_client(args).stderr
+
+
+# -- the API -------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_api_tcp_request_and_stream() -> Any:
+    """
+    tcp_request returns the whole reply, and a streaming session delivers each piece as
+    it arrives and fires done after finish.
+    """
+    from twisted.internet import reactor
+
+    factory, port = yield listen_tcp("127.0.0.1")
+    try:
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        reply = yield tcp_request(endpoint, "api straße".encode())
+        assert reply == b"API STRASSE"
+        received: list[bytes] = []
+        session = yield open_stream(endpoint, received.append)
+        session.write(b"part one, ")
+        while b"".join(received) != b"PART ONE, ":  # arrives before the input ends
+            yield sleep(0.01)
+        session.write(b"part two")
+        session.finish()
+        yield session.done
+        assert b"".join(received) == b"PART ONE, PART TWO"
+    finally:
+        yield stop_tcp(factory, port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_api_udp_request() -> Any:
+    """
+    udp_request returns the reply, and fails with NoReplyError after its tries against a
+    silent server, having sent each try.
+    """
+    from twisted.internet import reactor
+
+    _proto, port = listen_udp("127.0.0.1")
+    server = LossyServer(drop=10**6)
+    silent = _listen_lossy(server)
+    try:
+        reply = yield udp_request(reactor, "127.0.0.1", port.getHost().port, b"api udp")
+        assert reply == b"API UDP"
+        with pytest.raises(NoReplyError):
+            yield udp_request(reactor, "127.0.0.1", silent.getHost().port, b"x", timeout=0.1, retries=1)
+        assert len(server.seen) == 2
+    finally:
+        yield port.stopListening()
+        yield silent.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_documented_api_example_runs() -> Any:
+    """docs/examples/client_api.py, the client page's example, works."""
+    from twisted.internet import reactor
+
+    from capserv import MAX_DATAGRAM, UppercaseDatagramProtocol
+
+    factory, port = yield listen_tcp("127.0.0.1")
+    number = port.getHost().port
+    # The example talks TCP and UDP on one port number.
+    uport = reactor.listenUDP(number, UppercaseDatagramProtocol(clock=reactor), "127.0.0.1", MAX_DATAGRAM)
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "client_api.py"
+    try:
+        result = yield in_thread(
+            lambda: subprocess.run(
+                [sys.executable, str(example), str(number)], capture_output=True, text=True, timeout=60
+            )
+        )
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == repr(b"STRASSE")
+    assert lines[-1] == repr(b"DATAGRAM")
+    # The stream's pieces may arrive split or together.
+    streamed = b"".join(ast.literal_eval(line.removeprefix("got ")) for line in lines[1:-1])
+    assert streamed == b"PART ONE, PART TWO"

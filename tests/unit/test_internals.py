@@ -1,0 +1,140 @@
+"""
+Every private Twisted attribute capserv relies on, exercised on the Twisted
+the tox env installs (the matrix runs the oldest and the newest): each
+helper in `capserv.protocols._twisted` does its job when the internals are as
+expected and falls back to public behaviour when they are not.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import UppercaseFactory
+from capserv.native import asyncio_loop
+from capserv.protocols._twisted import (
+    clear_exit_signal,
+    datagram_sender,
+    endpoint_service,
+    proxy_protocol_factory,
+    reset_unnoticed,
+    stream_writer,
+    systemd_descriptors,
+)
+
+
+class _FailingEndpoint:
+    def listen(self, factory: object) -> object:
+        return fail(CannotListenError("127.0.0.1", 1, OSError(98, "Address already in use")))
+
+
+class InternalsTests(SynchronousTestCase):
+    """Each helper works on this Twisted, or degrades to the public path."""
+
+    def test_asyncio_loop(self) -> None:
+        """Another reactor has no asyncio loop; the asyncio reactor's is found."""
+        import asyncio
+
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        self.assertIsNone(asyncio_loop(MemoryReactorClock()))
+        loop = asyncio.new_event_loop()
+        try:
+            reactor = AsyncioSelectorReactor(loop)
+            self.assertIs(asyncio_loop(reactor), loop)
+        finally:
+            loop.close()
+
+    def test_clear_exit_signal(self) -> None:
+        """The recorded signal is cleared where it exists, ignored where not."""
+        reactor = MemoryReactorClock()
+        reactor._exitSignal = 15  # type: ignore[attr-defined]
+        self.assertTrue(clear_exit_signal(reactor))
+        self.assertIsNone(reactor._exitSignal)  # type: ignore[attr-defined]
+        self.assertFalse(clear_exit_signal(object()))
+
+    def test_endpoint_service_fails_fast(self) -> None:
+        """A listen failure is raised from privilegedStartService, not logged later."""
+        service = endpoint_service(_FailingEndpoint(), UppercaseFactory(clock=MemoryReactorClock()))
+        self.assertRaises(CannotListenError, service.privilegedStartService)
+
+    def test_proxy_factory_keeps_half_close_and_is_quiet(self) -> None:
+        """The PROXY-protocol wrapper passes half-close on and logs no reprs."""
+        factory = proxy_protocol_factory(UppercaseFactory(clock=MemoryReactorClock()))
+        self.assertFalse(factory.noisy)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
+
+    def test_datagram_sender(self) -> None:
+        """A UDP port gets the direct sendto; one without the expected
+        attributes, or another transport, gets write."""
+        from twisted.internet import udp
+
+        reactor = MemoryReactorClock()
+        port = udp.Port(0, DatagramProtocol(), interface="127.0.0.1", reactor=reactor)
+        port.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.assertEqual(datagram_sender(port), port.socket.sendto)
+            del port._connectedAddr
+            self.assertEqual(datagram_sender(port), port.write)
+        finally:
+            port.socket.close()
+        other = StringTransport()
+        self.assertEqual(datagram_sender(other), other.write)
+
+    def test_stream_writer_falls_back(self) -> None:
+        """A transport that is not Twisted's TCP connection gets its own write."""
+        transport = StringTransport()
+        self.assertEqual(stream_writer(transport), transport.write)
+
+    def test_systemd_descriptors_without_systemd(self) -> None:
+        """Outside socket activation there are no inherited sockets."""
+        self.assertEqual(systemd_descriptors(), [])
+
+
+def _reset_pair() -> tuple[socket.socket, socket.socket]:
+    """A loopback TCP connection whose client end has been reset (RST)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return client, server
+
+
+class ResetUnnoticedTests(SynchronousTestCase):
+    """`reset_unnoticed` finds a reset the reactor was not told of."""
+
+    def test_reset_found_through_wrappers(self) -> None:
+        """A reset socket under a transport, or under a wrapper's
+        transport (TLS, PROXY), is found once; a live one and a transport
+        without a socket (capserv.native's, memory ones) are not."""
+        client, server = _reset_pair()
+        self.addCleanup(server.close)
+
+        class Plain:
+            socket = server
+
+        class Wrapper:
+            transport = Plain()
+
+        self.assertFalse(reset_unnoticed(Wrapper()))
+        client.close()  # SO_LINGER 0: a reset
+        deadline = time.monotonic() + 5
+        while not reset_unnoticed(Wrapper()):
+            self.assertLess(time.monotonic(), deadline, "the reset never showed")
+            time.sleep(0.01)
+        self.assertFalse(reset_unnoticed(Plain()))  # reading the error cleared it
+        self.assertFalse(reset_unnoticed(StringTransport()))
+        self.assertFalse(reset_unnoticed(None))

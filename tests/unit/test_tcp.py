@@ -1,0 +1,639 @@
+"""
+In-memory tests for L{capserv.protocols.tcp}: StringTransport, Clock, no sockets.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import CapservConfig, UppercaseFactory, UppercaseProtocol
+from capserv.protocols.tcp import _Refused
+
+
+def peer(host: str = "192.0.2.1", port: int = 40000) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)
+
+
+class AbortableTransport(StringTransport):
+    """A StringTransport that also records abortConnection."""
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnecting = True
+
+
+class Harness:
+    """One factory, one clock, and helpers to connect in memory."""
+
+    def __init__(self, **config: object) -> None:
+        self.clock = Clock()
+        self.factory = UppercaseFactory(CapservConfig(**config), clock=self.clock)  # type: ignore[arg-type]
+
+    def connect(self, host: str = "192.0.2.1", port: int = 40000) -> tuple[UppercaseProtocol, AbortableTransport]:
+        address = peer(host, port)
+        protocol = self.factory.buildProtocol(address)
+        transport = AbortableTransport(peerAddress=address)
+        protocol.makeConnection(transport)  # type: ignore[union-attr]
+        return protocol, transport  # type: ignore[return-value]
+
+    def lose(self, protocol: object) -> None:
+        protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+
+
+class StreamTests(SynchronousTestCase):
+    def test_echoes_uppercase_as_it_arrives(self) -> None:
+        """
+        Each piece of data is written back in capitals as soon as it arrives, with no
+        framing, and the connection stays open.
+        """
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"hello ")
+        self.assertEqual(tr.value(), b"HELLO ")
+        proto.dataReceived("straße\n".encode())
+        self.assertEqual(tr.value(), b"HELLO STRASSE\n")
+        self.assertFalse(tr.disconnecting)
+
+    def test_split_character_across_reads(self) -> None:
+        """
+        A character split across two reads is held until it is complete, then written
+        whole.
+        """
+        h = Harness()
+        proto, tr = h.connect()
+        snow = "☃".encode()
+        proto.dataReceived(b"a" + snow[:2])
+        self.assertEqual(tr.value(), b"A")
+        proto.dataReceived(snow[2:])
+        self.assertEqual(tr.value(), b"A" + snow)
+
+    def test_invalid_bytes_unchanged(self) -> None:
+        """
+        Bytes that are not valid UTF-8 come back unchanged among the uppercased ones.
+        """
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"x\xff\xfey")
+        self.assertEqual(tr.value(), b"X\xff\xfeY")
+
+    def test_ascii_mode(self) -> None:
+        """
+        With --ascii only a-z are uppercased; é and ß stay as they are.
+        """
+        h = Harness(ascii_only=True)
+        proto, tr = h.connect()
+        proto.dataReceived("é straße".encode())
+        self.assertEqual(tr.value(), "é STRAßE".encode())
+
+    def test_other_encoding(self) -> None:
+        """
+        With --encoding latin-1, Latin-1 bytes are decoded and uppercased in that
+        encoding.
+        """
+        h = Harness(encoding="latin-1")
+        proto, tr = h.connect()
+        proto.dataReceived("é".encode("latin-1"))
+        self.assertEqual(tr.value(), "É".encode("latin-1"))
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def test_flushes_partial_then_closes(self) -> None:
+        """On end of input, the held partial character is sent, then the
+        connection closes after everything owed."""
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"hi\xe2\x82")
+        self.assertEqual(tr.value(), b"HI")
+        self.assertFalse(tr.disconnecting)
+        proto.readConnectionLost()
+        self.assertEqual(tr.value(), b"HI\xe2\x82")
+        self.assertTrue(tr.disconnecting)
+        self.assertIsNone(tr.producer, "producer must be unregistered or the transport never closes")
+
+    def test_waits_for_backlog_to_drain_before_closing(self) -> None:
+        """
+        After the client's half-close the connection closes only once the unsent reply
+        has drained, and reading is not resumed after end of input.
+        """
+        h = Harness()
+        proto, tr = h.connect()
+        proto.dataReceived(b"x" * 10)
+        tr.producer.pauseProducing()  # the transport's buffer is over the mark
+        proto.readConnectionLost()
+        self.assertFalse(tr.disconnecting)
+        self.assertIsNotNone(tr.producer)
+        tr.producer.resumeProducing()  # drained
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(tr.producerState, "paused", "must not resume reading after end of input")
+
+    def test_abort_if_last_bytes_never_taken(self) -> None:
+        """
+        A half-closed connection whose peer never takes its last bytes is aborted after
+        the idle timeout, counted, and leaves no timer.
+        """
+        h = Harness(idle_timeout=30)
+        proto, tr = h.connect()
+        proto.readConnectionLost()
+        h.clock.advance(29)
+        self.assertFalse(tr.aborted)
+        h.clock.advance(2)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(h.factory.stats.aborts, 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_transport_registered_as_streaming_producer(self) -> None:
+        """
+        The protocol registers with its transport as a streaming producer, so a full
+        send buffer pauses reading.
+        """
+        h = Harness()
+        _proto, tr = h.connect()
+        self.assertTrue(tr.streaming)
+        self.assertIsNotNone(tr.producer)
+
+    def test_pause_stops_reading_and_resume_restarts(self) -> None:
+        """
+        Pausing the producer stops reading from the client (counted as a pause) and
+        resuming restarts it.
+        """
+        h = Harness()
+        _proto, tr = h.connect()
+        tr.producer.pauseProducing()
+        self.assertEqual(tr.producerState, "paused")
+        self.assertEqual(h.factory.stats.pauses, 1)
+        tr.producer.resumeProducing()
+        self.assertEqual(tr.producerState, "producing")
+
+    def test_high_water_sets_transport_buffer_size(self) -> None:
+        """
+        --high-water sets the transport's buffer size, the mark past which reading
+        pauses.
+        """
+        h = Harness(high_water=4096)
+        address = peer()
+        proto = h.factory.buildProtocol(address)
+        tr = AbortableTransport(peerAddress=address)
+        tr.bufferSize = 65536  # type: ignore[attr-defined]
+        proto.makeConnection(tr)
+        self.assertEqual(tr.bufferSize, 4096)  # type: ignore[attr-defined]
+
+
+class FastPathTests(SynchronousTestCase):
+    def test_fast_paths_fall_back_for_other_transports(self) -> None:
+        """StringTransport is not a tcp.Connection: plain write is used."""
+        from capserv.protocols._twisted import datagram_sender, stream_writer
+
+        transport = StringTransport()
+        self.assertEqual(stream_writer(transport), transport.write)
+
+        class NotAPort:
+            def write(self, data: bytes, addr: object) -> None:
+                pass
+
+        port = NotAPort()
+        self.assertEqual(datagram_sender(port), port.write)
+
+    def test_switch_turns_them_off(self) -> None:
+        """
+        CAPSERV_NO_FASTPATH=1 turns the direct-send fast path off: the transport's own
+        write is used.
+        """
+        import os
+        import socket
+
+        from twisted.internet import tcp
+
+        from capserv.protocols._twisted import fast_paths_enabled, stream_writer
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        connection = tcp.Connection(a, None)
+        self.assertNotEqual(stream_writer(connection), connection.write)
+        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        self.addCleanup(os.environ.pop, "CAPSERV_NO_FASTPATH", None)
+        self.assertFalse(fast_paths_enabled())
+        self.assertEqual(stream_writer(connection), connection.write)
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """Idle connections are closed by one sweep per factory, every tenth of
+    the timeout: between the timeout and 1.1 times it after the last traffic."""
+
+    def test_idle_connection_closed_then_aborted(self) -> None:
+        """
+        A connection idle for --idle-timeout is closed (and counted); if it does not
+        finish closing within --abort-grace it is aborted, leaving no timer.
+        """
+        h = Harness(idle_timeout=10, abort_grace=2)
+        proto, tr = h.connect()
+        h.clock.advance(9.9)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(1.1)
+        self.assertTrue(tr.disconnecting)
+        self.assertFalse(tr.aborted)
+        self.assertEqual(h.factory.stats.idle_timeouts, 1)
+        h.clock.advance(2)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_traffic_postpones_timeout(self) -> None:
+        """
+        Data from the client postpones the idle timeout; the connection closes only
+        after a full quiet period.
+        """
+        h = Harness(idle_timeout=10)
+        proto, tr = h.connect()
+        for _ in range(5):
+            h.clock.advance(8)
+            proto.dataReceived(b"x")
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(9.5)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(1.5)
+        self.assertTrue(tr.disconnecting)
+
+    def test_drain_counts_as_traffic(self) -> None:
+        """
+        The reply draining to a paused connection counts as traffic for the idle
+        timeout.
+        """
+        h = Harness(idle_timeout=10)
+        _proto, tr = h.connect()
+        tr.producer.pauseProducing()
+        h.clock.advance(8)
+        tr.producer.resumeProducing()
+        h.clock.advance(8)
+        self.assertFalse(tr.disconnecting)
+        h.clock.advance(3)
+        self.assertTrue(tr.disconnecting)
+
+    def test_zero_disables(self) -> None:
+        """
+        --idle-timeout 0 sets no timer and never closes an idle connection.
+        """
+        h = Harness(idle_timeout=0)
+        _proto, tr = h.connect()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        h.clock.advance(10**6)
+        self.assertFalse(tr.disconnecting)
+
+    def test_one_timer_for_all_connections(self) -> None:
+        """Neither connections nor reads create or reset timers."""
+        h = Harness(idle_timeout=10)
+        protocols = [h.connect(port=i)[0] for i in range(50)]
+        for proto in protocols:
+            for _ in range(10):
+                proto.dataReceived(b"x")
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)
+
+    def test_each_connection_judged_on_its_own_traffic(self) -> None:
+        """
+        One sweep judges each connection on its own traffic: a quiet one is closed while
+        a busy one stays open.
+        """
+        h = Harness(idle_timeout=10)
+        _quiet, quiet_tr = h.connect(port=1)
+        busy, busy_tr = h.connect(port=2)
+        for _ in range(12):
+            h.clock.advance(1)
+            busy.dataReceived(b"x")
+        self.assertTrue(quiet_tr.disconnecting)
+        self.assertFalse(busy_tr.disconnecting)
+
+    def test_no_timer_left_once_all_closed(self) -> None:
+        """
+        Once every connection has closed, no idle-sweep timer is left behind.
+        """
+        h = Harness()
+        protocols = [h.connect(port=i)[0] for i in range(3)]
+        for proto in protocols:
+            h.lose(proto)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class LimitTests(SynchronousTestCase):
+    def test_max_connections(self) -> None:
+        """
+        Past --max-connections a new connection is closed at once and counted; the open
+        ones are not disturbed, and a slot frees when one closes.
+        """
+        h = Harness(max_connections=2)
+        a, _ = h.connect(port=1)
+        b, _ = h.connect(port=2)
+        refused = h.factory.buildProtocol(peer(port=3))
+        self.assertIsInstance(refused, _Refused)
+        tr = StringTransport()
+        refused.makeConnection(tr)
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections"], 1)
+        # The others are not disturbed, and a slot frees when one closes.
+        a.dataReceived(b"ok")
+        h.lose(b)
+        self.assertIsInstance(h.factory.buildProtocol(peer(port=4)), UppercaseProtocol)
+
+    def assertRefused(self, h: Harness, host: str, port: int) -> None:
+        proto, tr = h.connect(host, port)
+        self.assertTrue(tr.disconnecting, "closed at once")
+        self.assertNotIn(proto, h.factory.connections)
+        proto.dataReceived(b"ignored")  # type: ignore[union-attr]
+        self.assertEqual(tr.value(), b"")
+        h.lose(proto)
+
+    def test_max_connections_per_ip(self) -> None:
+        """
+        Past --max-connections-per-ip a connection from that address is refused and
+        counted, while other addresses still connect.
+        """
+        h = Harness(max_connections_per_ip=2)
+        h.connect("192.0.2.1", 1)
+        h.connect("192.0.2.1", 2)
+        self.assertRefused(h, "192.0.2.1", 3)
+        _, other = h.connect("192.0.2.2", 3)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
+        self.assertEqual(h.factory.connections_from("192.0.2.1"), 2)
+
+    def test_ipv4_mapped_counts_as_ipv4(self) -> None:
+        """
+        An IPv4-mapped IPv6 peer counts against the plain IPv4 address's per-IP limit.
+        """
+        h = Harness(max_connections_per_ip=1)
+        h.connect("192.0.2.7", 1)
+        self.assertRefused(h, "::ffff:192.0.2.7", 2)
+        self.assertEqual(h.factory.connections_from("192.0.2.7"), 1)
+
+    def test_per_ip_count_released_on_close(self) -> None:
+        """
+        Closing a connection releases its per-IP slot (IPv6 here), so the address can
+        connect again.
+        """
+        h = Harness(max_connections_per_ip=1)
+        proto, _ = h.connect("2001:db8::1", 1)
+        h.lose(proto)
+        self.assertEqual(h.factory.connections_from("2001:db8::1"), 0)
+        _, tr = h.connect("2001:db8::1", 2)
+        self.assertFalse(tr.disconnecting)
+
+    def test_unix_peers_have_no_per_ip_limit(self) -> None:
+        """
+        UNIX-socket peers have no address and no per-IP limit.
+        """
+        h = Harness(max_connections_per_ip=1)
+        for _ in range(3):
+            proto = h.factory.buildProtocol(UNIXAddress(None))
+            self.assertIsInstance(proto, UppercaseProtocol)
+            proto.makeConnection(StringTransport(peerAddress=UNIXAddress(None)))
+
+    def test_refusals_logged_but_throttled(self) -> None:
+        """
+        Refusals are logged at most once per 10 seconds, naming the limit, and the next
+        line says how many were held back.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(max_connections=1)
+        h.connect()
+        for i in range(5):
+            h.factory.buildProtocol(peer(port=i))
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 1)
+        self.assertEqual(refusals[0]["limit"], "max_connections")
+        h.clock.advance(11)
+        h.factory.buildProtocol(peer(port=9))
+        refusals = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(refusals[-1]["held"], 4)
+
+
+class NetworkLimitTests(SynchronousTestCase):
+    """The per-IP connection limit counts a source network, not an address."""
+
+    assertRefused = LimitTests.assertRefused
+
+    def test_one_ipv6_64_shares_one_budget(self) -> None:
+        """
+        Two addresses of one IPv6 /64 share one per-IP budget (one host owns the whole
+        /64), while an address of the next /64 has its own.
+        """
+        h = Harness(max_connections_per_ip=2)
+        h.connect("2001:db8:0:1::5", 1)
+        h.connect("2001:db8:0:1:ffff::6", 2)
+        self.assertRefused(h, "2001:db8:0:1::7", 3)
+        _, other = h.connect("2001:db8:0:2::5", 4)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(h.factory.connections_from("2001:db8:0:1::99"), 2)
+        self.assertEqual(h.factory.connections_from("2001:db8:0:2::5"), 1)
+
+    def test_shorter_ipv6_prefix_merges_more(self) -> None:
+        """
+        With --ipv6-prefix 48, two /64s of one /48 share a budget; another /48 does not.
+        """
+        h = Harness(max_connections_per_ip=1, ipv6_prefix=48)
+        h.connect("2001:db8:1:1::1", 1)
+        self.assertRefused(h, "2001:db8:1:2::1", 2)
+        _, other = h.connect("2001:db8:2::1", 3)
+        self.assertFalse(other.disconnecting)
+
+    def test_ipv4_prefix_24(self) -> None:
+        """
+        With --ipv4-prefix 24 two addresses of one /24 share a budget, and an IPv4-mapped
+        peer counts in its IPv4 /24; another /24 does not.
+        """
+        h = Harness(max_connections_per_ip=2, ipv4_prefix=24)
+        h.connect("198.51.100.1", 1)
+        h.connect("::ffff:198.51.100.200", 2)
+        self.assertRefused(h, "198.51.100.7", 3)
+        _, other = h.connect("198.51.101.1", 4)
+        self.assertFalse(other.disconnecting)
+        self.assertEqual(h.factory.connections_from("198.51.100.50"), 2)
+
+    def test_closing_releases_the_networks_slot(self) -> None:
+        """
+        A connection that closes gives its network's slot back to any address of it,
+        which then holds it.
+        """
+        h = Harness(max_connections_per_ip=1)
+        proto, _ = h.connect("2001:db8::1", 1)
+        h.lose(proto)
+        _, tr = h.connect("2001:db8::2", 2)
+        self.assertFalse(tr.disconnecting)
+        self.assertRefused(h, "2001:db8::1", 3)
+
+    def test_refusal_names_the_network(self) -> None:
+        """
+        A per-IP refusal is logged naming the peer, its network with the prefix, how
+        many connections that network has and the option, and is counted by family.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(max_connections_per_ip=1)
+        h.connect("2001:db8::1", 1)
+        self.assertRefused(h, "2001:db8::5", 2)
+        (refusal,) = [e for e in events if "Refused" in e.get("log_format", "")]
+        self.assertEqual(refusal["peer"], "[2001:db8::5]:2")
+        self.assertEqual(refusal["network"], "2001:db8::/64")
+        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; --max-connections-per-ip 1)")
+        self.assertEqual(h.factory.snapshot()["limited"], {"max_connections_per_ip": {"ipv6": 1}})
+
+
+class LoggingAndStatsTests(SynchronousTestCase):
+    def test_one_line_at_close(self) -> None:
+        """
+        A closing connection logs one line with its peer, bytes in and out, duration and
+        why it ended.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness()
+        proto, _tr = h.connect("192.0.2.5", 4242)
+        proto.dataReceived(b"abc")
+        h.clock.advance(1.5)
+        proto.readConnectionLost()
+        h.lose(proto)
+        lines = [e for e in events if e.get("log_namespace") == "capserv.tcp.UppercaseProtocol"]
+        self.assertEqual(len(lines), 1)
+        event = lines[0]
+        self.assertEqual(event["peer"], "192.0.2.5:4242")
+        self.assertEqual((event["bytes_in"], event["bytes_out"]), (3, 3))
+        self.assertEqual(event["duration"], 1.5)
+        self.assertEqual(event["reason"], "end of input")
+
+    def test_counters(self) -> None:
+        """
+        The factory's snapshot counts active and total connections and bytes in and out.
+        """
+        h = Harness()
+        a, _ = h.connect(port=1)
+        b, _ = h.connect(port=2)
+        a.dataReceived(b"abcd")
+        h.lose(a)
+        b.dataReceived(b"xy")
+        snap = h.factory.snapshot()
+        self.assertEqual(snap["connections_active"], 1)
+        self.assertEqual(snap["connections_total"], 2)
+        self.assertEqual(snap["bytes_in"], 6)
+        self.assertEqual(snap["bytes_out"], 6)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drain_refuses_new_and_waits(self) -> None:
+        """
+        drain() refuses new connections, keeps serving open ones, and fires once they
+        have closed, leaving no timer.
+        """
+        h = Harness(shutdown_timeout=10)
+        proto, tr = h.connect()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        self.assertIsInstance(h.factory.buildProtocol(peer(port=2)), _Refused)
+        proto.dataReceived(b"still served")
+        self.assertEqual(tr.value(), b"STILL SERVED")
+        self.assertEqual(fired, [])
+        proto.readConnectionLost()
+        h.lose(proto)
+        self.assertEqual(fired, [None])
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_drain_timeout_closes_the_rest(self) -> None:
+        """
+        drain() closes the connections still open after --shutdown-timeout, aborts the
+        one that will not close within --abort-grace, then fires.
+        """
+        h = Harness(shutdown_timeout=10, abort_grace=1)
+        proto, tr = h.connect()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        h.clock.advance(10)
+        self.assertTrue(tr.disconnecting)
+        h.clock.advance(1)
+        self.assertTrue(tr.aborted)
+        h.lose(proto)
+        self.assertEqual(fired, [None])
+
+    def test_drain_with_nothing_open(self) -> None:
+        """
+        drain() with no connection open fires at once.
+        """
+        h = Harness()
+        fired: list[None] = []
+        h.factory.drain().addCallback(fired.append)
+        self.assertEqual(fired, [None])
+
+
+class ProxyProtocolTests(SynchronousTestCase):
+    """Behind HAProxy, capserv counts and logs the address in the PROXY header."""
+
+    def connect_via_proxy(self, h: Harness, client: str, port: int) -> tuple[object, StringTransport]:
+        # The factory that haproxy: endpoint strings wrap around capserv.
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        proxy = IPv4Address("TCP", "127.0.0.1", 40000 + port)
+        wrapper = HAProxyWrappingFactory(h.factory).buildProtocol(proxy)
+        transport = AbortableTransport(peerAddress=proxy)
+        wrapper.makeConnection(transport)
+        header = f"PROXY TCP4 {client} 127.0.0.1 {port} 50007\r\n".encode()
+        wrapper.dataReceived(header + b"hello")
+        return wrapper, transport
+
+    def test_real_address_counted_and_served(self) -> None:
+        """
+        Behind the PROXY protocol the real client's address is counted and recorded as
+        the peer, not the proxy's, and the client is served.
+        """
+        h = Harness(max_connections_per_ip=1)
+        _wrapper, transport = self.connect_via_proxy(h, "192.0.2.9", 5555)
+        self.assertEqual(transport.value(), b"HELLO")
+        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
+        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
+        (protocol,) = h.factory.connections
+        self.assertEqual(protocol.peer, IPv4Address("TCP", "192.0.2.9", 5555))
+
+    def test_per_ip_limit_applies_to_the_real_client(self) -> None:
+        """
+        Behind the PROXY protocol the per-IP limit applies to the real client: its
+        second connection is refused unserved, another client is served.
+        """
+        h = Harness(max_connections_per_ip=1)
+        self.connect_via_proxy(h, "192.0.2.9", 1)
+        _, second = self.connect_via_proxy(h, "192.0.2.9", 2)
+        self.assertEqual(second.value(), b"", "over the limit: nothing served")
+        self.assertTrue(second.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
+        _, other = self.connect_via_proxy(h, "192.0.2.10", 3)
+        self.assertEqual(other.value(), b"HELLO")
+
+    def test_refused_connection_releases_nothing_it_did_not_hold(self) -> None:
+        """
+        A connection refused behind the PROXY protocol releases no per-IP slot when it
+        is lost, so the held count stays right.
+        """
+        h = Harness(max_connections_per_ip=1)
+        self.connect_via_proxy(h, "192.0.2.9", 1)
+        wrapper, _ = self.connect_via_proxy(h, "192.0.2.9", 2)
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
+
+    def test_proxy_address_never_counted(self) -> None:
+        """Health checks and slow PROXY headers do not use up the proxy's share."""
+        h = Harness(max_connections_per_ip=1)
+        for port in range(1, 4):
+            self.connect_via_proxy(h, f"192.0.2.{port}", port)
+        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)
