@@ -77,7 +77,7 @@ IDLE_TARGET_KIB = 2.6
 #   -asyncio    Twisted's asyncio reactor on asyncio's own loop, not uvloop's
 #   -twisted    Twisted's transports on the asyncio reactor (CAPSERV_NATIVE=0)
 #   -twistdlog  twisted.logger's own text observer for the log
-#               (--logger=capserv.daemon.logs.twisted_text)
+#               (--logger=capserv.logs.twisted_text)
 #   -fastlog    capserv's buffered observer for the log
 #               (--logger=capserv.daemon.logs.text_lines), whatever the daemon's default
 #   -nofast     no write-now / direct sendto paths (CAPSERV_NO_FASTPATH=1)
@@ -87,7 +87,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-epoll": (["--no-uvloop"], {}),
     "-asyncio": (["--reactor=asyncio"], {}),
     "-twisted": ([], {"CAPSERV_NATIVE": "0"}),
-    "-twistdlog": (["--logger=capserv.daemon.logs.twisted_text"], {}),
+    "-twistdlog": (["--logger=capserv.logs.twisted_text"], {}),
     "-fastlog": (["--logger=capserv.daemon.logs.text_lines"], {}),
     "-nofast": ([], {"CAPSERV_NO_FASTPATH": "1"}),
     "-nativeudp": ([], {"CAPSERV_NATIVE_UDP": "1"}),

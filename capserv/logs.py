@@ -5,6 +5,6 @@ at the address the Containerfile, the systemd unit and the Kubernetes
 manifest use.
 """
 
-from capserv.daemon.logs import json_lines, text_lines
+from capserv.daemon.logs import json_lines, text_lines, twisted_text
 
-__all__ = ["json_lines", "text_lines"]
+__all__ = ["json_lines", "text_lines", "twisted_text"]

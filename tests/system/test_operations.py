@@ -172,12 +172,14 @@ def test_metrics_option_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     """Without prometheus-client, --metrics is a usage error with the install line."""
     import importlib.util
 
-    import capserv.tap
+    import capserv.daemon.options
     from capserv.tap import Options
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        capserv.tap.importlib.util, "find_spec", lambda name: None if name == "prometheus_client" else real(name)
+        capserv.daemon.options.importlib.util,
+        "find_spec",
+        lambda name: None if name == "prometheus_client" else real(name),
     )
     with pytest.raises(usage.UsageError, match=r"pip install 'capserv\[metrics\]'"):
         Options().parseOptions(["--metrics", TCP0])
@@ -430,7 +432,7 @@ def test_systemd_units_in_docs_use_real_options() -> None:
     its .socket unit would pass them; it is a Type=notify unit running
     twistd in the foreground, and its stop timeout covers the drain delay,
     the shutdown timeout and the abort grace."""
-    service = (ROOT / "docs" / "systemd" / "capserv.daemon.service").read_text()
+    service = (ROOT / "docs" / "systemd" / "capserv.service").read_text()
     settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
     assert settings["Type"] == "notify"
     assert settings["NotifyAccess"] == "main"
