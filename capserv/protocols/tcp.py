@@ -35,6 +35,7 @@ from capserv.protocols.config import CapservConfig
 from capserv.protocols.logthrottle import LogThrottle
 from capserv.protocols.stats import TCPStats
 from capserv.protocols.text import Uppercaser, is_ascii_compatible, lookup_encoding
+from capserv.protocols.wrappers import lend_half_close
 
 if TYPE_CHECKING:
     pass
@@ -96,6 +97,7 @@ class UppercaseProtocol(Protocol):
     # -- connection lifetime -------------------------------------------------
 
     def connectionMade(self) -> None:
+        lend_half_close(self)
         factory = self.factory
         transport = self.transport
         proxied = is_proxy_protocol(transport)

@@ -1,0 +1,39 @@
+"""
+The half-close contract behind Twisted's wrapper factories.
+
+``TimeoutFactory``, ``ThrottlingFactory``, ``proxyEndpoint`` and
+``haproxy:`` descriptions put a ``ProtocolWrapper`` between the transport and
+capserv's protocol.  A ``ProtocolWrapper`` does not provide
+``IHalfCloseableProtocol``, so when a client ends its input Twisted closes the
+whole connection and drops the reply still buffered.  `lend_half_close` makes
+each wrapper on the way pass the half-close on, for that connection only: no
+subclass, no global adapter, whatever wrapper a program uses.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
+from zope.interface import alsoProvides
+
+__all__ = ["lend_half_close"]
+
+
+def lend_half_close(protocol: Protocol) -> None:
+    """
+    Let every ``ProtocolWrapper`` between ``protocol`` and the real transport
+    deliver ``readConnectionLost`` and ``writeConnectionLost`` to it.
+
+    Call it from ``connectionMade`` of a protocol that provides
+    ``IHalfCloseableProtocol``.  A wrapper that is half-closeable already
+    (capserv's own, a future Twisted's) is left as it is.
+    """
+    inner: object = protocol
+    transport = protocol.transport
+    while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:
+        if not IHalfCloseableProtocol.providedBy(transport):
+            alsoProvides(transport, IHalfCloseableProtocol)
+            transport.readConnectionLost = inner.readConnectionLost  # type: ignore[attr-defined]
+            transport.writeConnectionLost = inner.writeConnectionLost  # type: ignore[attr-defined]
+        inner, transport = transport, transport.transport

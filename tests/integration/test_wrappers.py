@@ -1,0 +1,80 @@
+"""
+The half-close contract behind Twisted's own wrapper factories.
+
+A client that sends its request and then ends its input gets the whole reply
+back when capserv's factory is wrapped by ``TimeoutFactory``,
+``ThrottlingFactory``, ``proxyEndpoint`` or a
+``haproxy:`` description, small and 2 MB, on whichever reactor the run uses;
+and the access line counts the bytes that really left.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.protocols import policies
+from twisted.protocols.haproxy import proxyEndpoint
+
+from capserv import UppercaseFactory
+
+from ..support.loopback import in_thread, read_all
+
+PROXY_HEADER = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 50007\r\n"
+SIZES = [14, 2_000_000]
+
+
+def _tcp(reactor: Any) -> TCP4ServerEndpoint:
+    return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+
+
+#: Each wrapper: how it listens, and whether the client sends a PROXY header first.
+WRAPPERS: dict[str, tuple[Callable[[Any, IProtocolFactory], Any], str]] = {
+    "TimeoutFactory": (lambda r, f: _tcp(r).listen(policies.TimeoutFactory(f, 60)), ""),
+    "ThrottlingFactory": (lambda r, f: _tcp(r).listen(policies.ThrottlingFactory(f)), ""),
+    "proxyEndpoint": (lambda r, f: proxyEndpoint(_tcp(r)).listen(f), "proxy"),
+    "haproxy:": (lambda r, f: serverFromString(r, "haproxy:tcp:0:interface=127.0.0.1").listen(f), "proxy"),
+    "TimeoutFactory over haproxy:": (
+        lambda r, f: serverFromString(r, "haproxy:tcp:0:interface=127.0.0.1").listen(policies.TimeoutFactory(f, 60)),
+        "proxy",
+    ),
+}
+
+
+def _exchange(port: int, payload: bytes, first: str) -> bytes:
+    """Send (after a PROXY header if asked), half-close, read to the end."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    with raw:
+        if first == "proxy":
+            raw.sendall(PROXY_HEADER)
+        raw.sendall(payload)
+        raw.shutdown(socket.SHUT_WR)
+        return read_all(raw)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+@pytest_twisted.inlineCallbacks
+def test_whole_reply_behind_wrapper(wrapper: str, size: int) -> Any:
+    """
+    Behind each wrapper, a request ended by a half-close gets its whole reply,
+    and the access line's bytes out are the bytes the client read.
+    """
+    from twisted.internet import reactor
+
+    listen, first = WRAPPERS[wrapper]
+    factory = UppercaseFactory(clock=reactor)
+    port: IListeningPort = yield listen(reactor, factory)
+    payload = ("hello, straße\n" * (size // 14 + 1)).encode()[:size]
+    try:
+        reply = yield in_thread(_exchange, port.getHost().port, payload, first)
+    finally:
+        yield port.stopListening()
+        yield factory.drain(timeout=5)
+    assert reply == payload.decode().upper().encode()
+    assert factory.stats.bytes_out == len(reply)
