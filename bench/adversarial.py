@@ -39,7 +39,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests import attacks  # noqa: E402
+from tests.support import attacks  # noqa: E402
+from tests.support.contract import reference  # noqa: E402
 from tests.support.daemon import serving  # noqa: E402
 
 
@@ -246,6 +247,57 @@ def loop() -> dict[str, Any]:
         }
 
 
+#: The transports the fairness case runs on: the daemon as shipped (the
+#: event loop's own, ``capserv.native``, on uvloop) and Twisted's.
+TRANSPORTS = {"native": [], "twisted": ["--no-native"]}
+
+
+def fairness(megabytes: int, repeat: int, udp_seconds: float, interval: float = 0.002) -> dict[str, Any]:
+    """
+    A bystander's round trips (`attacks.Bystander`: a 64-byte line every
+    ``interval`` seconds on a connection it already holds) while one client
+    streams ``megabytes`` of random bytes (``repeat`` times, one connection
+    after another), then as much Latin-1 text, then sends datagrams of
+    60,000 random bytes at the default --udp-rate (500 a second) for
+    ``udp_seconds``; one daemon per transport.
+    """
+    size = megabytes * 1_000_000
+    payloads = [attacks.random_bytes(60_000, seed) for seed in range(8)]
+    streams = {"random_bytes": attacks.random_bytes(size), "latin1_text": attacks.latin1_text(size)}
+    results: dict[str, Any] = {}
+    for transport, options in TRANSPORTS.items():
+        one: dict[str, Any] = {}
+        with serving(*options) as server:
+            with attacks.Bystander(server.host, server.tcp, interval) as alone:
+                time.sleep(1.0)
+            one["alone"] = alone.summary()
+            for kind, data in streams.items():
+                want = reference(data)
+                took: list[float] = []
+                exact = 0
+                with attacks.Bystander(server.host, server.tcp, interval) as other:
+                    for _ in range(repeat):
+                        start = time.monotonic()
+                        exact += attacks.stream(server.host, server.tcp, data) == want
+                        took.append(time.monotonic() - start)
+                one[kind] = {
+                    "streams": f"{repeat} x {megabytes} MB",
+                    "mb_per_s": round(len(data) / statistics.median(took) / 1e6, 1),
+                    "exact": exact,
+                    "bystander": other.summary(),
+                }
+            with attacks.Bystander(server.host, server.tcp, interval) as other:
+                sent, replies, exact = attacks.udp_stream(server.host, server.udp, payloads, 500, udp_seconds)
+            one["udp_60k_random"] = {
+                "datagrams_sent": sent,
+                "replies": replies,
+                "exact": exact,
+                "bystander": other.summary(),
+            }
+        results[transport] = one
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -261,6 +313,7 @@ def main() -> None:
         "reset_storm": lambda: reset_storm(20000),
         "udp_flood": lambda: udp_flood(200000, 50000),
         "loop": loop,
+        "fairness": lambda: fairness(10, 5, 5.0),
     }
     results: dict[str, Any] = {}
     for name, case in cases.items():
