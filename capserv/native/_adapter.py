@@ -296,7 +296,10 @@ class NativeTransport(asyncio.Protocol):
         if self._protocol is None or self.disconnecting:
             self._held = b""  # as Twisted's transports stop reading on loseConnection
             return
-        if self._paused or not self._held:
+        if self._paused:
+            return
+        if not self._held:
+            self.resumeProducing()
             return
         held, start = self._held, self._held_from
         end = start + _TURN_BYTES
@@ -306,11 +309,10 @@ class NativeTransport(asyncio.Protocol):
         else:
             self._held, self._held_from = b"", 0
             self._deliver(held[start:] if start else held)
-        if self._held:
-            self._slice_due = True
-            self._listening.loop.call_soon(self._next_slice)
-        elif not self._paused:
-            self.resumeProducing()
+        # The next slice, or reading again, on the next turn (reading now
+        # would hand on a second slice in this one).
+        self._slice_due = True
+        self._listening.loop.call_soon(self._next_slice)
 
     def eof_received(self) -> bool:
         """
