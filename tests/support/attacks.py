@@ -16,8 +16,8 @@ import random
 import resource
 import selectors
 import socket
-import struct
 import statistics
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -466,9 +466,9 @@ def udp_stream(
 ) -> tuple[int, int, int]:
     """
     Send ``payloads`` in turn, ``rate`` datagrams a second for ``seconds``,
-    from one socket, reading the replies as they come (and for up to a
-    second after).  (datagrams sent, replies, replies that are the exact
-    uppercase of one of the payloads).
+    from one socket, reading the replies as they come (and after, until
+    none comes for 0.2 s).  (datagrams sent, replies, replies that are the
+    exact uppercase of one of the payloads).
     """
     wanted = {reference(p) for p in payloads}
     sent = replies = exact = 0
@@ -503,8 +503,11 @@ def udp_stream(
                 sent += 1
             drain()
             time.sleep(0.001)
-        deadline = time.monotonic() + 1.0
-        while replies < sent and time.monotonic() < deadline:
-            if not drain():
+        # The last replies: until all are in, or none came for 0.2 s.
+        quiet_since = time.monotonic()
+        while replies < sent and time.monotonic() - quiet_since < 0.2:
+            if drain():
+                quiet_since = time.monotonic()
+            else:
                 time.sleep(0.01)
     return sent, replies, exact
