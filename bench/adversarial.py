@@ -302,8 +302,11 @@ def fairness(megabytes: int, repeat: int, udp_seconds: float, interval: float = 
                 }
             with attacks.Bystander(server.host, server.tcp, interval) as other:
                 sent, replies, exact = attacks.udp_stream(server.host, server.udp, payloads, 500, udp_seconds)
+            metrics = server.metrics()
             one["udp_60k_random"] = {
                 "datagrams_sent": sent,
+                "received_by_capserv": metrics["capserv_datagrams_received_total"],
+                "answered_by_capserv": metrics["capserv_datagrams_sent_total"],
                 "replies": replies,
                 "exact": exact,
                 "bystander": other.summary(),
