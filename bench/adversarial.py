@@ -7,7 +7,7 @@ timings: what each attack costs the daemon and the clients that behave.
 Cases (each against a fresh ``twistd -n capserv`` on 127.0.0.1):
 
 - ``slow_readers``: normal clients' round-trip latency (p50/p99/max) alone,
-  then while 1,000 clients send without reading; then every slow reader's
+  then while 300 clients send without reading; then every slow reader's
   bytes read back and checked.
 - ``slowloris``: 10,000 silent connections (the limit), the next refused,
   a normal client's latency meanwhile, memory per silent connection, all
@@ -19,14 +19,26 @@ Cases (each against a fresh ``twistd -n capserv`` on 127.0.0.1):
   50,000 sources, rate table bounded.
 - ``loop``: a datagram spoofed between two capservs (needs raw sockets):
   how many bounces until it dies, and how long.
+- ``fairness``: a bystander's round trips (p50/p99/max) on a connection it
+  already holds, alone, then while one client streams 10 MB of random
+  bytes (5 times), 10 MB of Latin-1 text (5 times), and datagrams of
+  60,000 random bytes at the default --udp-rate for 5 s; on the daemon's
+  default transports and on Twisted's (``--no-native``).
+- ``codec`` (in this process, no daemon): MB/s of ``capserv.uppercase`` and
+  of ``Uppercaser.feed`` in 64 KiB chunks for each kind of input, beside
+  Python's own decode/upper/encode round trip (the floor).  With
+  ``--codec-from FILE``, the codec in FILE instead (an older
+  ``text.py``, say, from ``git show``), stored as ``codec_from_file``.
 
-Loopback only; bounded in time and count; every daemon is stopped at the end.
+Loopback only; bounded in time and count; every daemon is stopped at the
+end.  ``--out`` adds the cases run to the file, keeping the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -39,7 +51,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests import attacks  # noqa: E402
+from tests.support import attacks  # noqa: E402
+from tests.support.contract import reference  # noqa: E402
 from tests.support.daemon import serving  # noqa: E402
 
 
@@ -246,10 +259,149 @@ def loop() -> dict[str, Any]:
         }
 
 
+#: The transports the fairness case runs on: the daemon as shipped (the
+#: event loop's own, ``capserv.native``, on uvloop) and Twisted's.
+TRANSPORTS = {"native": [], "twisted": ["--no-native"]}
+
+
+def fairness(megabytes: int, repeat: int, udp_seconds: float, interval: float = 0.002) -> dict[str, Any]:
+    """
+    A bystander's round trips (`attacks.Bystander`: a 64-byte line every
+    ``interval`` seconds on a connection it already holds) while one client
+    streams ``megabytes`` of random bytes (``repeat`` times, one connection
+    after another), then as much Latin-1 text, then sends datagrams of
+    60,000 random bytes at the default --udp-rate (500 a second) for
+    ``udp_seconds``; one daemon per transport.
+    """
+    size = megabytes * 1_000_000
+    payloads = [attacks.random_bytes(60_000, seed) for seed in range(8)]
+    streams = {"random_bytes": attacks.random_bytes(size), "latin1_text": attacks.latin1_text(size)}
+    # What else ran on the machine meanwhile (a shared machine's latencies
+    # depend on it).
+    results: dict[str, Any] = {"load_average_before": os.getloadavg()[0]}
+    for transport, options in TRANSPORTS.items():
+        one: dict[str, Any] = {}
+        with serving(*options) as server:
+            with attacks.Bystander(server.host, server.tcp, interval) as alone:
+                time.sleep(1.0)
+            one["alone"] = alone.summary()
+            for kind, data in streams.items():
+                want = reference(data)
+                took: list[float] = []
+                exact = 0
+                with attacks.Bystander(server.host, server.tcp, interval) as other:
+                    for _ in range(repeat):
+                        start = time.monotonic()
+                        exact += attacks.stream(server.host, server.tcp, data) == want
+                        took.append(time.monotonic() - start)
+                one[kind] = {
+                    "streams": f"{repeat} x {megabytes} MB",
+                    "mb_per_s": round(len(data) / statistics.median(took) / 1e6, 1),
+                    "exact": exact,
+                    "bystander": other.summary(),
+                }
+            with attacks.Bystander(server.host, server.tcp, interval) as other:
+                sent, replies, exact = attacks.udp_stream(server.host, server.udp, payloads, 500, udp_seconds)
+            metrics = server.metrics()
+            one["udp_60k_random"] = {
+                "datagrams_sent": sent,
+                "received_by_capserv": metrics["capserv_datagrams_received_total"],
+                "answered_by_capserv": metrics["capserv_datagrams_sent_total"],
+                "replies": replies,
+                "exact": exact,
+                "bystander": other.summary(),
+            }
+        results[transport] = one
+    results["load_average_after"] = os.getloadavg()[0]
+    return results
+
+
+def _repeated(unit: bytes) -> Callable[[int], bytes]:
+    return lambda size: (unit * (size // len(unit) + 1))[:size]
+
+
+#: The kinds of input the codec case measures (those that once cost 40-130x
+#: what text costs, tests/unit/test_text.py's slow inputs, and two of text).
+CODEC_INPUTS: dict[str, Callable[[int], bytes]] = {
+    "random bytes": attacks.random_bytes,
+    "Latin-1 text": attacks.latin1_text,
+    "a run of 0xff": _repeated(b"\xff"),
+    "lone continuation bytes": _repeated(b"\x80\xbf" * 16 + b"a\x80"),
+    "truncated sequences": _repeated(b"\xe2\x82a\xf0\x9f\x98b\xc3"),
+    "surrogates encoded as UTF-8": _repeated("\ud800\udfff".encode("utf-8", "surrogatepass") + b"x"),
+    "valid UTF-8 (Greek)": _repeated("Καλημέρα κόσμε, ΐ ς ".encode()),
+    "ASCII": _repeated(b"the quick brown fox jumps over the lazy dog\n"),
+}
+
+
+def _best(f: Callable[[], object], rounds: int) -> float:
+    """
+    The fastest of ``rounds`` calls of ``f``, in seconds of this process's
+    CPU time: on a shared machine, time spent waiting for a core is not
+    counted (the codec is single-threaded and never waits for I/O).
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        f()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def codec(size: int = 1 << 20, chunk: int = 65536, rounds: int = 5, module_file: Path | None = None) -> dict[str, Any]:
+    """
+    MB/s of ``uppercase`` (the whole input at once) and of ``Uppercaser.feed``
+    (``chunk`` bytes at a time, then ``flush``) on ``size`` bytes of each of
+    `CODEC_INPUTS`, beside the floor, Python's own
+    ``data.decode("utf-8", "surrogateescape").upper().encode("utf-8",
+    "surrogateescape")``; the best of ``rounds`` (CPU time).  Each answer is
+    checked against the floor's.
+    """
+    if module_file is None:
+        import capserv.protocols.text as module
+    else:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("codec_under_test", module_file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+    def fed(data: bytes) -> bytes:
+        codec = module.Uppercaser()
+        out = [codec.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)]
+        out.append(codec.flush())
+        return b"".join(out)
+
+    kinds: dict[str, Any] = {}
+    for kind, make in CODEC_INPUTS.items():
+        data = make(size)
+        want = reference(data)
+        assert module.uppercase(data) == want and fed(data) == want, kind
+        floor = _best(lambda data=data: reference(data), rounds)
+        whole = _best(lambda data=data: module.uppercase(data), rounds)
+        feed = _best(lambda data=data: fed(data), rounds)
+        kinds[kind] = {
+            "floor_mb_s": round(size / floor / 1e6, 1),
+            "uppercase_mb_s": round(size / whole / 1e6, 1),
+            "feed_mb_s": round(size / feed / 1e6, 1),
+            "uppercase_x_floor": round(whole / floor, 2),
+            "feed_x_floor": round(feed / floor, 2),
+        }
+    return {
+        "module": str(module_file) if module_file else module.__name__,
+        "bytes": size,
+        "feed_chunk": chunk,
+        "best_of": rounds,
+        "kinds": kinds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", nargs="*", help="run only these cases")
+    parser.add_argument("--codec-from", type=Path, help="the codec case measures the text.py in this file")
     args = parser.parse_args()
     attacks.raise_fd_limit(30000)
     cases: dict[str, Callable[[], dict[str, Any]]] = {
@@ -261,17 +413,22 @@ def main() -> None:
         "reset_storm": lambda: reset_storm(20000),
         "udp_flood": lambda: udp_flood(200000, 50000),
         "loop": loop,
+        "fairness": lambda: fairness(10, 5, 5.0),
+        "codec": lambda: codec(module_file=args.codec_from),
     }
     results: dict[str, Any] = {}
     for name, case in cases.items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        results[name] = case()
-        print(json.dumps(results[name], indent=2), flush=True)
+        key = "codec_from_file" if name == "codec" and args.codec_from else name
+        results[key] = case()
+        print(json.dumps(results[key], indent=2), flush=True)
     if args.out:
+        # Keep the other cases' results from earlier runs.
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(json.dumps(kept | results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

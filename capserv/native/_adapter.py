@@ -100,6 +100,14 @@ _log = Logger(namespace="capserv.native")
 #: default is the same number).
 DEFAULT_BACKLOG = 1024
 
+#: The most bytes one connection hands its protocol per turn of the event
+#: loop: what Twisted's own TCP transport reads at once.  The event loops
+#: read more (asyncio up to 256 KiB; uvloop 250 KB, and again, up to 32
+#: times, while the socket has more: 8 MB in one turn), and uppercasing
+#: 256 KiB of random bytes takes milliseconds; the rest of a larger read
+#: waits for the next turns, with reading paused meanwhile.
+_TURN_BYTES = 65536
+
 
 def asyncio_loop(reactor: Any) -> Any:
     """
@@ -174,11 +182,15 @@ class NativeTransport(asyncio.Protocol):
     __slots__ = (
         "_aborted",
         "_error",
+        "_held",
+        "_held_from",
         "_listening",
+        "_paused",
         "_peer",
         "_producer",
         "_protocol",
         "_read_eof",
+        "_slice_due",
         "_streaming",
         "_transport",
         "_write_open",
@@ -197,6 +209,14 @@ class NativeTransport(asyncio.Protocol):
         self._write_open = False
         self._aborted = False
         self._error: Failure | None = None
+        #: Bytes read but not yet handed on (from ``_held_from``): the rest
+        #: of a read larger than ``_TURN_BYTES``.
+        self._held = b""
+        self._held_from = 0
+        #: Whether the next slice of ``_held`` is scheduled.
+        self._slice_due = False
+        #: Whether the Twisted side asked to stop reading (`pauseProducing`).
+        self._paused = False
         #: Whether the connection is open (Twisted's attribute).
         self.connected = False
         #: Whether `loseConnection` or `abortConnection` was called.
@@ -237,8 +257,27 @@ class NativeTransport(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """
-        Bytes arrived: the Twisted protocol's ``dataReceived``.
+        Bytes arrived: the Twisted protocol's ``dataReceived``, at most
+        ``_TURN_BYTES`` of them per turn of the event loop.
         """
+        if self._protocol is None:
+            return
+        if len(data) <= _TURN_BYTES and not self._held:
+            self._deliver(data)
+            return
+        # Too much for one turn: hold it, stop reading, and hand it on a
+        # slice a turn (the first one now), so other connections are served
+        # in between.
+        if self._held:
+            data = self._held[self._held_from :] + data
+        self._held, self._held_from = data, 0
+        transport = self._transport
+        if not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+        if not self._slice_due:
+            self._next_slice()
+
+    def _deliver(self, data: bytes) -> None:
         protocol = self._protocol
         if protocol is None:
             return
@@ -246,6 +285,34 @@ class NativeTransport(asyncio.Protocol):
             protocol.dataReceived(data)
         except Exception:
             self._fail(Failure())
+
+    def _next_slice(self) -> None:
+        """
+        Hand the protocol the next slice of what is held, then schedule the
+        next one, or read again once all is handed on.  Nothing while the
+        Twisted side has paused reading (`resumeProducing` goes on).
+        """
+        self._slice_due = False
+        if self._protocol is None or self.disconnecting:
+            self._held = b""  # as Twisted's transports stop reading on loseConnection
+            return
+        if self._paused:
+            return
+        if not self._held:
+            self.resumeProducing()
+            return
+        held, start = self._held, self._held_from
+        end = start + _TURN_BYTES
+        if end < len(held):
+            self._held_from = end
+            self._deliver(held[start:end])
+        else:
+            self._held, self._held_from = b"", 0
+            self._deliver(held[start:] if start else held)
+        # The next slice, or reading again, on the next turn (reading now
+        # would hand on a second slice in this one).
+        self._slice_due = True
+        self._listening.loop.call_soon(self._next_slice)
 
     def eof_received(self) -> bool:
         """
@@ -255,6 +322,11 @@ class NativeTransport(asyncio.Protocol):
         :return: whether the event loop should keep the connection open.
         """
         self._read_eof = True
+        if self._held:
+            # Not seen (reading is paused while bytes are held), but the
+            # order holds whatever a loop does: every byte before the end.
+            held, self._held = self._held[self._held_from :], b""
+            self._deliver(held)
         protocol = self._protocol
         half = IHalfCloseableProtocol(protocol, None)
         if half is None or not self._write_open:
@@ -274,6 +346,7 @@ class NativeTransport(asyncio.Protocol):
         """
         self.connected = False
         self._write_open = False
+        self._held = b""
         producer, self._producer = self._producer, None
         protocol, self._protocol = self._protocol, None
         if producer is not None:
@@ -503,16 +576,23 @@ class NativeTransport(asyncio.Protocol):
 
     def pauseProducing(self) -> None:
         """
-        Stop reading from the peer.
+        Stop reading from the peer (and handing on bytes already read).
         """
+        self._paused = True
         transport = self._transport
         if transport is not None and not transport.is_closing() and transport.is_reading():
             transport.pause_reading()
 
     def resumeProducing(self) -> None:
         """
-        Read from the peer again.
+        Read from the peer again, once the bytes already read are handed on.
         """
+        self._paused = False
+        if self._held:
+            if not self._slice_due:
+                self._slice_due = True
+                self._listening.loop.call_soon(self._next_slice)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing() and not transport.is_reading():
             transport.resume_reading()

@@ -358,3 +358,65 @@ def test_a_loop_between_two_capservs_and_an_echo_server_dies_out() -> None:
         # Both capservs still answer a real client.
         assert attacks.flood((first.host, first.udp), 1, source="127.0.0.5", payload=b"ok") == 1
         assert attacks.flood((second.host, second.udp), 1, source="127.0.0.5", payload=b"ok") == 1
+
+
+# -- Fairness: a heavy client against a bystander's latency -----------------------
+
+#: Megabytes one client streams in the fairness cases: the issue's 10 MB,
+#: enough for uvloop to have read 8 MB in one turn before capserv bounded
+#: a connection's work per turn (about 180 ms of codec for random bytes).
+FAIR_STREAM_MB = 10
+#: Seconds of 60,000-byte datagrams at the default --udp-rate (500 a second).
+FAIR_UDP_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module", params=["default", "no-native"])
+def transport(request: pytest.FixtureRequest) -> Iterator[Running]:
+    """
+    One daemon per transport for every fairness case: the daemon as the tox
+    env runs it (the event loop's own transports on uvloop or asyncio, or
+    Twisted's on epoll), and with ``--no-native`` (Twisted's transports on
+    the asyncio reactor; on the epoll reactor that is the default already).
+    """
+    if request.param == "no-native" and os.environ.get("CAPSERV_TEST_REACTOR") == "epoll":
+        pytest.skip("on the epoll reactor the default daemon runs Twisted's transports already")
+    with serving(*(["--no-native"] if request.param == "no-native" else [])) as server:
+        yield server
+
+
+def assert_fair(bystander: attacks.Bystander) -> None:
+    """The bystander's round trips: a median under 50 ms and none over 250 ms (the issue's bounds)."""
+    summary = bystander.summary()
+    assert summary["round_trips"] >= 3, summary
+    assert summary["p50_ms"] < 50 and summary["max_ms"] < 250, summary
+
+
+@pytest.mark.parametrize("kind", ["random_bytes", "latin1_text"])
+def test_a_stream_of_bytes_that_are_not_utf8_does_not_stall_a_bystander(transport: Running, kind: str) -> None:
+    """
+    While one client streams 10 MB of random bytes (or of Latin-1 text) as fast as it can, another client's 64-byte
+    round trips on a connection it already holds keep a median under 50 ms and a maximum under 250 ms, and the
+    stream comes back exact.
+    """
+    data = (
+        attacks.random_bytes(FAIR_STREAM_MB * 1_000_000)
+        if kind == "random_bytes"
+        else attacks.latin1_text(FAIR_STREAM_MB * 1_000_000)
+    )
+    with attacks.Bystander(transport.host, transport.tcp) as bystander:
+        reply = attacks.stream(transport.host, transport.tcp, data)
+    assert reply == reference(data)
+    assert_fair(bystander)
+
+
+def test_datagrams_of_random_bytes_at_the_rate_limit_do_not_stall_a_bystander(transport: Running) -> None:
+    """
+    While one source sends datagrams of 60,000 random bytes at the default --udp-rate (500 a second; loopback is
+    exempt from the limit, so capserv uppercases every one), a TCP client's round trips keep the same bounds, and
+    every reply is exact.
+    """
+    payloads = [attacks.random_bytes(60_000, seed) for seed in range(8)]
+    with attacks.Bystander(transport.host, transport.tcp) as bystander:
+        sent, replies, exact = attacks.udp_stream(transport.host, transport.udp, payloads, 500, FAIR_UDP_SECONDS)
+    assert sent >= 400 and replies >= sent // 2 and exact == replies, (sent, replies, exact)
+    assert_fair(bystander)

@@ -260,6 +260,57 @@ def test_memory_backpressure_drives_the_producer_and_reading() -> None:
     assert tr.reading
 
 
+def test_memory_a_large_read_is_handed_on_a_slice_a_turn() -> None:
+    """
+    A read larger than 64 KiB is handed to the protocol 64 KiB per turn of the loop, in order, with reading paused
+    until the last slice; a read of 64 KiB or less is handed on at once.
+    """
+    recorder = Recorder()
+    adapter, tr, loop = connect(Factory.forProtocol(lambda: recorder))
+    adapter.data_received(b"s" * 65536)
+    assert recorder.data == [b"s" * 65536] and tr.reading and not loop.calls
+    data = bytes(range(256)) * 800  # 204,800 bytes: four slices
+    adapter.data_received(data)
+    assert [len(d) for d in recorder.data[1:]] == [65536] and not tr.reading
+    for handed in (2, 3):
+        loop.run()
+        assert len(recorder.data) == 1 + handed and not tr.reading
+    loop.run()
+    assert b"".join(recorder.data[1:]) == data and not tr.reading
+    loop.run()  # reading again on the turn after the last slice
+    assert tr.reading and not loop.calls
+
+
+def test_memory_slices_wait_while_the_protocol_has_paused_reading() -> None:
+    """
+    Bytes held from a large read are not handed on while the protocol has paused reading, and reading resumes only
+    once the protocol has resumed and every held byte is handed on; a close drops what is held.
+    """
+    recorder = Recorder()
+    adapter, tr, loop = connect(Factory.forProtocol(lambda: recorder))
+    data = b"x" * 65536 + b"y" * 65536 + b"z" * 100
+    adapter.data_received(data)
+    adapter.pauseProducing()
+    loop.run()
+    assert recorder.data == [b"x" * 65536] and not tr.reading and not loop.calls
+    adapter.resumeProducing()
+    assert not tr.reading  # still held
+    loop.run()
+    assert recorder.data[-1] == b"y" * 65536 and not tr.reading
+    adapter.pauseProducing()
+    loop.run()
+    adapter.resumeProducing()
+    loop.run()
+    assert b"".join(recorder.data) == data and not tr.reading
+    loop.run()
+    assert tr.reading
+    # Closing while bytes are held: the rest is not handed on, reading stays off.
+    adapter.data_received(data)
+    adapter.loseConnection()
+    loop.run()
+    assert b"".join(recorder.data) == data + b"x" * 65536 and not tr.reading
+
+
 def test_memory_clean_close_abort_and_error_reasons() -> None:
     """
     connectionLost gets ConnectionDone on a clean close, ConnectionAborted after abortConnection, ConnectionLost
@@ -766,6 +817,58 @@ def test_loopback_backpressure_pauses_reading_and_loses_nothing(reactor: Asyncio
     # holds at most the mark plus one read.
     assert buffered <= high + 262144
     assert received == total
+
+
+def test_loopback_one_connection_gets_at_most_64_kib_a_turn(reactor: AsyncioSelectorReactor) -> None:
+    """
+    A client streaming 20 MB is handed on at most 64 KiB per turn of the event loop (uvloop reads up to 32 times
+    250 KB in one turn), and every byte arrives in order.
+    """
+    loop = reactor._asyncioEventloop
+    per_turn: dict[int, int] = {}
+    received: list[bytes] = []
+    turn = [0]
+
+    def tick() -> None:
+        turn[0] += 1
+        loop.call_soon(tick)
+
+    class Counting(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            per_turn[turn[0]] = per_turn.get(turn[0], 0) + len(data)
+            received.append(data)
+
+    done: asyncio.Future[None] = loop.create_future()
+
+    @implementer(IHalfCloseableProtocol)
+    class CountingToTheEnd(Counting):
+        def readConnectionLost(self) -> None:
+            done.set_result(None)
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self) -> None:
+            pass
+
+    port = listen(reactor, Factory.forProtocol(CountingToTheEnd))
+    data = os.urandom(20_000_000)
+
+    async def scenario() -> None:
+        tick()
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.setblocking(False)
+        try:
+            await loop.sock_sendall(client, data)
+            client.shutdown(socket.SHUT_WR)
+            await done
+        finally:
+            client.close()
+
+    try:
+        run(reactor, scenario())
+    finally:
+        run(reactor, wait(port.stopListening(), reactor))
+    assert b"".join(received) == data
+    assert max(per_turn.values()) <= 65536
 
 
 def test_loopback_abort_resets_the_client(reactor: AsyncioSelectorReactor) -> None:

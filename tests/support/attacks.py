@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
+import random
 import resource
 import selectors
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -332,3 +335,179 @@ def kernel_buffers_to_ourselves() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# -- Fairness: one client's heavy work against another's latency ---------------
+
+#: The bystander's request: one line of 64 bytes.
+LINE = b"a bystander's line of sixty-four bytes, timed there and back...\n"
+
+
+def random_bytes(size: int, seed: int = 18) -> bytes:
+    """``size`` random bytes, the same on every run (mostly invalid UTF-8)."""
+    return random.Random(seed).randbytes(size)
+
+
+def latin1_text(size: int) -> bytes:
+    """``size`` bytes of French in Latin-1: every accented letter is a byte invalid in UTF-8."""
+    sentence = "Ça déjà, l'été à Noël : où naïve Zoë mangeait ses crêpes brûlées. ".encode("latin-1")
+    return (sentence * (size // len(sentence) + 1))[:size]
+
+
+class Bystander:
+    """
+    A well-behaved client that already holds a connection: in a thread, it
+    sends `LINE` every ``interval`` seconds and times each round trip, until
+    the ``with`` block ends.  Leaving the block raises what went wrong (a
+    wrong reply, a stall past the socket's 10-second timeout).
+    """
+
+    def __init__(self, host: str, port: int, interval: float = 0.005) -> None:
+        self.interval = interval
+        #: The round trips' seconds, in order.
+        self.times: list[float] = []
+        self._want = reference(LINE)
+        self._errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._socket = connect(host, port)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        try:
+            self._trip()  # open and served before the attack starts
+        except BaseException:
+            self._socket.close()
+            raise
+        self.times.clear()
+
+    def _trip(self) -> None:
+        s = self._socket
+        start = time.perf_counter()
+        s.sendall(LINE)
+        got = b""
+        while len(got) < len(self._want):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise AssertionError("the server closed the bystander's connection")
+            got += chunk
+        self.times.append(time.perf_counter() - start)
+        if got != self._want:
+            raise AssertionError(f"wrong reply to the bystander: {got!r}")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self._trip()
+        except BaseException as e:
+            self._errors.append(e)
+
+    def __enter__(self) -> Bystander:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._socket.close()
+        if self._errors:
+            raise self._errors[0]
+
+    def summary(self) -> dict[str, float]:
+        """Round trips, and their p50, p99 and maximum in milliseconds."""
+        return percentiles(self.times)
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """How many, and the p50, p99 and maximum of ``seconds``, in milliseconds."""
+    ms = sorted(t * 1000 for t in seconds)
+    if not ms:
+        return {"round_trips": 0}
+    return {
+        "round_trips": len(ms),
+        "p50_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(ms[math.ceil(len(ms) * 0.99) - 1], 3),  # nearest rank
+        "max_ms": round(ms[-1], 3),
+    }
+
+
+def stream(host: str, port: int, data: bytes, timeout: float = 60.0) -> bytes:
+    """
+    A bulk pipe (``producer | nc -N``): one connection sends ``data`` as
+    fast as the server takes it while the reply is read, half-closes at the
+    end; the whole reply.
+    """
+    errors: list[BaseException] = []
+    with connect(host, port) as s:
+        s.settimeout(timeout)
+
+        def send() -> None:
+            try:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+            except BaseException as e:
+                errors.append(e)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            reply = read_all(s)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # wakes the sender
+            raise
+        finally:
+            sender.join(timeout)
+    if errors:
+        raise errors[0]
+    return reply
+
+
+def udp_stream(
+    host: str, port: int, payloads: list[bytes], rate: float, seconds: float, source: str = "127.0.0.1"
+) -> tuple[int, int, int]:
+    """
+    Send ``payloads`` in turn, ``rate`` datagrams a second for ``seconds``,
+    from one socket, reading the replies as they come (and after, until
+    none comes for 0.2 s).  (datagrams sent, replies, replies that are the
+    exact uppercase of one of the payloads).
+    """
+    wanted = {reference(p) for p in payloads}
+    sent = replies = exact = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setblocking(False)
+
+        def drain() -> int:
+            nonlocal replies, exact
+            n = 0
+            while True:
+                try:
+                    reply = s.recv(65535)
+                except BlockingIOError:
+                    return n
+                n += 1
+                replies += 1
+                exact += reply in wanted
+
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            while sent < elapsed * rate:
+                try:
+                    s.sendto(payloads[sent % len(payloads)], (host, port))
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    break
+                sent += 1
+            drain()
+            time.sleep(0.001)
+        # The last replies: until all are in, or none came for 0.2 s.
+        quiet_since = time.monotonic()
+        while replies < sent and time.monotonic() - quiet_since < 0.2:
+            if drain():
+                quiet_since = time.monotonic()
+            else:
+                time.sleep(0.01)
+    return sent, replies, exact

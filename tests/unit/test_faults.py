@@ -145,7 +145,9 @@ class Peer:
 HOSTS = ["192.0.2.1", "192.0.2.2", "198.51.100.7"]
 CHUNKS = st.one_of(
     st.binary(max_size=64),
-    st.sampled_from(["straße".encode(), "ǆ ΐ ☃".encode(), "ﬃ".encode()[:2], b"\xff\xfe", b"x" * 70000]),
+    st.sampled_from(
+        ["straße".encode(), "ǆ ΐ ☃".encode(), "ﬃ".encode()[:2], b"\xff\xfe", b"x" * 70000, bytes(range(256)) * 520]
+    ),
 )
 
 
@@ -414,6 +416,7 @@ class LoopTransportModel:
         self.writesAfterLoss = 0
         self.writesAfterEOF = 0
         self.peer: Peer | None = None
+        self.loop: LoopModel | None = None
 
     # what the adapter calls
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -510,7 +513,12 @@ class LoopTransportModel:
             self.pendingLoss = [error]
 
     def turn(self) -> bool:
-        """One turn of the event loop: report a pending loss.  Whether it did."""
+        """
+        One turn of the event loop: run what was scheduled for it (the rest
+        of a large read), then report a pending loss.  Whether it did.
+        """
+        if self.loop is not None:
+            self.loop.run()
         if self.pendingLoss is None or self.lostWith is not None:
             return False
         (error,) = self.pendingLoss
@@ -519,20 +527,41 @@ class LoopTransportModel:
         return True
 
 
+class LoopModel:
+    """An event loop's ``call_soon``: callbacks wait for the next turn (`run`)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def call_soon(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
+
+
 class NativeConnectionLife(ConnectionLife):
     """
     The same events and the same books, with every connection served
     through `capserv.native`'s adapter over an event-loop transport model:
     the adapter must keep capserv's protocol whole (and close every
-    connection, with or without an abort timer).
+    connection, with or without an abort timer), handing on a read larger
+    than 64 KiB a slice a turn.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = LoopModel()
 
     @rule(host=st.sampled_from(HOSTS), port=st.integers(1024, 65535))
     @precondition(lambda self: hasattr(self, "factory") and len(self.peers) < 6)
     def connect(self, host: str, port: int) -> None:
         address = IPv4Address("TCP", host, port)
-        adapter = NativeTransport(_Listening(self.factory, socket.AF_INET, None))  # type: ignore[arg-type]
+        adapter = NativeTransport(_Listening(self.factory, socket.AF_INET, self.loop))  # type: ignore[arg-type]
         transport = LoopTransportModel(address)
+        transport.loop = self.loop
         transport.protocol = adapter
         adapter.connection_made(transport)  # type: ignore[arg-type]
         protocol = adapter._protocol
