@@ -208,25 +208,51 @@ class FastPathTests(SynchronousTestCase):
 
     def test_switch_turns_them_off(self) -> None:
         """
-        CAPSERV_NO_FASTPATH=1 turns the direct-send fast path off: the transport's own
-        write is used.
+        fast=False (the config's fast_paths) turns the direct-send fast path off:
+        the transport's own write is used.
         """
-        import os
         import socket
 
         from twisted.internet import tcp
 
-        from capserv.protocols._twisted import fast_paths_enabled, stream_writer
+        from capserv.protocols._twisted import stream_writer
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
         connection = tcp.Connection(a, None)
         self.assertNotEqual(stream_writer(connection), connection.write)
-        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        self.assertEqual(stream_writer(connection, fast=False), connection.write)
+
+    def test_config_turns_them_off_per_factory(self) -> None:
+        """
+        CapservConfig(fast_paths=False) gives a factory's connections the
+        transport's own write, whatever the environment says.
+        """
+        import os
+        import socket
+
+        from twisted.internet import tcp
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
         self.addCleanup(os.environ.pop, "CAPSERV_NO_FASTPATH", None)
-        self.assertFalse(fast_paths_enabled())
-        self.assertEqual(stream_writer(connection), connection.write)
+        os.environ["CAPSERV_NO_FASTPATH"] = "0"
+        for fast in (True, False):
+            factory = UppercaseFactory(CapservConfig(fast_paths=fast), clock=Clock())
+            protocol = factory.buildProtocol(peer())
+            assert isinstance(protocol, UppercaseProtocol)
+            connection = tcp.Connection(a, protocol)
+            protocol.makeConnection(connection)
+            self.assertEqual(protocol._write == connection.write, not fast)
+            factory.unregister(protocol)
+        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        protocol = UppercaseFactory(clock=Clock()).buildProtocol(peer())
+        assert isinstance(protocol, UppercaseProtocol)
+        connection = tcp.Connection(a, protocol)
+        protocol.makeConnection(connection)
+        self.assertNotEqual(protocol._write, connection.write, "the library reads no environment")
 
 
 class IdleTimeoutTests(SynchronousTestCase):
@@ -477,7 +503,8 @@ class NetworkLimitTests(SynchronousTestCase):
     def test_refusal_names_the_network(self) -> None:
         """
         A per-IP refusal is logged naming the peer, its network with the prefix, how
-        many connections that network has and the option, and is counted by family.
+        many connections that network has and the config field (not a command-line
+        flag), and is counted by family.
         """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
@@ -488,7 +515,7 @@ class NetworkLimitTests(SynchronousTestCase):
         (refusal,) = [e for e in events if "Refused" in e.get("log_format", "")]
         self.assertEqual(refusal["peer"], "[2001:db8::5]:2")
         self.assertEqual(refusal["network"], "2001:db8::/64")
-        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; --max-connections-per-ip 1)")
+        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; max_connections_per_ip=1)")
         self.assertEqual(h.factory.snapshot()["limited"], {"max_connections_per_ip": {"ipv6": 1}})
 
 
