@@ -229,6 +229,7 @@ def proxy_protocol_factory(factory: Any) -> Any:
         from twisted.protocols.haproxy import proxyEndpoint
 
         return _public_proxy_factory(proxyEndpoint, factory)
+
     @implementer(IHalfCloseableProtocol)
     class HalfCloseableProxyWrapper(HAProxyProtocolWrapper):
         def readConnectionLost(self) -> None:

@@ -23,7 +23,9 @@ class Reason(str, Enum):
 
     __hash__ = str.__hash__
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.value, format_spec)
 
     #: A graceful stop has begun.
     SHUTDOWN = "shutdown"
