@@ -49,9 +49,6 @@ class ConnectionSet(Set["UppercaseProtocol"]):
     def __len__(self) -> int:
         return len(self._open)
 
-    def __repr__(self) -> str:
-        return f"ConnectionSet({self._open!r})"
-
     def add(self, protocol: UppercaseProtocol) -> None:
         """Serve ``protocol``, starting the sweep if it is the first."""
         self._open.add(protocol)

@@ -158,9 +158,8 @@ class UppercaseProtocol(Protocol):
         self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
         self._reason = "refused"
-        transport = self.transport
         self._unregister_throttle()
-        transport.loseConnection()
+        self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -205,7 +204,8 @@ class UppercaseProtocol(Protocol):
         """
         if not self.reading_paused:
             self.reading_paused = True
-            self._read_paused()
+            self.factory.stats.pauses += 1
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         """
@@ -213,25 +213,16 @@ class UppercaseProtocol(Protocol):
         """
         if self.reading_paused:
             self.reading_paused = False
-            self._read_resumed()
+            # The peer took everything it was owed: that is traffic too.
+            self._last_activity = self._clock.seconds()
+            if self._close_when_drained:
+                self._close_now(self._idle_timeout)
+            elif not self.closing:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
-        """
-        The connection is going away.
-        """
+        """The connection is going away."""
         self.reading_paused = False
-
-    def _read_paused(self) -> None:
-        self.factory.stats.pauses += 1
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def _read_resumed(self) -> None:
-        # The peer took everything it was owed: that is traffic too.
-        self._last_activity = self._clock.seconds()
-        if self._close_when_drained:
-            self._close_now(self._idle_timeout)
-        elif not self.closing:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # -- closing ---------------------------------------------------------------
 
@@ -382,9 +373,7 @@ class UppercaseFactory(ServerFactory, SharedState):
         self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
 
     def codec(self) -> Uppercaser:
-        """
-        A new incremental codec for one connection's stream.
-        """
+        """A new incremental codec for one connection's stream."""
         return Uppercaser(self.config.encoding, self.config.ascii_only)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -419,9 +408,7 @@ class UppercaseFactory(ServerFactory, SharedState):
         return True
 
     def register(self, protocol: UppercaseProtocol) -> None:
-        """
-        Count ``protocol`` as open (admitted, now being served).
-        """
+        """Count ``protocol`` as open (admitted, now being served)."""
         self.connections.add(protocol)
         self.stats.connections_total += 1
 
@@ -441,10 +428,7 @@ class UppercaseFactory(ServerFactory, SharedState):
     # -- what the service asks -------------------------------------------------
 
     def connections_from(self, address: IAddress | str) -> int:
-        """
-        How many connections the per-IP limit counts for ``address``
-        (`Admission.count`).
-        """
+        """How many connections the per-IP limit counts for ``address`` (`Admission.count`)."""
         return self.limits.count(address)
 
     def snapshot(self) -> dict[str, Any]:
@@ -465,24 +449,15 @@ class UppercaseFactory(ServerFactory, SharedState):
         }
 
     def stop_accepting(self) -> None:
-        """
-        Refuse every new connection from now on (a graceful stop has begun).
-        """
+        """Refuse every new connection from now on (a graceful stop has begun)."""
         self.limits.accepting = False
 
     def abort_all(self) -> None:
-        """
-        Abort every open connection now (a stop forced by a second signal).
-        """
+        """Abort every open connection now (`ConnectionSet.abort_all`)."""
         self.connections.abort_all()
 
     def abort_reset(self) -> int:
-        """
-        Abort every connection its peer has reset unnoticed, as a stop
-        begins (`ConnectionSet.abort_reset`).
-
-        :return: how many.
-        """
+        """Abort the connections reset unnoticed; how many (`ConnectionSet.abort_reset`)."""
         return self.connections.abort_reset()
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
