@@ -332,6 +332,8 @@ class Options(usage.Options):
                 udp_rate_table_size=int(self["udp-rate-table-size"]),
                 udp_allow_low_ports=bool(self["udp-allow-low-ports"]),
                 shutdown_timeout=float(self["shutdown-timeout"]),
+                # The daemon's own switch for measuring the fast paths (bench -nofast).
+                fast_paths=os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0"),
             )
         except ConfigError as e:
             raise usage.UsageError(f"--{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None

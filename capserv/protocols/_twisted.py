@@ -9,7 +9,6 @@ newest Twisted capserv supports.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,6 @@ __all__ = [
     "clear_exit_signal",
     "datagram_sender",
     "endpoint_service",
-    "fast_paths_enabled",
     "global_reactor",
     "is_proxy_protocol",
     "proxy_protocol_factory",
@@ -36,15 +34,6 @@ def global_reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def fast_paths_enabled() -> bool:
-    """
-    Whether the fast paths below are used.  Setting ``CAPSERV_NO_FASTPATH=1``
-    in the environment turns them off: for measuring what they are worth,
-    and as a way out should a Twisted release break them.
-    """
-    return os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0")
 
 
 def clear_exit_signal(reactor: Any) -> bool:
@@ -105,7 +94,7 @@ def unsent_bytes(transport: Any) -> int | None:
     return len(buffer) - offset + pending
 
 
-def stream_writer(transport: Any) -> Any:
+def stream_writer(transport: Any, fast: bool = True) -> Any:
     """
     A ``write(data)`` for a TCP or UNIX transport that sends at once when
     nothing is waiting to be sent.
@@ -118,14 +107,13 @@ def stream_writer(transport: Any) -> Any:
     (or any error) goes through the normal ``write``, which buffers it and
     reports errors the usual way.
 
+    :param fast: `False` for ``transport.write`` in every case
+        (`CapservConfig.fast_paths`).
     :return: the fast writer, or ``transport.write`` itself for transports
         whose internals are not the ones expected (TLS, PROXY-protocol
         wrappers, other reactors' transports).
     """
-    tcp = _tcp()
-    # The type first: a transport of another kind (capserv.native's) costs
-    # no look-up of the environment.
-    if not isinstance(transport, tcp.Connection) or not fast_paths_enabled():
+    if not fast or not isinstance(transport, _tcp().Connection):
         return transport.write
     needed = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "connected", "_writeDisconnected", "disconnecting")
     if not all(hasattr(transport, name) for name in needed):
@@ -155,7 +143,7 @@ def stream_writer(transport: Any) -> Any:
     return write_now
 
 
-def datagram_sender(transport: Any) -> Any:
+def datagram_sender(transport: Any, fast: bool = True) -> Any:
     """
     A ``send(data, addr)`` for a UDP port that calls ``sendto`` directly.
 
@@ -164,13 +152,15 @@ def datagram_sender(transport: Any) -> Any:
     ``recvfrom`` just gave, so that check can be skipped.  Errors are raised
     as `OSError`, which the caller counts.
 
+    :param fast: `False` for ``transport.write`` in every case
+        (`CapservConfig.fast_paths`).
     :return: the direct sender, or one that calls ``transport.write`` when
         the transport is not Twisted's ``udp.Port``.
     """
     from twisted.internet import udp
 
     if (
-        not fast_paths_enabled()
+        not fast
         or not isinstance(transport, udp.Port)
         or not hasattr(transport, "socket")
         or getattr(transport, "_connectedAddr", True)
@@ -239,10 +229,6 @@ def proxy_protocol_factory(factory: Any) -> Any:
         from twisted.protocols.haproxy import proxyEndpoint
 
         return _public_proxy_factory(proxyEndpoint, factory)
-    if not fast_paths_enabled():
-        wrapping = HAProxyWrappingFactory(factory)
-        wrapping.noisy = False
-        return wrapping
 
     @implementer(IHalfCloseableProtocol)
     class HalfCloseableProxyWrapper(HAProxyProtocolWrapper):

@@ -97,7 +97,8 @@ def flush_all() -> None:
     Write out every access line waiting in any `BufferedWriter`.
 
     The daemon calls this when it stops; it also runs when the interpreter
-    exits.
+    exits, once a writer has been made (importing capserv registers
+    nothing).
     """
     for writer in list(_writers):
         writer.flush()
@@ -110,9 +111,6 @@ def close_all() -> None:
     """
     for writer in list(_writers):
         writer.close()
-
-
-atexit.register(flush_all)
 
 
 #: The logger of the per-connection line, under the namespace it always had
@@ -213,6 +211,9 @@ class BufferedWriter:
         # bytecodes -- also while this writer holds its lock.
         self._lock = threading.RLock()
         self._reactor_thread = threading.get_ident()
+        if not _writers:
+            atexit.unregister(flush_all)  # registered once, however many writers come and go
+            atexit.register(flush_all)
         _writers.add(self)
 
     def write(self, text: str, urgent: bool = False) -> None:

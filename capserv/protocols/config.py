@@ -107,6 +107,15 @@ class CapservConfig:
     udp_allow_low_ports: bool = False
     #: Seconds a graceful stop waits for open connections to finish.
     shutdown_timeout: float = 10.0
+    #: Log one line per TCP connection when it closes (peer, duration,
+    #: bytes, reason).  Off: no per-connection line (refusals, drops and
+    #: errors are still logged).
+    access_log: bool = True
+    #: Send a reply at once when nothing is waiting and send UDP replies
+    #: with ``sendto`` directly, through Twisted internals
+    #: (`capserv.protocols._twisted`).  Off: Twisted's public path only, to
+    #: measure what they are worth or should a Twisted release break them.
+    fast_paths: bool = True
 
     def __post_init__(self) -> None:
         try:

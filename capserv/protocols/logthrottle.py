@@ -8,8 +8,6 @@ interval and reports how many it held back in between.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
-
 __all__ = ["LogThrottle"]
 
 
@@ -18,26 +16,24 @@ class LogThrottle:
     Decide whether an event should be logged now.
     """
 
-    __slots__ = ("_clock", "_held", "_next", "interval")
+    __slots__ = ("_held", "_next", "interval")
 
-    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0) -> None:
         """
-        :param clock: where the time comes from.
         :param interval: the fewest seconds between two lines.
         """
-        self._clock = clock
         self.interval = interval
         self._next = float("-inf")
         self._held = 0
 
-    def check(self) -> int | None:
+    def check(self, now: float) -> int | None:
         """
-        Record one event.
+        Record one event, happening at ``now`` (seconds, from the caller's
+        clock: the throttle holds none, so building one looks up no reactor).
 
         :return: `None` if this event should not be logged, else the number
             of events held back since the last line that was let through.
         """
-        now = self._clock.seconds()
         if now < self._next:
             self._held += 1
             return None

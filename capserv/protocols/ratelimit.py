@@ -17,13 +17,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-__all__ = ["BYTE_RATE", "RATE_LIMIT", "TokenBuckets"]
+from capserv.protocols.stats import Reason
 
-#: What `TokenBuckets.spend` says when a source is out of datagram tokens
-#: (also the drop reason counted and logged).
-RATE_LIMIT = "rate_limit"
-#: What `TokenBuckets.spend` says when a source is out of byte tokens.
-BYTE_RATE = "byte_rate"
+__all__ = ["TokenBuckets"]
 
 _INF = float("inf")
 
@@ -70,7 +66,7 @@ class TokenBuckets:
     def __len__(self) -> int:
         return len(self._table)
 
-    def spend(self, key: Hashable, now: float, size: int = 0) -> str | None:
+    def spend(self, key: Hashable, now: float, size: int = 0) -> Reason | None:
         """
         Spend one datagram token and ``size`` byte tokens of ``key``'s
         buckets if they hold that many; spend nothing otherwise.
@@ -78,8 +74,9 @@ class TokenBuckets:
         :param key: the source.
         :param now: the current time in seconds (from the injected clock).
         :param size: the reply's size in bytes.
-        :return: `None` if the reply may be sent, else why not: `RATE_LIMIT`
-            (no datagram token) or `BYTE_RATE` (too few byte tokens).
+        :return: `None` if the reply may be sent, else why not:
+            `Reason.RATE_LIMIT` (no datagram token) or `Reason.BYTE_RATE`
+            (too few byte tokens).
         """
         table = self._table
         entry = table.get(key)
@@ -108,10 +105,10 @@ class TokenBuckets:
                 now = last
         if tokens < 1.0:
             table[key] = (tokens, byte_tokens, now)
-            return RATE_LIMIT
+            return Reason.RATE_LIMIT
         if byte_tokens < size:
             table[key] = (tokens, byte_tokens, now)
-            return BYTE_RATE
+            return Reason.BYTE_RATE
         table[key] = (tokens - 1.0, byte_tokens - size, now)
         return None
 

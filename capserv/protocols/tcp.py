@@ -12,9 +12,9 @@ Data flows one way: transport -> `UppercaseProtocol.dataReceived` ->
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -24,21 +24,19 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv.protocols._twisted import global_reactor, is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
+from capserv.protocols._twisted import is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
 from capserv.protocols.accesslog import log_connection
-from capserv.protocols.addresses import SourceNetworks, describe, family
+from capserv.protocols.addresses import describe
 from capserv.protocols.config import CapservConfig
-from capserv.protocols.logthrottle import LogThrottle
-from capserv.protocols.stats import TCPStats
+from capserv.protocols.connections import ConnectionSet
+from capserv.protocols.limits import Admission
+from capserv.protocols.state import SharedState
+from capserv.protocols.stats import TCPStats, counts
 from capserv.protocols.text import Uppercaser, is_ascii_compatible, lookup_encoding
 from capserv.protocols.wrappers import lend_half_close
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["UppercaseFactory", "UppercaseProtocol"]
 
@@ -59,40 +57,43 @@ class UppercaseProtocol(Protocol):
     the garbage collector to find.)
 
     When a connection closes it logs one line with its peer, duration,
-    bytes in and out and reason (`capserv.protocols.accesslog.log_connection`).
+    bytes in and out and reason (`capserv.protocols.accesslog.log_connection`),
+    unless the factory's config has ``access_log=False``.
+
+    `UppercaseFactory.buildProtocol` makes one as Twisted's factories do
+    (``factory.protocol()``, then sets ``factory`` and ``peer``), so a
+    subclass set as ``factory.protocol`` is used.
     """
 
     factory: UppercaseFactory
     transport: ITransport
-
-    def __init__(self, factory: UppercaseFactory, peer: IAddress | None) -> None:
-        self.factory = factory
-        self.peer = peer
-        #: The incremental codec, made when the first chunk that is not
-        #: plain ASCII arrives (most connections never see one; see
-        #: `UppercaseFactory.ascii_upper`).
-        self._codec: Uppercaser | None = None
-        self._clock = factory.clock
-        self._idle_timeout = factory.config.idle_timeout
-        #: Whether reading is paused because the reply backed up.
-        self.reading_paused = False
-        self._abort_call: IDelayedCall | None = None
-        #: Set once the connection is on its way out: after end of input,
-        #: an idle timeout or a shutdown.
-        self.closing = False
-        self._close_when_drained = False
-        self._reason = "closed"
-        #: The source network this connection is counted in for the per-IP
-        #: limit; set and cleared by the factory's `UppercaseFactory.admit`
-        #: and `UppercaseFactory.unregister`.
-        self.counted_host: bytes | None = None
-        self._is_refused = False
-        #: Whether the protocol is registered as its transport's producer.
-        self._registered = False
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.started = 0.0
-        self._last_activity = 0.0
+    #: The peer's address, as the listening port gave it.
+    peer: IAddress | None = None
+    #: The incremental codec, made when the first chunk that is not plain
+    #: ASCII arrives (most connections never see one; see
+    #: `UppercaseFactory.ascii_upper`).
+    _codec: Uppercaser | None = None
+    #: Whether reading is paused because the reply backed up.
+    reading_paused = False
+    _abort_call: IDelayedCall | None = None
+    #: Set once the connection is on its way out: after end of input, an
+    #: idle timeout or a shutdown.
+    closing = False
+    _close_when_drained = False
+    #: Set by ``connectionLost``: from then on nothing is scheduled.
+    _lost = False
+    _reason = "closed"
+    #: The source network this connection is counted in for the per-IP
+    #: limit; set and cleared by the factory's `UppercaseFactory.admit` and
+    #: `UppercaseFactory.unregister`.
+    counted_host: bytes | None = None
+    _is_refused = False
+    #: Whether the protocol is registered as its transport's producer.
+    _registered = False
+    bytes_in = 0
+    bytes_out = 0
+    started = 0.0
+    _last_activity = 0.0
 
     # -- connection lifetime -------------------------------------------------
 
@@ -100,6 +101,8 @@ class UppercaseProtocol(Protocol):
         lend_half_close(self)
         factory = self.factory
         transport = self.transport
+        self._clock: IReactorTime = factory.clock
+        self._idle_timeout = factory.config.idle_timeout
         proxied = is_proxy_protocol(transport)
         if not proxied and not factory.admit(self, self.peer):
             self._refused()
@@ -114,7 +117,7 @@ class UppercaseProtocol(Protocol):
             transport.bufferSize = high_water  # type: ignore[attr-defined]
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
-        self._write = stream_writer(transport)
+        self._write = stream_writer(transport, factory.config.fast_paths)
         if proxied:
             # Behind HAProxy the client's address arrives in the PROXY
             # header, read before the first data is passed on: count and
@@ -156,10 +159,9 @@ class UppercaseProtocol(Protocol):
         self.closing = True
         self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
-        self._reason = "refused: max_connections_per_ip"
-        transport = self.transport
+        self._reason = "refused"
         self._unregister_throttle()
-        transport.loseConnection()
+        self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -180,6 +182,7 @@ class UppercaseProtocol(Protocol):
         self._finish(drain=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         call = self._abort_call
         if call is not None and call.active():
             call.cancel()
@@ -187,8 +190,8 @@ class UppercaseProtocol(Protocol):
         self.stopProducing()
         factory = self.factory
         factory.unregister(self)
-        if self._is_refused:
-            return  # the refusal was logged (throttled); no line per refusal
+        if self._is_refused or not factory.config.access_log:
+            return  # a refusal was logged (throttled); no line per refusal
         # Never negative, even if the wall clock was stepped back meanwhile.
         duration = max(0.0, self._clock.seconds() - self.started)
         if not self.closing:
@@ -203,7 +206,8 @@ class UppercaseProtocol(Protocol):
         """
         if not self.reading_paused:
             self.reading_paused = True
-            self._read_paused()
+            self.factory.stats.pauses += 1
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         """
@@ -211,25 +215,16 @@ class UppercaseProtocol(Protocol):
         """
         if self.reading_paused:
             self.reading_paused = False
-            self._read_resumed()
+            # The peer took everything it was owed: that is traffic too.
+            self._last_activity = self._clock.seconds()
+            if self._close_when_drained:
+                self._close_now(self._idle_timeout)
+            elif not self.closing:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
-        """
-        The connection is going away.
-        """
+        """The connection is going away."""
         self.reading_paused = False
-
-    def _read_paused(self) -> None:
-        self.factory.stats.pauses += 1
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def _read_resumed(self) -> None:
-        # The peer took everything it was owed: that is traffic too.
-        self._last_activity = self._clock.seconds()
-        if self._close_when_drained:
-            self._close_now(self._idle_timeout)
-        elif not self.closing:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # -- closing ---------------------------------------------------------------
 
@@ -258,8 +253,9 @@ class UppercaseProtocol(Protocol):
         transport = self.transport
         transport.loseConnection()
         # With nothing left to send the close cannot stall: no abort timer
-        # to schedule and cancel (transports that cannot tell get one).
-        if grace > 0 and self._abort_call is None and unsent_bytes(transport) != 0:
+        # to schedule and cancel (transports that cannot tell get one); a
+        # transport that closed at once has called connectionLost already.
+        if grace > 0 and self._abort_call is None and not self._lost and unsent_bytes(transport) != 0:
             self._abort_call = self._clock.callLater(grace, self._abort)
 
     def _unregister_throttle(self) -> None:
@@ -341,11 +337,7 @@ class _Refused(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
-#: UppercaseFactory's logger, under the namespace operators filter on.
-_log = Logger(namespace="capserv.tcp.UppercaseFactory")
-
-
-class UppercaseFactory(ServerFactory):
+class UppercaseFactory(ServerFactory, SharedState):
     """
     Build `UppercaseProtocol` connections that share one configuration,
     one clock, one set of counters and the connection limits.
@@ -354,6 +346,12 @@ class UppercaseFactory(ServerFactory):
 
         from twisted.internet.endpoints import serverFromString
         serverFromString(reactor, "tcp:50007").listen(UppercaseFactory())
+
+    It holds the pieces its connections share: `limits` (who is served),
+    `connections` (the open ones, their idle sweep and the drain) and
+    `stats`.  A connection over a limit gets a protocol that closes it at
+    once (not `None`: Twisted's wrapping factories, TLS and PROXY
+    included, cannot wrap `None`).
     """
 
     protocol = UppercaseProtocol  # type: ignore[assignment]
@@ -364,156 +362,76 @@ class UppercaseFactory(ServerFactory):
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (timeouts, durations); the global
-            reactor if `None`, looked up now rather than at import time.
+            reactor if `None`, looked up when time is first needed.
         """
-        if clock is None:
-            clock = global_reactor()
-        assert clock is not None
-        self.config = config if config is not None else CapservConfig()
-        self.clock: IReactorTime = clock
+        SharedState.__init__(self, config, clock)
         self.stats = TCPStats()
+        self.limits = Admission(self, self.stats)
         #: Open connections.
-        self.connections: set[UppercaseProtocol] = set()
-        #: The network each peer is counted in by the per-IP limit.
-        self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
-        self._per_host: dict[bytes, int] = {}
-        self._refused_log = LogThrottle(clock, 10.0)
-        self._accepting = True
-        self._drained: list[Deferred[None]] = []
-        # One sweep for every connection's idle timeout, every tenth of the
-        # timeout: no timer per connection to create, reschedule or cancel.
-        self._sweep_call: IDelayedCall | None = None
-        self.sweep_interval = max(self.config.idle_timeout / 10, 0.05)
+        self.connections = ConnectionSet(self)
         #: Whether an ASCII chunk is uppercased by `bytes.upper` alone with
         #: nothing pending (the encoding maps ASCII to ASCII one to one),
         #: so a connection needs no codec until other bytes arrive.
         self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
 
     def codec(self) -> Uppercaser:
-        """
-        A new incremental codec for one connection's stream.
-        """
+        """A new incremental codec for one connection's stream."""
         return Uppercaser(self.config.encoding, self.config.ascii_only)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
-        Build a protocol for a new connection, or a refusal if a limit says
-        no.
+        Build a `protocol` for a new connection (``factory.protocol`` may be
+        a subclass of `UppercaseProtocol`), or a refusal if a limit says no.
+        The per-IP limit is applied once the client's address is certain:
+        at ``connectionMade``, or behind HAProxy at the first data.
         """
-        config = self.config
-        refusal = None
-        if not self._accepting:
-            refusal = "shutdown"
-        elif config.max_connections and len(self.connections) >= config.max_connections:
-            refusal = "max_connections"
-        # The per-IP limit is applied once the client's address is certain:
-        # at connectionMade, or behind HAProxy at the first data.
+        refusal = self.limits.refusal(len(self.connections))
         if refusal is not None:
-            self._refuse(addr, refusal)
+            self.limits.refuse(addr, refusal)
             return _Refused()
-        return UppercaseProtocol(self, addr)
+        protocol: UppercaseProtocol = self.protocol()
+        protocol.factory = self
+        protocol.peer = addr
+        return protocol
 
-    def _refuse(self, addr: IAddress | None, limit: str, network: bytes | None = None, count: int = 0) -> None:
-        self.stats.connections_refused[limit] += 1
-        if network is not None:
-            self.stats.limited[limit][family(network)] += 1
-        held = self._refused_log.check()
-        if held is not None:
-            detail = text = ""
-            if network is not None:
-                text = self.networks.text(network)
-                limit_option = f"--max-connections-per-ip {self.config.max_connections_per_ip}"
-                detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {limit_option})"
-            _log.warn(
-                "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
-                peer=describe(addr),
-                limit=limit,
-                detail=detail,
-                network=text or None,
-                held=held,
-            )
+    # -- what the protocol tells its factory ---------------------------------
 
     def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
-        Count ``protocol`` against the per-IP limit of the network
-        ``address`` is in (`networks`), or refuse it (counted and logged)
-        if that network is already at the limit.
+        Count ``protocol`` against the per-IP limit of ``address``'s network,
+        or refuse it (counted and logged) if that network is at the limit.
 
         :return: whether the connection may go on.
         """
-        key = self.networks.key(address)
+        key = self.limits.take(address)
         if key is None:
-            return True
-        count = self._per_host.get(key, 0)
-        limit = self.config.max_connections_per_ip
-        if limit and count >= limit:
-            self._refuse(address, "max_connections_per_ip", key, count)
             return False
-        self._per_host[key] = count + 1
         protocol.counted_host = key
         return True
 
     def register(self, protocol: UppercaseProtocol) -> None:
-        """
-        Count ``protocol`` as open (admitted, now being served) and start the
-        idle sweep if it is the first.
-        """
+        """Count ``protocol`` as open (admitted, now being served)."""
         self.connections.add(protocol)
         self.stats.connections_total += 1
-        if self._sweep_call is None and self.config.idle_timeout > 0:
-            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
-
-    def _sweep(self) -> None:
-        """
-        Close connections idle for the idle timeout: each is closed between
-        the timeout and the timeout plus a tenth of it after its last
-        traffic.
-        """
-        self._sweep_call = None
-        now = self.clock.seconds()
-        for protocol in list(self.connections):
-            protocol.check_idle(now)
-        if self.connections:
-            self._sweep_call = self.clock.callLater(self.sweep_interval, self._sweep)
 
     def unregister(self, protocol: UppercaseProtocol) -> None:
         """
         Forget a connection that has closed (or was refused): release its
-        per-IP count, add its bytes to the totals, stop the sweep when none
-        is left and fire `drain`'s waiters then.  Safe to call twice.
+        per-IP count and add its bytes to the totals.  Safe to call twice.
         """
-        key = protocol.counted_host
+        key, protocol.counted_host = protocol.counted_host, None
         if key is not None:
-            protocol.counted_host = None
-            left = self._per_host.get(key, 1) - 1
-            if left > 0:
-                self._per_host[key] = left
-            else:
-                self._per_host.pop(key, None)
-        if protocol not in self.connections:
-            return
-        self.connections.discard(protocol)
-        if not self.connections and self._sweep_call is not None:
-            if self._sweep_call.active():
-                self._sweep_call.cancel()
-            self._sweep_call = None
-        stats = self.stats
-        stats.bytes_in += protocol.bytes_in
-        stats.bytes_out += protocol.bytes_out
-        if not self.connections and self._drained:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+            self.limits.release(key)
+        if protocol in self.connections:
+            self.stats.bytes_in += protocol.bytes_in
+            self.stats.bytes_out += protocol.bytes_out
+            self.connections.discard(protocol)
+
+    # -- what the service asks -------------------------------------------------
 
     def connections_from(self, address: IAddress | str) -> int:
-        """
-        How many connections the per-IP limit counts for ``address``: those
-        open from its whole source network (`networks`).
-
-        :param address: an IP address as text, or a Twisted address.
-        """
-        key = self.networks.key((address, 0) if isinstance(address, str) else address)
-        return self._per_host.get(key, 0) if key is not None else 0
+        """How many connections the per-IP limit counts for ``address`` (`Admission.count`)."""
+        return self.limits.count(address)
 
     def snapshot(self) -> dict[str, Any]:
         """
@@ -523,8 +441,8 @@ class UppercaseFactory(ServerFactory):
         return {
             "connections_active": len(self.connections),
             "connections_total": stats.connections_total,
-            "connections_refused": dict(stats.connections_refused),
-            "limited": {limit: dict(by_family) for limit, by_family in stats.limited.items()},
+            "connections_refused": counts(stats.connections_refused),
+            "limited": {str(limit): dict(by_family) for limit, by_family in stats.limited.items()},
             "idle_timeouts": stats.idle_timeouts,
             "aborts": stats.aborts,
             "pauses": stats.pauses,
@@ -533,26 +451,16 @@ class UppercaseFactory(ServerFactory):
         }
 
     def stop_accepting(self) -> None:
-        """
-        Refuse every new connection from now on (a graceful stop has begun).
-        """
-        self._accepting = False
+        """Refuse every new connection from now on (a graceful stop has begun)."""
+        self.limits.accepting = False
 
     def abort_all(self) -> None:
-        """
-        Abort every open connection now (a stop forced by a second signal).
-        """
-        for protocol in list(self.connections):
-            protocol.abort_now()
+        """Abort every open connection now (`ConnectionSet.abort_all`)."""
+        self.connections.abort_all()
 
     def abort_reset(self) -> int:
-        """
-        Abort every connection its peer has reset unnoticed
-        (`UppercaseProtocol.check_reset`), as a stop begins.
-
-        :return: how many.
-        """
-        return sum(protocol.check_reset() for protocol in list(self.connections))
+        """Abort the connections reset unnoticed; how many (`ConnectionSet.abort_reset`)."""
+        return self.connections.abort_reset()
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
@@ -565,28 +473,5 @@ class UppercaseFactory(ServerFactory):
 
         :return: a `Deferred` that fires once every connection has closed.
         """
-        self._accepting = False
-        self.abort_reset()
-        if not self.connections:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        if timeout is None:
-            timeout = self.config.shutdown_timeout
-
-        def close_the_rest() -> None:
-            for protocol in list(self.connections):
-                protocol.shutdown()
-
-        if timeout > 0:
-            call = self.clock.callLater(timeout, close_the_rest)
-
-            def cancel_timer(result: None) -> None:
-                if call.active():
-                    call.cancel()
-                return result
-
-            d.addCallback(cancel_timer)
-        else:
-            close_the_rest()
-        return d
+        self.limits.accepting = False
+        return self.connections.drain(self.config.shutdown_timeout if timeout is None else timeout)

@@ -17,12 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from capserv.protocols._twisted import datagram_sender, global_reactor
-from capserv.protocols.addresses import SourceNetworks, family, host_key, is_loopback
+from capserv.protocols._twisted import datagram_sender
+from capserv.protocols.addresses import family, host_key, is_loopback
 from capserv.protocols.config import CapservConfig
-from capserv.protocols.logthrottle import LogThrottle
-from capserv.protocols.ratelimit import BYTE_RATE, TokenBuckets
-from capserv.protocols.stats import UDPStats
+from capserv.protocols.ratelimit import TokenBuckets
+from capserv.protocols.state import SharedState
+from capserv.protocols.stats import Reason, UDPStats, counts
 from capserv.protocols.text import is_ascii_compatible, uppercase
 
 __all__ = ["MAX_DATAGRAM", "MAX_REPLY_IPV4", "MAX_REPLY_IPV6", "DatagramState", "UppercaseDatagramProtocol"]
@@ -37,37 +37,23 @@ MAX_REPLY_IPV6 = 65527
 #: How many source hosts `DatagramState.source` remembers the network of.
 _SOURCES_REMEMBERED = 4096
 
-#: The option each per-source drop reason is over, for log lines.
-_BUDGETS = {"rate_limit": "--udp-rate", BYTE_RATE: "--udp-byte-rate"}
 
-
-class DatagramState:
+class DatagramState(SharedState):
     """
-    What every datagram port of one capserv shares: the configuration, the
-    clock, the counters, the per-source budgets (datagrams and bytes, by
-    source network) and the drop-log throttle.
-
-    A Twisted datagram protocol serves one port, so a service listening on
-    several UDP ports builds one protocol per port and hands each the same
-    state (as ``twisted.names`` hands one ``DNSServerFactory`` to every
-    ``DNSDatagramProtocol``): limits and counters hold across ports.
+    What every datagram port of one capserv shares (`SharedState`), with
+    the UDP counters and the per-source budgets (datagrams and bytes, by
+    source network).
     """
 
     def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (rate limit, log throttling);
-            the global reactor if `None`, looked up now.
+            the global reactor if `None`, looked up when first needed.
         """
-        if clock is None:
-            clock = global_reactor()
-        assert clock is not None
-        self.config = config if config is not None else CapservConfig()
-        self.clock: IReactorTime = clock
+        super().__init__(config, clock)
         self.stats = UDPStats()
         config = self.config
-        #: The network each source is counted in.
-        self.networks = SourceNetworks(config.ipv4_prefix, config.ipv6_prefix)
         self.buckets: TokenBuckets | None = None
         if config.udp_rate > 0 or config.udp_byte_rate > 0:
             self.buckets = TokenBuckets(
@@ -77,7 +63,6 @@ class DatagramState:
                 config.udp_byte_rate,
                 config.udp_byte_burst,
             )
-        self.drop_log = LogThrottle(clock, 10.0)
         # What `source` answered for recent source hosts: most traffic comes
         # from hosts seen a moment ago, and a lookup here costs less than
         # parsing the address again.  Emptied when full, so it stays small
@@ -122,8 +107,8 @@ class DatagramState:
             "datagrams_out": stats.datagrams_out,
             "bytes_in": stats.bytes_in,
             "bytes_out": stats.bytes_out,
-            "drops": dict(stats.drops),
-            "limited": {reason: dict(by_family) for reason, by_family in stats.limited.items()},
+            "drops": counts(stats.drops),
+            "limited": {str(reason): dict(by_family) for reason, by_family in stats.limited.items()},
             "rate_table_size": len(self.buckets) if self.buckets is not None else 0,
         }
 
@@ -160,7 +145,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (rate limit, log throttling);
-            the global reactor if `None`, looked up now.
+            the global reactor if `None`, looked up when first needed.
         :param state: state shared with other ports' protocols; when given,
             ``config`` and ``clock`` are taken from it.
         """
@@ -168,7 +153,6 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             state = DatagramState(config, clock)
         self.state = state
         self.config = state.config
-        self.clock = state.clock
         self.stats = state.stats
         self.buckets = state.buckets
         self._source = state.source
@@ -177,9 +161,14 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         self._fast = is_ascii_compatible(self.config.encoding)
         self._send: Any = None
 
+    @property
+    def clock(self) -> IReactorTime:
+        """The shared state's clock."""
+        return self.state.clock
+
     def startProtocol(self) -> None:
         transport = self.transport
-        self._send = datagram_sender(transport)
+        self._send = datagram_sender(transport, self.config.fast_paths)
         if getattr(transport, "maxPacketSize", MAX_DATAGRAM) < MAX_DATAGRAM:
             transport.maxPacketSize = MAX_DATAGRAM  # type: ignore[union-attr]
 
@@ -190,7 +179,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         stats.bytes_in += size
         config = self.config
         if addr[1] < 1024 and not config.udp_allow_low_ports:
-            self._drop("low_port", addr, size, "source port below 1024; --udp-allow-low-ports answers it")
+            self._drop(Reason.LOW_PORT, addr, size, "source port below 1024; udp_allow_low_ports answers it")
             return
         host = addr[0]
         buckets = self.buckets
@@ -201,7 +190,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
                 # Charged before uppercasing, so a flood over its budget
                 # costs no uppercasing: ASCII replies have the request's
                 # size; others are charged the difference below.
-                refused = buckets.spend(network, self.clock.seconds(), size)
+                refused = buckets.spend(network, self.state.clock.seconds(), size)
                 if refused is not None:
                     self._drop(refused, addr, size, network=network)
                     return
@@ -212,16 +201,16 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if len(reply) > MAX_REPLY_IPV4 and (
             len(reply) > MAX_REPLY_IPV6 or ":" not in host or host.startswith("::ffff:")
         ):
-            self._drop("oversize", addr, len(reply))
+            self._drop(Reason.OVERSIZE, addr, len(reply))
             return
         if network and len(reply) != size and buckets is not None and not buckets.adjust(network, len(reply) - size):
             # Uppercasing grew the text past what the source has left.
-            self._drop(BYTE_RATE, addr, len(reply), network=network)
+            self._drop(Reason.BYTE_RATE, addr, len(reply), network=network)
             return
         try:
             self._send(reply, addr)
         except (OSError, MessageLengthError) as e:
-            self._drop("send_error", addr, len(reply), str(e))
+            self._drop(Reason.SEND_ERROR, addr, len(reply), str(e))
             return
         stats.datagrams_out += 1
         stats.bytes_out += len(reply)
@@ -232,30 +221,30 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         loop's datagram transports report send errors this way, not from
         ``write``): counted and logged once in a while like any failed send.
         """
-        self._drop("send_error", ("?", 0), 0, str(error))
+        self._drop(Reason.SEND_ERROR, ("?", 0), 0, str(error))
 
-    def _drop(self, reason: str, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
+    def _drop(self, reason: Reason, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
         stats = self.stats
         stats.drops[reason] += 1
         if network is not None:
             stats.limited[reason][family(network)] += 1
-        held = self.state.drop_log.check()
+        held = self.state.throttled()
         if held is not None:
             text = None
             if network is not None:
                 text = self.state.networks.text(network)
-                detail = f"{text} over {_BUDGETS[reason]}"
+                detail = f"{text} over {reason.field}"
             _log.warn(
                 "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
                 "{held} more drops since the last report; totals: {totals}",
                 peer=f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}",
-                reason=reason,
+                reason=reason.value,
                 size=size,
                 detail=f": {detail}" if detail else "",
                 network=text,
                 held=held,
-                drops=dict(stats.drops),
-                totals=", ".join(f"{name} {count}" for name, count in sorted(stats.drops.items())),
+                drops=counts(stats.drops),
+                totals=", ".join(f"{name} {count}" for name, count in sorted(counts(stats.drops).items())),
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from capserv.protocols.stats import DROPS, PER_SOURCE, REFUSALS, Reason
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector, CollectorRegistry
 
 __all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
-
-REFUSAL_LIMITS = ("max_connections", "max_connections_per_ip", "shutdown")
-DROP_REASONS = ("rate_limit", "byte_rate", "oversize", "low_port", "send_error")
-#: The per-source limits, each counted by the source network's family.
-NETWORK_LIMITS = ("max_connections_per_ip", "rate_limit", "byte_rate")
 
 
 class CapservCollector:
@@ -59,8 +55,8 @@ class CapservCollector:
         refused = CounterMetricFamily(
             "capserv_connections_refused", "TCP connections closed at once, by limit.", labels=["limit"]
         )
-        for limit in REFUSAL_LIMITS:
-            refused.add_metric([limit], tcp["connections_refused"].get(limit, 0))
+        for limit in REFUSALS:
+            refused.add_metric([limit.value], tcp["connections_refused"].get(limit.value, 0))
         yield refused
         yield CounterMetricFamily(
             "capserv_idle_timeouts", "TCP connections closed for being idle.", value=tcp["idle_timeouts"]
@@ -86,8 +82,8 @@ class CapservCollector:
         drops = CounterMetricFamily(
             "capserv_datagrams_dropped", "Datagrams not answered, by reason.", labels=["reason"]
         )
-        for reason in DROP_REASONS:
-            drops.add_metric([reason], udp["drops"].get(reason, 0))
+        for reason in DROPS:
+            drops.add_metric([reason.value], udp["drops"].get(reason.value, 0))
         yield drops
         limited = CounterMetricFamily(
             "capserv_network_limited",
@@ -96,10 +92,10 @@ class CapservCollector:
             labels=["limit", "family", "prefix"],
         )
         config = self.factory.config
-        for limit in NETWORK_LIMITS:
-            counts = (tcp if limit == "max_connections_per_ip" else udp)["limited"].get(limit, {})
-            limited.add_metric([limit, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
-            limited.add_metric([limit, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
+        for limit in PER_SOURCE:
+            counts = (tcp if limit is Reason.MAX_CONNECTIONS_PER_IP else udp)["limited"].get(limit.value, {})
+            limited.add_metric([limit.value, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
+            limited.add_metric([limit.value, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
         yield limited
         yield GaugeMetricFamily(
             "capserv_udp_rate_sources",

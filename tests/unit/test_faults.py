@@ -297,7 +297,7 @@ class ConnectionLife(RuleBasedStateMachine):
         live = [p for p in self.peers if p.admitted and not p.lost]
         assert self.factory.connections == {p.protocol for p in live}
         expected = Counter(self.factory.networks.network(p.host) for p in live)
-        assert dict(self.factory._per_host) == dict(expected)
+        assert dict(self.factory.limits.held) == dict(expected)
         limit = self.factory.config.max_connections
         if limit:
             assert len(self.factory.connections) <= limit
@@ -352,7 +352,7 @@ class ConnectionLife(RuleBasedStateMachine):
         for peer in self.peers:
             peer.transport.turn()
         assert not self.factory.connections
-        assert not self.factory._per_host
+        assert not self.factory.limits.held
         assert [p for p in self.peers if not p.lost] == []
         assert self.clock.getDelayedCalls() == []
         for fired in self.drainFired:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
@@ -19,6 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+import capserv
 from capserv import UppercaseFactory
 from capserv.native import asyncio_loop
 from capserv.protocols._twisted import (
@@ -138,3 +143,35 @@ class ResetUnnoticedTests(SynchronousTestCase):
         self.assertFalse(reset_unnoticed(Plain()))  # reading the error cleared it
         self.assertFalse(reset_unnoticed(StringTransport()))
         self.assertFalse(reset_unnoticed(None))
+
+
+class NoSideEffectTests(SynchronousTestCase):
+    """Importing capserv and building its protocols leave the process alone."""
+
+    def test_reactor_chosen_after_building_and_no_atexit(self) -> None:
+        """
+        In a fresh interpreter, ``import capserv`` registers no atexit hook,
+        and building ``UppercaseFactory()`` and ``UppercaseDatagramProtocol()``
+        without a clock imports no reactor, so ``asyncioreactor.install()``
+        still works after.
+        """
+        code = textwrap.dedent(
+            """
+            import asyncio, atexit, sys
+            before = atexit._ncallbacks()
+            import capserv
+            assert atexit._ncallbacks() == before, "import capserv registered an atexit hook"
+            capserv.UppercaseFactory()
+            capserv.UppercaseDatagramProtocol()
+            assert "twisted.internet.reactor" not in sys.modules, "a reactor was imported"
+            from twisted.internet import asyncioreactor
+            asyncioreactor.install(asyncio.new_event_loop())
+            from twisted.internet import reactor
+            print(type(reactor).__name__)
+            """
+        )
+        root = Path(capserv.__file__).resolve().parent.parent
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=False
+        )
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, "AsyncioSelectorReactor"), done.stderr)

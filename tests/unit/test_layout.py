@@ -25,9 +25,9 @@ class PinnedNamesTests(SynchronousTestCase):
         """
         from capserv.daemon import listen, rlimits, sdnotify, service, workers
         from capserv.native import _adapter
-        from capserv.protocols import accesslog, tcp, udp
+        from capserv.protocols import accesslog, limits, udp
 
-        self.assertEqual(tcp._log.namespace, "capserv.tcp.UppercaseFactory")
+        self.assertEqual(limits._log.namespace, "capserv.tcp.UppercaseFactory")
         self.assertEqual(udp._log.namespace, "capserv.udp.UppercaseDatagramProtocol")
         self.assertEqual(accesslog._connection_logger.namespace, "capserv.tcp.UppercaseProtocol")
         self.assertEqual(listen._log.namespace, "capserv.listen")

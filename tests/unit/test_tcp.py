@@ -7,8 +7,9 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import LogEvent, globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -208,25 +209,51 @@ class FastPathTests(SynchronousTestCase):
 
     def test_switch_turns_them_off(self) -> None:
         """
-        CAPSERV_NO_FASTPATH=1 turns the direct-send fast path off: the transport's own
-        write is used.
+        fast=False (the config's fast_paths) turns the direct-send fast path off:
+        the transport's own write is used.
         """
-        import os
         import socket
 
         from twisted.internet import tcp
 
-        from capserv.protocols._twisted import fast_paths_enabled, stream_writer
+        from capserv.protocols._twisted import stream_writer
 
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
         connection = tcp.Connection(a, None)
         self.assertNotEqual(stream_writer(connection), connection.write)
-        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        self.assertEqual(stream_writer(connection, fast=False), connection.write)
+
+    def test_config_turns_them_off_per_factory(self) -> None:
+        """
+        CapservConfig(fast_paths=False) gives a factory's connections the
+        transport's own write, whatever the environment says.
+        """
+        import os
+        import socket
+
+        from twisted.internet import tcp
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
         self.addCleanup(os.environ.pop, "CAPSERV_NO_FASTPATH", None)
-        self.assertFalse(fast_paths_enabled())
-        self.assertEqual(stream_writer(connection), connection.write)
+        os.environ["CAPSERV_NO_FASTPATH"] = "0"
+        for fast in (True, False):
+            factory = UppercaseFactory(CapservConfig(fast_paths=fast), clock=Clock())
+            protocol = factory.buildProtocol(peer())
+            assert isinstance(protocol, UppercaseProtocol)
+            connection = tcp.Connection(a, protocol)
+            protocol.makeConnection(connection)
+            self.assertEqual(protocol._write == connection.write, not fast)
+            factory.unregister(protocol)
+        os.environ["CAPSERV_NO_FASTPATH"] = "1"
+        protocol = UppercaseFactory(clock=Clock()).buildProtocol(peer())
+        assert isinstance(protocol, UppercaseProtocol)
+        connection = tcp.Connection(a, protocol)
+        protocol.makeConnection(connection)
+        self.assertNotEqual(protocol._write, connection.write, "the library reads no environment")
 
 
 class IdleTimeoutTests(SynchronousTestCase):
@@ -477,7 +504,8 @@ class NetworkLimitTests(SynchronousTestCase):
     def test_refusal_names_the_network(self) -> None:
         """
         A per-IP refusal is logged naming the peer, its network with the prefix, how
-        many connections that network has and the option, and is counted by family.
+        many connections that network has and the config field (not a command-line
+        flag), and is counted by family.
         """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
@@ -488,7 +516,7 @@ class NetworkLimitTests(SynchronousTestCase):
         (refusal,) = [e for e in events if "Refused" in e.get("log_format", "")]
         self.assertEqual(refusal["peer"], "[2001:db8::5]:2")
         self.assertEqual(refusal["network"], "2001:db8::/64")
-        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; --max-connections-per-ip 1)")
+        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; max_connections_per_ip=1)")
         self.assertEqual(h.factory.snapshot()["limited"], {"max_connections_per_ip": {"ipv6": 1}})
 
 
@@ -637,3 +665,88 @@ class ProxyProtocolTests(SynchronousTestCase):
             self.connect_via_proxy(h, f"192.0.2.{port}", port)
         self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)
+
+
+class TwistedConventionTests(SynchronousTestCase):
+    """The factory and protocol behave as Twisted's own do."""
+
+    def test_subclass_set_as_protocol_is_used(self) -> None:
+        """
+        buildProtocol builds factory.protocol: a subclass set there serves the
+        connection, with the factory and the peer set, and keeps the service's
+        behaviour.
+        """
+
+        class Greeting(UppercaseProtocol):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                self.transport.write(b"HELLO\n")
+
+        h = Harness()
+        h.factory.protocol = Greeting  # type: ignore[assignment]
+        proto, tr = h.connect("192.0.2.3", 4000)
+        self.assertIsInstance(proto, Greeting)
+        self.assertIs(proto.factory, h.factory)
+        self.assertEqual(proto.peer, peer("192.0.2.3", 4000))
+        proto.dataReceived(b"abc")
+        self.assertEqual(tr.value(), b"HELLO\nABC")
+        self.assertIn(proto, h.factory.connections)
+
+    def test_access_line_off_per_factory(self) -> None:
+        """
+        CapservConfig(access_log=False) turns the per-connection line off for
+        that factory only; another factory still logs its connections.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        quiet, loud = Harness(access_log=False), Harness()
+        for h in (quiet, loud):
+            proto, _tr = h.connect()
+            proto.dataReceived(b"abc")
+            h.lose(proto)
+        lines = [e for e in events if e.get("log_namespace") == "capserv.tcp.UppercaseProtocol"]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(loud.factory.stats.connections_total, quiet.factory.stats.connections_total)
+
+    def test_no_timer_after_connection_lost(self) -> None:
+        """
+        A transport that closes at once (connectionLost called from
+        loseConnection, as StringTransportWithDisconnection does) leaves no
+        abort timer behind and counts no abort: after an idle timeout, after
+        end of input and after a shutdown.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for close in ("idle", "end of input", "shutdown"):
+            h = Harness(idle_timeout=10, abort_grace=2)
+            address = peer()
+            proto = h.factory.buildProtocol(address)
+            tr = StringTransportWithDisconnection(peerAddress=address)
+            tr.protocol = proto
+            proto.makeConnection(tr)  # type: ignore[union-attr]
+            if close == "idle":
+                h.clock.advance(11)
+            elif close == "end of input":
+                proto.readConnectionLost()  # type: ignore[union-attr]
+            else:
+                h.factory.drain(timeout=0)
+            self.assertFalse(tr.connected, close)
+            self.assertEqual(h.clock.getDelayedCalls(), [], close)
+            self.assertEqual(h.factory.stats.aborts, 0, close)
+        reasons = [e["reason"] for e in events if e.get("log_namespace") == "capserv.tcp.UppercaseProtocol"]
+        self.assertEqual(reasons, ["idle for 10s", "end of input", "server shutting down"])
+
+    def test_refusal_behind_a_wrapping_factory(self) -> None:
+        """
+        A connection over a limit behind one of Twisted's wrapping factories
+        (which cannot wrap None) is closed at once, with no error.
+        """
+        h = Harness(max_connections=1)
+        h.connect()
+        wrapper = WrappingFactory(h.factory).buildProtocol(peer(port=2))
+        tr = StringTransport()
+        wrapper.makeConnection(tr)
+        self.assertTrue(tr.disconnecting)
+        self.assertEqual(h.factory.stats.connections_refused["max_connections"], 1)

@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from capserv import MAX_DATAGRAM, CapservConfig, UppercaseDatagramProtocol
 from capserv.protocols.addresses import SourceNetworks
 from capserv.protocols.config import MIN_UDP_BYTE_BURST
-from capserv.protocols.ratelimit import BYTE_RATE, RATE_LIMIT, TokenBuckets
+from capserv.protocols.ratelimit import TokenBuckets
+from capserv.protocols.stats import Reason
 from capserv.protocols.udp import MAX_REPLY_IPV4, MAX_REPLY_IPV6, DatagramState
 
 CLIENT = ("192.0.2.1", 40000)
@@ -150,8 +151,9 @@ class LowPortTests(SynchronousTestCase):
 
     def test_drop_line_names_the_option_and_brackets_ipv6(self) -> None:
         """
-        The low_port drop line names --udp-allow-low-ports, and writes an IPv6 peer
-        in brackets as the TCP lines do.
+        The low_port drop line names the config field udp_allow_low_ports (no
+        command-line flag: the library does not know the daemon's), and writes an
+        IPv6 peer in brackets as the TCP lines do.
         """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
@@ -163,7 +165,8 @@ class LowPortTests(SynchronousTestCase):
             formatEvent(warning).split(";")[0],
             "Dropped a datagram for [::ffff:10.9.0.1]:999 (low_port, 4 bytes: source port below 1024",
         )
-        self.assertIn("--udp-allow-low-ports answers it)", formatEvent(warning))
+        self.assertIn("udp_allow_low_ports answers it)", formatEvent(warning))
+        self.assertNotIn("--", formatEvent(warning))
 
     def test_option_allows_them(self) -> None:
         """
@@ -384,7 +387,7 @@ class NetworkTests(SynchronousTestCase):
     def test_drop_log_and_counters_name_the_network(self) -> None:
         """
         A datagram dropped by a per-source budget is logged with the network and its
-        prefix and the option it is over, and counted by the network's family.
+        prefix and the config field it is over, and counted by the network's family.
         """
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
@@ -398,7 +401,7 @@ class NetworkTests(SynchronousTestCase):
         warnings = [e for e in events if "Dropped" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["network"], "2001:db8::/64")
-        self.assertEqual(warnings[0]["detail"], ": 2001:db8::/64 over --udp-rate")
+        self.assertEqual(warnings[0]["detail"], ": 2001:db8::/64 over udp_rate")
         self.assertEqual(proto.snapshot()["limited"], {"rate_limit": {"ipv6": 1, "ipv4": 1}})
 
 
@@ -489,7 +492,7 @@ class ByteBudgetTests(SynchronousTestCase):
 
     def test_drop_logged_with_network_and_option(self) -> None:
         """
-        A byte-budget drop is logged naming the network and --udp-byte-rate, and counted
+        A byte-budget drop is logged naming the network and udp_byte_rate, and counted
         as byte_rate by family.
         """
         events: list[LogEvent] = []
@@ -500,7 +503,7 @@ class ByteBudgetTests(SynchronousTestCase):
         proto.datagramReceived(b"a" * 60000, ("2001:db8:7::2", 4000, 0, 0))
         (warning,) = [e for e in events if "Dropped" in e.get("log_format", "")]
         self.assertEqual(warning["reason"], "byte_rate")
-        self.assertEqual(warning["detail"], ": 2001:db8:7::/64 over --udp-byte-rate")
+        self.assertEqual(warning["detail"], ": 2001:db8:7::/64 over udp_byte_rate")
         self.assertEqual(proto.snapshot()["limited"], {"byte_rate": {"ipv6": 1}})
 
     def test_buckets_spend_both_or_nothing(self) -> None:
@@ -509,9 +512,9 @@ class ByteBudgetTests(SynchronousTestCase):
         """
         buckets = TokenBuckets(rate=1, burst=2, max_size=10, byte_rate=100, byte_burst=100)
         self.assertIsNone(buckets.spend("n", 0, 80))
-        self.assertEqual(buckets.spend("n", 0, 30), BYTE_RATE)
+        self.assertEqual(buckets.spend("n", 0, 30), Reason.BYTE_RATE)
         self.assertIsNone(buckets.spend("n", 0, 20))  # the refusal spent no datagram token
-        self.assertEqual(buckets.spend("n", 0, 0), RATE_LIMIT)
+        self.assertEqual(buckets.spend("n", 0, 0), Reason.RATE_LIMIT)
         self.assertIsNone(buckets.spend("n", 1, 100))  # one second: one datagram, 100 bytes
 
     def test_byte_burst_must_hold_the_largest_reply(self) -> None:

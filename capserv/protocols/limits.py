@@ -1,0 +1,114 @@
+"""
+Admission: which connections a stream factory serves.
+
+None once a graceful stop has begun, at most ``max_connections`` at once,
+at most ``max_connections_per_ip`` from one source network.  Whatever is
+refused is counted by `Reason` and logged, one line per 10 seconds at most.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+
+from capserv.protocols.addresses import describe, family
+from capserv.protocols.state import SharedState
+from capserv.protocols.stats import Reason, TCPStats
+
+__all__ = ["Admission"]
+
+#: The refusal lines' logger, under the namespace operators filter on.
+_log = Logger(namespace="capserv.tcp.UppercaseFactory")
+
+
+class Admission:
+    """
+    The connection limits of one factory, and the per-network counts the
+    per-IP limit keeps.
+    """
+
+    def __init__(self, state: SharedState, stats: TCPStats) -> None:
+        """
+        :param state: the configuration, clock and source networks.
+        :param stats: where refusals are counted.
+        """
+        self._state = state
+        self._stats = stats
+        #: Whether new connections are served (a graceful stop clears it).
+        self.accepting = True
+        #: Connections counted by the per-IP limit, by source network.
+        self.held: dict[bytes, int] = {}
+
+    def refusal(self, open_now: int) -> Reason | None:
+        """
+        Why a new connection may not be served with ``open_now`` open, or
+        `None` if it may (as far as the limits that need no address say).
+        """
+        if not self.accepting:
+            return Reason.SHUTDOWN
+        most = self._state.config.max_connections
+        if most and open_now >= most:
+            return Reason.MAX_CONNECTIONS
+        return None
+
+    def take(self, address: IAddress | None) -> bytes | None:
+        """
+        Count a connection from ``address`` against its network's per-IP
+        limit, or refuse it (counted and logged) if the network is at it.
+
+        :return: the network to `release` when the connection closes (empty
+            for addresses without an IP address), or `None` if refused.
+        """
+        key = self._state.networks.key(address)
+        if key is None:
+            return b""
+        count = self.held.get(key, 0)
+        limit = self._state.config.max_connections_per_ip
+        if limit and count >= limit:
+            self.refuse(address, Reason.MAX_CONNECTIONS_PER_IP, key, count)
+            return None
+        self.held[key] = count + 1
+        return key
+
+    def release(self, key: bytes) -> None:
+        """Give back a count `take` returned (the empty one is none)."""
+        left = self.held.get(key, 1) - 1
+        if left > 0:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)
+
+    def count(self, address: IAddress | str) -> int:
+        """
+        How many connections the per-IP limit counts for ``address``: those
+        open from its whole source network.
+
+        :param address: an IP address as text, or a Twisted address.
+        """
+        key = self._state.networks.key((address, 0) if isinstance(address, str) else address)
+        return self.held.get(key, 0) if key is not None else 0
+
+    def refuse(self, address: IAddress | None, reason: Reason, network: bytes | None = None, count: int = 0) -> None:
+        """
+        Count a refusal and log it, unless a line was logged less than 10
+        seconds ago (the next line says how many were held back).
+        """
+        self._stats.connections_refused[reason] += 1
+        if network is not None:
+            self._stats.limited[reason][family(network)] += 1
+        held = self._state.throttled()
+        if held is None:
+            return
+        detail = text = ""
+        if network is not None:
+            text = self._state.networks.text(network)
+            field = f"{reason.field}={self._state.config.max_connections_per_ip}"
+            detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {field})"
+        _log.warn(
+            "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
+            peer=describe(address),
+            limit=reason.value,
+            detail=detail,
+            network=text or None,
+            held=held,
+        )
