@@ -42,7 +42,6 @@ from capserv.endpoints.grammar import (
     Proxy,
     Twisted,
     Unix,
-    escape,
     kinds_hint,
     parse,
     twisted_description,
@@ -249,18 +248,28 @@ class _SocketListener(Listener):
 
     _socket: socket.socket | None = None
     what = "streams"
-    backlog = DEFAULT_BACKLOG
 
     def __init__(self, description: str, address: Inet | Unix | Adopted) -> None:
         super().__init__(description)
         self.address = address
+
+    def __getattr__(self, name: str) -> Any:
+        # host, port, backlog, family, path, mode, index...: the parsed address's.
+        if name == "address":
+            raise AttributeError(name)
+        return getattr(self.address, name)
 
     def _make(self, reuse_port: bool) -> socket.socket:
         return make_socket(self.address, reuse_port)
 
     def where(self) -> str:
         """The address as an operator would write it, for messages."""
-        raise NotImplementedError
+        return self.address.where()
+
+    def with_port(self, port: int) -> str:
+        if not isinstance(self.address, Inet):
+            return super().with_port(port)
+        return self.address.with_port(port)
 
     def bind(self, reuse_port: bool = False) -> None:
         if self._socket is not None:
@@ -302,7 +311,7 @@ class _SocketListener(Listener):
             # A UNIX socket's file is removed by UnixListener itself (and a
             # systemd socket's file is systemd's).
             endpoint: IStreamServerEndpoint = NativeSocketEndpoint(
-                reactor, self.take_socket, backlog=self.backlog, unlink=False
+                reactor, self.take_socket, backlog=getattr(self.address, "backlog", DEFAULT_BACKLOG), unlink=False
             )
         else:
             endpoint = SocketEndpoint(reactor, self.take_socket)
@@ -311,22 +320,9 @@ class _SocketListener(Listener):
 
 
 class StreamListener(_SocketListener):
-    """
-    ``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``.
-    """
+    """``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``."""
 
     shareable = True
-
-    def __init__(self, description: str, address: Inet) -> None:
-        super().__init__(description, address)
-        self.kind, self.host, self.port = address.kind, address.host, address.port
-        self.backlog, self.family = address.backlog, address.family
-
-    def where(self) -> str:
-        return self.address.where()  # type: ignore[union-attr]
-
-    def with_port(self, port: int) -> str:
-        return f"{self.kind}:{port}:interface={escape(self.host or '0.0.0.0')}:backlog={self.backlog}"
 
 
 class UnixListener(_SocketListener):
@@ -335,13 +331,6 @@ class UnixListener(_SocketListener):
     by a server that is gone is replaced; one that a running server still
     answers on, or whose lock file it holds, is "in use".
     """
-
-    def __init__(self, description: str, address: Unix) -> None:
-        super().__init__(description, address)
-        self.path, self.mode, self.backlog = address.path, address.mode, address.backlog
-
-    def where(self) -> str:
-        return self.path
 
     def close(self) -> None:
         super().close()
@@ -355,44 +344,22 @@ class UnixListener(_SocketListener):
 
 
 class SystemdStreamListener(_SocketListener):
-    """
-    ``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd
-    passed (``ListenStream=`` in the .socket unit).
-    """
-
-    def __init__(self, description: str, address: Adopted) -> None:
-        super().__init__(description, address)
-        self.index = address.index
-
-    def where(self) -> str:
-        return f"systemd socket {self.index}"
+    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
 
 
 class DatagramListener(_SocketListener):
-    """
-    ``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram
-    socket systemd passed (``ListenDatagram=``).
-    """
+    """``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram socket systemd passed."""
 
     datagram = True
     what = "datagrams"
 
     def __init__(self, description: str, address: Inet | Adopted) -> None:
         super().__init__(description, address)
+        self.shareable = isinstance(address, Inet)
         self.systemd = address.index if isinstance(address, Adopted) else None
-        self.host, self.port = ("", 0) if isinstance(address, Adopted) else (address.host, address.port)
-        self.shareable = self.systemd is None
-
-    def where(self) -> str:
-        if isinstance(self.address, Adopted):
-            return f"systemd socket {self.systemd}"
-        return self.address.where()  # type: ignore[union-attr]
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         return _DatagramService(self, handler, reactor)
-
-    def with_port(self, port: int) -> str:
-        return f"udp:{port}:interface={escape(self.host or '0.0.0.0')}"
 
 
 class ProxyListener(Listener):

@@ -47,10 +47,7 @@ __all__ = [
 
 
 class DescriptionError(ValueError):
-    """
-    A description that cannot be used; the text says what is wrong and what
-    to write instead (the caller names the option and the description).
-    """
+    """A description that cannot be used; the text says what is wrong and what to write."""
 
 
 # -- the tokenizer --------------------------------------------------------------
@@ -75,10 +72,7 @@ def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
 
 
 def split_description(description: str) -> list[str]:
-    """
-    The parts of a description, unescaped: ``tls:\\:\\:1:443`` is
-    ``["tls", "::1", "443"]``.
-    """
+    """The parts of a description, unescaped: ``tls:\\:\\:1:443`` is ``["tls", "::1", "443"]``."""
     return [value if key is None else f"{key}={value}" for key, value in _tokens(description)]
 
 
@@ -108,8 +102,14 @@ class Inet:
         return self.kind == "udp"
 
     def where(self) -> str:
+        """The address as an operator would write it, for messages."""
         host = self.host or "0.0.0.0"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def with_port(self, port: int) -> str:
+        """This description on a concrete port (for ``--workers``)."""
+        backlog = "" if self.datagram else f":backlog={self.backlog}"
+        return f"{self.kind}:{port}:interface={escape(self.host or '0.0.0.0')}{backlog}"
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,9 @@ class Unix:
     lockfile: bool = True
     datagram = False
 
+    def where(self) -> str:
+        return self.path
+
 
 @dataclass(frozen=True)
 class Adopted:
@@ -129,6 +132,9 @@ class Adopted:
 
     index: int
     datagram: bool = False
+
+    def where(self) -> str:
+        return f"systemd socket {self.index}"
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,7 @@ class Proxy:
 
 @dataclass(frozen=True)
 class Twisted:
-    """
-    A description Twisted serves (``ssl:``, endpoint plugins): checked here
-    as far as the shape goes, then given to ``serverFromString``.
-    """
+    """A description Twisted serves (``ssl:``, endpoint plugins), checked as far as its shape goes."""
 
     description: str
     port: int = 0
@@ -152,7 +155,7 @@ class Twisted:
 
 @dataclass(frozen=True)
 class TLSClient:
-    """``tls:`` for ``capserv-client``: where to connect, and with what."""
+    """``tls:`` for ``capserv-client``, its fields its shape: where to connect, and with what."""
 
     host: str
     port: int
@@ -161,6 +164,10 @@ class TLSClient:
     certificate: str | None = None
     privateKey: str | None = None
     trustRoots: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            raise DescriptionError("port must be a number from 1 to 65535, not '0'")
 
 
 # -- values, checked by the parameter's name ------------------------------------
@@ -325,20 +332,6 @@ def _ssl(
     return Twisted("", port, interface)
 
 
-def _tls(
-    host: str,
-    port: int,
-    timeout: float | None = None,
-    bindAddress: str | None = None,  # noqa: N803 (Twisted's names)
-    certificate: str | None = None,
-    privateKey: str | None = None,  # noqa: N803
-    trustRoots: str | None = None,  # noqa: N803
-) -> TLSClient:
-    if port == 0:
-        raise DescriptionError("port must be a number from 1 to 65535, not '0'")
-    return TLSClient(host, port, timeout, bindAddress, certificate, privateKey, trustRoots)
-
-
 def _adopted(index: int, kind: int) -> Adopted:
     """A socket systemd passed, checked: it is there, and of the right type."""
     descriptors = systemd_descriptors()
@@ -376,7 +369,7 @@ SERVER_KINDS: dict[str, Callable[..., Any]] = {
 }
 
 #: The client kinds capserv builds itself (the others are Twisted's).
-CLIENT_KINDS: dict[str, Callable[..., Any]] = {"tls": _tls}
+CLIENT_KINDS: dict[str, Callable[..., Any]] = {"tls": TLSClient}
 
 
 # -- reading a description against its shape -----------------------------------
@@ -425,18 +418,10 @@ def twisted_description(description: str) -> str:
     and the description gives none, so that a string listens alike
     whichever of them binds it.
     """
-    tokens = list(_tokens(description))
-    names = _names(SERVER_KINDS[tokens[0][1]]) if tokens[0][1] in SERVER_KINDS else []
-    given = {key for key, _ in tokens[1:] if key is not None} | set(names[: len(_positional(tokens))])
+    kind, *tokens = _tokens(description)
+    names = list(inspect.signature(SERVER_KINDS[kind[1]]).parameters) if kind[1] in SERVER_KINDS else []
+    given = {key for key, _ in tokens if key is not None} | set(names[: sum(key is None for key, _ in tokens)])
     return f"{description}:backlog={DEFAULT_BACKLOG}" if "backlog" in set(names) - given else description
-
-
-def _positional(tokens: list[tuple[str | None, str]]) -> list[str]:
-    return [value for key, value in tokens[1:] if key is None]
-
-
-def _names(shape: Callable[..., Any]) -> list[str]:
-    return list(inspect.signature(shape).parameters)
 
 
 def _bind(shape: Callable[..., Any], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
@@ -466,10 +451,7 @@ _UNESCAPED_V6 = re.compile(r"interface=(\[?)((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.]*(
 
 
 def _ipv6_hint(description: str) -> str:
-    """
-    A hint to escape an IPv6 address's colons, if that is what went wrong
-    (brackets, as in a URL, do not escape them).
-    """
+    """A hint to escape an IPv6 address's colons, if that is what went wrong (brackets do not)."""
     match = _UNESCAPED_V6.search(description)
     if match is None or "\\" in match.group(2):
         return ""
@@ -482,9 +464,7 @@ def _ipv6_hint(description: str) -> str:
 
 
 def form(kind: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> str:
-    """
-    The full form of a kind, from its shape: ``tcp:PORT[:interface=ADDRESS][:backlog=N]``.
-    """
+    """The full form of a kind, from its shape: ``tcp:PORT[:interface=ADDRESS][:backlog=N]``."""
     parts = [kind]
     bare = True  # the leading checked values are written bare: tcp:PORT, not a file name
     for index, parameter in enumerate(inspect.signature(kinds[kind]).parameters.values()):
