@@ -44,7 +44,7 @@ from capserv.client import (
     tcp_request,
     udp_request,
 )
-from capserv.endpoints.grammar import split_description
+from capserv.endpoints.grammar import CLIENT_KINDS, DescriptionError, TLSClient, parse, split_description
 from capserv.endpoints.tls import tls_unavailable_message
 
 __all__ = [
@@ -330,49 +330,30 @@ def connect_endpoint(reactor: Any, description: str, timeout: float = 30) -> ISt
         raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
 
 
-_TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots")
-
-
 def _tls_endpoint(reactor: Any, description: str, timeout: float) -> IStreamClientEndpoint:
     from twisted.internet import ssl
 
     def bad(why: str) -> ClientError:
         return ClientError(f"--connect {description!r}: {why}", EXIT_USAGE)
 
-    positional: list[str] = []
-    given: dict[str, str] = {}
-    for part in split_description(description)[1:]:
-        key, equals, value = part.partition("=")
-        if not equals:
-            positional.append(part)
-        elif key in _TLS_KEYS:
-            given[key] = value
-        else:
-            raise bad(f"unknown argument {key!r}; tls: takes {', '.join(_TLS_KEYS)}")
-    for key, value in zip(("host", "port"), positional, strict=False):
-        given.setdefault(key, value)
-    host = given.get("host", "")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        port = int(given.get("port", ""))
-        seconds = float(given.get("timeout", timeout))
-    except ValueError:
-        port = seconds = 0
-    if not host or not 0 < port < 65536 or not seconds > 0:
-        raise bad(f"write {CONNECT_FORMS}")
-    trust = _trust_roots(given["trustRoots"], bad) if "trustRoots" in given else None
+        tls: TLSClient = parse(description, CLIENT_KINDS)
+    except DescriptionError as e:
+        raise bad(f"{e}; write {CONNECT_FORMS}") from None
+    trust = _trust_roots(tls.trustRoots, bad) if tls.trustRoots is not None else None
     client_certificate = None
-    if "certificate" in given:
-        pem = _read(given["certificate"], "certificate", bad)
-        if "privateKey" in given:
-            pem += b"\n" + _read(given["privateKey"], "privateKey", bad)
+    if tls.certificate is not None:
+        pem = _read(tls.certificate, "certificate", bad)
+        if tls.privateKey is not None:
+            pem += b"\n" + _read(tls.privateKey, "privateKey", bad)
         try:
             client_certificate = ssl.PrivateCertificate.loadPEM(pem)
         except Exception:
             raise bad("certificate/privateKey: not a PEM certificate and private key") from None
-    options = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client_certificate)
-    bind = (given["bindAddress"], 0) if "bindAddress" in given else None
-    inner = endpoints.HostnameEndpoint(reactor, host, port, timeout=seconds, bindAddress=bind)
+    options = ssl.optionsForClientTLS(tls.host, trustRoot=trust, clientCertificate=client_certificate)
+    bind = (tls.bindAddress, 0) if tls.bindAddress is not None else None
+    seconds = tls.timeout or timeout
+    inner = endpoints.HostnameEndpoint(reactor, tls.host, tls.port, timeout=seconds, bindAddress=bind)
     return endpoints.wrapClientTLS(options, inner)
 
 

@@ -20,9 +20,7 @@ what to write instead.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
-import re
 import socket
 import stat
 from collections.abc import Callable
@@ -36,12 +34,20 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from capserv.endpoints.grammar import split_description
-from capserv.protocols._twisted import (
-    endpoint_service,
-    proxy_protocol_factory,
-    systemd_descriptors,
+from capserv.endpoints.grammar import (
+    DEFAULT_BACKLOG,
+    Adopted,
+    DescriptionError,
+    Inet,
+    Proxy,
+    Twisted,
+    Unix,
+    kinds_hint,
+    parse,
+    twisted_description,
 )
+from capserv.endpoints.sockets import make_socket, release
+from capserv.protocols._twisted import endpoint_service, proxy_protocol_factory
 from capserv.protocols.addresses import describe
 from capserv.protocols.udp import MAX_DATAGRAM
 
@@ -65,26 +71,14 @@ __all__ = [
 #: until the operator decides otherwise).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
 
-#: The listen backlog capserv asks for when a description sets none.
-#: Twisted's default of 50 overflows when hundreds of clients connect at
-#: once: the kernel drops their SYNs and each waits a second to retry.
-#: (Linux caps it at ``net.core.somaxconn``, 4096 by default.)
-DEFAULT_BACKLOG = 1024
-
 #: Listening lines, under the module's name (a ``Logger`` class attribute
 #: would name the private class that logs).
 _log = Logger(namespace="capserv.listen")
 
 #: What to write for a listener's kind: every kind, then the stream kinds
 #: only (``--metrics`` serves HTTP, so it takes no ``udp:``).
-KINDS_HINT = (
-    "write tcp:PORT, tcp6:PORT, unix:PATH, udp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, "
-    "systemd:domain=INET:index=N or haproxy:tcp:PORT"
-)
-STREAM_KINDS_HINT = (
-    "write tcp:PORT, tcp6:PORT, unix:PATH, ssl:PORT:privateKey=KEY:certKey=CERT, "
-    "systemd:domain=INET:index=N or haproxy:tcp:PORT"
-)
+KINDS_HINT = kinds_hint()
+STREAM_KINDS_HINT = kinds_hint(stream=True)
 
 
 class ListenError(Exception):
@@ -101,132 +95,35 @@ class ListenError(Exception):
         self.errno = errno
 
 
-# -- parsing -------------------------------------------------------------------
-
-
-def _escape(address: str) -> str:
-    return address.replace(":", "\\:")
-
-
-class _Arguments:
-    """
-    The positional and ``key=value`` arguments of one description, read off
-    with checks whose errors name the description.
-    """
-
-    def __init__(self, description: str, parts: list[str], allowed: tuple[str, ...], positional: str) -> None:
-        self.description = description
-        self.kwargs: dict[str, str] = {}
-        args = []
-        for part in parts:
-            key, sep, value = part.partition("=")
-            if sep:
-                self.kwargs[key] = value
-            else:
-                args.append(part)
-        if args:
-            if len(args) > 1 or positional in self.kwargs:
-                hint = _ipv6_hint(description)
-                if hint:
-                    raise self.error(hint)
-                raise self.error(f"too many values; write {allowed[0]} once")
-            self.kwargs[positional] = args[0]
-        unknown = sorted(set(self.kwargs) - set(allowed))
-        if unknown:
-            raise self.error(f"unknown parameter {unknown[0]!r} (this kind takes {', '.join(allowed)})")
-
-    def error(self, message: str) -> ListenError:
-        return ListenError(f"--listen '{self.description}': {message}")
-
-    def port(self) -> int:
-        if "port" not in self.kwargs:
-            raise self.error("no port given; write a port number from 0 to 65535 after the kind")
-        return _port(self.kwargs["port"], self.error)
-
-    def whole(self, name: str, default: int, minimum: int = 1) -> int:
-        text = self.kwargs.get(name)
-        if text is None:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise self.error(f"{name} must be a whole number >= {minimum}, not {text!r}")
-        return value
-
-    def interface(self, default: str) -> str:
-        text = self.kwargs.get("interface", default)
-        if "interface" in self.kwargs and not text:
-            raise self.error(
-                "interface is empty; write an IP address such as 127.0.0.1 (0.0.0.0 for every IPv4 address)"
-            )
-        if text:
-            try:
-                ipaddress.ip_address(text.split("%", 1)[0])
-            except ValueError:
-                raise self.error(
-                    _ipv6_hint(self.description)
-                    or f"interface must be an IP address such as 127.0.0.1 or \\:\\:1, not {text!r}"
-                ) from None
-        return text
-
-
-def _port(text: str, error: Callable[[str], ListenError]) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise error(f"port must be a number from 0 to 65535, not {text!r}")
-    return port
-
-
-_UNESCAPED_V6 = re.compile(r"interface=(\[?)((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.]*(?:%[\w.-]+)?)\]?")
-
-
-def _ipv6_hint(description: str) -> str:
-    """
-    A hint to escape an IPv6 address's colons, if that is what went wrong
-    (brackets, as in a URL, do not escape them).
-    """
-    match = _UNESCAPED_V6.search(description)
-    if match is None or "\\" in match.group(2):
-        return ""
-    if match.group(1):
-        return f"write an IPv6 address without brackets, its colons escaped: interface={_escape(match.group(2))}"
-    return f"escape an IPv6 address's colons: write interface={_escape(match.group(2))}"
-
-
 def parse_listen(description: str) -> Listener:
     """
     Parse one ``--listen`` description into a listener, checked as far as
-    can be without binding.
+    can be without binding (`capserv.endpoints.grammar` reads it).
 
     :raises ListenError: naming what is wrong and what to write instead.
     """
-    parts = split_description(description)
-    kind = parts[0].strip().lower()
-    if kind in ("tcp", "tcp6"):
-        return StreamListener.parse(description, kind, parts[1:])
-    if kind == "udp":
-        return DatagramListener.parse(description, parts[1:])
-    if kind == "unix":
-        return UnixListener.parse(description, parts[1:])
-    if kind == "systemd":
-        return SystemdStreamListener.parse(description, parts[1:])
-    if kind == "haproxy":
-        inner_text = description.split(":", 1)[1] if ":" in description else ""
-        inner = parse_listen(inner_text) if inner_text else None
-        if not isinstance(inner, (StreamListener, UnixListener, SystemdStreamListener)):
-            raise ListenError(
-                f"--listen '{description}': haproxy: wraps a stream listener; write haproxy:tcp:PORT, "
-                "haproxy:tcp6:PORT, haproxy:unix:PATH or haproxy:systemd:domain=INET:index=N"
-            )
-        return ProxyListener(description, inner)
-    if not kind:
-        raise ListenError(f"--listen '{description}': no kind given; {KINDS_HINT}")
-    return EndpointListener.parse(description, kind)
+    try:
+        address = parse(description)
+    except DescriptionError as e:
+        raise ListenError(f"--listen '{description}': {e}") from None
+    if isinstance(address, Twisted):
+        return EndpointListener.parse(description, address)
+    return _listener(description, address)
+
+
+def _listener(description: str, address: Inet | Unix | Adopted | Proxy) -> Listener:
+    if isinstance(address, Proxy):
+        return ProxyListener(description, _listener(description, address.inner))  # type: ignore[arg-type]
+    if isinstance(address, Unix):
+        return UnixListener(description, address)
+    if address.datagram:
+        return DatagramListener(description, address)
+    if isinstance(address, Adopted):
+        return SystemdStreamListener(description, address)
+    return StreamListener(description, address)
+
+
+# -- listeners -------------------------------------------------------------------
 
 
 # -- listeners -------------------------------------------------------------------
@@ -352,12 +249,27 @@ class _SocketListener(Listener):
     _socket: socket.socket | None = None
     what = "streams"
 
+    def __init__(self, description: str, address: Inet | Unix | Adopted) -> None:
+        super().__init__(description)
+        self.address = address
+
+    def __getattr__(self, name: str) -> Any:
+        # host, port, backlog, family, path, mode, index...: the parsed address's.
+        if name == "address":
+            raise AttributeError(name)
+        return getattr(self.address, name)
+
     def _make(self, reuse_port: bool) -> socket.socket:
-        raise NotImplementedError
+        return make_socket(self.address, reuse_port)
 
     def where(self) -> str:
         """The address as an operator would write it, for messages."""
-        raise NotImplementedError
+        return self.address.where()
+
+    def with_port(self, port: int) -> str:
+        if not isinstance(self.address, Inet):
+            return super().with_port(port)
+        return self.address.with_port(port)
 
     def bind(self, reuse_port: bool = False) -> None:
         if self._socket is not None:
@@ -398,237 +310,56 @@ class _SocketListener(Listener):
 
             # A UNIX socket's file is removed by UnixListener itself (and a
             # systemd socket's file is systemd's).
-            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(reactor, self.take_socket, unlink=False)
+            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(
+                reactor, self.take_socket, backlog=getattr(self.address, "backlog", DEFAULT_BACKLOG), unlink=False
+            )
         else:
             endpoint = SocketEndpoint(reactor, self.take_socket)
         service: IService = endpoint_service(_Logged(endpoint, self.description, self.what), handler)
         return service
 
 
-def _stream_socket(family: int, address: Any, backlog: int, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family != socket.AF_UNIX:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _inet_address(family: int, host: str, port: int, kind: int) -> Any:
-    """The socket address for a numeric host (with an IPv6 scope, if any)."""
-    if not host:
-        return ("", port)
-    info = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST | socket.AI_PASSIVE)
-    return info[0][4]
-
-
 class StreamListener(_SocketListener):
-    """
-    ``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``.
-    """
+    """``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``."""
 
     shareable = True
-
-    def __init__(self, description: str, kind: str, host: str, port: int, backlog: int) -> None:
-        super().__init__(description)
-        self.kind = kind
-        self.host = host
-        self.port = port
-        self.backlog = backlog
-        self.family = socket.AF_INET6 if kind == "tcp6" or ":" in host else socket.AF_INET
-
-    @classmethod
-    def parse(cls, description: str, kind: str, parts: list[str]) -> StreamListener:
-        args = _Arguments(description, parts, ("port", "interface", "backlog"), "port")
-        port = args.port()
-        host = args.interface("::" if kind == "tcp6" else "")
-        if kind == "tcp6" and ":" not in host:
-            raise args.error(f"tcp6 takes an IPv6 interface such as \\:\\:1, not {host!r}; use tcp: for IPv4")
-        return cls(description, kind, host, port, args.whole("backlog", DEFAULT_BACKLOG))
-
-    def where(self) -> str:
-        host = self.host or "0.0.0.0"
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-
-    def _make(self, reuse_port: bool) -> socket.socket:
-        address = _inet_address(self.family, self.host, self.port, socket.SOCK_STREAM)
-        return _stream_socket(self.family, address, self.backlog, reuse_port)
-
-    def with_port(self, port: int) -> str:
-        return f"{self.kind}:{port}:interface={_escape(self.host or '0.0.0.0')}:backlog={self.backlog}"
 
 
 class UnixListener(_SocketListener):
     """
-    ``unix:PATH[:mode=OCTAL][:backlog=N]``.
-
-    A socket file left by a server that is gone is replaced; one that a
-    running server still answers on is "in use".  (Twisted's ``lockfile=``
-    is accepted and not needed: the check above replaces it.)
+    ``unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]``: a socket file left
+    by a server that is gone is replaced; one that a running server still
+    answers on, or whose lock file it holds, is "in use".
     """
 
-    def __init__(self, description: str, path: str, mode: int, backlog: int) -> None:
-        super().__init__(description)
-        self.path = path
-        self.mode = mode
-        self.backlog = backlog
-
-    @classmethod
-    def parse(cls, description: str, parts: list[str]) -> UnixListener:
-        args = _Arguments(description, parts, ("address", "mode", "backlog", "lockfile", "wantPID"), "address")
-        path = args.kwargs.get("address", "")
-        if not path:
-            raise args.error("no path given; write unix:/run/capserv.sock")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise args.error(f"folder {folder} does not exist; create it (mkdir -p {folder}) or choose another path")
-        try:
-            mode = int(args.kwargs.get("mode", "666"), 8)
-        except ValueError:
-            raise args.error(f"mode must be octal permissions such as 660, not {args.kwargs['mode']!r}") from None
-        return cls(description, path, mode, args.whole("backlog", DEFAULT_BACKLOG))
-
-    def where(self) -> str:
-        return self.path
+    def close(self) -> None:
+        super().close()
+        release(self.address)
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         served = MultiService()
-        _RemoveOnStop(self.path).setServiceParent(served)  # type: ignore[no-untyped-call]
+        _RemoveOnStop(self.address).setServiceParent(served)  # type: ignore[no-untyped-call, arg-type]
         super().service(handler, reactor, native).setServiceParent(served)
         return served
 
-    def _make(self, reuse_port: bool) -> socket.socket:
-        self._remove_stale()
-        sock = _stream_socket(socket.AF_UNIX, self.path, self.backlog, False)
-        os.chmod(self.path, self.mode)
-        return sock
-
-    def _remove_stale(self) -> None:
-        try:
-            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
-                raise OSError(errno.EEXIST, "not a socket")
-        except FileNotFoundError:
-            return
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(self.path)
-            except ConnectionRefusedError:
-                os.unlink(self.path)  # left by a server that is gone
-                return
-            except OSError:
-                return
-        raise OSError(errno.EADDRINUSE, "in use")
-
 
 class SystemdStreamListener(_SocketListener):
-    """
-    ``systemd:domain=INET:index=N``: a stream socket systemd passed
-    (``ListenStream=`` in the .socket unit).
-    """
-
-    def __init__(self, description: str, index: int) -> None:
-        super().__init__(description)
-        self.index = index
-
-    @classmethod
-    def parse(cls, description: str, parts: list[str]) -> SystemdStreamListener:
-        args = _Arguments(description, parts, ("domain", "index"), "index")
-        domain = args.kwargs.get("domain", "INET").upper()
-        if domain not in ("INET", "INET6", "UNIX"):
-            raise args.error(f"domain must be INET, INET6 or UNIX, not {domain!r}")
-        index = args.whole("index", 0, minimum=0)
-        _check_systemd_index(args, index, socket.SOCK_STREAM)
-        return cls(description, index)
-
-    def where(self) -> str:
-        return f"systemd socket {self.index}"
-
-    def _make(self, reuse_port: bool) -> socket.socket:
-        sock = socket.socket(fileno=os.dup(systemd_descriptors()[self.index]))
-        sock.setblocking(False)
-        return sock
-
-
-def _check_systemd_index(args: _Arguments, index: int, kind: int) -> None:
-    descriptors = systemd_descriptors()
-    if not descriptors:
-        raise args.error(
-            "systemd passed no sockets (LISTEN_FDS is not set); this form works only under "
-            "systemd socket activation: see docs/operations"
-        )
-    if index >= len(descriptors):
-        if len(descriptors) == 1:
-            raise args.error("systemd passed 1 socket; write index 0")
-        raise args.error(f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}")
-    with socket.socket(fileno=descriptors[index]) as probe:
-        actual = probe.type
-        probe.detach()
-    if actual != kind:
-        wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
-        raise args.error(f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines")
+    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
 
 
 class DatagramListener(_SocketListener):
-    """
-    ``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram
-    socket systemd passed (``ListenDatagram=``).
-    """
+    """``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram socket systemd passed."""
 
     datagram = True
     what = "datagrams"
 
-    def __init__(self, description: str, host: str, port: int, systemd: int | None = None) -> None:
-        super().__init__(description)
-        self.host = host
-        self.port = port
-        self.systemd = systemd
-        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.shareable = systemd is None
-
-    @classmethod
-    def parse(cls, description: str, parts: list[str]) -> DatagramListener:
-        args = _Arguments(description, parts, ("port", "interface", "systemd"), "port")
-        if "systemd" in args.kwargs:
-            if set(args.kwargs) != {"systemd"}:
-                raise args.error("udp:systemd=INDEX takes no port or interface")
-            index = args.whole("systemd", 0, minimum=0)
-            _check_systemd_index(args, index, socket.SOCK_DGRAM)
-            return cls(description, "", 0, index)
-        return cls(description, args.interface(""), args.port())
-
-    def where(self) -> str:
-        if self.systemd is not None:
-            return f"systemd socket {self.systemd}"
-        host = self.host or "0.0.0.0"
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-
-    def _make(self, reuse_port: bool) -> socket.socket:
-        if self.systemd is not None:
-            sock = socket.socket(fileno=os.dup(systemd_descriptors()[self.systemd]))
-        else:
-            sock = socket.socket(self.family, socket.SOCK_DGRAM)
-            try:
-                if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(_inet_address(self.family, self.host, self.port, socket.SOCK_DGRAM))
-            except OSError:
-                sock.close()
-                raise
-        sock.setblocking(False)
-        return sock
+    def __init__(self, description: str, address: Inet | Adopted) -> None:
+        super().__init__(description, address)
+        self.shareable = isinstance(address, Inet)
+        self.systemd = address.index if isinstance(address, Adopted) else None
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         return _DatagramService(self, handler, reactor)
-
-    def with_port(self, port: int) -> str:
-        return f"udp:{port}:interface={_escape(self.host or '0.0.0.0')}"
 
 
 class ProxyListener(Listener):
@@ -683,30 +414,26 @@ class _ReactorSlot:
 
 class EndpointListener(Listener):
     """
-    Any other Twisted endpoint string (``ssl:``, endpoint plugins), served
-    through Twisted's own endpoint; it binds when the service starts.
+    A description Twisted serves (``ssl:``, endpoint plugins), through
+    Twisted's own endpoint; it binds when the service starts.
     """
 
     def __init__(self, description: str, endpoint: IStreamServerEndpoint, slot: _ReactorSlot) -> None:
         super().__init__(description)
         self.endpoint = endpoint
         self._slot = slot
+        self._probe = Inet("tcp", "", 0)
 
     @classmethod
-    def parse(cls, description: str, kind: str) -> EndpointListener:
+    def parse(cls, description: str, address: Twisted) -> EndpointListener:
         from twisted.internet.endpoints import serverFromString
 
+        kind = description.split(":", 1)[0]
         if kind == "ssl":
             _require_tls(description)
-            named = {part.split("=", 1)[0] for part in split_description(description)[1:]}
-            if "privateKey" not in named:
-                raise ListenError(
-                    f"--listen '{description}': ssl: needs privateKey=KEY.pem "
-                    "(and certKey=CERT.pem when the key file holds no certificate)"
-                )
         slot = _ReactorSlot()
         try:
-            endpoint = serverFromString(slot, description)
+            endpoint = serverFromString(slot, twisted_description(description))
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
             raise ListenError(f"--listen '{description}': cannot read{where}: {e.strerror or e}") from None
@@ -721,7 +448,9 @@ class EndpointListener(Listener):
                     "(a PEM private key in privateKey=, its certificate there or in certKey=)"
                 ) from None
             raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
-        return cls(description, endpoint, slot)
+        listener = cls(description, endpoint, slot)
+        listener._probe = Inet("tcp", address.interface, address.port, 1)
+        return listener
 
     def bind(self, reuse_port: bool = False) -> None:
         """
@@ -729,18 +458,8 @@ class EndpointListener(Listener):
         the service starts, after twistd has daemonized): bind it and let it
         go at once.
         """
-        parts = split_description(self.description)
-        if parts[0].strip().lower() != "ssl":
-            return
-        args = [part for part in parts[1:] if "=" not in part]
-        kwargs = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-        try:
-            port = int(kwargs.get("port", args[0] if args else "0"))
-        except ValueError:
-            return  # Twisted's parser accepted it; let Twisted report it
-        if port:
-            # A plain TCP listener on the same address (it derives the family).
-            probe = StreamListener(self.description, "tcp", kwargs.get("interface", ""), port, 1)
+        if self._probe.port:
+            probe = StreamListener(self.description, self._probe)
             probe.bind()
             probe.close()
 
@@ -812,18 +531,19 @@ class _Logged:
 
 
 class _RemoveOnStop(Service):
-    """Remove a UNIX socket's file once its listener has stopped."""
+    """Remove a UNIX socket's file, and its lock, once its listener has stopped."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, address: Unix) -> None:
+        self.address = address
 
     def stopService(self) -> None:
         Service.stopService(self)
         try:
-            if stat.S_ISSOCK(os.stat(self.path).st_mode):
-                os.unlink(self.path)
+            if stat.S_ISSOCK(os.stat(self.address.path).st_mode):
+                os.unlink(self.address.path)
         except OSError:
             pass
+        release(self.address)
 
 
 class _DatagramService(Service):

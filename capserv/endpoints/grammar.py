@@ -1,33 +1,493 @@
 """
-Endpoint description strings, read as Twisted reads them.
+Endpoint description strings: one tokenizer, and one declared shape per kind.
 
-Twisted's endpoint strings separate their parts with colons and escape a
-colon that belongs to a value with a backslash (``tcp6:50007:interface=\\:\\:1``).
-The daemon's listeners, the native endpoints and capserv-client all split
-them the same way, here.
+Descriptions split as Twisted splits them: parts at unescaped colons, a
+part's ``key=value`` at its first unescaped ``=``, a backslash escaping the
+next character (``tcp6:50007:interface=\\:\\:1``).  Each kind is a function
+whose signature is its schema, as in Twisted's ``_parseTCP(factory, port,
+interface="", backlog=50)``: which parameters it takes, in which positional
+order, which are required and their defaults.  A parameter's name decides
+how its value is checked (`_VALUES`), so ``port`` means the same for every
+kind.  The daemon's ``--listen``, `capserv.endpoints.native.native_endpoint`
+and ``capserv-client``'s ``tls:`` all read descriptions through `parse`.
 """
 
 from __future__ import annotations
 
-__all__ = ["split_description"]
+import inspect
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from capserv.native import DEFAULT_BACKLOG
+from capserv.protocols._twisted import systemd_descriptors, systemd_names
+
+__all__ = [
+    "CLIENT_KINDS",
+    "DEFAULT_BACKLOG",
+    "SERVER_KINDS",
+    "Adopted",
+    "DescriptionError",
+    "Inet",
+    "Proxy",
+    "TLSClient",
+    "Twisted",
+    "Unix",
+    "escape",
+    "form",
+    "kinds_hint",
+    "parse",
+    "split_description",
+    "twisted_description",
+]
 
 
-def split_description(description: str) -> list[str]:
-    """
-    Split an endpoint string at its unescaped colons, removing the
-    backslashes that escape (as Twisted reads them): ``tls:\\:\\:1:443``
-    is ``["tls", "::1", "443"]``.
-    """
-    parts: list[str] = []
-    current: list[str] = []
+class DescriptionError(ValueError):
+    """A description that cannot be used; the text says what is wrong and what to write."""
+
+
+# -- the tokenizer --------------------------------------------------------------
+
+
+def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
+    """Each part as ``(key, value)``, with ``key`` `None` for a positional one."""
+    key: str | None = None
+    text: list[str] = []
     chars = iter(description)
     for char in chars:
         if char == "\\":
-            current.append(next(chars, ""))
+            text.append(next(chars, ""))
         elif char == ":":
-            parts.append("".join(current))
-            current = []
+            yield key, "".join(text)
+            key, text = None, []
+        elif char == "=" and key is None:
+            key, text = "".join(text), []
         else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
+            text.append(char)
+    yield key, "".join(text)
+
+
+def split_description(description: str) -> list[str]:
+    """The parts of a description, unescaped: ``tls:\\:\\:1:443`` is ``["tls", "::1", "443"]``."""
+    return [value if key is None else f"{key}={value}" for key, value in _tokens(description)]
+
+
+def escape(value: str) -> str:
+    """A value written into a description: its colons escaped."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+# -- what the shapes give -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inet:
+    """``tcp:``, ``tcp6:`` or ``udp:``: an IP address and port capserv binds."""
+
+    kind: str
+    host: str
+    port: int
+    backlog: int = DEFAULT_BACKLOG
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.kind == "tcp6" or ":" in self.host else socket.AF_INET
+
+    @property
+    def datagram(self) -> bool:
+        return self.kind == "udp"
+
+    def where(self) -> str:
+        """The address as an operator would write it, for messages."""
+        host = self.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def with_port(self, port: int) -> str:
+        """This description on a concrete port (for ``--workers``)."""
+        backlog = "" if self.datagram else f":backlog={self.backlog}"
+        return f"{self.kind}:{port}:interface={escape(self.host or '0.0.0.0')}{backlog}"
+
+
+@dataclass(frozen=True)
+class Unix:
+    """``unix:``: a UNIX stream socket capserv binds (and its lock file)."""
+
+    path: str
+    mode: int = 0o666
+    backlog: int = DEFAULT_BACKLOG
+    lockfile: bool = True
+    datagram = False
+
+    def where(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """``systemd:`` or ``udp:systemd=N``: a socket systemd passed."""
+
+    index: int
+    datagram: bool = False
+
+    def where(self) -> str:
+        return f"systemd socket {self.index}"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """``haproxy:INNER``: a stream listener behind the PROXY protocol."""
+
+    inner: Inet | Unix | Adopted
+
+
+@dataclass(frozen=True)
+class Twisted:
+    """A description Twisted serves (``ssl:``, endpoint plugins), checked as far as its shape goes."""
+
+    description: str
+    port: int = 0
+    interface: str = ""
+
+
+@dataclass(frozen=True)
+class TLSClient:
+    """``tls:`` for ``capserv-client``, its fields its shape: where to connect, and with what."""
+
+    host: str
+    port: int
+    timeout: float | None = None
+    bindAddress: str | None = None
+    certificate: str | None = None
+    privateKey: str | None = None
+    trustRoots: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            raise DescriptionError("port must be a number from 1 to 65535, not '0'")
+
+
+# -- values, checked by the parameter's name ------------------------------------
+
+
+def _whole(name: str, minimum: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = int(text) if re.fullmatch(r"\d+", text) else minimum - 1
+        if value < minimum:
+            raise DescriptionError(f"{name} must be a whole number >= {minimum}, not {text!r}")
+        return value
+
+    return check
+
+
+def _port(text: str) -> int:
+    if not re.fullmatch(r"\d{1,5}", text) or int(text) > 65535:
+        raise DescriptionError(f"port must be a number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _interface(text: str) -> str:
+    if not text:
+        raise DescriptionError(
+            "interface is empty; write an IP address such as 127.0.0.1 (0.0.0.0 for every IPv4 address)"
+        )
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        raise DescriptionError(f"interface must be an IP address such as 127.0.0.1 or \\:\\:1, not {text!r}") from None
+    return text
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise DescriptionError("no path given; write unix:/run/capserv.sock")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not text.startswith("\0") and not os.path.isdir(folder):
+        raise DescriptionError(f"folder {folder} does not exist; create it (mkdir -p {folder}) or choose another path")
+    return text
+
+
+def _mode(text: str) -> int:
+    if not re.fullmatch(r"[0-7]{1,4}", text):
+        raise DescriptionError(f"mode must be octal permissions such as 660, not {text!r}")
+    return int(text, 8)
+
+
+def _flag(name: str) -> Callable[[str], bool]:
+    def check(text: str) -> bool:
+        if text not in ("0", "1"):
+            raise DescriptionError(f"{name} must be 0 or 1, not {text!r}")
+        return text == "1"
+
+    return check
+
+
+def _domain(text: str) -> str:
+    if text not in ("INET", "INET6", "UNIX"):
+        raise DescriptionError(f"domain must be INET, INET6 or UNIX, not {text!r}")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise DescriptionError(f"timeout must be a number of seconds more than 0, not {text!r}")
+    return value
+
+
+def _host(text: str) -> str:
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if not host:
+        raise DescriptionError("host is empty; write a host name or IP address")
+    return host
+
+
+#: How each parameter's value is checked and what the forms call it; a
+#: parameter not named here takes any text (a file name, say).
+_VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
+    "port": (_port, "PORT"),
+    "interface": (_interface, "ADDRESS"),
+    "backlog": (_whole("backlog", 1), "N"),
+    "address": (_path, "PATH"),
+    "mode": (_mode, "OCTAL"),
+    "lockfile": (_flag("lockfile"), "0|1"),
+    "domain": (_domain, "INET"),
+    "privateKey": (str, "KEY.pem"),
+    "certKey": (str, "CERT.pem"),
+    "index": (_whole("index", 0), "N"),
+    "systemd": (_whole("systemd", 0), "N"),
+    "host": (_host, "HOST"),
+    "timeout": (_seconds, "SECONDS"),
+}
+
+#: What to write when a required parameter is missing.
+_MISSING = {
+    "port": "no port given; write a port number from 0 to 65535 after the kind",
+    "address": "no path given; write unix:/run/capserv.sock",
+    "privateKey": "ssl: needs privateKey=KEY.pem (and certKey=CERT.pem when the key file holds no certificate)",
+    "host": "no host given; write tls:HOST:PORT",
+}
+
+_REQUIRED = inspect.Parameter.empty
+
+
+# -- the shapes: each signature is the kind's schema ----------------------------
+
+
+def _tcp(port: int, interface: str = "", backlog: int = DEFAULT_BACKLOG) -> Inet:
+    return Inet("tcp", interface, port, backlog)
+
+
+def _tcp6(port: int, backlog: int = DEFAULT_BACKLOG, interface: str = "::") -> Inet:
+    if ":" not in interface:
+        raise DescriptionError(f"tcp6 takes an IPv6 interface such as \\:\\:1, not {interface!r}; use tcp: for IPv4")
+    return Inet("tcp6", interface, port, backlog)
+
+
+def _unix(address: str, mode: int = 0o666, backlog: int = DEFAULT_BACKLOG, lockfile: bool = True) -> Unix:
+    return Unix(address, mode, backlog, lockfile)
+
+
+def _udp(port: int | None = None, *, interface: str | None = None, systemd: int | None = None) -> Inet | Adopted:
+    if systemd is not None:
+        if port is not None or interface is not None:
+            raise DescriptionError("udp:systemd=INDEX takes no port or interface")
+        return _adopted(systemd, socket.SOCK_DGRAM)
+    if port is None:
+        raise DescriptionError(_MISSING["port"])
+    return Inet("udp", interface or "", port)
+
+
+def _systemd(domain: str, index: int | None = None, name: str | None = None) -> Adopted:
+    if (index is None) == (name is None):
+        raise DescriptionError("write index=N or name=NAME (the socket unit's FileDescriptorName), one of them")
+    if name is not None:
+        names = systemd_names()
+        if name not in names:
+            known = ", ".join(sorted(set(names))) or "none"
+            raise DescriptionError(
+                f"systemd passed no socket named {name!r} (names: {known}); check FileDescriptorName"
+            )
+        index = names.index(name)
+    assert index is not None
+    return _adopted(index, socket.SOCK_STREAM)
+
+
+def _ssl(
+    port: int,
+    privateKey: str,  # noqa: N803 (Twisted's names)
+    certKey: str | None = None,  # noqa: N803
+    sslmethod: str | None = None,
+    interface: str = "",
+    backlog: int = DEFAULT_BACKLOG,
+    extraCertChain: str | None = None,  # noqa: N803
+    dhParameters: str | None = None,  # noqa: N803
+) -> Twisted:
+    return Twisted("", port, interface)
+
+
+def _adopted(index: int, kind: int) -> Adopted:
+    """A socket systemd passed, checked: it is there, and of the right type."""
+    descriptors = systemd_descriptors()
+    if not descriptors:
+        raise DescriptionError(
+            "systemd passed no sockets (LISTEN_FDS is not set); this form works only under "
+            "systemd socket activation: see docs/operations"
+        )
+    if index >= len(descriptors):
+        if len(descriptors) == 1:
+            raise DescriptionError("systemd passed 1 socket; write index 0")
+        raise DescriptionError(
+            f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}"
+        )
+    with socket.socket(fileno=descriptors[index]) as probe:
+        actual = probe.type
+        probe.detach()
+    if actual != kind:
+        wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
+        raise DescriptionError(
+            f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines"
+        )
+    return Adopted(index, kind == socket.SOCK_DGRAM)
+
+
+#: The server kinds capserv reads (``haproxy:`` wraps one of the stream ones);
+#: ``ssl:`` is checked here and served by Twisted.
+SERVER_KINDS: dict[str, Callable[..., Any]] = {
+    "tcp": _tcp,
+    "tcp6": _tcp6,
+    "unix": _unix,
+    "udp": _udp,
+    "ssl": _ssl,
+    "systemd": _systemd,
+}
+
+#: The client kinds capserv builds itself (the others are Twisted's).
+CLIENT_KINDS: dict[str, Callable[..., Any]] = {"tls": TLSClient}
+
+
+# -- reading a description against its shape -----------------------------------
+
+
+def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> Any:
+    """
+    Read a description against its kind's shape.
+
+    :param kinds: the shapes to read with: `SERVER_KINDS` or `CLIENT_KINDS`.
+    :return: an `Inet`, `Unix`, `Adopted`, `Proxy` or `Twisted` (or a
+        `TLSClient`); `Twisted` for a kind with no shape here (Twisted's
+        parser names any problem with it).
+    :raises DescriptionError: naming what is wrong and what to write.
+    """
+    tokens = list(_tokens(description))
+    kind = tokens[0][1].strip() if tokens[0][0] is None else ""
+    if kind == "haproxy" and kinds is SERVER_KINDS:
+        inner = parse(description.split(":", 1)[1]) if ":" in description else None
+        if not isinstance(inner, (Inet, Unix, Adopted)) or inner.datagram:
+            raise DescriptionError(
+                "haproxy: wraps a stream listener; write haproxy:tcp:PORT, haproxy:tcp6:PORT, "
+                "haproxy:unix:PATH or haproxy:systemd:domain=INET:index=N"
+            )
+        return Proxy(inner)
+    shape = kinds.get(kind)
+    if shape is None:
+        if not kind:
+            raise DescriptionError(f"no kind given; {kinds_hint(kinds)}")
+        if kind.lower() in kinds or kind.lower() == "haproxy":
+            raise DescriptionError(f"unknown kind {kind!r}: kinds are lowercase, as in Twisted; write {kind.lower()}:")
+        return Twisted(description)
+    try:
+        made = shape(**_bind(shape, tokens[1:]))
+    except DescriptionError as e:
+        raise DescriptionError(_ipv6_hint(description) or str(e)) from None
+    if isinstance(made, Twisted):
+        return Twisted(description, made.port, made.interface)
+    return made
+
+
+def twisted_description(description: str) -> str:
+    """
+    The description to give Twisted's ``serverFromString``: with capserv's
+    backlog (`DEFAULT_BACKLOG`, not Twisted's 50) when the kind takes one
+    and the description gives none, so that a string listens alike
+    whichever of them binds it.
+    """
+    kind, *tokens = _tokens(description)
+    names = list(inspect.signature(SERVER_KINDS[kind[1]]).parameters) if kind[1] in SERVER_KINDS else []
+    given = {key for key, _ in tokens if key is not None} | set(names[: sum(key is None for key, _ in tokens)])
+    return f"{description}:backlog={DEFAULT_BACKLOG}" if "backlog" in set(names) - given else description
+
+
+def _bind(shape: Callable[..., Any], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
+    """The shape's keyword arguments from a description's parts, each value checked."""
+    parameters = inspect.signature(shape).parameters
+    positional = [p.name for p in parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    texts: dict[str, str] = {}
+    values = [value for key, value in tokens if key is None]
+    if len(values) > len(positional):
+        raise DescriptionError(f"too many values; write {positional[0]} once")
+    texts.update(zip(positional, values, strict=False))
+    for key, value in tokens:
+        if key is None:
+            continue
+        if key not in parameters:
+            raise DescriptionError(f"unknown parameter {key!r} (this kind takes {', '.join(parameters)})")
+        if key in texts:
+            raise DescriptionError(f"too many values; write {key} once")
+        texts[key] = value
+    for name, parameter in parameters.items():
+        if name not in texts and parameter.default is _REQUIRED:
+            raise DescriptionError(_MISSING.get(name, f"no {name} given"))
+    return {name: _VALUES.get(name, (str, ""))[0](text) for name, text in texts.items()}
+
+
+_UNESCAPED_V6 = re.compile(r"interface=(\[?)((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.]*(?:%[\w.-]+)?)\]?")
+
+
+def _ipv6_hint(description: str) -> str:
+    """A hint to escape an IPv6 address's colons, if that is what went wrong (brackets do not)."""
+    match = _UNESCAPED_V6.search(description)
+    if match is None or "\\" in match.group(2):
+        return ""
+    if match.group(1):
+        return f"write an IPv6 address without brackets, its colons escaped: interface={escape(match.group(2))}"
+    return f"escape an IPv6 address's colons: write interface={escape(match.group(2))}"
+
+
+# -- the forms, for --help, the docs and the hints -------------------------------
+
+
+def form(kind: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> str:
+    """The full form of a kind, from its shape: ``tcp:PORT[:interface=ADDRESS][:backlog=N]``."""
+    parts = [kind]
+    bare = True  # the leading checked values are written bare: tcp:PORT, not a file name
+    for index, parameter in enumerate(inspect.signature(kinds[kind]).parameters.values()):
+        check, metavar = _VALUES.get(parameter.name, (str, parameter.name.upper()))
+        required = parameter.default is _REQUIRED
+        bare = bare and check is not str and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
+        bare = bare and (required or index == 0)
+        if bare:
+            parts.append(f":{metavar}")
+        elif required:
+            parts.append(f":{parameter.name}={metavar}")
+        else:
+            parts.append(f"[:{parameter.name}={metavar}]")
+    return "".join(parts)
+
+
+def kinds_hint(kinds: dict[str, Callable[..., Any]] = SERVER_KINDS, stream: bool = False) -> str:
+    """
+    What to write for a kind, every kind's required part (the stream kinds
+    only, with ``stream``): ``write tcp:PORT, ... or haproxy:tcp:PORT``.
+    """
+    shown = [kind for kind in kinds if not (stream and kind == "udp")]
+    forms = [form(kind, kinds).split("[", 1)[0] for kind in shown]
+    if kinds is SERVER_KINDS:
+        forms.append("haproxy:tcp:PORT")
+    return f"write {', '.join(forms[:-1])} or {forms[-1]}"

@@ -23,6 +23,7 @@ __all__ = [
     "reset_unnoticed",
     "stream_writer",
     "systemd_descriptors",
+    "systemd_names",
     "unsent_bytes",
 ]
 
@@ -299,10 +300,25 @@ def systemd_descriptors() -> list[int]:
     ``ListenFDs.fromEnvironment()`` later finds nothing.  The parser keeps
     what it read; use that, and the environment only if it is not there.
     """
+    return list(_listen_fds().inheritedDescriptors())
+
+
+def systemd_names() -> list[str]:
+    """
+    The names systemd gave the sockets it passed (``FileDescriptorName=``),
+    in the order of `systemd_descriptors`.
+    """
+    passed = _listen_fds()
+    named: dict[str, int] = getattr(passed, "inheritedNamedDescriptors", dict)()
+    by_descriptor = {descriptor: name for name, descriptor in named.items()}
+    return [by_descriptor.get(descriptor, "") for descriptor in passed.inheritedDescriptors()]
+
+
+def _listen_fds() -> Any:
     from twisted.internet import endpoints
     from twisted.python.systemd import ListenFDs
 
     parsed = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
     if isinstance(parsed, ListenFDs) and parsed.inheritedDescriptors():
-        return list(parsed.inheritedDescriptors())
-    return list(ListenFDs.fromEnvironment().inheritedDescriptors())
+        return parsed
+    return ListenFDs.fromEnvironment()

@@ -1233,6 +1233,52 @@ def test_native_endpoint_unix_lock_file_as_twisted(
     ports[0].stopListening()
 
 
+def test_unix_lock_file_same_in_daemon_and_native_endpoint(
+    reactor: AsyncioSelectorReactor, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    ``unix:PATH`` means one thing to the daemon and to native_endpoint: both
+    take Twisted's lock file (the daemon accepted ``lockfile=`` and ignored
+    it), each refuses the path while the other holds it, and ``lockfile=0``
+    takes none.
+    """
+    from capserv.daemon.listen import ListenError, parse_listen
+
+    monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
+    path = str(tmp_path / "capserv.sock")
+    daemon = parse_listen(f"unix:{path}:lockfile=1")
+    daemon.bind()
+    assert os.path.islink(path + ".lock")
+    refused: list[Failure] = []
+    native_endpoint(reactor, f"unix:{path}").listen(Factory.forProtocol(Recorder)).addErrback(refused.append)
+    assert refused and refused[0].check(CannotListenError)
+    daemon.close()
+    assert not os.path.lexists(path + ".lock")
+    ports: list[Any] = []
+    native_endpoint(reactor, f"unix:{path}").listen(Factory.forProtocol(Recorder)).addCallback(ports.append)
+    with pytest.raises(ListenError, match="in use by a running server"):
+        parse_listen(f"unix:{path}").bind()
+    ports[0].stopListening()
+    unlocked = parse_listen(f"unix:{path}:lockfile=0")
+    unlocked.bind()
+    assert os.path.exists(path) and not os.path.lexists(path + ".lock")
+    unlocked.close()
+
+
+def test_native_endpoint_reads_descriptions_as_the_daemon(reactor: AsyncioSelectorReactor) -> None:
+    """native_endpoint refuses what --listen refuses, in the same words, on any reactor."""
+    from capserv.daemon.listen import ListenError, parse_listen
+    from capserv.endpoints.grammar import DescriptionError
+
+    for bad in ("TCP:0", "tcp:70000", "unix:/tmp/x.sock:wantPID=1", "tcp:0:interface=::1"):
+        for where in (reactor, MemoryReactor()):
+            with pytest.raises(DescriptionError) as caught:
+                native_endpoint(where, bad)
+            with pytest.raises(ListenError) as daemon:
+                parse_listen(bad)
+            assert str(daemon.value) == f"--listen '{bad}': {caught.value}"
+
+
 def test_tcp_options_nagle_off_on_both_loops(reactor: AsyncioSelectorReactor) -> None:
     """
     Accepted TCP connections have Nagle's algorithm off on asyncio's loop as

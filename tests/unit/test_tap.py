@@ -22,13 +22,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig
 from capserv.daemon.listen import (
-    DEFAULT_BACKLOG,
     DEFAULT_LISTEN,
     DatagramListener,
     ListenError,
     ProxyListener,
     StreamListener,
-    UnixListener,
     parse_listen,
 )
 from capserv.daemon.service import CapservService, plural
@@ -232,71 +230,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("'lots' is not a whole number", lines[0])
         self.assertIn("--help", lines[1])
         self.assertEqual(out.getvalue(), "")
-
-
-class ListenParsingTests(SynchronousTestCase):
-    """Every --listen is checked when parsed, before anything listens."""
-
-    def test_forms(self) -> None:
-        """The accepted forms give the expected typed listeners."""
-        tcp = parse_listen("tcp:50007")
-        assert isinstance(tcp, StreamListener)
-        self.assertEqual((tcp.host, tcp.port, tcp.backlog, tcp.family), ("", 50007, DEFAULT_BACKLOG, socket.AF_INET))
-        tcp6 = parse_listen("tcp6:7")
-        assert isinstance(tcp6, StreamListener)
-        self.assertEqual((tcp6.host, tcp6.family), ("::", socket.AF_INET6))
-        self.assertEqual(parse_listen("tcp:1:backlog=7").backlog, 7)  # type: ignore[attr-defined]
-        udp = parse_listen("udp:port=7:interface=127.0.0.1")
-        assert isinstance(udp, DatagramListener)
-        self.assertEqual((udp.host, udp.port, udp.shareable), ("127.0.0.1", 7, True))
-        self.assertEqual(parse_listen("UDP:9").port, 9)  # type: ignore[attr-defined]
-        self.assertEqual(parse_listen("udp:0:interface=\\:\\:1").host, "::1")  # type: ignore[attr-defined]
-        unix = parse_listen("unix:/tmp/capserv-test.sock:mode=600")
-        assert isinstance(unix, UnixListener)
-        self.assertEqual((unix.path, unix.mode), ("/tmp/capserv-test.sock", 0o600))
-        proxied = parse_listen("haproxy:tcp:5:interface=127.0.0.1")
-        assert isinstance(proxied, ProxyListener)
-        self.assertTrue(proxied.shareable)
-        self.assertEqual(proxied.with_port(6), "haproxy:tcp:6:interface=127.0.0.1:backlog=1024")
-
-    def test_errors_say_what_to_write(self) -> None:
-        """Each bad description is refused with a line naming it and the fix."""
-        for bad, expected in [
-            ("tcp:70000", "port must be a number from 0 to 65535"),
-            ("tcp:-1", "port must be a number from 0 to 65535"),
-            ("udp:99999", "port must be a number from 0 to 65535"),
-            ("tcp:notaport", "port must be a number"),
-            ("tcp", "no port given"),
-            ("udp:", "port must be a number"),
-            ("udp:1:2", "too many values"),
-            ("tcp6:5000:interface=::1", "escape an IPv6 address's colons: write interface=\\:\\:1"),
-            ("udp:5000:interface=", "interface is empty"),
-            ("tcp:5000:interface=", "interface is empty"),
-            ("ssl:5000", "ssl: needs privateKey=KEY.pem"),
-            ("tcp:5000:interface=foo", "interface must be an IP address"),
-            ("tcp6:5000:interface=127.0.0.1", "use tcp: for IPv4"),
-            ("tcp:5000:backlog=0", "backlog must be a whole number >= 1"),
-            ("unix:/nonexistent-folder/c.sock", "folder /nonexistent-folder does not exist"),
-            ("unix:/tmp/c.sock:mode=rw", "mode must be octal"),
-            ("systemd:domain=INET:index=0", "LISTEN_FDS is not set"),
-            ("udp:systemd=0", "LISTEN_FDS is not set"),
-            ("haproxy:udp:5", "haproxy: wraps a stream listener"),
-            ("bogus:1", "unknown kind 'bogus'"),
-            ("ssl:0:privateKey=/nonexistent.pem", "cannot read /nonexistent.pem"),
-        ]:
-            with self.assertRaises(ListenError, msg=bad) as caught:
-                parse_listen(bad)
-            message = str(caught.exception)
-            self.assertIn(expected, message, bad)
-            self.assertIn(repr(bad), message)
-            self.assertNotIn("\n", message)
-
-    def test_workers_refuse_unshareable_listeners(self) -> None:
-        """--workers takes tcp, tcp6, udp and haproxy:tcp; a UNIX socket is refused by name."""
-        with self.assertRaises(usage.UsageError) as caught:
-            parse("--workers=2", "--listen", "unix:/tmp/capserv-w.sock")
-        self.assertIn("unix:/tmp/capserv-w.sock", str(caught.exception))
-        parse("--workers=2", "--listen", LOCAL, "--listen", LOCAL_UDP, "--listen", "haproxy:tcp:0")
 
 
 class ServiceTests(SynchronousTestCase):
