@@ -294,6 +294,7 @@ class WorkerPool(Service):
                 call.cancel()
         self._pending.clear()
         if not self.workers:
+            self.close_sockets()
             return succeed(None)
         self._stopped = Deferred()
         self.signal_all(signal.SIGTERM)
@@ -305,7 +306,14 @@ class WorkerPool(Service):
         _pool_log.warn("Killing {n} workers that did not stop in time", n=len(self.workers))
         self.signal_all(signal.SIGKILL)
 
+    def close_sockets(self) -> None:
+        """Let go of the sockets kept for workers (every worker has stopped)."""
+        sockets, self.sockets = self.sockets, []
+        for fd in sockets:
+            os.close(fd)
+
     def _finish_stop(self) -> None:
+        self.close_sockets()
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         self._kill_call = None
