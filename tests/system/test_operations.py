@@ -449,8 +449,8 @@ def test_systemd_units_in_docs_use_real_options() -> None:
     datagram.bind(("127.0.0.1", 0))
     check = (
         "from capserv.tap import Options; o = Options(); o.parseOptions(__import__('sys').argv[1:]); "
-        "print([listener.description for listener in o['listen']]); "
-        "print(o['drain-delay'] + o['config'].shutdown_timeout + o['config'].abort_grace)"
+        "s = o['settings']; print([listener.description for listener in s.listen]); "
+        "print(s.drain_delay + s.config.shutdown_timeout + s.config.abort_grace)"
     )
     fds = f"{stream.fileno()},{datagram.fileno()}"
     try:
