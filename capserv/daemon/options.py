@@ -120,6 +120,17 @@ _TWISTED_PREFIX = "Parameter type enforcement failed: "
 METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
 
 
+#: The options that are `CapservConfig` numbers, by field name (filled by `_limit`).
+_NUMBERS: list[str] = []
+
+
+def _limit(name: str, kind: type, help: str, *bounds: float) -> list[Any]:
+    """An option for the `CapservConfig` number of the same name, with its default."""
+    field = name.replace("-", "_")
+    _NUMBERS.append(field)
+    return [name, None, getattr(_DEFAULTS, field), help, number(name, kind, *bounds)]
+
+
 class Options(usage.Options):
     """
     Command-line options for ``twistd capserv``.
@@ -162,90 +173,38 @@ class Options(usage.Options):
             "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
             str,
         ],
-        [
-            "idle-timeout",
-            None,
-            _DEFAULTS.idle_timeout,
-            "Seconds without traffic before a TCP connection is closed.",
-            number("idle-timeout", float),
-        ],
-        [
-            "abort-grace",
-            None,
-            _DEFAULTS.abort_grace,
-            "Seconds a closing connection gets to take its last bytes before it is aborted.",
-            number("abort-grace", float),
-        ],
-        [
-            "max-connections",
-            None,
-            _DEFAULTS.max_connections,
-            "Most TCP connections open at once.",
-            number("max-connections", int),
-        ],
-        [
+        _limit("idle-timeout", float, "Seconds without traffic before a TCP connection is closed."),
+        _limit("abort-grace", float, "Seconds a closing connection gets to take its last bytes before it is aborted."),
+        _limit("max-connections", int, "Most TCP connections open at once."),
+        _limit(
             "max-connections-per-ip",
-            None,
-            _DEFAULTS.max_connections_per_ip,
+            int,
             "Most TCP connections open at once from one source network (see --ipv4-prefix, --ipv6-prefix).",
-            number("max-connections-per-ip", int),
-        ],
-        [
+        ),
+        _limit(
             "ipv4-prefix",
-            None,
-            _DEFAULTS.ipv4_prefix,
+            int,
             "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
-            number("ipv4-prefix", int, 1, 32),
-        ],
-        [
+            1,
+            32,
+        ),
+        _limit(
             "ipv6-prefix",
-            None,
-            _DEFAULTS.ipv6_prefix,
+            int,
             "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
-            number("ipv6-prefix", int, 1, 128),
-        ],
-        [
-            "high-water",
-            None,
-            _DEFAULTS.high_water,
-            "Unsent reply bytes per connection past which reading pauses.",
-            number("high-water", int, 1),
-        ],
-        [
-            "udp-rate",
-            None,
-            _DEFAULTS.udp_rate,
-            "Datagrams per second answered per source network.",
-            number("udp-rate", float),
-        ],
-        [
-            "udp-burst",
-            None,
-            _DEFAULTS.udp_burst,
-            "Datagrams a source may send at once before --udp-rate applies.",
-            number("udp-burst", int),
-        ],
-        [
-            "udp-byte-rate",
-            None,
-            _DEFAULTS.udp_byte_rate,
-            "Reply bytes per second sent to one source network.",
-            number("udp-byte-rate", float),
-        ],
-        [
+            1,
+            128,
+        ),
+        _limit("high-water", int, "Unsent reply bytes per connection past which reading pauses.", 1),
+        _limit("udp-rate", float, "Datagrams per second answered per source network."),
+        _limit("udp-burst", int, "Datagrams a source may send at once before --udp-rate applies."),
+        _limit("udp-byte-rate", float, "Reply bytes per second sent to one source network."),
+        _limit(
             "udp-byte-burst",
-            None,
-            _DEFAULTS.udp_byte_burst,
+            int,
             "Reply bytes a source may be sent at once before --udp-byte-rate applies (at least 65527).",
-            number("udp-byte-burst", int),
-        ],
-        [
-            "udp-rate-table-size",
-            None,
-            _DEFAULTS.udp_rate_table_size,
-            "Most source networks the UDP rate limiter remembers.",
-            number("udp-rate-table-size", int, 1),
-        ],
+        ),
+        _limit("udp-rate-table-size", int, "Most source networks the UDP rate limiter remembers.", 1),
         [
             "metrics",
             None,
@@ -258,16 +217,10 @@ class Options(usage.Options):
             "workers",
             None,
             1,
-            "Processes serving the same tcp:/tcp6:/udp: sockets, bound once and inherited.",
+            "Processes serving the same tcp:/tcp6:/udp: sockets, bound once by the first.",
             number("workers", int, 1),
         ],
-        [
-            "shutdown-timeout",
-            None,
-            _DEFAULTS.shutdown_timeout,
-            "Seconds a graceful stop waits for open connections before closing them.",
-            number("shutdown-timeout", float),
-        ],
+        _limit("shutdown-timeout", float, "Seconds a graceful stop waits for open connections before closing them."),
         [
             "drain-delay",
             None,
@@ -364,27 +317,6 @@ class Options(usage.Options):
             uvloop=not self["no-uvloop"],
             reactor=parent.get("reactor") if parent is not None else None,
         )
-
-
-#: The options that are CapservConfig numbers, by field name.
-_NUMBERS = tuple(
-    name
-    for name in (
-        "idle_timeout",
-        "abort_grace",
-        "max_connections",
-        "max_connections_per_ip",
-        "ipv4_prefix",
-        "ipv6_prefix",
-        "high_water",
-        "udp_rate",
-        "udp_burst",
-        "udp_byte_rate",
-        "udp_byte_burst",
-        "udp_rate_table_size",
-        "shutdown_timeout",
-    )
-)
 
 
 def _metrics_listener(description: str | None) -> Listener | None:
