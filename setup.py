@@ -49,8 +49,7 @@ setup(
         'uvloop>=0.17; sys_platform != "win32" and platform_python_implementation == "CPython"',
     ],
     extras_require={
-        # --metrics: Prometheus text format through prometheus-client's
-        # Twisted resource.
+        # --metrics: prometheus-client's text format, served by capserv's own resource.
         "metrics": ["prometheus-client>=0.17"],
         # TLS listen strings (ssl:) and capserv-client --connect tls:.
         "tls": ["Twisted[tls]>=23.10.0"],

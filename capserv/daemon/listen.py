@@ -172,18 +172,16 @@ class Listener:
         failed to bind).
         """
 
-    def with_port(self, port: int) -> str:
+    def share(self) -> int:
         """
-        The description of this listener on a concrete port, for the other
-        ``--workers`` processes.
+        A duplicate of the bound socket's descriptor, for a ``--workers``
+        worker to inherit.
         """
         raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
 
-    def bound_port(self) -> int:
-        """
-        The port the kernel gave (``port 0`` becomes a real one at bind).
-        """
-        raise NotImplementedError
+    def inherit(self, fd: int) -> None:
+        """Serve a bound socket this process inherited (a worker's), instead of binding."""
+        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
 
 
 def _bind_error(description: str, e: OSError, address: str, stream: bool = True) -> ListenError:
@@ -289,6 +287,16 @@ class _SocketListener(Listener):
         """Whether the address is held (bound, and not yet served or closed)."""
         return self._socket is not None
 
+    def share(self) -> int:
+        """A duplicate of the bound socket's descriptor, for a ``--workers`` worker to inherit."""
+        assert self._socket is not None, "bind() first"
+        return os.dup(self._socket.fileno())
+
+    def inherit(self, fd: int) -> None:
+        """Serve a bound socket this process inherited (a worker's), instead of binding."""
+        self._socket = socket.socket(fileno=fd)
+        self._socket.setblocking(False)
+
     def take_socket(self) -> socket.socket:
         """
         Hand over the bound socket (binding now if `bind` was not called).
@@ -299,10 +307,6 @@ class _SocketListener(Listener):
             self._socket = self._make(False)
         sock, self._socket = self._socket, None
         return sock
-
-    def bound_port(self) -> int:
-        assert self._socket is not None, "bind() first"
-        return int(self._socket.getsockname()[1])
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         if native:
@@ -388,11 +392,11 @@ class ProxyListener(Listener):
     def close(self) -> None:
         self.inner.close()
 
-    def bound_port(self) -> int:
-        return self.inner.bound_port()
+    def share(self) -> int:
+        return self.inner.share()
 
-    def with_port(self, port: int) -> str:
-        return f"haproxy:{self.inner.with_port(port)}"
+    def inherit(self, fd: int) -> None:
+        self.inner.inherit(fd)
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)

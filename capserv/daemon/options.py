@@ -12,11 +12,14 @@ daemonizes, and nothing listens), then wires them, like Twisted's own
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.util
+import json
 import os
-import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.python import usage
 
@@ -35,21 +38,78 @@ from capserv.daemon.reactor import choose_reactor
 from capserv.daemon.service import CapservService, StartError
 from capserv.daemon.workers import (
     MAX_WORKERS_PER_CPU,
+    FigureReport,
     OrphanWatch,
     WorkerPool,
-    reuse_port_supported,
-    worker_command,
-    worker_slot,
+    process_figures,
 )
 from capserv.native import native_supported
 from capserv.protocols.config import MAX_WAIT, CapservConfig, ConfigError
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
-if TYPE_CHECKING:
-    from capserv.site.metrics_multiprocess import SharedMetrics
+__all__ = ["Options", "Settings", "build_service", "makeService"]
 
-__all__ = ["Options", "makeService"]
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Everything ``twistd capserv`` was told, parsed once (`Options.postOptions`):
+    what `makeService` wires, and what a worker of ``--workers`` is handed.
+    """
+
+    config: CapservConfig
+    #: Every ``--listen``, parsed (the defaults when none was given).
+    listen: tuple[Listener, ...]
+    #: ``--metrics``, parsed; `None` when not given.
+    metrics: Listener | None = None
+    workers: int = 1
+    #: ``--drain-delay``, seconds.
+    drain_delay: float = 0.0
+    #: Serve streams on the event loop's own transports where it has them (not ``--no-native``).
+    native: bool = True
+    #: Run on uvloop when twistd was given no ``--reactor`` (not ``--no-uvloop``).
+    uvloop: bool = True
+    #: twistd's ``--reactor``, for the workers to run the same one.
+    reactor: str | None = None
+    #: This process's worker number; 0 for the supervisor or a single process.
+    worker: int = 0
+    #: A worker whose supervisor serves ``--metrics``: it reports its figures.
+    report: bool = False
+
+    def for_workers(self) -> str:
+        """
+        The settings a worker is handed, as one JSON value: the same limits
+        and listeners, no ``--workers`` and no ``--metrics`` (only the
+        supervisor supervises and serves metrics).
+        """
+        return json.dumps(
+            {
+                "config": dataclasses.asdict(self.config),
+                "listen": [listener.description for listener in self.listen],
+                "drain_delay": self.drain_delay,
+                "native": self.native,
+                "uvloop": self.uvloop,
+                "reactor": self.reactor,
+                "report": self.metrics is not None,
+            }
+        )
+
+    @classmethod
+    def of_worker(cls, text: str, worker: int) -> Settings:
+        """The settings `for_workers` wrote, for worker number ``worker``."""
+        data = json.loads(text)
+        return cls(
+            config=CapservConfig(**data["config"]),
+            listen=tuple(parse_listen(description) for description in data["listen"]),
+            drain_delay=data["drain_delay"],
+            native=data["native"],
+            uvloop=data["uvloop"],
+            reactor=data["reactor"],
+            worker=worker,
+            report=data["report"],
+        )
+
 
 _DEFAULTS = CapservConfig()
 
@@ -58,6 +118,17 @@ _TWISTED_PREFIX = "Parameter type enforcement failed: "
 
 #: What to write for --metrics when prometheus-client is missing.
 METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
+
+
+#: The options that are `CapservConfig` numbers, by field name (filled by `_limit`).
+_NUMBERS: list[str] = []
+
+
+def _limit(name: str, kind: type, help: str, *bounds: float) -> list[Any]:
+    """An option for the `CapservConfig` number of the same name, with its default."""
+    field = name.replace("-", "_")
+    _NUMBERS.append(field)
+    return [name, None, getattr(_DEFAULTS, field), help, number(name, kind, *bounds)]
 
 
 class Options(usage.Options):
@@ -102,90 +173,38 @@ class Options(usage.Options):
             "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
             str,
         ],
-        [
-            "idle-timeout",
-            None,
-            _DEFAULTS.idle_timeout,
-            "Seconds without traffic before a TCP connection is closed.",
-            number("idle-timeout", float),
-        ],
-        [
-            "abort-grace",
-            None,
-            _DEFAULTS.abort_grace,
-            "Seconds a closing connection gets to take its last bytes before it is aborted.",
-            number("abort-grace", float),
-        ],
-        [
-            "max-connections",
-            None,
-            _DEFAULTS.max_connections,
-            "Most TCP connections open at once.",
-            number("max-connections", int),
-        ],
-        [
+        _limit("idle-timeout", float, "Seconds without traffic before a TCP connection is closed."),
+        _limit("abort-grace", float, "Seconds a closing connection gets to take its last bytes before it is aborted."),
+        _limit("max-connections", int, "Most TCP connections open at once."),
+        _limit(
             "max-connections-per-ip",
-            None,
-            _DEFAULTS.max_connections_per_ip,
+            int,
             "Most TCP connections open at once from one source network (see --ipv4-prefix, --ipv6-prefix).",
-            number("max-connections-per-ip", int),
-        ],
-        [
+        ),
+        _limit(
             "ipv4-prefix",
-            None,
-            _DEFAULTS.ipv4_prefix,
+            int,
             "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
-            number("ipv4-prefix", int, 1, 32),
-        ],
-        [
+            1,
+            32,
+        ),
+        _limit(
             "ipv6-prefix",
-            None,
-            _DEFAULTS.ipv6_prefix,
+            int,
             "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
-            number("ipv6-prefix", int, 1, 128),
-        ],
-        [
-            "high-water",
-            None,
-            _DEFAULTS.high_water,
-            "Unsent reply bytes per connection past which reading pauses.",
-            number("high-water", int, 1),
-        ],
-        [
-            "udp-rate",
-            None,
-            _DEFAULTS.udp_rate,
-            "Datagrams per second answered per source network.",
-            number("udp-rate", float),
-        ],
-        [
-            "udp-burst",
-            None,
-            _DEFAULTS.udp_burst,
-            "Datagrams a source may send at once before --udp-rate applies.",
-            number("udp-burst", int),
-        ],
-        [
-            "udp-byte-rate",
-            None,
-            _DEFAULTS.udp_byte_rate,
-            "Reply bytes per second sent to one source network.",
-            number("udp-byte-rate", float),
-        ],
-        [
+            1,
+            128,
+        ),
+        _limit("high-water", int, "Unsent reply bytes per connection past which reading pauses.", 1),
+        _limit("udp-rate", float, "Datagrams per second answered per source network."),
+        _limit("udp-burst", int, "Datagrams a source may send at once before --udp-rate applies."),
+        _limit("udp-byte-rate", float, "Reply bytes per second sent to one source network."),
+        _limit(
             "udp-byte-burst",
-            None,
-            _DEFAULTS.udp_byte_burst,
+            int,
             "Reply bytes a source may be sent at once before --udp-byte-rate applies (at least 65527).",
-            number("udp-byte-burst", int),
-        ],
-        [
-            "udp-rate-table-size",
-            None,
-            _DEFAULTS.udp_rate_table_size,
-            "Most source networks the UDP rate limiter remembers.",
-            number("udp-rate-table-size", int, 1),
-        ],
+        ),
+        _limit("udp-rate-table-size", int, "Most source networks the UDP rate limiter remembers.", 1),
         [
             "metrics",
             None,
@@ -198,16 +217,10 @@ class Options(usage.Options):
             "workers",
             None,
             1,
-            "Processes serving the same tcp:/tcp6:/udp: ports (Linux, SO_REUSEPORT).",
+            "Processes serving the same tcp:/tcp6:/udp: sockets, bound once by the first.",
             number("workers", int, 1),
         ],
-        [
-            "shutdown-timeout",
-            None,
-            _DEFAULTS.shutdown_timeout,
-            "Seconds a graceful stop waits for open connections before closing them.",
-            number("shutdown-timeout", float),
-        ],
+        _limit("shutdown-timeout", float, "Seconds a graceful stop waits for open connections before closing them."),
         [
             "drain-delay",
             None,
@@ -246,7 +259,6 @@ class Options(usage.Options):
         status 1 (twistd itself would print the whole help on stdout, and
         before 26.10 exit 0, which a service manager takes for success).
         """
-        self["argv"] = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
@@ -276,70 +288,78 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Apply the defaults and check what depends on more than one option.
+        Apply the defaults, check what depends on more than one option, and
+        make the one `Settings` object `makeService` wires (``self["settings"]``).
         Nothing here imports the reactor (`makeService` chooses it).
         """
-        if not self["listen"]:
-            self["listen"] = [parse_listen(description) for description in DEFAULT_LISTEN]
-        self["metrics_listener"] = None
-        if self["metrics"]:
-            if importlib.util.find_spec("prometheus_client") is None:
-                raise usage.UsageError(METRICS_INSTALL_HINT)
-            try:
-                metrics = parse_listen(self["metrics"])
-            except ListenError as e:
-                # Metrics are HTTP: the kinds to write are the stream kinds.
-                message = str(e).replace("--listen", "--metrics", 1).replace(KINDS_HINT, STREAM_KINDS_HINT)
-                raise usage.UsageError(message) from None
-            if metrics.datagram:
-                raise usage.UsageError(
-                    f"--metrics '{self['metrics']}': metrics are served over HTTP; "
-                    "write a stream listen string such as tcp:9150:interface=127.0.0.1"
-                )
-            self["metrics_listener"] = metrics
-        self["worker"] = worker_slot() is not None
-        if self["workers"] > 1 or self["worker"]:
-            if not reuse_port_supported():
-                raise usage.UsageError("--workers needs Linux's SO_REUSEPORT; leave --workers out here")
-            most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
-            if self["workers"] > most:
-                raise usage.UsageError(
-                    f"--workers: {self['workers']} is more than {most} ({MAX_WORKERS_PER_CPU} per CPU here); "
-                    "one worker per CPU is the usual choice"
-                )
-            for listener in self["listen"]:
-                if not listener.shareable:
-                    raise usage.UsageError(
-                        f"--listen '{listener.description}': --workers shares only tcp:, tcp6:, udp: "
-                        "and haproxy:tcp listeners; serve this one from a process without --workers"
-                    )
+        listen = self["listen"] or [parse_listen(description) for description in DEFAULT_LISTEN]
+        workers = int(self["workers"])
+        if workers > 1:
+            _check_workers(workers, listen)
         try:
-            self["config"] = CapservConfig(
+            config = CapservConfig(
                 encoding=self["encoding"],
                 ascii_only=bool(self["ascii"]),
-                idle_timeout=float(self["idle-timeout"]),
-                abort_grace=float(self["abort-grace"]),
-                max_connections=int(self["max-connections"]),
-                max_connections_per_ip=int(self["max-connections-per-ip"]),
-                ipv4_prefix=int(self["ipv4-prefix"]),
-                ipv6_prefix=int(self["ipv6-prefix"]),
-                high_water=int(self["high-water"]),
-                udp_rate=float(self["udp-rate"]),
-                udp_burst=int(self["udp-burst"]),
-                udp_byte_rate=float(self["udp-byte-rate"]),
-                udp_byte_burst=int(self["udp-byte-burst"]),
+                **{field: self[field.replace("_", "-")] for field in _NUMBERS},
                 udp_rate_loopback=bool(self["udp-rate-loopback"]),
-                udp_rate_table_size=int(self["udp-rate-table-size"]),
                 udp_allow_low_ports=bool(self["udp-allow-low-ports"]),
-                shutdown_timeout=float(self["shutdown-timeout"]),
                 # The daemon's own switch for measuring the fast paths (bench -nofast).
                 fast_paths=os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0"),
             )
         except ConfigError as e:
             raise usage.UsageError(f"--{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
+        parent = getattr(self, "parent", None)
+        self["settings"] = Settings(
+            config=config,
+            listen=tuple(listen),
+            metrics=_metrics_listener(self["metrics"]),
+            workers=workers,
+            drain_delay=float(self["drain-delay"]),
+            native=not self["no-native"],
+            uvloop=not self["no-uvloop"],
+            reactor=parent.get("reactor") if parent is not None else None,
+        )
 
 
-def makeService(config: Options | dict[str, Any], reactor: Any = None) -> CapservService:
+def _metrics_listener(description: str | None) -> Listener | None:
+    """``--metrics``, parsed as a stream listener (it serves HTTP)."""
+    if not description:
+        return None
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise usage.UsageError(METRICS_INSTALL_HINT)
+    try:
+        metrics = parse_listen(description)
+    except ListenError as e:
+        message = str(e).replace("--listen", "--metrics", 1).replace(KINDS_HINT, STREAM_KINDS_HINT)
+        raise usage.UsageError(message) from None
+    if metrics.datagram:
+        raise usage.UsageError(
+            f"--metrics '{description}': metrics are served over HTTP; "
+            "write a stream listen string such as tcp:9150:interface=127.0.0.1"
+        )
+    metrics.what = "metrics (HTTP)"
+    return metrics
+
+
+def _check_workers(workers: int, listen: list[Listener]) -> None:
+    """Refuse a ``--workers`` this system or these listeners cannot have."""
+    if os.name != "posix":
+        raise usage.UsageError("--workers needs a POSIX system (Linux, BSD, macOS); leave --workers out here")
+    most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if workers > most:
+        raise usage.UsageError(
+            f"--workers: {workers} is more than {most} ({MAX_WORKERS_PER_CPU} per CPU here); "
+            "one worker per CPU is the usual choice"
+        )
+    for listener in listen:
+        if not listener.shareable:
+            raise usage.UsageError(
+                f"--listen '{listener.description}': --workers shares only tcp:, tcp6:, udp: "
+                "and haproxy:tcp listeners; serve this one from a process without --workers"
+            )
+
+
+def makeService(config: Options, reactor: Any = None) -> CapservService:
     """
     Build the capserv service from parsed `Options`, with every listener
     bound.
@@ -350,89 +370,62 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Capser
     :raises SystemExit: with one line, if a listener cannot be bound;
         nothing is left bound then.
     """
+    settings: Settings = config["settings"]
     if reactor is None:
-        reactor = choose_reactor(uvloop=not config.get("no-uvloop"))
+        reactor = choose_reactor(settings.uvloop, settings.reactor)
     try:
-        return build_service(config, reactor)
+        return build_service(settings, reactor)
     except StartError as e:
         raise SystemExit(f"capserv: {e}") from None
 
 
-def build_service(config: Options | dict[str, Any], reactor: Any) -> CapservService:
+def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:
     """
     `makeService` for programs: the same service, a `StartError` instead of
     an exit when a listener cannot be bound.
+
+    :param inherited: in a worker, the listening sockets its supervisor
+        passed, one per listener, in order.
     """
-    settings: CapservConfig = config["config"]
-    workers: int = config.get("workers", 1)
-    shared = workers > 1 or bool(config.get("worker"))
-    factory = UppercaseFactory(settings, clock=reactor)
-    datagrams = DatagramState(settings, clock=reactor)
-    drain_delay = float(config.get("drain-delay", 0.0))
-    service = CapservService(settings, factory, datagrams, reactor, drain_delay=drain_delay)
-    service.twistd_options = getattr(config, "parent", None)
-    listeners: list[Listener] = list(config["listen"])
-    metrics: Listener | None = config.get("metrics_listener")
-    _bind_all(listeners, shared, metrics)
-    native = _native(reactor, config)
-    for listener in listeners:
+    config = settings.config
+    factory = UppercaseFactory(config, clock=reactor)
+    datagrams = DatagramState(config, clock=reactor)
+    service = CapservService(
+        config, factory, datagrams, reactor, drain_delay=settings.drain_delay, worker=settings.worker > 0
+    )
+    for listener, fd in zip(settings.listen, inherited, strict=False):
+        listener.inherit(fd)
+    _bind_all(settings.listen, settings.metrics)
+    native = settings.native and native_supported(reactor)
+    for listener in settings.listen:
         handler = datagrams.protocol() if listener.datagram else factory
         listener.service(handler, reactor, native=native).setServiceParent(service)
-    every_worker = _shared_metrics(factory, datagrams, reactor) if metrics is not None and workers > 1 else None
-    if metrics is not None:
+    pool = None
+    if settings.workers > 1:
+        # Workers drain too, then stop gracefully, before they are killed.
+        stop_timeout = settings.drain_delay + config.shutdown_timeout + config.abort_grace + 5
+        sockets = [listener.share() for listener in settings.listen]
+        pool = WorkerPool(settings.workers, settings.for_workers(), reactor, stop_timeout, sockets)
+        pool.setServiceParent(service)  # type: ignore[no-untyped-call]
+        service.on_force.append(pool.force)
+    if settings.metrics is not None:
         from capserv.site.health import health_children
         from capserv.site.metrics import metrics_site
 
-        collector = every_worker.collector() if every_worker is not None else None
-        site = metrics_site(factory, datagrams, workers, collector=collector, children=health_children(service))
-        metrics.what = "metrics (HTTP)"
-        metrics.service(site, reactor).setServiceParent(service)
-    if workers > 1:
-        pool = WorkerPool(
-            workers,
-            _worker_command(config, listeners),
-            reactor,
-            # The workers drain too, then stop gracefully.
-            drain_delay + settings.shutdown_timeout + settings.abort_grace + 5,
-            env=every_worker.worker_env() if every_worker is not None else None,
-        )
-        if every_worker is not None:
-            every_worker.setServiceParent(service)  # type: ignore[no-untyped-call]
-            pool.on_exit.append(every_worker.process_dead)
-        pool.setServiceParent(service)  # type: ignore[no-untyped-call]
-        service.on_force.append(pool.force)
-    if config.get("worker"):
-        service.worker = True
+        def figures() -> dict[str, Any]:
+            own = process_figures(factory, datagrams)
+            return pool.total(own) if pool is not None else own
+
+        site = metrics_site(figures, config, children=health_children(service))
+        settings.metrics.service(site, reactor).setServiceParent(service)
+    if settings.worker:
         OrphanWatch(reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
-        _mirror_worker_metrics(service, reactor)
+        if settings.report:
+            FigureReport(factory, datagrams, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
 
 
-def _shared_metrics(factory: UppercaseFactory, datagrams: DatagramState, reactor: Any) -> SharedMetrics:
-    """
-    The supervisor's side of metrics that add up every worker: made before
-    anything imports prometheus-client's metrics (it chooses multiprocess
-    mode then).
-    """
-    from capserv.site.metrics import CapservCollector
-    from capserv.site.metrics_multiprocess import MetricsMirror, SharedMetrics
-
-    return SharedMetrics(MetricsMirror(CapservCollector(factory, datagrams)), reactor)
-
-
-def _mirror_worker_metrics(service: CapservService, reactor: Any) -> None:
-    """In a worker whose supervisor serves metrics: copy this worker's figures to it."""
-    from capserv.site.metrics_multiprocess import MetricsMirror, MirrorService, worker_folder
-
-    if worker_folder() is None:
-        return
-    from capserv.site.metrics import CapservCollector
-
-    mirror = MetricsMirror(CapservCollector(service.factory, service.datagrams))
-    MirrorService(mirror, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
-
-
-def _bind_all(listeners: list[Listener], reuse_port: bool, metrics: Listener | None = None) -> None:
+def _bind_all(listeners: Sequence[Listener], metrics: Listener | None = None) -> None:
     """
     Bind every listener (and the metrics listener, last), or none: on a
     failure, let go of those bound.
@@ -445,12 +438,11 @@ def _bind_all(listeners: list[Listener], reuse_port: bool, metrics: Listener | N
     try:
         for listener in [*listeners, *([metrics] if metrics is not None else [])]:
             try:
-                listener.bind(reuse_port)
+                listener.bind()
             except ListenError as e:
-                if e.errno == errno.EADDRINUSE:
-                    clash = _clash(listener, done)
-                    if clash:
-                        raise ListenError(clash, e.errno) from None
+                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
+                if clash:
+                    raise ListenError(clash, e.errno) from None
                 raise
             done.append(listener)
     except ListenError as e:
@@ -494,32 +486,3 @@ def _clash(listener: Listener, done: list[Listener]) -> str | None:
             f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
         )
     return None
-
-
-def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
-    """Whether streams are served on the event loop's own transports."""
-    if config.get("no-native"):
-        return False
-    return native_supported(reactor)
-
-
-def _worker_command(config: Options | dict[str, Any], listeners: list[Listener]) -> list[str]:
-    """
-    The command line of the other workers: this process's reactor, capserv's
-    own options less ``--workers``, ``--listen`` (they get the concrete ports
-    this process bound) and ``--metrics`` (only this process serves it).
-    """
-    parent = getattr(config, "parent", None)
-    reactor = parent.get("reactor") if parent is not None else None
-    own: list[str] = []
-    skip = False
-    for arg in config.get("argv", []):
-        if skip:
-            skip = False
-        elif arg in ("--workers", "--listen", "--metrics"):
-            skip = True
-        elif not arg.startswith(("--workers=", "--listen=", "--metrics=")):
-            own.append(arg)
-    for listener in listeners:
-        own += ["--listen", listener.with_port(listener.bound_port())]
-    return worker_command(own, reactor)

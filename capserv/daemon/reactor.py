@@ -5,8 +5,7 @@ time), and the daemon's choice of it.
 Importing ``twisted.internet.reactor`` installs the default reactor, so
 whatever imports it first decides the event loop for the whole process.
 The daemon therefore makes its choice (`choose_reactor`) as the first step
-of ``makeService``, before it imports anything that might import the
-reactor (prometheus-client's Twisted resource does, at import time), and
+of ``makeService`` (and of a worker's `capserv.daemon.workers.main`), and
 `describe_reactor` names the one that runs in the start line, so an
 operator can check.
 """
@@ -22,7 +21,7 @@ from capserv.protocols._twisted import global_reactor
 __all__ = ["choose_reactor", "describe_reactor"]
 
 
-def choose_reactor(uvloop: bool = True) -> Any:
+def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
     """
     Install the daemon's reactor unless one is installed already, and
     return the reactor that will run.
@@ -34,8 +33,14 @@ def choose_reactor(uvloop: bool = True) -> Any:
     measured fastest (``docs/benchmarks``); else twistd's default.
 
     :param uvloop: false for ``--no-uvloop``.
+    :param name: a reactor to install by twistd's name for it (``epoll``),
+        as a worker does to run its supervisor's ``--reactor``.
     """
-    if uvloop and "twisted.internet.reactor" not in sys.modules:
+    if name and "twisted.internet.reactor" not in sys.modules:
+        from twisted.application.reactors import installReactor
+
+        installReactor(name)
+    elif uvloop and "twisted.internet.reactor" not in sys.modules:
         try:
             import uvloop as _uvloop
         except ImportError:

@@ -12,7 +12,7 @@ connections are refused), lets open connections finish for up to
 SIGTERM during the drain or that wait aborts what is left at once.
 
 Its `CapservService.state` is what ``/readyz`` reports
-(`capserv.site.health`), and under systemd it tells the service manager when it
+(`capserv.site.health`, loaded only with ``--metrics``), and under systemd it tells the service manager when it
 is ready and when it stops (`capserv.daemon.sdnotify`).
 """
 
@@ -33,7 +33,6 @@ from twisted.logger import Logger
 
 from capserv._version import __version__
 from capserv.daemon.listen import ListenError
-from capserv.daemon.logs import install_for_twistd
 from capserv.daemon.reactor import describe_reactor
 from capserv.daemon.rlimits import raise_file_limit
 from capserv.daemon.sdnotify import Notifier, notify_address
@@ -43,9 +42,17 @@ from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
-from capserv.site.health import DRAINING, READY, STARTING, STOPPING
 
-__all__ = ["CapservService", "StartError", "fatal", "plural"]
+__all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "StartError", "fatal", "plural"]
+
+#: Listeners are bound; the reactor has not run yet.
+STARTING = "starting"
+#: Every listener is listening and no stop has begun.
+READY = "ready"
+#: A stop has begun: serving on, for ``--drain-delay``, while not ready.
+DRAINING = "draining"
+#: The graceful stop: listeners closed, open connections finishing.
+STOPPING = "stopping"
 
 #: The signals that ask for a stop; a second one during the stop forces it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -80,14 +87,18 @@ class CapservService(MultiService):
         reactor: Any,
         drain_delay: float = 0.0,
         notifier: Notifier | None = None,
+        worker: bool = False,
     ) -> None:
         """
         :param drain_delay: seconds a stop keeps accepting and serving,
-            while `state` says `capserv.site.health.DRAINING`, before it stops
+            while `state` says `DRAINING`, before it stops
             listening (``--drain-delay``; 0: stop listening at once).
         :param notifier: where to tell systemd of readiness and the stop;
             by default the socket ``NOTIFY_SOCKET`` names, except in a
             worker of ``--workers`` (only the main process notifies).
+        :param worker: a worker of ``--workers``: its supervisor forces a
+            stop with `capserv.daemon.workers.FORCE_SIGNAL`; stop signals it
+            gets directly as well as from the supervisor count once.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
@@ -102,13 +113,7 @@ class CapservService(MultiService):
         self.on_force: list[Callable[[], None]] = []
         #: Set once a second signal has forced the stop.
         self.forced = False
-        #: A worker of ``--workers``: its supervisor forces a stop with
-        #: `capserv.daemon.workers.FORCE_SIGNAL`; stop signals it gets directly as
-        #: well as from the supervisor count once.
-        self.worker = False
-        #: twistd's own options when twistd runs this service: its logging
-        #: options decide whether capserv's log observer is installed.
-        self.twistd_options: Any = None
+        self.worker = worker
         self._stopping = False
         self._force_pending = False
         self._listening = False
@@ -118,10 +123,9 @@ class CapservService(MultiService):
     @property
     def state(self) -> str:
         """
-        Where the service is: `capserv.site.health.STARTING` until the reactor
-        runs with every listener listening, then `~capserv.site.health.READY`;
-        once a stop has begun `~capserv.site.health.DRAINING` for the drain
-        delay, then `~capserv.site.health.STOPPING`.
+        Where the service is: `STARTING` until the reactor runs with every
+        listener listening, then `READY`; once a stop has begun `DRAINING`
+        for the drain delay, then `STOPPING`.
         """
         if self._drain_call is not None:
             return DRAINING
@@ -131,15 +135,10 @@ class CapservService(MultiService):
             return READY
         return STARTING
 
-    def setServiceParent(self, parent: Any) -> None:
-        """
-        Join twistd's application; before twistd starts logging, make it log
-        through capserv's cheaper text observer where it would build its own
-        (`capserv.daemon.logs.install_for_twistd`).
-        """
-        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
-        if self.twistd_options is not None:
-            install_for_twistd(parent, self.twistd_options)
+    @property
+    def ready(self) -> bool:
+        """Whether `state` is `READY`: what ``/readyz`` answers 200 for."""
+        return self.state == READY
 
     def privilegedStartService(self) -> None:
         """

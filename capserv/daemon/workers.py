@@ -1,11 +1,12 @@
 """
-Process supervision for ``--workers N``: N processes serving the same ports.
+Process supervision for ``--workers N``: N processes serving the same sockets.
 
-The process twistd runs binds every listener with ``SO_REUSEPORT`` (so
-``port 0`` becomes a real port), then `WorkerPool` starts the other N-1 as
-``twistd capserv --worker`` children listening on the same concrete ports;
-the kernel spreads connections and datagrams across them.  A worker that
-exits is replaced, after a delay that doubles while it keeps dying.
+The process twistd runs binds every listener once, then `WorkerPool` starts
+N-1 workers (`main`) and hands each a duplicate of every bound socket
+(``spawnProcess(childFDs=...)``) and the parsed settings as one JSON value;
+a worker adopts the sockets it inherited, so it never parses a command line
+and never binds.  A worker that exits is replaced, after a delay that
+doubles while it keeps dying.
 
 Signals: a stop passes SIGTERM on to every worker and drains this process's
 own connections meanwhile; a second stop signal sends each worker SIGUSR2,
@@ -13,15 +14,11 @@ which makes it abort its connections.  Workers ignore SIGINT and a repeated
 SIGTERM, so a Ctrl-C to the whole process group, or a service manager
 signalling every process of the service, is still one graceful stop.
 
-Logs: workers log JSON lines to a pipe that this process reads and logs
-again through its own observers (``--logfile``, ``--logger``), marked with
-the worker's number, so every line of every process reaches one place whole.
-
-Children are started with ``reactor.spawnProcess`` and watched by a
-`ProcessProtocol`; a worker whose supervisor has gone stops by itself
-(`OrphanWatch`).  Whoever needs to know that a worker exited (the metrics
-of every worker, `capserv.site.metrics_multiprocess`) hears of it through
-`WorkerPool.on_exit`.
+Logs and figures: workers log JSON lines to a pipe that this process reads
+and logs again through its own observers, marked with the worker's number.
+With ``--metrics``, a worker also sends its counters down that pipe once a
+second and after its stop (`FigureReport`); the pool keeps the latest of
+each and adds them up at scrape time (`WorkerPool.total`).
 """
 
 from __future__ import annotations
@@ -29,9 +26,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -43,61 +39,61 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from capserv.protocols.tcp import UppercaseFactory
+from capserv.protocols.udp import DatagramState
+
 __all__ = [
     "FORCE_SIGNAL",
     "MAX_WORKERS_PER_CPU",
+    "FigureReport",
     "OrphanWatch",
     "WorkerPool",
-    "reuse_port_supported",
-    "worker_command",
-    "worker_slot",
+    "add_figures",
+    "main",
+    "process_figures",
 ]
 
 #: More workers than this many per CPU only add processes that wait.
 MAX_WORKERS_PER_CPU = 8
 #: What the supervisor sends its workers when a second signal forces a stop.
 FORCE_SIGNAL = signal.SIGUSR2
-#: The environment variable that makes a ``twistd capserv`` a worker: its
-#: number (the supervisor is 0).
+#: The environment variables a worker is told its number and its settings in.
 WORKER_VARIABLE = "CAPSERV_WORKER"
+SETTINGS_VARIABLE = "CAPSERV_SETTINGS"
+#: The first descriptor a worker inherits a listening socket on.
+FIRST_SOCKET = 3
+#: The namespace of a worker's figure lines, which the supervisor keeps instead of logging.
+FIGURES_NAMESPACE = "capserv.workers.figures"
+#: The figures that are gauges: a worker that exits stops counting in them.
+GAUGES = frozenset({"connections_active", "rate_table_size", "workers"})
 
-#: A worker's program: twistd, with SIGINT ignored (twistd then leaves it
-#: ignored) so that a Ctrl-C reaches only the supervisor.
-_RUN = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-)
-
-
-def worker_slot() -> int | None:
-    """This process's worker number, or `None` if it is not a worker."""
-    value = os.environ.get(WORKER_VARIABLE, "")
-    return int(value) if value.isdigit() else None
-
-
-def worker_command(capserv_args: list[str], reactor: str | None = None) -> list[str]:
-    """
-    The command line of a worker: twistd in the foreground, no pid file,
-    JSON-lines logs on stdout for the supervisor, the supervisor's
-    ``--reactor`` if it was given one, then ``capserv CAPSERV_ARGS``.
-    """
-    twistd = ["--nodaemon", "--pidfile=", "--logger=capserv.daemon.logs.json_lines"]
-    if reactor:
-        twistd.append(f"--reactor={reactor}")
-    return [sys.executable, "-c", _RUN, *twistd, "capserv", *capserv_args]
-
-
+#: A worker's program.
+_RUN = "from capserv.daemon.workers import main; main()"
 #: The longest wait before replacing a worker that keeps dying.
 MAX_BACKOFF = 30.0
 #: A worker that lived this long before exiting resets the backoff.
 STABLE_AFTER = 10.0
 
+Figures = dict[str, Any]
 
-def reuse_port_supported() -> bool:
+
+def process_figures(factory: UppercaseFactory, datagrams: DatagramState) -> Figures:
+    """One process's counters, as `add_figures` adds them and `capserv.site.metrics` reads them."""
+    return {"tcp": factory.snapshot(), "udp": datagrams.snapshot(), "workers": 1}
+
+
+def add_figures(total: Figures, more: Figures, gauges: bool = True) -> Figures:
     """
-    Tell whether this system offers ``SO_REUSEPORT`` with load balancing.
+    The sum of two processes' figures, number by number; ``gauges`` false
+    leaves ``more``'s gauges out (a worker that has exited).
     """
-    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    out = dict(total)
+    for key, value in more.items():
+        if isinstance(value, dict):
+            out[key] = add_figures(out.get(key, {}), value, gauges)
+        elif gauges or key not in GAUGES:
+            out[key] = out.get(key, 0) + value
+    return out
 
 
 class _Worker(ProcessProtocol):
@@ -156,38 +152,32 @@ _pool_log = Logger(namespace="capserv.workers.WorkerPool")
 class WorkerPool(Service):
     """
     Keep ``count - 1`` worker processes running beside this one while the
-    service runs.
+    service runs, each serving the sockets this one bound.
     """
 
     #: `capserv.daemon.service.CapservService` drains its own connections while
     #: this stops, instead of after.
     stops_in_parallel = True
 
-    def __init__(
-        self,
-        count: int,
-        command: list[str],
-        reactor: Any,
-        stop_timeout: float,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, count: int, settings: str, reactor: Any, stop_timeout: float, sockets: Sequence[int]) -> None:
         """
-        :param command: the worker's command line (``argv``, first the
-            program).
+        :param settings: what every worker is told
+            (`capserv.daemon.options.Settings.for_workers`).
         :param stop_timeout: seconds a stop waits for workers before killing
             them.
-        :param env: environment variables for the workers, beside this
-            process's own.
+        :param sockets: the listening sockets' descriptors, in the order of
+            the settings' listeners; a worker inherits them from
+            `FIRST_SOCKET` on.
         """
         self.count = count
-        self.command = command
+        self.settings = settings
         self.reactor = reactor
         self.stop_timeout = stop_timeout
-        self.env = dict(env or {})
-        #: Called with the pid of each worker that exits, whatever the
-        #: reason, before it is replaced or counted out of a stop.
-        self.on_exit: list[Callable[[int], None]] = []
+        self.sockets = list(sockets)
         self.workers: dict[int, tuple[_Worker, Any]] = {}
+        #: Each running worker's latest figures, and those of workers gone.
+        self.figures: dict[int, Figures] = {}
+        self.retired: Figures = {}
         self.restarts = 0
         self._backoff: dict[int, float] = {}
         self._pending: dict[int, IDelayedCall] = {}
@@ -208,10 +198,13 @@ class WorkerPool(Service):
     def _spawn(self, slot: int) -> int:
         self._pending.pop(slot, None)
         worker = _Worker(self, slot, self.reactor.seconds())
-        env = dict(os.environ, **self.env, **{WORKER_VARIABLE: str(slot)})
+        env = dict(os.environ, **{WORKER_VARIABLE: str(slot), SETTINGS_VARIABLE: self.settings})
+        fds: dict[int, Any] = {1: "r", 2: "r"}
+        fds.update((FIRST_SOCKET + i, fd) for i, fd in enumerate(self.sockets))
         with open(os.devnull, "rb") as devnull:
+            fds[0] = devnull.fileno()
             transport = self.reactor.spawnProcess(
-                worker, self.command[0], self.command, env=env, childFDs={0: devnull.fileno(), 1: "r", 2: "r"}
+                worker, sys.executable, [sys.executable, "-c", _RUN], env, childFDs=fds
             )
         self.workers[slot] = (worker, transport)
         worker.pid = transport.pid
@@ -221,7 +214,7 @@ class WorkerPool(Service):
         """
         Log one line of a worker's output through this process's observers:
         a JSON event (the worker's log) with its text, level and fields, or
-        any other line (a crash on stderr) as an error.
+        any other line (a crash on stderr) as an error; keep a figure line.
         """
         try:
             record = json.loads(line)
@@ -229,21 +222,36 @@ class WorkerPool(Service):
                 raise ValueError(line)
         except ValueError:
             record = {"text": line.decode("utf-8", "replace"), "level": "error" if error else "info"}
+        namespace = str(record.pop("namespace", "capserv.worker"))
+        if namespace == FIGURES_NAMESPACE and isinstance(record.get("figures"), dict):
+            self.figures[worker.slot] = record["figures"]
+            return
         try:
             level = LogLevel.levelWithName(str(record.pop("level", "info")))
         except Exception:
             level = LogLevel.info
-        namespace = str(record.pop("namespace", "capserv.worker"))
         text = str(record.pop("text", ""))
         fields = {k: v for k, v in record.items() if not k.startswith("log_") and k not in ("time", "format", "level")}
         fields["worker"] = worker.slot
         Logger(namespace=namespace).emit(level, "{text}", text=text, log_system=f"worker {worker.slot}", **fields)
 
+    def total(self, own: Figures) -> Figures:
+        """
+        ``own`` figures plus every worker's latest, and the counters of
+        workers that have exited (so no total goes down when one is
+        replaced).
+        """
+        total = add_figures(own, self.retired)
+        for figures in self.figures.values():
+            total = add_figures(total, figures)
+        return total
+
     def ended(self, worker: _Worker, code: int | None, signum: int | None) -> None:
         """A worker exited: replace it, or count it out of a stop."""
         self.workers.pop(worker.slot, None)
-        for callback in self.on_exit:
-            callback(worker.pid)
+        last = self.figures.pop(worker.slot, None)
+        if last is not None:
+            self.retired = add_figures(self.retired, last, gauges=False)
         how = f"signal {signum}" if signum else f"status {code}"
         if self._stopped is not None:
             if not self.workers:
@@ -286,6 +294,7 @@ class WorkerPool(Service):
                 call.cancel()
         self._pending.clear()
         if not self.workers:
+            self.close_sockets()
             return succeed(None)
         self._stopped = Deferred()
         self.signal_all(signal.SIGTERM)
@@ -297,7 +306,14 @@ class WorkerPool(Service):
         _pool_log.warn("Killing {n} workers that did not stop in time", n=len(self.workers))
         self.signal_all(signal.SIGKILL)
 
+    def close_sockets(self) -> None:
+        """Let go of the sockets kept for workers (every worker has stopped)."""
+        sockets, self.sockets = self.sockets, []
+        for fd in sockets:
+            os.close(fd)
+
     def _finish_stop(self) -> None:
+        self.close_sockets()
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         self._kill_call = None
@@ -344,3 +360,67 @@ class OrphanWatch(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+
+
+#: The worker's figure lines (`FigureReport`), which its supervisor keeps.
+_figures_log = Logger(namespace=FIGURES_NAMESPACE)
+
+
+class FigureReport(Service):
+    """
+    In a worker whose supervisor serves ``--metrics``: send this process's
+    figures down the log pipe every ``interval`` seconds while it serves and
+    drains, and once more after its stop, so its last counts reach the
+    supervisor.
+    """
+
+    def __init__(
+        self, factory: UppercaseFactory, datagrams: DatagramState, reactor: Any, interval: float = 1.0
+    ) -> None:
+        self.factory = factory
+        self.datagrams = datagrams
+        self.reactor = reactor
+        self.interval = interval
+        self._loop: LoopingCall | None = None
+
+    def report(self) -> None:
+        """Send the figures now."""
+        _figures_log.info("figures", figures=process_figures(self.factory, self.datagrams))
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop = LoopingCall(self.report)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=True)
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.finish)
+
+    def finish(self) -> None:
+        """Stop reporting, after a last report (the reactor has stopped everything)."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self.report()
+
+
+def main() -> None:
+    """
+    A worker's program: serve the settings and sockets the supervisor
+    handed it, logging JSON lines on standard output, until SIGTERM.
+    """
+    # Ctrl-C reaches the supervisor only (the reactor leaves an ignored SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from twisted.logger import globalLogBeginner
+
+    from capserv.daemon.logs import json_lines
+    from capserv.daemon.options import Settings, build_service
+    from capserv.daemon.reactor import choose_reactor
+
+    settings = Settings.of_worker(os.environ.pop(SETTINGS_VARIABLE), int(os.environ.pop(WORKER_VARIABLE)))
+    reactor = choose_reactor(settings.uvloop, settings.reactor)
+    globalLogBeginner.beginLoggingTo([json_lines()], redirectStandardIO=False)
+    inherited = range(FIRST_SOCKET, FIRST_SOCKET + len(settings.listen))
+    service = build_service(settings, reactor, inherited)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()

@@ -13,31 +13,12 @@ or a Kubernetes Service stops sending new connections during
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-__all__ = [
-    "DRAINING",
-    "READY",
-    "STARTING",
-    "STOPPING",
-    "HealthResource",
-    "Readiness",
-    "ReadinessResource",
-    "health_children",
-]
-
-#: Listeners are bound; the reactor has not run yet.
-STARTING = "starting"
-#: Every listener is listening and no stop has begun.
-READY = "ready"
-#: A stop has begun: serving on, for ``--drain-delay``, while not ready.
-DRAINING = "draining"
-#: The graceful stop: listeners closed, open connections finishing.
-STOPPING = "stopping"
+__all__ = ["HealthResource", "Readiness", "ReadinessResource", "health_children"]
 
 
 class Readiness(Protocol):
@@ -45,58 +26,41 @@ class Readiness(Protocol):
 
     @property
     def state(self) -> str:
-        """One of `STARTING`, `READY`, `DRAINING`, `STOPPING`."""
+        """A word saying where the service is: ``starting``, ``ready``, ``draining``, ``stopping``."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether it should be sent new connections."""
 
 
-class _PlainText(Resource):
-    """A leaf answering GET (and HEAD) with a status and one line of text."""
+class HealthResource(Resource):
+    """``/healthz``: 200 while the process serves (whatever its readiness), with its state as the body."""
 
     isLeaf = True
 
-    def __init__(self, state: Callable[[], str]) -> None:
+    def __init__(self, service: Readiness) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._state = state
+        self.service = service
 
-    def answer(self, state: str) -> int:
-        """The HTTP status for ``state``."""
-        raise NotImplementedError
+    def status(self) -> int:
+        """The HTTP status to answer."""
+        return 200
 
     def render_GET(self, request: Request) -> bytes:
-        state = self._state()
-        request.setResponseCode(self.answer(state))
+        state = self.service.state
+        request.setResponseCode(self.status())
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return f"{state}\n".encode()
 
 
-class HealthResource(_PlainText):
-    """
-    ``/healthz``: 200 while the process serves (whatever its readiness),
-    with its state as the body.
-    """
+class ReadinessResource(HealthResource):
+    """``/readyz``: 200 ``ready`` when the service is ready; 503 with its state otherwise."""
 
-    def answer(self, state: str) -> int:
-        return 200
-
-
-class ReadinessResource(_PlainText):
-    """
-    ``/readyz``: 200 ``ready`` when every listener is listening and no stop
-    has begun; 503 with the reason (``starting``, ``draining``,
-    ``stopping``) otherwise.
-    """
-
-    def answer(self, state: str) -> int:
-        return 200 if state == READY else 503
+    def status(self) -> int:
+        return 200 if self.service.ready else 503
 
 
 def health_children(service: Readiness) -> dict[bytes, IResource]:
-    """
-    The resources to mount beside ``/metrics`` for ``service``:
-    ``{b"healthz": ..., b"readyz": ...}``.
-    """
-
-    def state() -> str:
-        return service.state
-
-    return {b"healthz": HealthResource(state), b"readyz": ReadinessResource(state)}
+    """The resources to mount beside ``/metrics``: ``{b"healthz": ..., b"readyz": ...}``."""
+    return {b"healthz": HealthResource(service), b"readyz": ReadinessResource(service)}

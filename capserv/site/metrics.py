@@ -3,49 +3,49 @@ Prometheus metrics for ``--metrics DESCRIPTION``.
 
 A collector reads capserv's own counters when scraped (nothing is updated
 per packet), and `MetricsResource` serves them in prometheus-client's text
-format on any stream endpoint, in the reactor's thread.  prometheus-client is an optional extra:
-``pip install 'capserv[metrics]'``.  With ``--workers``, the figures of every
-process add up through `capserv.site.metrics_multiprocess`.
+format on any stream endpoint, in the reactor's thread.  prometheus-client
+is an optional extra: ``pip install 'capserv[metrics]'``.  With
+``--workers``, the figures it reads are every process's, added up by the
+supervisor (`capserv.daemon.workers.WorkerPool.total`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from capserv.protocols.config import CapservConfig
 from capserv.protocols.stats import DROPS, PER_SOURCE, REFUSALS, Reason
-from capserv.protocols.tcp import UppercaseFactory
-from capserv.protocols.udp import DatagramState
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import Collector, CollectorRegistry
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
 
 
 class CapservCollector:
     """
-    Turn a stream factory's and the datagram state's counters into metrics.
+    Turn capserv's figures into metrics, read at each scrape.
     """
 
-    def __init__(self, factory: UppercaseFactory, datagram: DatagramState, workers: int = 1) -> None:
+    def __init__(self, figures: Callable[[], Mapping[str, Any]], config: CapservConfig) -> None:
         """
-        :param workers: the ``capserv_workers`` figure: the processes serving
-            (1 for one process's own share, as `capserv.site.metrics_multiprocess`
-            adds those up over the processes alive).
+        :param figures: returns ``{"tcp": UppercaseFactory.snapshot(), "udp":
+            DatagramState.snapshot(), "workers": N}`` for every process serving
+            (`capserv.daemon.workers.process_figures`, summed).
+        :param config: the limits whose prefix lengths label the per-source figures.
         """
-        self.factory = factory
-        self.datagram = datagram
-        self.workers = workers
+        self.figures = figures
+        self.config = config
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        tcp = self.factory.snapshot()
-        udp = self.datagram.snapshot()
+        figures = self.figures()
+        tcp, udp = figures["tcp"], figures["udp"]
         yield GaugeMetricFamily(
             "capserv_connections_active", "TCP connections open now.", value=tcp["connections_active"]
         )
@@ -91,7 +91,7 @@ class CapservCollector:
             "source network's family and prefix length (--ipv4-prefix, --ipv6-prefix).",
             labels=["limit", "family", "prefix"],
         )
-        config = self.factory.config
+        config = self.config
         for limit in PER_SOURCE:
             counts = (tcp if limit is Reason.MAX_CONNECTIONS_PER_IP else udp)["limited"].get(limit.value, {})
             limited.add_metric([limit.value, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
@@ -102,7 +102,7 @@ class CapservCollector:
             "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
             value=udp["rate_table_size"],
         )
-        yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=self.workers)
+        yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=figures["workers"])
 
 
 class _QuietSite(Site):
@@ -145,19 +145,15 @@ class MetricsResource(Resource):
 
 
 def metrics_site(
-    factory: UppercaseFactory,
-    datagram: DatagramState,
-    workers: int = 1,
-    collector: Collector | None = None,
+    figures: Callable[[], Mapping[str, Any]],
+    config: CapservConfig,
     children: Mapping[bytes, IResource] | None = None,
 ) -> Site:
     """
-    A web site serving the metrics at ``/metrics``, from its own registry
-    (so an embedding program's registry is not touched).
+    A web site serving the metrics at ``/metrics`` (a `CapservCollector` of
+    ``figures`` and ``config``), from its own registry (so an embedding
+    program's registry is not touched).
 
-    :param collector: what to serve instead of a `CapservCollector` of
-        ``factory`` and ``datagram``: with ``--workers``, the figures of
-        every process (`capserv.site.metrics_multiprocess.SharedMetrics.collector`).
     :param children: more resources to serve beside ``/metrics``, by path
         segment (the daemon's ``/healthz`` and ``/readyz``,
         `capserv.site.health.health_children`).
@@ -165,7 +161,7 @@ def metrics_site(
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector if collector is not None else CapservCollector(factory, datagram, workers))
+    registry.register(CapservCollector(figures, config))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
     for path, child in (children or {}).items():

@@ -234,37 +234,6 @@ def test_logger_factories() -> None:
     assert isinstance(text_lines(), TextLogObserver)
 
 
-def test_twistd_observer_follows_twistds_choice(tmp_path: Any) -> None:
-    """
-    twistd_observer writes where twistd's text observer would: standard
-    output under -n, the --logfile file (rotated on SIGUSR1), nothing for a
-    daemon asked to log to standard output.
-    """
-    import signal
-    import sys
-
-    from capserv.daemon.logs import twistd_observer
-
-    assert twistd_observer("-", nodaemon=False) is None
-    for logfile in ("-", ""):
-        observer = twistd_observer(logfile, nodaemon=True)
-        assert isinstance(observer, TextLogObserver) and observer.writer._out is sys.stdout
-    before = signal.getsignal(signal.SIGUSR1)
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    try:
-        path = tmp_path / "capserv.log"
-        observer = twistd_observer(str(path), nodaemon=False)
-        assert isinstance(observer, TextLogObserver)
-        assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
-        observer.writer._clock = Clock()
-        logged([observer], FIELDS[0])
-        observer.writer.flush()
-        assert path.read_text().endswith(render_access(FIELDS[0]) + "\n")
-        observer.writer._out.close()  # type: ignore[union-attr]
-    finally:
-        signal.signal(signal.SIGUSR1, before)
-
-
 def test_log_connection_publishes_what_logger_info_would() -> None:
     """
     log_connection's event has the keys and values Logger.info's would
@@ -291,31 +260,6 @@ def test_log_connection_publishes_what_logger_info_would() -> None:
     assert {k: v for k, v in mine.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
     assert before <= mine["log_time"] <= theirs["log_time"]
     assert mine["log_source"] is None
-
-
-def test_install_for_twistd_only_where_twistd_would_build_its_text_observer() -> None:
-    """
-    install_for_twistd sets capserv's observer as the application's
-    ILogObserver under -n (standard output), and leaves --logger, --syslog
-    and an observer already set alone.
-    """
-    import sys
-
-    from twisted.application.service import Application
-    from twisted.logger import ILogObserver
-
-    from capserv.daemon.logs import install_for_twistd
-
-    application = Application("capserv")
-    assert install_for_twistd(application, {"nodaemon": True, "logfile": None, "logger": None, "syslog": False})
-    observer = application.getComponent(ILogObserver)
-    assert isinstance(observer, TextLogObserver) and observer.writer._out is sys.stdout
-    assert not install_for_twistd(application, {"nodaemon": True})  # already set
-    for options in ({"logger": "capserv.daemon.logs.json_lines", "nodaemon": True}, {"syslog": True, "nodaemon": True}):
-        other = Application("capserv")
-        assert not install_for_twistd(other, options)
-        assert other.getComponent(ILogObserver, None) is None
-    assert not install_for_twistd(Application("capserv"), {"logfile": "-", "nodaemon": False})
 
 
 def test_a_line_logged_while_the_writer_writes_neither_blocks_nor_repeats() -> None:

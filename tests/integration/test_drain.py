@@ -11,6 +11,7 @@ and ``READY=1``/``STOPPING=1`` on ``NOTIFY_SOCKET`` at the right moments.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,9 +35,9 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from capserv.daemon.sdnotify import Notifier, notify_address
-from capserv.daemon.service import CapservService
+from capserv.daemon.service import DRAINING, READY, STARTING, STOPPING, CapservService
 from capserv.protocols.tcp import UppercaseProtocol
-from capserv.site.health import DRAINING, READY, STARTING, STOPPING, HealthResource, ReadinessResource
+from capserv.site.health import HealthResource, ReadinessResource
 from capserv.tap import Options, makeService
 
 from ..support.daemon import TCP0, Daemon
@@ -124,7 +125,7 @@ class DrainTests(ServiceTestCase):
         self.assertEqual(parse("--drain-delay=2.5")["drain-delay"], 2.5)
         options = parse("--listen", LOCAL, "--drain-delay", "7")
         service = makeService(options, reactor=self.reactor)
-        self.addCleanup(lambda: [listener.close() for listener in options["listen"]])
+        self.addCleanup(lambda: [listener.close() for listener in options["settings"].listen])
         self.assertEqual(service.drain_delay, 7)
 
     def test_bad_values_name_the_option(self) -> None:
@@ -240,19 +241,18 @@ class DrainTests(ServiceTestCase):
         self.assertEqual(len(done), 1)
 
     def test_workers_drain_and_are_given_the_time(self) -> None:
-        """With --workers the workers' command line carries --drain-delay,
-        and the supervisor waits the drain delay on top of the stop before
-        it kills them."""
-        from capserv.daemon.workers import WorkerPool, reuse_port_supported
+        """With --workers the workers' settings carry --drain-delay, and the
+        supervisor waits the drain delay on top of the stop before it kills
+        them."""
+        from capserv.daemon.workers import WorkerPool
 
-        if not reuse_port_supported():
-            self.skipTest("--workers needs Linux's SO_REUSEPORT")
         options = parse("--workers=2", "--listen", LOCAL, "--drain-delay=7", "--shutdown-timeout=3")
         service = makeService(options, reactor=self.reactor)
-        self.addCleanup(lambda: [listener.close() for listener in options["listen"]])
+        self.addCleanup(lambda: [listener.close() for listener in options["settings"].listen])
         (pool,) = [child for child in service if isinstance(child, WorkerPool)]
-        self.assertEqual(pool.stop_timeout, 7 + 3 + options["config"].abort_grace + 5)
-        self.assertIn("--drain-delay=7", pool.command)
+        self.addCleanup(pool.close_sockets)
+        self.assertEqual(pool.stop_timeout, 7 + 3 + options["settings"].config.abort_grace + 5)
+        self.assertEqual(json.loads(pool.settings)["drain_delay"], 7)
 
 
 class NotifyTests(ServiceTestCase):
@@ -364,6 +364,14 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual(len([line for line in lines if "Could not tell systemd READY" in line]), 1, lines)
 
 
+class _State:
+    """A service that is in one state."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.ready = state == READY
+
+
 class EndpointTests(SynchronousTestCase):
     """``/healthz`` and ``/readyz``: status codes and bodies, by state."""
 
@@ -375,17 +383,17 @@ class EndpointTests(SynchronousTestCase):
     def test_readiness_by_state(self) -> None:
         """/readyz: 200 "ready" when ready, 503 with the reason otherwise."""
         for state, code in [(READY, 200), (STARTING, 503), (DRAINING, 503), (STOPPING, 503)]:
-            self.assertEqual(self.get(ReadinessResource(lambda state=state: state)), (code, f"{state}\n".encode()))
+            self.assertEqual(self.get(ReadinessResource(_State(state))), (code, f"{state}\n".encode()))
 
     def test_health_while_serving(self) -> None:
         """/healthz: 200 in every state the process serves in, draining included."""
         for state in (STARTING, READY, DRAINING, STOPPING):
-            self.assertEqual(self.get(HealthResource(lambda state=state: state)), (200, f"{state}\n".encode()))
+            self.assertEqual(self.get(HealthResource(_State(state))), (200, f"{state}\n".encode()))
 
     def test_plain_text_not_cached(self) -> None:
         """The answer is plain text that no cache keeps."""
         request = DummyRequest([b""])
-        ReadinessResource(lambda: READY).render(request)
+        ReadinessResource(_State(READY)).render(request)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"])
         self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
 

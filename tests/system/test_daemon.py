@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support.daemon import TCP0, UDP0, Daemon, run_daemon, run_twistd, twistd_path
+from ..support.daemon import TCP0, UDP0, Daemon, run_daemon, run_twistd, scrape, twistd_path
 from ..support.loopback import have_ipv6, read_all, tcp_exchange, udp_exchange
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(120)]
@@ -332,7 +332,7 @@ def test_json_lines_logger() -> None:
         process.stdout.close()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+@pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
 def test_workers_share_ports_and_stop_together() -> None:
     """--workers 2 spreads connections over both processes on the same ports, and a stop stops both."""
     import re
@@ -354,6 +354,46 @@ def test_workers_share_ports_and_stop_together() -> None:
     served = [int(n) for n in re.findall(r"capserv stopped: (\d+) TCP connections?", daemon.output)]
     assert len(served) == 2 and sum(served) == 40
     assert all(n > 0 for n in served), f"one worker got everything: {served}"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
+def test_abbreviated_options_reach_workers_as_the_full_ones() -> None:
+    """--work 2 --lis --metr (twistd's option parser takes any unambiguous
+    prefix) make one supervisor with one worker, both serving the one
+    listener, and metrics served once: workers are told parsed settings,
+    never a filtered command line (which made every worker a supervisor
+    of its own, without end)."""
+    with Daemon(["--work", "2", "--lis", TCP0, "--metr", TCP0]) as daemon:
+        daemon.wait_for("Started 1 more worker:")
+        deadline = time.monotonic() + 20
+        while daemon.output.count(" started (") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        host, port = daemon.address(0)
+        _, metrics_port = daemon.address(1)
+        for i in range(20):
+            assert tcp_exchange(host, port, f"conn {i}".encode()) == f"CONN {i}".encode()
+        deadline = time.monotonic() + 20
+        while scrape(metrics_port).get("capserv_connections_total") != 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        figures = scrape(metrics_port)
+        time.sleep(1)  # a worker turned supervisor would have started its own by now
+        assert daemon.output.count("more worker") == 1, daemon.output
+        assert daemon.output.count(" started (") == 2, daemon.output
+        assert (figures["capserv_connections_total"], figures["capserv_workers"]) == (20, 2), figures
+        assert daemon.output.count("Listening for metrics") == 1, daemon.output
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
+def test_text_lines_logger_writes_twistds_lines() -> None:
+    """--logger=capserv.logs.text_lines, the documented way to the cheaper
+    text log, writes twistd's own line format (time, [namespace#level],
+    message)."""
+    with Daemon(["--listen", TCP0], twistd_args=["--logger=capserv.logs.text_lines"]) as daemon:
+        line = daemon.wait_for("Listening for streams on 127.0.0.1:")
+        assert re.match(r"^\d{4}-\d\d-\d\dT\S+ \[capserv\.listen#info\] Listening for streams on ", line), line
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
 
 
 def test_workers_refuse_unshareable_listeners(tmp_path: Path) -> None:
@@ -486,7 +526,7 @@ def test_second_signal_ends_the_stop_at_once(workers: int) -> None:
     assert "Second stop signal: aborting" in daemon.output
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+@pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
 def test_a_worker_that_dies_is_replaced() -> None:
     """Killing a worker makes the supervisor start another on the same
     ports; a stop still stops all of them."""
@@ -520,7 +560,7 @@ def _all_started(daemon: Daemon, processes: int) -> None:
     assert daemon.output.count(" started (") == processes, daemon.output
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+@pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
 def test_ctrl_c_to_the_process_group_is_one_graceful_stop() -> None:
     """A terminal's Ctrl-C signals every process of --workers at once: that
     is one graceful stop (open connections finish), not a forced one; and
@@ -555,7 +595,7 @@ def test_ctrl_c_to_the_process_group_is_one_graceful_stop() -> None:
     assert daemon.output.count("capserv stopped") == 2
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux SO_REUSEPORT")
+@pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
 def test_workers_log_whole_lines_to_one_logfile(tmp_path: Path) -> None:
     """With --workers and --logfile, every process's lines reach the one
     file whole: one close line per connection, a start line per process,

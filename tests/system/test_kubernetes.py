@@ -143,11 +143,11 @@ def test_container_args_are_capserv_options() -> None:
     and a drain delay.
     """
     parsed = options()
-    listeners = parsed["listen"]
+    listeners = parsed["settings"].listen
     assert [type(listener) for listener in listeners] == [StreamListener, DatagramListener]
     assert {listener.host for listener in listeners} == {"0.0.0.0"}
     assert listeners[0].port == listeners[1].port == 50007
-    metrics = parsed["metrics_listener"]
+    metrics = parsed["settings"].metrics
     assert isinstance(metrics, StreamListener) and metrics.host == "0.0.0.0"
     assert float(parsed["drain-delay"]) > 0
 
@@ -157,7 +157,7 @@ def test_probes_ask_the_metrics_port_for_health_and_readiness() -> None:
     Liveness asks ``/healthz`` and readiness ``/readyz``, over HTTP, on the
     port ``--metrics`` listens on.
     """
-    metrics_port = options()["metrics_listener"].port
+    metrics_port = options()["settings"].metrics.port
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container()[probe]["httpGet"]
         assert get["path"] == path, probe
@@ -177,7 +177,7 @@ def test_service_carries_tcp_and_udp_on_the_listen_port() -> None:
     assert sorted(p["protocol"] for p in ports) == ["TCP", "UDP"]
     assert len({p["port"] for p in ports}) == 1
     assert len({p["name"] for p in ports}) == 2, "a Service with several ports names each"
-    listening = {("UDP" if listener.datagram else "TCP"): listener.port for listener in options()["listen"]}
+    listening = {("UDP" if listener.datagram else "TCP"): listener.port for listener in options()["settings"].listen}
     for port in ports:
         target = container_port(port["targetPort"], port["protocol"])
         assert target == listening[port["protocol"]], port
@@ -196,7 +196,7 @@ def test_grace_period_covers_drain_shutdown_and_abort() -> None:
     does what a preStop sleep would).
     """
     parsed = options()
-    config = parsed["config"]
+    config = parsed["settings"].config
     longest = float(parsed["drain-delay"]) + config.shutdown_timeout + config.abort_grace
     grace = the("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= longest + EXIT_MARGIN
@@ -221,7 +221,7 @@ def test_liveness_outlasts_the_stop_after_the_drain() -> None:
     stopping pod is never restarted for it.
     """
     probe = container()["livenessProbe"]
-    config = options()["config"]
+    config = options()["settings"].config
     tolerated = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
     assert tolerated > config.shutdown_timeout + config.abort_grace
 

@@ -1,15 +1,12 @@
 """
-In-memory tests for `capserv.site.metrics_multiprocess` (metrics that add up
-every worker of ``--workers``) and the worker bookkeeping it relies on.
-
-Several processes are played in one: prometheus-client's multiprocess mode
-keys its files by a process identifier, which a test may choose (as
-prometheus-client's own tests do), so each "process" here writes files of
-its own into one temporary folder, read back by ``MultiProcessCollector``.
+In-memory tests for the metrics of ``--workers``: each worker's figures
+reach the supervisor as lines on its log pipe (`capserv.daemon.workers`),
+and ``/metrics`` adds them up at scrape time (`capserv.site.metrics`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -19,27 +16,24 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig, UppercaseFactory
-from capserv.daemon.workers import WORKER_VARIABLE, WorkerPool
+from capserv.daemon.workers import (
+    FIGURES_NAMESPACE,
+    FIRST_SOCKET,
+    SETTINGS_VARIABLE,
+    WORKER_VARIABLE,
+    FigureReport,
+    WorkerPool,
+    process_figures,
+)
+from capserv.protocols.accesslog import event_as_json
 from capserv.protocols.udp import DatagramState
 from capserv.site.metrics import CapservCollector
-from capserv.site.metrics_multiprocess import (
-    FOLDER_VARIABLE,
-    PROMETHEUS_VARIABLE,
-    MetricsMirror,
-    MirrorService,
-    SharedMetrics,
-    worker_folder,
-)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def samples(metrics: Any) -> Samples:
-    """
-    Every sample of ``metrics`` (a registry or collector) by name and
-    labels; less the creation times prometheus-client adds to counters kept
-    in memory (its multiprocess files, what the daemon serves, have none).
-    """
+    """Every sample of ``metrics`` (a collector) by name and labels."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in metrics.collect()
@@ -55,7 +49,9 @@ class Process:
         self.reactor = MemoryReactorClock()
         self.factory = UppercaseFactory(CapservConfig(), clock=self.reactor)
         self.datagrams = DatagramState(CapservConfig(), clock=self.reactor)
-        self.collector = CapservCollector(self.factory, self.datagrams)
+
+    def figures(self) -> dict[str, Any]:
+        return process_figures(self.factory, self.datagrams)
 
     def serve(self, connections: int = 0, datagrams: int = 0, refused: int = 0) -> None:
         """Count traffic as if it had been served."""
@@ -73,205 +69,16 @@ class Process:
         protocol.makeConnection(StringTransport(peerAddress=address))
         return protocol
 
-
-class MirrorTests(SynchronousTestCase):
-    """A mirror's metrics read as the collector it copies."""
-
-    def test_copies_read_as_the_collector(self) -> None:
-        """Every family of capserv's collector is copied under its names,
-        labels and values; a second copy moves counters by the difference
-        (not by the whole figure again) and sets gauges."""
-        from prometheus_client import CollectorRegistry
-
-        process = Process()
-        registry = CollectorRegistry()
-        mirror = MetricsMirror(process.collector, registry)
-        process.serve(connections=3, datagrams=4, refused=1)
-        protocol = process.open()
-        mirror.mirror()
-        first = samples(registry)
-        self.assertEqual(first, samples(process.collector))
-        self.assertEqual(first[("capserv_connections_total", ())], 4)
-        self.assertEqual(first[("capserv_connections_active", ())], 1)
-        process.serve(connections=2, datagrams=2)
-        protocol.connectionLost(None)
-        mirror.mirror()
-        second = samples(registry)
-        self.assertEqual(second, samples(process.collector))
-        self.assertEqual(second[("capserv_connections_total", ())], 6)
-        self.assertEqual(second[("capserv_connections_active", ())], 0)
-        self.assertEqual(second[("capserv_datagrams_dropped_total", (("reason", "rate_limit"),))], 3)
-
-    def test_help_and_types_are_kept(self) -> None:
-        """The copies keep each family's type and help text."""
-        from prometheus_client import CollectorRegistry
-
-        process = Process()
-        registry = CollectorRegistry()
-        MetricsMirror(process.collector, registry).mirror()
-        copied = {family.name: (family.type, family.documentation) for family in registry.collect()}
-        direct = {family.name: (family.type, family.documentation) for family in process.collector.collect()}
-        self.assertEqual(copied, direct)
-
-
-class MultiprocessTests(SynchronousTestCase):
-    """Several processes' copies add up through prometheus-client's files."""
-
-    def setUp(self) -> None:
-        from prometheus_client import values
-
-        saved = os.environ.get(PROMETHEUS_VARIABLE)
-        self.addCleanup(self._restore, values.ValueClass, saved)
-
-    def _restore(self, value_class: Any, saved: str | None) -> None:
-        from prometheus_client import values
-
-        values.ValueClass = value_class
-        if saved is None:
-            os.environ.pop(PROMETHEUS_VARIABLE, None)
-        else:
-            os.environ[PROMETHEUS_VARIABLE] = saved
-
-    def as_process(self, pid: int) -> None:
-        """Make the metrics created from now on write the files of ``pid``."""
-        from prometheus_client import values
-
-        values.ValueClass = values.MultiProcessValue(lambda: pid)
-
-    def test_every_process_adds_up_and_a_dead_one_keeps_its_counts(self) -> None:
-        """Counters add up over every process, dead ones included; gauges
-        (open connections, workers) over the processes alive; the
-        supervisor's own figures are copied at the scrape."""
-        supervisor, one, two = Process(), Process(), Process()
-        shared = SharedMetrics(MetricsMirror(supervisor.collector), supervisor.reactor)
-        self.addCleanup(shared.remove)
-        self.assertEqual(os.environ[PROMETHEUS_VARIABLE], shared.path)
-        workers = {101: MetricsMirror(one.collector), 102: MetricsMirror(two.collector)}
-        one.serve(connections=3, datagrams=2)
-        one.open()
-        two.serve(connections=5, refused=1)
-        two.open()
-        for pid, mirror in workers.items():
-            self.as_process(pid)
-            mirror.mirror()
-        self.as_process(100)
-        scrape = shared.collector()
-        supervisor.serve(connections=7)
-        figures = samples(scrape)
-        self.assertEqual(figures[("capserv_connections_total", ())], 3 + 5 + 7 + 2)
-        self.assertEqual(figures[("capserv_connections_refused_total", (("limit", "max_connections"),))], 1)
-        self.assertEqual(figures[("capserv_datagrams_received_total", ())], 2)
-        self.assertEqual(figures[("capserv_connections_active", ())], 2)
-        self.assertEqual(figures[("capserv_workers", ())], 3)
-
-        shared.process_dead(101)
-        figures = samples(scrape)
-        self.assertEqual(figures[("capserv_connections_total", ())], 17)
-        self.assertEqual(figures[("capserv_datagrams_received_total", ())], 2)
-        self.assertEqual(figures[("capserv_connections_active", ())], 1)
-        self.assertEqual(figures[("capserv_workers", ())], 2)
-
-        two.serve(connections=1)
-        workers[102].mirror()
-        self.assertEqual(samples(scrape)[("capserv_connections_total", ())], 18)
-
-    def test_an_empty_file_does_not_break_the_scrape(self) -> None:
-        """A metric file not yet sized (a worker killed as it created it)
-        is left out instead of failing every scrape."""
-        supervisor = Process()
-        shared = SharedMetrics(MetricsMirror(supervisor.collector), supervisor.reactor)
-        self.addCleanup(shared.remove)
-        with open(os.path.join(shared.path, "counter_999.db"), "wb"):
-            pass
-        self.as_process(100)
-        supervisor.serve(connections=2)
-        self.assertEqual(samples(shared.collector())[("capserv_connections_total", ())], 2)
-
-    def test_folder_for_workers_and_removed_after_shutdown(self) -> None:
-        """The supervisor's folder is passed to workers (which then copy into
-        it) and removed once the reactor has stopped everything."""
-        process = Process()
-        shared = SharedMetrics(MetricsMirror(process.collector), process.reactor)
-        self.addCleanup(shared.remove)
-        self.assertTrue(os.path.isdir(shared.path))
-        env = shared.worker_env()
-        self.assertEqual(env, {FOLDER_VARIABLE: shared.path, PROMETHEUS_VARIABLE: shared.path})
-        saved = os.environ.get(FOLDER_VARIABLE)
-        os.environ[FOLDER_VARIABLE] = shared.path
-        try:
-            self.assertEqual(worker_folder(), shared.path)
-        finally:
-            if saved is None:
-                del os.environ[FOLDER_VARIABLE]
-            else:
-                os.environ[FOLDER_VARIABLE] = saved
-        shared.startService()
-        shared.stopService()
-        self.assertTrue(os.path.isdir(shared.path), "removed while workers may still write")
-        for hook, args, kwargs in process.reactor.triggers["after"]["shutdown"]:
-            hook(*args, **kwargs)
-        self.assertFalse(os.path.exists(shared.path))
-
-    def test_no_folder_no_copies(self) -> None:
-        """A worker whose supervisor serves no metrics copies nothing."""
-        saved = os.environ.pop(FOLDER_VARIABLE, None)
-        try:
-            self.assertIsNone(worker_folder())
-        finally:
-            if saved is not None:
-                os.environ[FOLDER_VARIABLE] = saved
-
-
-class CountingMirror:
-    """A mirror that counts its copies, and may fail."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.copies = 0
-        self.fail = fail
-
-    def mirror(self) -> None:
-        self.copies += 1
-        if self.fail:
-            raise OSError("No such file or directory")
-
-
-class MirrorServiceTests(SynchronousTestCase):
-    """A worker copies on a timer, through its drain, and once after it."""
-
-    def test_copies_every_interval_and_after_shutdown(self) -> None:
-        """A copy at the start and every interval, still while the service
-        stops (connections drain), a last one after shutdown, then none."""
-        reactor = MemoryReactorClock()
-        mirror = CountingMirror()
-        service = MirrorService(mirror, reactor, interval=1.0)  # type: ignore[arg-type]
-        service.startService()
-        self.assertEqual(mirror.copies, 1)
-        reactor.advance(1)
-        self.assertEqual(mirror.copies, 2)
-        service.stopService()
-        reactor.advance(1)
-        self.assertEqual(mirror.copies, 3)
-        [(hook, args, kwargs)] = reactor.triggers["after"]["shutdown"]
-        hook(*args, **kwargs)
-        self.assertEqual(mirror.copies, 4)
-        reactor.advance(5)
-        self.assertEqual(mirror.copies, 4)
-        self.assertEqual(reactor.getDelayedCalls(), [])
-
-    def test_a_failing_copy_is_one_line(self) -> None:
-        """A copy that fails is logged once, as one line, and copying stops."""
-        reactor = MemoryReactorClock()
+    def report_line(self) -> bytes:
+        """The line this process's `FigureReport` writes on a worker's pipe (JSON-lines logger)."""
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        service = MirrorService(CountingMirror(fail=True), reactor)  # type: ignore[arg-type]
-        service.startService()
-        reactor.advance(5)
-        errors = [event for event in events if "metrics stopped updating" in event.get("log_format", "")]
-        self.assertEqual(len(errors), 1)
-        self.assertEqual(errors[0]["error"], "No such file or directory")
-        self.assertNotIn("log_failure", errors[0])
-        self.assertEqual(reactor.getDelayedCalls(), [])
+        try:
+            FigureReport(self.factory, self.datagrams, self.reactor).report()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        [event] = [e for e in events if e.get("log_namespace") == FIGURES_NAMESPACE]
+        return event_as_json(event).encode()
 
 
 class _Transport:
@@ -290,39 +97,134 @@ class SpawningReactor(MemoryReactorClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spawned: list[tuple[Any, dict[str, str]]] = []
+        self.spawned: list[dict[str, Any]] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: dict[str, str], **kw: Any) -> Any:
-        self.spawned.append((protocol, env))
+        self.spawned.append({"protocol": protocol, "executable": executable, "args": args, "env": env, **kw})
         return _Transport(1000 + len(self.spawned))
 
 
-class WorkerPoolTests(SynchronousTestCase):
-    """What the metrics need from the worker supervisor."""
+class WorkerFiguresTests(SynchronousTestCase):
+    """Counters add up over every process, dead workers included; gauges over the living."""
 
-    def test_env_reaches_workers_and_exits_are_heard(self) -> None:
-        """Workers get the extra environment beside this process's own; every
-        exit, whether the worker is replaced or counted out of a stop, is
-        reported with the worker's pid."""
+    def test_every_process_adds_up_and_a_dead_one_keeps_its_counts(self) -> None:
+        """The supervisor's figures plus each worker's latest figure line;
+        a worker's exit keeps its counters in the totals and drops its
+        gauges (open connections, workers); figure lines are not logged."""
+        supervisor, one, two = Process(), Process(), Process()
         reactor = SpawningReactor()
-        pool = WorkerPool(3, ["python"], reactor, stop_timeout=5, env={FOLDER_VARIABLE: "/somewhere"})
-        exited: list[int] = []
-        pool.on_exit.append(exited.append)
+        pool = WorkerPool(3, "{}", reactor, stop_timeout=5, sockets=[])
         pool.startService()
-        envs = [env for _, env in reactor.spawned]
-        self.assertEqual([env[FOLDER_VARIABLE] for env in envs], ["/somewhere"] * 2)
-        self.assertEqual([env[WORKER_VARIABLE] for env in envs], ["1", "2"])
-        self.assertEqual({key: envs[0][key] for key in os.environ}, dict(os.environ))
-        pool.ended(reactor.spawned[0][0], None, 9)
-        self.assertEqual(exited, [1001])
+        first, second = (spawned["protocol"] for spawned in reactor.spawned)
+        collector = CapservCollector(lambda: pool.total(supervisor.figures()), CapservConfig())
+        one.serve(connections=3, datagrams=2)
+        one.open()
+        two.serve(connections=5, refused=1)
+        two.open()
+        logged: list[LogEvent] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        first.outReceived(one.report_line() + b"\n")
+        second.outReceived(two.report_line() + b"\n")
+        self.assertEqual([e for e in logged if str(e.get("log_system")).startswith("worker")], [])
+        supervisor.serve(connections=7)
+        figures = samples(collector)
+        self.assertEqual(figures[("capserv_connections_total", ())], 3 + 5 + 7 + 2)
+        self.assertEqual(figures[("capserv_connections_refused_total", (("limit", "max_connections"),))], 1)
+        self.assertEqual(figures[("capserv_datagrams_received_total", ())], 2)
+        self.assertEqual(figures[("capserv_datagrams_dropped_total", (("reason", "rate_limit"),))], 1)
+        self.assertEqual(figures[("capserv_connections_active", ())], 2)
+        self.assertEqual(figures[("capserv_workers", ())], 3)
+
+        pool.ended(first, None, 9)
+        figures = samples(collector)
+        self.assertEqual(figures[("capserv_connections_total", ())], 17)
+        self.assertEqual(figures[("capserv_datagrams_received_total", ())], 2)
+        self.assertEqual(figures[("capserv_connections_active", ())], 1)
+        self.assertEqual(figures[("capserv_workers", ())], 2)
+
+        two.serve(connections=1)
+        second.outReceived(two.report_line() + b"\n")
+        self.assertEqual(samples(collector)[("capserv_connections_total", ())], 18)
+        reactor.advance(1)  # the replacement starts and reports nothing yet
+        self.assertEqual(samples(collector)[("capserv_connections_total", ())], 18)
+        pool.stopService()
+
+    def test_one_process_reads_its_own_counters(self) -> None:
+        """Without --workers a scrape reads the process's counters directly."""
+        process = Process()
+        process.serve(connections=4)
+        process.open()
+        figures = samples(CapservCollector(process.figures, CapservConfig()))
+        self.assertEqual(figures[("capserv_connections_total", ())], 5)
+        self.assertEqual(figures[("capserv_connections_active", ())], 1)
+        self.assertEqual(figures[("capserv_workers", ())], 1)
+
+
+class FigureReportTests(SynchronousTestCase):
+    """A worker reports on a timer, through its drain, and once after it."""
+
+    def test_reports_every_interval_and_after_shutdown(self) -> None:
+        """A report at the start and every interval, still while the service
+        stops (connections drain), a last one after shutdown, then none."""
+        process = Process()
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def reports() -> int:
+            return len([e for e in events if e.get("log_namespace") == FIGURES_NAMESPACE])
+
+        service = FigureReport(process.factory, process.datagrams, process.reactor, interval=1.0)
+        service.startService()
+        self.assertEqual(reports(), 1)
+        process.reactor.advance(1)
+        self.assertEqual(reports(), 2)
+        service.stopService()
+        process.reactor.advance(1)
+        self.assertEqual(reports(), 3)
+        [(hook, args, kwargs)] = process.reactor.triggers["after"]["shutdown"]
+        hook(*args, **kwargs)
+        self.assertEqual(reports(), 4)
+        self.assertEqual(json.loads(event_as_json(events[-1]))["figures"], process.figures())
+        process.reactor.advance(5)
+        self.assertEqual(reports(), 4)
+        self.assertEqual(process.reactor.getDelayedCalls(), [])
+
+
+class WorkerPoolTests(SynchronousTestCase):
+    """What a worker is told, and that every exit is heard."""
+
+    def test_workers_are_told_settings_and_sockets_never_argv(self) -> None:
+        """A worker runs capserv's worker program with no options: its number
+        and the settings in the environment (beside this process's own), the
+        bound sockets from descriptor 3 on; an exit is replaced, and a stop
+        counts every worker out."""
+        reactor = SpawningReactor()
+        sockets = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
+        pool = WorkerPool(3, '{"listen": ["tcp:0"]}', reactor, stop_timeout=5, sockets=sockets)
+        pool.startService()
+        for slot, spawned in enumerate(reactor.spawned, 1):
+            self.assertEqual(spawned["args"][:2], [spawned["executable"], "-c"])
+            self.assertEqual(len(spawned["args"]), 3, spawned["args"])
+            self.assertNotIn("--", spawned["args"][2])
+            env = spawned["env"]
+            self.assertEqual((env[WORKER_VARIABLE], env[SETTINGS_VARIABLE]), (str(slot), '{"listen": ["tcp:0"]}'))
+            self.assertEqual({key: env[key] for key in os.environ}, dict(os.environ))
+            fds = spawned["childFDs"]
+            self.assertEqual((fds[1], fds[2], fds[FIRST_SOCKET], fds[FIRST_SOCKET + 1]), ("r", "r", *sockets))
+            self.assertEqual(len(fds), 5)
+        pool.ended(reactor.spawned[0]["protocol"], None, 9)
         reactor.advance(1)
         self.assertEqual(len(reactor.spawned), 3, "the worker was not replaced")
+        self.assertEqual(reactor.spawned[2]["env"][WORKER_VARIABLE], "1")
         stopped: list[object] = []
         pool.stopService().addCallback(stopped.append)
-        for protocol, _ in reactor.spawned[1:]:
-            pool.ended(protocol, 0, None)
-        self.assertEqual(exited, [1001, 1002, 1003])
+        self.assertEqual([t.signals for _, t in pool.workers.values()], [[15], [15]])
+        for spawned in reactor.spawned[1:]:
+            pool.ended(spawned["protocol"], 0, None)
         self.assertEqual(stopped, [None])
+        self.assertEqual(pool.sockets, [], "the sockets kept for workers were not let go")
 
 
 class MetricsResourceTests(SynchronousTestCase):
@@ -339,7 +241,7 @@ class MetricsResourceTests(SynchronousTestCase):
 
         process = Process()
         process.serve(connections=3)
-        site = metrics_site(process.factory, process.datagrams)
+        site = metrics_site(process.figures, CapservConfig())
         request = DummyRequest([b"metrics"])
         resource = site.getResourceFor(request)
         body = resource.render(request)

@@ -97,10 +97,10 @@ class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """With no --listen, TCP and UDP on 127.0.0.1:50007, and the default config."""
         options = parse()
-        self.assertEqual([listener.description for listener in options["listen"]], list(DEFAULT_LISTEN))
-        self.assertIsInstance(options["listen"][0], StreamListener)
-        self.assertIsInstance(options["listen"][1], DatagramListener)
-        self.assertEqual(options["config"], CapservConfig())
+        self.assertEqual([listener.description for listener in options["settings"].listen], list(DEFAULT_LISTEN))
+        self.assertIsInstance(options["settings"].listen[0], StreamListener)
+        self.assertIsInstance(options["settings"].listen[1], DatagramListener)
+        self.assertEqual(options["settings"].config, CapservConfig())
 
     def test_every_knob_reaches_the_config(self) -> None:
         """Each limit option lands in its CapservConfig field."""
@@ -124,7 +124,7 @@ class OptionsTests(SynchronousTestCase):
             "--shutdown-timeout=4",
         )
         self.assertEqual(
-            options["config"],
+            options["settings"].config,
             CapservConfig(
                 encoding="iso8859-1",
                 ascii_only=True,
@@ -149,9 +149,9 @@ class OptionsTests(SynchronousTestCase):
     def test_listen_repeatable_and_replaces_default(self) -> None:
         """Each --listen becomes one typed listener, in order, parsed once."""
         options = parse("--listen", "tcp:1234", "--listen", "udp:1234:interface=\\:\\:1", "--listen", "haproxy:tcp:9")
-        kinds = [type(listener) for listener in options["listen"]]
+        kinds = [type(listener) for listener in options["settings"].listen]
         self.assertEqual(kinds, [StreamListener, DatagramListener, ProxyListener])
-        self.assertEqual(options["listen"][1].host, "::1")
+        self.assertEqual(options["settings"].listen[1].host, "::1")
 
     def test_bad_values_name_the_option_in_capservs_words(self) -> None:
         """A bad value's error names the option and carries no Twisted wording."""
@@ -267,7 +267,7 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn(f"cannot listen on 'tcp:{taken}:interface=127.0.0.1'", message)
         self.assertIn("already in use", message)
         self.assertNotIn("\n", message)
-        self.assertFalse(options["listen"][0].bound)
+        self.assertFalse(options["settings"].listen[0].bound)
         self.assertEqual(reactor.adoptedPorts, [])
 
     def test_clash_between_own_listeners_is_named(self) -> None:
@@ -303,12 +303,12 @@ class ServiceTests(SynchronousTestCase):
                     probe.bind(("0.0.0.0", 0))
                     free = probe.getsockname()[1]
                 options = parse(*make_args(free))
-                second = options["metrics_listener"] or options["listen"][1]
-                first = options["listen"][-1] if options["metrics_listener"] else options["listen"][0]
+                second = options["settings"].metrics or options["settings"].listen[1]
+                first = options["settings"].listen[-1] if options["settings"].metrics else options["settings"].listen[0]
                 with self.assertRaises(SystemExit, msg=make_args(free)) as caught:
                     makeService(options, reactor=MemoryReactorClock())
                 if "of this same command" not in str(caught.exception.code):
-                    alone = parse("--listen", first.description)["listen"][0]
+                    alone = parse("--listen", first.description)["settings"].listen[0]
                     try:
                         alone.bind()
                     except Exception:
@@ -454,7 +454,7 @@ class TLSBindTests(SynchronousTestCase):
             with self.assertRaises(SystemExit) as caught:
                 makeService(options, reactor=MemoryReactorClock())
         self.assertIn(f"127.0.0.1:{port} is already in use", str(caught.exception.code))
-        self.assertFalse(options["listen"][0].bound)
+        self.assertFalse(options["settings"].listen[0].bound)
 
     def test_key_file_that_is_not_pem(self) -> None:
         """A key file that is not PEM is named as such, not in OpenSSL's words."""
@@ -512,3 +512,18 @@ class TimeWaitTests(SynchronousTestCase):
             listener.bind()
         self.assertIn("in use", str(caught.exception))
         self.assertNotIn("TIME_WAIT", str(caught.exception))
+
+
+class ImportTests(SynchronousTestCase):
+    """The plugin's module stays light."""
+
+    def test_tap_does_not_import_twisted_web(self) -> None:
+        """``import capserv.tap`` (what twistd loads for every capserv
+        command) does not load twisted.web: the metrics site is imported
+        only when --metrics is given."""
+        import subprocess
+        import sys
+
+        code = "import capserv.tap, sys; print('twisted.web' in sys.modules, 'prometheus_client' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+        self.assertEqual(out.stdout.split(), ["False", "False"])

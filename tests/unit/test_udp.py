@@ -538,6 +538,7 @@ class MetricsTests(SynchronousTestCase):
         """
         from prometheus_client import CollectorRegistry
 
+        from capserv.daemon.workers import process_figures
         from capserv.protocols.tcp import UppercaseFactory
         from capserv.site.metrics import CapservCollector
 
@@ -555,7 +556,7 @@ class MetricsTests(SynchronousTestCase):
         for source in ("192.0.2.1", "192.0.2.2"):
             proto.datagramReceived(b"a" * 60000, (source, 4000))
         registry = CollectorRegistry()
-        registry.register(CapservCollector(factory, state))
+        registry.register(CapservCollector(lambda: process_figures(factory, state), factory.config))
 
         def limited(limit: str, family: str, prefix: str) -> float | None:
             labels = {"limit": limit, "family": family, "prefix": prefix}
