@@ -64,7 +64,6 @@ class ListenParsingTests(SynchronousTestCase):
         proxied = parse_listen("haproxy:tcp:5:interface=127.0.0.1")
         assert isinstance(proxied, ProxyListener)
         self.assertTrue(proxied.shareable)
-        self.assertEqual(proxied.with_port(6), "haproxy:tcp:6:interface=127.0.0.1:backlog=1024")
 
     def test_errors_say_what_to_write(self) -> None:
         """Each bad description is refused with a line naming it and the fix."""
