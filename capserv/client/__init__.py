@@ -5,8 +5,11 @@ capserv's client: a Deferred-based API (`tcp_request`, `udp_request`,
 
 from capserv.client.api import (
     MAX_UDP_REPLY,
+    CapservClientError,
+    ClientReactor,
     MessageTooLongError,
     NoReplyError,
+    ReplyTimeoutError,
     ReplyTooLongError,
     ServerClosedError,
     StreamSession,
@@ -18,8 +21,11 @@ from capserv.client.api import (
 
 __all__ = [
     "MAX_UDP_REPLY",
+    "CapservClientError",
+    "ClientReactor",
     "MessageTooLongError",
     "NoReplyError",
+    "ReplyTimeoutError",
     "ReplyTooLongError",
     "ServerClosedError",
     "StreamSession",
