@@ -3,20 +3,22 @@ capserv's client: a Deferred-based API (`tcp_request`, `udp_request`,
 `open_stream`) and the ``capserv-client`` command (`capserv.client.command`).
 """
 
-from capserv.client.api import (
+from capserv.client._udp import (
     MAX_UDP_REPLY,
-    CapservClientError,
-    ClientReactor,
     MessageTooLongError,
     NoReplyError,
-    ReplyTimeoutError,
     ReplyTooLongError,
+    resolve_udp,
+    udp_request,
+)
+from capserv.client.api import (
+    CapservClientError,
+    ClientReactor,
+    ReplyTimeoutError,
     ServerClosedError,
     StreamSession,
     open_stream,
-    resolve_udp,
     tcp_request,
-    udp_request,
 )
 
 __all__ = [

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.client.api import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
+from capserv.client._udp import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
 from capserv.client.command import ClientOptions, split_description, usage_message
 
 SERVER = ("192.0.2.10", 50007)
