@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -179,7 +180,11 @@ class StdinToStream(Protocol):
             self.done.errback(self.failure or failure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
+        if self.done.called:
+            return
+        if reason.check(ConnectionDone) is None:  # the last of the reply could not be written
+            self.done.errback(stdout_error())
+        else:
             self.done.callback(None)
 
 
@@ -236,6 +241,9 @@ class LineByLine(LineReceiver):
 
     def writeConnectionLost(self) -> None:
         self._fail(Failure(stdout_error()))
+        # stdin may be over already: then no connectionLost follows.
+        if not self.done.called:
+            self.done.errback(self.failure)
 
     def _next(self) -> None:
         if self.busy or self.failure is not None:
@@ -267,6 +275,8 @@ class LineByLine(LineReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
+        if self.failure is None and reason.check(ConnectionDone) is None:  # the last reply could not be written
+            self.failure = Failure(stdout_error())
         if self.failure is not None:
             self.done.errback(self.failure)
         else:

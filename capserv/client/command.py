@@ -220,9 +220,7 @@ class ClientOptions(usage.Options):
             raise usage.UsageError("--connect takes stream endpoints; use --host and --port with --udp")
         both = sorted(self.given & {"host", "port"})
         if self["connect"] and both:
-            raise usage.UsageError(
-                f"--connect names the server itself; leave out --{' and --'.join(both)} or put them in --connect"
-            )
+            raise usage.UsageError(f"--connect names the server itself; leave out --{' and --'.join(both)}")
 
 
 def _take(args: Any, into: list[str]) -> bool:
