@@ -1107,3 +1107,19 @@ def test_command_refuses_what_it_would_ignore_or_cannot_use(args: list[str], say
     missing; one line, exit 2.
     """
     assert says in one_line_error(run_client([*args, "x"]), 2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_documented_asyncio_example_runs() -> Any:
+    """docs/examples/client_asyncio.py, the client page's asyncio example, works."""
+    factory, port = yield listen_tcp("127.0.0.1")
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "client_asyncio.py"
+    try:
+        result = yield in_thread(
+            lambda: subprocess.run(
+                [sys.executable, str(example), str(port.getHost().port)], capture_output=True, text=True, timeout=60
+            )
+        )
+    finally:
+        yield stop_tcp(factory, port)
+    assert (result.returncode, result.stdout) == (0, "b'FROM ASYNCIO'\nb'IN TIME'\n"), result.stderr
