@@ -906,12 +906,21 @@ def test_api_cancel_while_connecting_and_streams() -> Any:
 def test_api_cancel_udp_request_stops_retrying() -> Any:
     """
     Cancelling udp_request stops its retries and closes its port: the
-    silent server sees one datagram, however long one waits after.
+    silent server sees one datagram, however long one waits after, and no
+    retry timer fires into the closed port (which logs an error).
     """
     from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    errors: list[Any] = []
+
+    def observe(event: Any) -> None:
+        if "log_failure" in event:
+            errors.append(event["log_failure"])
 
     server = LossyServer(drop=10**6)
     silent = _listen_lossy(server)
+    globalLogPublisher.addObserver(observe)
     try:
         d = udp_request(reactor, "127.0.0.1", silent.getHost().port, b"x", timeout=0.05, retries=5)
         assert (yield until(lambda: server.seen))
@@ -920,7 +929,9 @@ def test_api_cancel_udp_request_stops_retrying() -> Any:
             yield d
         yield sleep(0.3)
         assert len(server.seen) == 1
+        assert errors == []
     finally:
+        globalLogPublisher.removeObserver(observe)
         yield silent.stopListening()
 
 
