@@ -1,6 +1,8 @@
 """
 capserv's client: a Deferred-based API (`tcp_request`, `udp_request`,
 `open_stream`) and the ``capserv-client`` command (`capserv.client.command`).
+Cancelling a Deferred it returns closes what the call opened; its errors are
+`CapservClientError`.
 """
 
 from capserv.client._udp import (

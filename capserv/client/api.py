@@ -1,7 +1,7 @@
 """
 Client API for Twisted programs: one TCP request and a streaming TCP
-session; `capserv.client` adds UDP requests (`udp_request`).  Every call returns a
-`Deferred` and works on any reactor.
+session; `capserv.client` adds UDP requests (`udp_request`).  Every call
+returns a `Deferred` and works on any reactor.
 
 How a client knows a reply is complete
     Over TCP and UNIX sockets the client half-closes when it has sent
@@ -11,7 +11,9 @@ How a client knows a reply is complete
     computes how long capserv's reply must be with capserv's own codec
     (UTF-8 rules, or ASCII rules with ``ascii_only``) and closes when that
     much has arrived, or after ``idle_timeout`` seconds without data if the
-    server uppercases differently.
+    server uppercases differently.  ``half_close=False`` asks for the same
+    over a transport that claims half-close but does not deliver it
+    (``twisted.test.iosim``).
 
 Cancelling and timing out
     Cancelling a Deferred the API returns (``d.cancel()``, ``addTimeout``,
