@@ -1,7 +1,7 @@
 """
-Client API for Twisted programs: one TCP request, a streaming TCP session,
-and UDP requests with a timeout and retries.  Every call returns a
-`Deferred` and works on any reactor.
+Client API for Twisted programs: one TCP request and a streaming TCP
+session; `capserv.client` adds UDP requests (`udp_request`).  Every call
+returns a `Deferred` and works on any reactor.
 
 How a client knows a reply is complete
     Over TCP and UNIX sockets the client half-closes when it has sent
@@ -11,104 +11,94 @@ How a client knows a reply is complete
     computes how long capserv's reply must be with capserv's own codec
     (UTF-8 rules, or ASCII rules with ``ascii_only``) and closes when that
     much has arrived, or after ``idle_timeout`` seconds without data if the
-    server uppercases differently.
+    server uppercases differently.  ``half_close=False`` asks for the same
+    over a transport that claims half-close but does not deliver it
+    (``twisted.test.iosim``).
 
-How UDP replies are matched
-    Each request gets its own local port, and every try of that request is
-    sent from it.  A reply that arrives late, after its request was answered
-    or given up, reaches a closed port and can never be taken for the answer
-    to a later request.  Replies from any address other than the server's
-    are ignored.
+Cancelling and timing out
+    Cancelling a Deferred the API returns (``d.cancel()``, ``addTimeout``,
+    or an asyncio task awaiting ``d.asFuture(loop)``) closes the connection
+    or the UDP port and stops every timer.  `tcp_request` takes an overall
+    ``timeout``; `udp_request` gives up after its tries.
 
-How big a UDP reply may be
-    Replies are read whole up to 65,535 bytes, the most a UDP datagram can
-    carry (65,507 bytes of payload over IPv4, 65,527 over IPv6).  The
-    client's port reads one byte more than that, so a longer datagram (an
-    IPv6 jumbogram) fails the request with `ReplyTooLongError` instead of
-    arriving cut short.  A message too long for one datagram fails with
-    `MessageTooLongError` before anything is sent.
+Errors
+    Every error the client raises for what happened on the wire, or for a
+    message it cannot send, is a `CapservClientError`.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
+from typing import Protocol as TypingProtocol
 
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
+from twisted.internet.interfaces import (
+    IConnector,
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from capserv.protocols.text import Uppercaser
-from capserv.protocols.udp import MAX_DATAGRAM, MAX_REPLY_IPV4, MAX_REPLY_IPV6
 
 __all__ = [
-    "MAX_UDP_REPLY",
-    "MessageTooLongError",
-    "NoReplyError",
-    "ReplyTooLongError",
+    "CapservClientError",
+    "ClientReactor",
+    "ReplyTimeoutError",
     "ServerClosedError",
     "StreamSession",
     "open_stream",
-    "resolve_udp",
     "tcp_request",
-    "udp_request",
 ]
 
 
-class NoReplyError(Exception):
+class ClientReactor(TypingProtocol):
     """
-    A UDP request got no reply after every try.
-    """
-
-    def __init__(self, address: tuple[str, int], tries: int, timeout: float) -> None:
-        super().__init__(
-            f"no reply from {_show(address)} after {tries} {'try' if tries == 1 else 'tries'} ({timeout:g}s each)"
-        )
-        self.address = address
-        self.tries = tries
-
-
-#: The longest UDP reply the client reads whole.
-MAX_UDP_REPLY = MAX_DATAGRAM
-
-
-class ReplyTooLongError(Exception):
-    """
-    A UDP reply was longer than `MAX_UDP_REPLY` bytes and could not be read
-    whole.
+    What the client needs of a reactor (`IReactorTCP`, `IReactorUDP`,
+    `IReactorTime` and `IReactorThreads` together), checked by its shape:
+    every Twisted reactor has it.
     """
 
+    def connectTCP(self, host: str, port: int, factory: ClientFactory, timeout: float = ...) -> IConnector: ...
 
-class MessageTooLongError(ValueError):
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = ...,
+        maxPacketSize: int = ...,  # noqa: N803
+    ) -> IListeningPort: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall: ...
+
+    def getThreadPool(self) -> ThreadPool: ...
+
+
+class CapservClientError(Exception):
     """
-    A UDP message is longer than one datagram can carry to its address
-    (65,507 bytes over IPv4, 65,527 over IPv6).
+    The base of every error the client raises for what happened on the wire
+    or for a message it cannot send.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message too long for one datagram ({size} bytes; at most {limit} bytes to this address)")
-        self.size = size
-        self.limit = limit
 
-
-def max_udp_message(host: str) -> int:
+class ReplyTimeoutError(CapservClientError):
     """
-    The longest message one datagram carries to ``host``, an IP address:
-    65,507 bytes over IPv4, 65,527 over IPv6.
+    A TCP request's reply did not arrive whole within its timeout; the
+    connection was closed.
     """
-    return MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no whole reply within {seconds:g}s")
+        self.seconds = seconds
 
 
-def _show(address: tuple[Any, ...]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class ServerClosedError(Exception):
+class ServerClosedError(CapservClientError):
     """
     The server ended a TCP session before it was complete.
     """
@@ -122,7 +112,8 @@ class StreamSession(Protocol):
 
     Flow control is the transport's: register a producer with
     ``session.transport.registerProducer`` to be paused when the socket is
-    full, and pause ``session.transport`` to stop reading replies.
+    full, and pause the session (`pauseProducing`) to stop reading replies.
+    Cancelling `done` aborts the connection.
     """
 
     def __init__(
@@ -131,35 +122,53 @@ class StreamSession(Protocol):
         clock: IReactorTime | None = None,
         idle_timeout: float = 5.0,
         ascii_only: bool = False,
+        half_close: bool | None = None,
+        reply_timeout: float | None = None,
     ) -> None:
         """
         :param on_data: called with each piece of the reply.
-        :param clock: for the idle timeout over TLS; the global reactor if
-            `None`.
+        :param clock: for the timeouts; the global reactor if `None`.
         :param idle_timeout: over a transport without half-close (TLS),
-            seconds without data after `finish` before giving up on more.
+            seconds without data after `finish` before taking what arrived
+            as the whole reply (the server may uppercase differently).
         :param ascii_only: the server runs with ``--ascii``.
+        :param half_close: whether to end the input by half-closing; `None`
+            decides from the transport (not over TLS).  `False` makes the
+            client close once the reply's predicted length has arrived, for
+            transports that have ``loseWriteConnection`` but do not deliver
+            it (``twisted.test.iosim``).
+        :param reply_timeout: seconds without data after `finish` (while
+            the session is not paused) before `done` fails with
+            `ReplyTimeoutError` and the connection is aborted; `None` waits
+            as long as the connection lasts.
         """
         self.on_data = on_data
         self._clock = clock
         self._idleTimeout = idle_timeout
+        self._replyTimeout = reply_timeout
+        self._halfClose = half_close
         #: Fires with `None` once the server has closed the connection
         #: (after sending everything), or fails with why it was lost.
-        self.done: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred(lambda _: self.abort())
         self.bytes_sent = 0
         self.bytes_received = 0
         self._predictor = Uppercaser(ascii_only=ascii_only)
         self._expected = 0
         self._finished = False
-        self._idleCall: IDelayedCall | None = None
+        self._paused = False
+        self._timer: IDelayedCall | None = None
         self._closedByUs = False
+        self._failure: Failure | None = None
         #: Whether the transport can shut down only its sending side (TLS
         #: cannot); known once connected.
         self.half_closes = False
 
     def connectionMade(self) -> None:
         transport = self.transport
-        self.half_closes = hasattr(transport, "loseWriteConnection") and not _is_tls(transport)
+        half_close = self._halfClose
+        if half_close is None:
+            half_close = hasattr(transport, "loseWriteConnection") and not _is_tls(transport)
+        self.half_closes = half_close
 
     def write(self, data: bytes) -> None:
         """
@@ -182,17 +191,60 @@ class StreamSession(Protocol):
             self.transport.loseWriteConnection()  # type: ignore[union-attr]
         else:
             self._expected += len(self._predictor.flush())
-            self._checkComplete()
+        self._progress()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
         self.on_data(data)
-        if self._finished and not self.half_closes:
-            self._checkComplete()
+        if self._finished:
+            self._progress()
 
-    def _checkComplete(self) -> None:
-        if self.bytes_received >= self._expected:
+    def pauseProducing(self) -> None:
+        """
+        Stop reading replies (and stop counting silence as the server's).
+        """
+        self._paused = True
+        self._stopTimer()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        """
+        Read replies again.
+        """
+        self._paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._finished:
+            self._progress()
+
+    def stopProducing(self) -> None:
+        """
+        Abort the connection: whoever consumed the reply went away.
+        """
+        self.abort()
+
+    def abort(self) -> None:
+        """
+        Close the connection at once and stop the timers; `done` fails.
+        """
+        self._stopTimer()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _progress(self) -> None:
+        """
+        After `finish`: close if the predicted reply is all here, else
+        (re)start the timer that bounds the server's silence.
+        """
+        if not self.half_closes and self.bytes_received >= self._expected:
             self._closeFromHere()
+            return
+        seconds = self._replyTimeout
+        if seconds is None and not self.half_closes:
+            seconds = self._idleTimeout
+        if seconds is None or self._paused or self._closedByUs:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
             return
         clock = self._clock
         if clock is None:
@@ -200,16 +252,30 @@ class StreamSession(Protocol):
 
             clock = self._clock = global_reactor()
         assert clock is not None
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.reset(self._idleTimeout)
-        else:
-            self._idleCall = clock.callLater(self._idleTimeout, self._closeFromHere)
+        self._timer = clock.callLater(seconds, self._silent, seconds)
+
+    def _silent(self, seconds: float) -> None:
+        self._timer = None
+        if not self.half_closes and self.bytes_received:
+            # Some reply came, shorter than predicted: take it as whole.
+            self._closeFromHere()
+            return
+        self._failure = Failure(ReplyTimeoutError(seconds))
+        self.abort()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
+        self._stopTimer()
+        if self.done.called:  # cancelled
+            return
         clean = reason.check(ConnectionDone) is not None or self._closedByUs
-        if not clean:
+        if self._failure is not None:
+            self.done.errback(self._failure)
+        elif not clean:
             self.done.errback(reason)
         elif not self._finished:
             self.done.errback(Failure(ServerClosedError("the server closed the connection before the input ended")))
@@ -222,6 +288,7 @@ class StreamSession(Protocol):
             self.done.callback(None)
 
     def _closeFromHere(self) -> None:
+        self._stopTimer()
         self._closedByUs = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -238,13 +305,19 @@ def open_stream(
     clock: IReactorTime | None = None,
     idle_timeout: float = 5.0,
     ascii_only: bool = False,
+    half_close: bool | None = None,
+    reply_timeout: float | None = None,
 ) -> Deferred[StreamSession]:
     """
-    Connect and return a `StreamSession` once connected.
+    Connect and return a `StreamSession` once connected (the parameters
+    are `StreamSession`'s).  Cancelling the Deferred before it fires stops
+    connecting.
     """
     from twisted.internet.protocol import Factory
 
-    factory = Factory.forProtocol(lambda: StreamSession(on_data, clock, idle_timeout, ascii_only))
+    factory = Factory.forProtocol(
+        lambda: StreamSession(on_data, clock, idle_timeout, ascii_only, half_close, reply_timeout)
+    )
     return endpoint.connect(factory)  # type: ignore[return-value]
 
 
@@ -254,10 +327,19 @@ def tcp_request(
     clock: IReactorTime | None = None,
     idle_timeout: float = 5.0,
     ascii_only: bool = False,
+    timeout: float | None = None,
+    half_close: bool | None = None,
 ) -> Deferred[bytes]:
     """
     Send one message over a new connection and return the whole reply.
 
+    Cancelling the Deferred stops connecting or aborts the connection.
+
+    :param timeout: seconds from now for connecting and the whole reply;
+        then the connection is aborted and the Deferred fails with
+        `ReplyTimeoutError`.  `None`: no limit.
+    :param half_close: see `StreamSession`; `False` under
+        ``twisted.test.iosim``.
     :return: a `Deferred` firing with the uppercase bytes.
     """
     received: list[bytes] = []
@@ -267,121 +349,15 @@ def tcp_request(
         session.finish()
         return session.done
 
-    d = open_stream(endpoint, received.append, clock, idle_timeout, ascii_only)
-    return d.addCallback(connected).addCallback(lambda _: b"".join(received))
+    def timed_out(result: object, seconds: float) -> bytes:
+        raise ReplyTimeoutError(seconds)
 
+    d = open_stream(endpoint, received.append, clock, idle_timeout, ascii_only, half_close)
+    reply = d.addCallback(connected).addCallback(lambda _: b"".join(received))
+    if timeout is not None:
+        if clock is None:
+            from capserv.protocols._twisted import global_reactor
 
-class _UDPRequest(DatagramProtocol):
-    """
-    One UDP request from its own port: send, wait, retry, give up.
-    """
-
-    noisy = False
-
-    def __init__(self, clock: IReactorTime, address: tuple[str, int], data: bytes, timeout: float, tries: int) -> None:
-        self.clock = clock
-        self.address = address
-        self.data = data
-        self.timeout = timeout
-        self.tries = tries
-        self.sent = 0
-        self.result: Deferred[bytes] = Deferred()
-        self._timer: IDelayedCall | None = None
-
-    def startProtocol(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
-        self.sent += 1
-        try:
-            self.transport.write(self.data, self.address)  # type: ignore[union-attr]
-        except OSError as e:
-            self._fail(Failure(e))
-            return
-        self._timer = self.clock.callLater(self.timeout, self._timedOut)
-
-    def _timedOut(self) -> None:
-        self._timer = None
-        if self.sent < self.tries:
-            self._send()
-        else:
-            self._fail(Failure(NoReplyError(self.address, self.sent, self.timeout)))
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if (_normal(addr[0]), addr[1]) != (_normal(self.address[0]), self.address[1]) or self.result.called:
-            return
-        self._finish()
-        if len(data) > MAX_UDP_REPLY:
-            self.result.errback(
-                Failure(ReplyTooLongError(f"the reply from {_show(addr)} was longer than {MAX_UDP_REPLY} bytes"))
-            )
-            return
-        self.result.callback(data)
-
-    def connectionRefused(self) -> None:
-        # ICMP port unreachable: keep trying; the server may be starting.
-        pass
-
-    def _fail(self, failure: Failure) -> None:
-        if not self.result.called:
-            self._finish()
-            self.result.errback(failure)
-
-    def _finish(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-
-def _normal(host: str) -> str:
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
-
-
-def resolve_udp(reactor: Any, host: str, port: int) -> Deferred[tuple[str, int]]:
-    """
-    Resolve a host name (or IP literal) for UDP, IPv4 or IPv6.
-    """
-    from twisted.internet.abstract import isIPAddress, isIPv6Address
-
-    if isIPAddress(host) or isIPv6Address(host):
-        return succeed((host, port))
-
-    def lookup() -> tuple[str, int]:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        return str(infos[0][4][0]), port
-
-    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), lookup)
-
-
-def udp_request(
-    reactor: Any, host: str, port: int, data: bytes, timeout: float = 1.0, retries: int = 3
-) -> Deferred[bytes]:
-    """
-    Send one datagram and return the reply, retrying after ``timeout``
-    seconds up to ``retries`` more times.
-
-    :param host: an IP address or a name (resolved first).
-    :return: a `Deferred` firing with the whole reply (up to
-        `MAX_UDP_REPLY` bytes), or failing with `NoReplyError` after the
-        last try, `MessageTooLongError` if ``data`` does not fit in one
-        datagram, or `ReplyTooLongError` if the reply could not be read
-        whole.
-    """
-
-    def send(address: tuple[str, int]) -> Deferred[bytes]:
-        limit = max_udp_message(address[0])
-        if len(data) > limit:
-            return fail(MessageTooLongError(len(data), limit))
-        request = _UDPRequest(reactor, address, data, timeout, retries + 1)
-        interface = "::" if ":" in address[0] else "0.0.0.0"
-        # One byte more than the longest reply: a longer one is then seen
-        # as too long instead of arriving cut to the buffer's size.
-        listening = reactor.listenUDP(0, request, interface=interface, maxPacketSize=MAX_UDP_REPLY + 1)
-
-        def cleanup(result: object) -> Any:
-            d = listening.stopListening()
-            return (d if d is not None else succeed(None)).addCallback(lambda _: result)
-
-        return request.result.addBoth(cleanup)
-
-    return resolve_udp(reactor, host, port).addCallback(send)
+            clock = global_reactor()
+        reply.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+    return reply

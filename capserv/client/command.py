@@ -11,46 +11,54 @@ tool, built on `capserv.client`.
   the reply to stdout byte for byte, in bounded memory (each side pauses the
   other); over UDP, one datagram per line and one reply line each.
 
-Exit status: 0 on success, 2 for a usage error (or TLS asked for where it is
-not installed), 1 for a network failure (refused, unreachable, unknown name,
-TLS failure, no UDP reply, a UDP reply too long to read whole).
+Exit status: 0 on success, 1 for a network failure (refused, unreachable,
+unknown name, TLS failure, no reply in time, a UDP reply too long to read
+whole), 2 for a usage error (or TLS asked for where it is not installed), 3
+for a local failure (stdout closed or full), 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import endpoints, task
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.basic import LineReceiver
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from capserv._options import number
 from capserv._version import __version__
-from capserv.client import (
-    MessageTooLongError,
-    ReplyTooLongError,
-    StreamSession,
-    open_stream,
-    tcp_request,
-    udp_request,
+from capserv.client._console import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCAL,
+    EXIT_NETWORK,
+    EXIT_USAGE,
+    ClientError,
+    LineByLine,
+    StdinToStream,
+    describe_failure,
+    silence_stdout,
+    stdout_error,
+    usage_message,
 )
+from capserv.client._udp import MessageTooLongError, udp_request
+from capserv.client.api import ClientReactor, open_stream, tcp_request
 from capserv.endpoints.grammar import CLIENT_KINDS, DescriptionError, TLSClient, parse, split_description
 from capserv.endpoints.tls import tls_unavailable_message
 
 __all__ = [
     "CONNECT_FORMS",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCAL",
     "EXIT_NETWORK",
     "EXIT_USAGE",
+    "ClientError",
     "ClientOptions",
     "connect_endpoint",
     "main",
@@ -58,8 +66,6 @@ __all__ = [
 ]
 
 PROMPT = b"Input lowercase sentence:"
-EXIT_USAGE = 2
-EXIT_NETWORK = 1
 
 
 def _port(value: str) -> int:
@@ -122,7 +128,8 @@ class ClientOptions(usage.Options):
         "message. With no words: an interactive prompt on a terminal; a stream from stdin "
         "to stdout when piped (TCP), or one datagram per line (UDP). Options may come "
         "before or after the words; '--' ends them. "
-        "Exit status: 0 ok, 2 usage error, 1 network failure."
+        "Exit status: 0 ok, 1 network failure or no reply in time, 2 usage error, "
+        "3 local failure (stdout closed or full), 130 interrupted."
     )
     optFlags = [
         ["udp", "u", "Use UDP (default: TCP)."],
@@ -144,7 +151,8 @@ class ClientOptions(usage.Options):
             "timeout",
             "t",
             1.0,
-            "Seconds, more than 0. UDP: to wait for each reply; TCP: 10x this to connect.",
+            "Seconds, more than 0. UDP: to wait for each reply; TCP, TLS, UNIX: 10x this to connect "
+            "and 10x this for the reply (one message), or of silence after the input ends (a pipe).",
             _seconds,
         ],
         ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
@@ -171,6 +179,8 @@ class ClientOptions(usage.Options):
         ``argv`` with every option (and its value) before the words,
         followed by ``--`` and the words, in their order.
         """
+        #: The long names of the options given, to refuse clashing ones.
+        self.given: set[str] = set()
         long_values = {name[:-1] for name in self.longOpt if name.endswith("=")}
         long_names = [name.rstrip("=") for name in self.longOpt]
         short_values = {c for c, after in zip(self.shortOpt, self.shortOpt[1:] + " ", strict=True) if after == ":"}
@@ -183,15 +193,17 @@ class ClientOptions(usage.Options):
                 break
             if arg.startswith("--"):
                 opts.append(arg)
-                name = arg[2:]
+                name = arg[2:].split("=", 1)[0]
                 # getopt takes any unambiguous prefix of a long option.
                 matches = [n for n in long_names if n == name] or [n for n in long_names if n.startswith(name)]
+                self.given.update(self.synonyms.get(n, n) for n in matches[:1] if len(matches) == 1)
                 if "=" not in arg and len(matches) == 1 and matches[0] in long_values:
                     if not _take(args, opts):
                         return opts  # the value is missing: getopt says so
             elif arg.startswith("-") and arg != "-":
                 opts.append(arg)
                 for index, letter in enumerate(arg[1:]):
+                    self.given.add(self.synonyms.get(letter, letter))
                     if letter in short_values:
                         if index == len(arg) - 2 and not _take(args, opts):  # the value is the next argument
                             return opts
@@ -206,6 +218,9 @@ class ClientOptions(usage.Options):
     def postOptions(self) -> None:
         if self["udp"] and self["connect"]:
             raise usage.UsageError("--connect takes stream endpoints; use --host and --port with --udp")
+        both = sorted(self.given & {"host", "port"})
+        if self["connect"] and both:
+            raise usage.UsageError(f"--connect names the server itself; leave out --{' and --'.join(both)}")
 
 
 def _take(args: Any, into: list[str]) -> bool:
@@ -219,81 +234,7 @@ def _take(args: Any, into: list[str]) -> bool:
     return True
 
 
-def usage_message(error: usage.UsageError) -> str:
-    """
-    A usage error in capserv's words, one line.
-    """
-    message = str(error)
-    message = message.removeprefix("Parameter type enforcement failed: ")
-    unknown = re.fullmatch(r"option (-\S*) not recognized", message)
-    if unknown:
-        return f"unknown option {unknown.group(1)} (a word that starts with '-' goes after '--')"
-    needs = re.fullmatch(r"option (-\S*) requires argument", message)
-    if needs:
-        return f"option {needs.group(1)} needs a value"
-    return message
-
-
-class ClientError(Exception):
-    """
-    A failure to report in one line, with an exit status.
-    """
-
-    def __init__(self, message: str, code: int = EXIT_NETWORK) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def describe_failure(failure: Failure) -> str:
-    """
-    One line saying what went wrong, for a person.
-    """
-    from twisted.internet import error
-
-    value = failure.value
-    if failure.check(error.ConnectionRefusedError):
-        return "connection refused"
-    if failure.check(error.DNSLookupError):
-        return f"cannot resolve the host name ({failure.getErrorMessage().strip()})"
-    if failure.check(error.TimeoutError):
-        return "timed out connecting"
-    if failure.check(error.NoRouteError, error.ConnectError):
-        os_error = getattr(value, "osError", None)
-        code = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None)
-        if code == errno.ENOENT:
-            return "no such socket file (is capserv listening on that path?)"
-        if code == errno.EACCES:
-            return "permission denied"
-        if isinstance(code, int):
-            return f"cannot connect: {os.strerror(code)}"
-        return f"cannot connect: {failure.getErrorMessage().strip()}"
-    if failure.check(error.ConnectionLost):
-        return "connection lost"
-    if failure.check(ReplyTooLongError):
-        return str(value)
-    try:
-        from OpenSSL.SSL import Error as TLSError
-
-        if failure.check(TLSError):
-            text = str(value)
-            if "certificate verify failed" in text:
-                return (
-                    "the server's TLS certificate is not trusted here; give its CA with "
-                    "trustRoots=PEM_FILE_OR_FOLDER in --connect (see capserv-client --help)"
-                )
-            if "wrong version number" in text or "unexpected eof" in text.lower():
-                return "the server did not answer in TLS (is it a tls:/ssl: listener?)"
-            return f"TLS failure: {text}"
-    except ImportError:
-        pass
-    import socket
-
-    if isinstance(value, socket.gaierror):
-        return f"cannot resolve the host name ({value.strerror})"
-    return failure.getErrorMessage() or type(value).__name__
-
-
-def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
+def _endpoint(reactor: ClientReactor, options: ClientOptions) -> IStreamClientEndpoint:
     description = options["connect"]
     timeout = options["timeout"] * 10
     if not description:
@@ -301,7 +242,7 @@ def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
     return connect_endpoint(reactor, description, timeout)
 
 
-def connect_endpoint(reactor: Any, description: str, timeout: float = 30) -> IStreamClientEndpoint:
+def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 30) -> IStreamClientEndpoint:
     """
     The endpoint for a ``--connect`` string.
 
@@ -323,11 +264,30 @@ def connect_endpoint(reactor: Any, description: str, timeout: float = 30) -> ISt
     if kind == "tls":
         return _tls_endpoint(reactor, description, timeout)
     twisted_form = "tcp" + description[4:] if kind == "tcp6" else description
+    missing = _missing(kind, split_description(description)[1:])
+    if missing:
+        raise ClientError(f"--connect {description!r}: {missing}", EXIT_USAGE)
     try:
         return endpoints.clientFromString(reactor, twisted_form)  # type: ignore[no-any-return]
     except Exception as e:  # Twisted's parsers raise many kinds, some without text
         why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
         raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
+
+
+def _missing(kind: str, parts: list[str]) -> str | None:
+    """
+    What a tcp:, tcp6: or unix: string lacks, said with the form to write.
+    """
+    positional = [part for part in parts if "=" not in part]
+    keys = {part.split("=", 1)[0] for part in parts if "=" in part}
+    if kind == "unix" and not any(positional) and "path" not in keys:
+        return "no socket path; write unix:PATH"
+    if kind in ("tcp", "tcp6"):
+        if not any(positional) and "host" not in keys:
+            return f"no host; write {kind}:HOST:PORT"
+        if len(positional) + len(keys & {"host", "port"}) < 2:
+            return f"no port; write {kind}:HOST:PORT"
+    return None
 
 
 def _tls_endpoint(reactor: Any, description: str, timeout: float) -> IStreamClientEndpoint:
@@ -401,150 +361,20 @@ def _target(options: ClientOptions) -> str:
     return f"[{host}]:{options['port']}" if ":" in host else f"{host}:{options['port']}"
 
 
-@inlineCallbacks
-def _one_message(reactor: Any, options: ClientOptions, message: bytes) -> Any:
+def _one_message(reactor: Any, options: ClientOptions, message: bytes) -> Deferred[bytes]:
     if options["udp"]:
-        reply = yield udp_request(
-            reactor, options["host"], options["port"], message, options["timeout"], options["retries"]
-        )
-    else:
-        reply = yield tcp_request(
-            _endpoint(reactor, options), message, reactor, options["timeout"] * 5, bool(options["ascii"])
-        )
-    return reply
+        return udp_request(reactor, options["host"], options["port"], message, options["timeout"], options["retries"])
+    seconds = options["timeout"] * 10
+    endpoint = _endpoint(reactor, options)
+    return tcp_request(endpoint, message, reactor, seconds, bool(options["ascii"]), timeout=seconds)
 
 
-@implementer(IHalfCloseableProtocol)
-class _StdinToStream(Protocol):
-    """
-    stdin/stdout side of a piped TCP session: bytes from stdin go to the
-    server, the reply goes to stdout, each side pausing the other.
-    """
-
-    def __init__(self, session: StreamSession, done: Deferred[None]) -> None:
-        self.session = session
-        self.done = done
-
-    def connectionMade(self) -> None:
-        session = self.session
-        session.on_data = self.transport.write  # type: ignore[union-attr]
-        # stdout full -> stop reading the socket; socket full -> stop reading stdin.
-        self.transport.registerProducer(session.transport, True)  # type: ignore[union-attr]
-        session.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-        session.done.addCallbacks(self._serverDone, self._serverFailed)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.session.write(data)
-
-    def readConnectionLost(self) -> None:
-        self.session.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.session.finish()
-
-    def writeConnectionLost(self) -> None:
-        # stdout closed (the consumer went away): stop.
-        self.session.transport.abortConnection()  # type: ignore[union-attr]
-
-    def _serverDone(self, _: object) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def _serverFailed(self, failure: Failure) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        if not self.done.called:
-            self.done.errback(failure)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-
-@implementer(IHalfCloseableProtocol)
-class _LineByLine(LineReceiver):
-    """
-    Read lines from stdin; send each as one request, in order, and print
-    each reply on its own line.  With a prompt, the lesson's interactive
-    loop.  stdin is paused while a request is in flight, so memory stays
-    bounded however much is piped in.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
-
-    def __init__(self, reactor: Any, options: ClientOptions, prompt: bytes | None, done: Deferred[None]) -> None:
-        self.reactor = reactor
-        self.options = options
-        self.prompt = prompt
-        self.done = done
-        self.queue: list[bytes] = []
-        self.busy = False
-        self.ended = False
-        self.failure: Failure | None = None
-
-    def connectionMade(self) -> None:
-        if self.prompt:
-            self.transport.write(self.prompt)  # type: ignore[union-attr]
-
-    def lineReceived(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        self.queue.append(line)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._next()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._fail(Failure(ClientError(f"a line longer than {self.MAX_LENGTH} bytes", EXIT_USAGE)))
-
-    def readConnectionLost(self) -> None:
-        """
-        End of input: answer what is left, then close stdout.
-        """
-        self.ended = True
-        rest = self.clearLineBuffer()  # type: ignore[no-untyped-call,unused-ignore]  # a last line without a newline
-        if rest:
-            self.queue.append(rest)
-        if self.prompt and not self.busy and not self.queue:
-            # Ctrl-D at the prompt: end the prompt's line.
-            self.transport.write(b"\n")  # type: ignore[union-attr]
-        self._next()
-
-    def writeConnectionLost(self) -> None:
-        self._fail(Failure(ClientError("stdout was closed")))
-
-    def _next(self) -> None:
-        if self.busy or self.failure is not None:
-            return
-        if not self.queue:
-            if self.ended:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-            else:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
-            return
-        self.busy = True
-        line = self.queue.pop(0)
-        _one_message(self.reactor, self.options, line).addCallbacks(self._replied, self._fail)
-
-    def _replied(self, reply: bytes) -> None:
-        self.busy = False
-        self.transport.write(reply + b"\n")  # type: ignore[union-attr]
-        if self.prompt and not self.ended:
-            self.transport.write(self.prompt)  # type: ignore[union-attr]
-        self._next()
-
-    def _fail(self, failure: Failure) -> None:
-        self.busy = False
-        self.queue.clear()
-        if self.failure is None:
-            self.failure = failure
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        if self.failure is not None:
-            self.done.errback(self.failure)
-        else:
-            self.done.callback(None)
+def _write_stdout(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as e:
+        raise stdout_error(e) from None
 
 
 @inlineCallbacks
@@ -554,25 +384,42 @@ def _run(reactor: Any, options: ClientOptions) -> Any:
     words = options["words"]
     if words:
         reply = yield _one_message(reactor, options, " ".join(words).encode("utf-8", "surrogateescape"))
-        sys.stdout.buffer.write(reply + b"\n")
-        sys.stdout.buffer.flush()
+        _write_stdout(reply + b"\n")
         return
     done: Deferred[None] = Deferred()
     interactive = os.isatty(0)
     if interactive or options["udp"]:
-        StandardIO(_LineByLine(reactor, options, PROMPT if interactive else None, done), reactor=reactor)
+        prompt = PROMPT if interactive else None
+        StandardIO(LineByLine(lambda line: _one_message(reactor, options, line), prompt, done), reactor=reactor)
         yield done
         return
+    seconds = options["timeout"] * 10
+    endpoint = _endpoint(reactor, options)
     session = yield open_stream(
-        _endpoint(reactor, options), lambda data: None, reactor, options["timeout"] * 5, bool(options["ascii"])
+        endpoint,
+        lambda data: None,
+        reactor,
+        seconds,
+        bool(options["ascii"]),
+        reply_timeout=seconds,
     )
-    StandardIO(_StdinToStream(session, done), reactor=reactor)
+    done = Deferred(lambda _: session.abort())
+    StandardIO(StdinToStream(session, done), reactor=reactor)
     yield done
 
 
 def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
+    interrupted: list[bool] = []
+    running = _run(reactor, options)
+
+    def interrupt(signum: int, frame: object) -> None:
+        interrupted.append(True)
+        reactor.callFromThread(running.cancel)
+
     def report(failure: Failure) -> None:
-        if failure.check(ClientError):
+        if interrupted and failure.check(CancelledError):
+            code, message = EXIT_INTERRUPTED, "interrupted"
+        elif failure.check(ClientError):
             code = failure.value.code  # type: ignore[union-attr]
             message = str(failure.value)
         elif failure.check(MessageTooLongError):
@@ -581,10 +428,14 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
         else:
             code = EXIT_NETWORK
             message = f"{_target(options)}: {describe_failure(failure)}"
+        if code == EXIT_LOCAL:
+            silence_stdout()
         sys.stderr.write(f"capserv-client: {message}\n")
         raise SystemExit(code)
 
-    return _run(reactor, options).addErrback(report)
+    # After the reactor's own handler is installed: Ctrl-C cancels the work, which closes what it opened.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, interrupt)
+    return running.addErrback(report)
 
 
 def main(argv: list[str] | None = None) -> None:

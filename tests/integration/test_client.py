@@ -20,10 +20,20 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, task
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from zope.interface import implementer
 
 from capserv import CapservConfig
-from capserv.client import MessageTooLongError, NoReplyError, open_stream, tcp_request, udp_request
+from capserv.client import (
+    MessageTooLongError,
+    NoReplyError,
+    ReplyTimeoutError,
+    open_stream,
+    tcp_request,
+    udp_request,
+)
 
 from ..support.daemon import memory_kib, script_path
 from ..support.loopback import HOSTS, have_ipv6, in_thread, listen_tcp, listen_udp, stop_tcp
@@ -782,3 +792,345 @@ def test_documented_api_example_runs() -> Any:
     # The stream's pieces may arrive split or together.
     streamed = b"".join(ast.literal_eval(line.removeprefix("got ")) for line in lines[1:-1])
     assert streamed == b"PART ONE, PART TWO"
+
+
+# -- cancelling and timing out ---------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class Silent(Protocol):
+    """A server connection that reads and never answers, not even at the
+    end of input, and says when it closes."""
+
+    def readConnectionLost(self) -> None:
+        pass
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionMade(self) -> None:
+        self.factory.opened.append(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed.append(self)  # type: ignore[attr-defined]
+
+
+def closed_all(factory: Any) -> bool:
+    """Whether every connection of ``factory`` has closed.  A byte written to
+    each one still open makes a connection the client closed end here: the
+    server has seen the client's end of input already, so only a write
+    finds out."""
+    for protocol in factory.opened:
+        if protocol not in factory.closed:
+            protocol.transport.write(b"\0")
+    return len(factory.closed) == len(factory.opened) > 0
+
+
+def listen_silent() -> Any:
+    """A TCP listener on 127.0.0.1 whose connections never answer."""
+    from twisted.internet import reactor
+
+    factory = Factory.forProtocol(Silent)
+    factory.opened, factory.closed = [], []  # type: ignore[attr-defined]
+    return factory, reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+
+@pytest_twisted.inlineCallbacks
+def until(condition: Any, seconds: float = 10.0) -> Any:
+    """Wait, polling, until ``condition()`` holds or ``seconds`` pass; return it."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            break
+        yield sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize("how", ["cancel", "addTimeout", "timeout"])
+@pytest_twisted.inlineCallbacks
+def test_api_cancel_or_timeout_closes_the_connection(how: str) -> Any:
+    """
+    tcp_request's Deferred cancelled, timed out with addTimeout, or given
+    its own timeout fails and closes the connection: the server sees it
+    close.
+    """
+    from twisted.internet import reactor
+
+    factory, port = listen_silent()
+    try:
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        d = tcp_request(endpoint, b"hello", timeout=0.2 if how == "timeout" else None)
+        if how == "addTimeout":
+            d.addTimeout(0.2, reactor)
+        assert (yield until(lambda: factory.opened))
+        if how == "cancel":
+            d.cancel()
+        failures: list[Any] = []
+        yield d.addErrback(failures.append)
+        expected = {"cancel": defer.CancelledError, "addTimeout": defer.TimeoutError, "timeout": ReplyTimeoutError}[how]
+        assert failures and failures[0].check(expected), failures
+        assert (yield until(lambda: closed_all(factory))), "the server never saw the connection close"
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_api_cancel_while_connecting_and_streams() -> Any:
+    """
+    Cancelling open_stream's session (its done Deferred) aborts the
+    connection; cancelling before the connection is made leaves nothing
+    open.
+    """
+    from twisted.internet import reactor
+
+    factory, port = listen_silent()
+    try:
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        session = yield open_stream(endpoint, lambda data: None)
+        session.write(b"part")
+        assert (yield until(lambda: factory.opened))
+        session.done.cancel()
+        with pytest.raises(defer.CancelledError):
+            yield session.done
+        assert (yield until(lambda: closed_all(factory)))
+        early = tcp_request(endpoint, b"x")
+        early.cancel()
+        with pytest.raises((defer.CancelledError, ConnectingCancelledError)):
+            yield early
+        yield sleep(0.1)
+        assert len(factory.opened) == len(factory.closed)
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_api_cancel_udp_request_stops_retrying() -> Any:
+    """
+    Cancelling udp_request stops its retries and closes its port: the
+    silent server sees one datagram, however long one waits after, and no
+    retry timer fires into the closed port (which logs an error).
+    """
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    errors: list[Any] = []
+
+    def observe(event: Any) -> None:
+        if "log_failure" in event:
+            errors.append(event["log_failure"])
+
+    server = LossyServer(drop=10**6)
+    silent = _listen_lossy(server)
+    globalLogPublisher.addObserver(observe)
+    try:
+        d = udp_request(reactor, "127.0.0.1", silent.getHost().port, b"x", timeout=0.05, retries=5)
+        assert (yield until(lambda: server.seen))
+        d.cancel()
+        with pytest.raises(defer.CancelledError):
+            yield d
+        yield sleep(0.3)
+        assert len(server.seen) == 1
+        assert errors == []
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        yield silent.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_asyncio_cancellation_closes_the_connection() -> Any:
+    """
+    Under the asyncio reactor, asyncio.wait_for on ``d.asFuture(loop)``
+    times out, and the cancellation it sends closes the connection.
+    """
+    import asyncio
+
+    from twisted.internet import reactor
+
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None:
+        pytest.skip("needs the asyncio reactor (pytest --reactor=asyncio)")
+    factory, port = listen_silent()
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+    async def ask() -> str:
+        try:
+            await asyncio.wait_for(tcp_request(endpoint, b"hello").asFuture(loop), 0.3)
+        except asyncio.TimeoutError:
+            return "timed out"
+        return "answered"
+
+    try:
+        outcome = yield defer.Deferred.fromFuture(loop.create_task(ask()))
+        assert outcome == "timed out"
+        assert (yield until(lambda: closed_all(factory))), "the server never saw the connection close"
+    finally:
+        yield port.stopListening()
+
+
+# -- the command: giving up, local failures, refusals ------------------------------
+
+
+def _silent_socket() -> Any:
+    """A plain listening socket that accepts (the kernel does) and never answers."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    return s
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_command_gives_up_on_a_silent_tcp_server(piped: bool) -> None:
+    """
+    Against a server that accepts and never answers, capserv-client gives
+    up after 10x --timeout, words or a pipe, with one line, exit 1.
+    """
+    with _silent_socket() as s:
+        number = str(s.getsockname()[1])
+        args = ["--port", number, "--timeout", "0.1"]
+        result = run_client(args if piped else [*args, "hi"], stdin=b"hi\n", timeout=30)
+    message = one_line_error(result, 1)
+    assert f"127.0.0.1:{number}: no whole reply within 1s; giving up" in message
+
+
+@pytest_twisted.inlineCallbacks
+def test_command_gives_up_over_tls_and_unix(tmp_path: Path) -> Any:
+    """
+    Over TLS and a UNIX socket, a server that accepts and never answers is
+    given up on after 10x --timeout with one line, exit 1 (not "closed
+    without replying").
+    """
+    from twisted.internet import reactor, ssl
+
+    pem, roots = _tls_server(tmp_path)
+    factory, _port = listen_silent()
+    _port.stopListening()
+    tls = yield endpoints.serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}").listen(
+        factory
+    )
+    unix = reactor.listenUNIX(str(tmp_path / "s.sock"), factory)
+    try:
+        connects = [f"tls:localhost:{tls.getHost().port}:trustRoots={roots}", f"unix:{tmp_path / 's.sock'}"]
+        for connect in connects:
+            result = yield in_thread(run_client, ["--connect", connect, "--timeout", "0.1", "hi"])
+            assert "no whole reply within 1s; giving up" in one_line_error(result, 1)
+    finally:
+        yield tls.stopListening()
+        yield unix.stopListening()
+    del ssl
+
+
+@pytest_twisted.inlineCallbacks
+def test_command_names_local_failures_as_local() -> Any:
+    """
+    stdout closed early (| head -c 5) and stdout full (/dev/full) are named
+    as local failures, exit 3, in words, line and pipe modes; nothing blames
+    the server.
+    """
+    factory, port = yield listen_tcp("127.0.0.1")
+    _proto, uport = listen_udp("127.0.0.1")
+    number = str(port.getHost().port)
+    client = client_path()
+    try:
+        closed = yield in_thread(
+            lambda: subprocess.run(
+                f"head -c 20000000 /dev/zero | {client} --port {number} | head -c 5; exit ${{PIPESTATUS[1]}}",
+                shell=True,
+                executable="/bin/bash",
+                capture_output=True,
+                timeout=60,
+            )
+        )
+        assert closed.stdout == b"\0" * 5 or closed.stdout.upper() == closed.stdout
+        assert closed.returncode == 3, closed
+        assert closed.stderr == b"capserv-client: stdout was closed before the whole reply was written (broken pipe)\n"
+        udp = ["--udp", "--port", str(uport.getHost().port)]
+        for args, stdin in ((["--port", number, "hello"], b""), (["--port", number], b"x" * 100000), (udp, b"a\n")):
+            with open("/dev/full", "wb") as full:
+                result = yield in_thread(
+                    lambda args=args, stdin=stdin, full=full: subprocess.run(
+                        [client, *args], input=stdin, stdout=full, stderr=subprocess.PIPE, timeout=60
+                    )
+                )
+            assert result.returncode == 3, result
+            assert result.stderr.startswith(b"capserv-client: cannot write to stdout"), result.stderr
+            assert result.stderr.count(b"\n") == 1 and b"127.0.0.1" not in result.stderr
+    finally:
+        yield stop_tcp(factory, port)
+        yield uport.stopListening()
+
+
+def test_command_ctrl_c_says_interrupted() -> None:
+    """
+    Ctrl-C (SIGINT) while waiting for a reply says "interrupted", exit 130.
+    """
+    import signal
+
+    with _silent_socket() as s:
+        process = subprocess.Popen(
+            [client_path(), "--port", str(s.getsockname()[1]), "hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            s.settimeout(30)
+            conn, _ = s.accept()  # the client is connected and waiting
+            time.sleep(0.2)  # its reactor runs, with its own SIGINT handler
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+            conn.close()
+        finally:
+            process.kill()
+            process.wait()
+    assert (process.returncode, out, err) == (130, b"", b"capserv-client: interrupted\n")
+
+
+@pytest_twisted.inlineCallbacks
+def test_command_udp_no_reply_names_the_address_once() -> Any:
+    """
+    A UDP request that gets no reply (as when the server drops a reply too
+    long for a datagram) names the server once.
+    """
+    server = LossyServer(drop=10**6)
+    silent = _listen_lossy(server)
+    try:
+        number = silent.getHost().port
+        result = yield in_thread(run_client, ["--udp", "--port", str(number), "--timeout", "0.05", "x"])
+        message = one_line_error(result, 1)
+        assert message == f"capserv-client: 127.0.0.1:{number}: no reply after 4 tries (0.05s each)\n"
+    finally:
+        yield silent.stopListening()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--connect", "tcp:127.0.0.1:50007", "--host", "::1"], "leave out --host"),
+        (["--connect", "tcp:127.0.0.1:50007", "-p", "5"], "leave out --port"),
+        (["--port=5", "--connect", "tcp:127.0.0.1:50007"], "leave out --port"),
+        (["--connect", "tcp:127.0.0.1"], "'tcp:127.0.0.1': no port; write tcp:HOST:PORT"),
+        (["--connect", "tcp6:"], "no host; write tcp6:HOST:PORT"),
+        (["--connect", "unix:"], "no socket path; write unix:PATH"),
+    ],
+)
+def test_command_refuses_what_it_would_ignore_or_cannot_use(args: list[str], says: str) -> None:
+    """
+    --connect with --host or --port is refused (not silently ignored), and
+    a --connect string without its host, port or path says what is
+    missing; one line, exit 2.
+    """
+    assert says in one_line_error(run_client([*args, "x"]), 2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_documented_asyncio_example_runs() -> Any:
+    """docs/examples/client_asyncio.py, the client page's asyncio example, works."""
+    factory, port = yield listen_tcp("127.0.0.1")
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "client_asyncio.py"
+    try:
+        result = yield in_thread(
+            lambda: subprocess.run(
+                [sys.executable, str(example), str(port.getHost().port)], capture_output=True, text=True, timeout=60
+            )
+        )
+    finally:
+        yield stop_tcp(factory, port)
+    assert (result.returncode, result.stdout) == (0, "b'FROM ASYNCIO'\nb'IN TIME'\n"), result.stderr

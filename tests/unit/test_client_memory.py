@@ -6,11 +6,18 @@ long to be whole) and ``capserv-client``'s option parsing.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.client.api import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
+from capserv.client import ReplyTimeoutError, StreamSession, tcp_request, udp_request
+from capserv.client._udp import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
 from capserv.client.command import ClientOptions, split_description, usage_message
 
 SERVER = ("192.0.2.10", 50007)
@@ -202,6 +209,20 @@ class ClientOptionsTests(SynchronousTestCase):
                 f"--timeout: {value!r} is not a number of seconds greater than 0 (for example 1 or 0.5)",
             )
 
+    def test_connect_with_host_or_port_is_refused(self) -> None:
+        """
+        --connect names the server; --host or --port beside it (long, short
+        or abbreviated, before or after) is refused instead of ignored.
+        """
+        for argv in (
+            ("--connect", "tcp:h:1", "--host", "::1"),
+            ("-p", "5", "--connect", "tcp:h:1"),
+            ("--ho=x", "-c", "u"),
+        ):
+            with self.subTest(argv=argv):
+                self.assertIn("--connect names the server itself; leave out --", usage_error(*argv, "word"))
+        self.assertEqual(parse("--connect", "tcp:h:1", "word")["words"], ["word"])
+
     def test_udp_with_connect_is_refused(self) -> None:
         """
         --connect takes stream endpoints only; with --udp it is a usage
@@ -250,3 +271,150 @@ class DescribeFailureTests(SynchronousTestCase):
         message = describe_failure(Failure(Error([("SSL routines", "", "certificate verify failed")])))
         self.assertIn("trustRoots=", message)
         self.assertNotIn("SSL routines", message)
+
+
+class CancelTests(SynchronousTestCase):
+    """
+    Cancelling what the client API returns closes what it opened and
+    leaves no timer, on a fake clock.
+    """
+
+    def test_cancel_udp_request_stops_the_retries_and_closes_the_port(self) -> None:
+        """
+        Cancelling udp_request cancels its retry timer and stops its port;
+        nothing is sent after.
+        """
+        reactor = FakeUDPReactor()
+        d = udp_request(reactor, "192.0.2.10", 50007, b"hi", timeout=1.0, retries=3)  # type: ignore[arg-type]
+        self.assertEqual(len(reactor.transport.sent), 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertTrue(reactor.stopped)
+        reactor.advance(10)
+        self.assertEqual(len(reactor.transport.sent), 1)
+
+    def test_cancel_stream_aborts_and_stops_the_timer(self) -> None:
+        """
+        Cancelling a session's done aborts its transport and cancels its
+        reply timer.
+        """
+        clock = Clock()
+        session = StreamSession(lambda data: None, clock, reply_timeout=5)
+        transport = StringTransport()
+        session.makeConnection(transport)
+        session.write(b"hi")
+        session.finish()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        session.done.cancel()
+        self.failureResultOf(session.done, CancelledError)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_reply_timeout_counts_only_unpaused_silence(self) -> None:
+        """
+        After the input ends, the reply timeout runs while the session
+        reads, restarts with each piece of reply, stops while paused, and
+        then fails done with ReplyTimeoutError and aborts.
+        """
+        clock = Clock()
+        session = StreamSession(lambda data: None, clock, reply_timeout=5)
+        transport = HalfClosing()
+        session.makeConnection(transport)
+        session.write(b"hi")
+        session.finish()
+        self.assertTrue(transport.write_closed)
+        clock.advance(4)
+        session.dataReceived(b"H")
+        clock.advance(4)
+        session.pauseProducing()
+        clock.advance(100)
+        self.assertNoResult(session.done)
+        session.resumeProducing()
+        clock.advance(5)
+        self.assertTrue(transport.disconnecting)
+        session.connectionLost(Failure(ConnectionAborted()))
+        self.failureResultOf(session.done, ReplyTimeoutError)
+
+
+class HalfClosing(StringTransport):
+    """A StringTransport that can half-close, as TCP can."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class FakeUDPReactor(Clock):
+    """A clock whose listenUDP connects the protocol to a FakeTransport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport = FakeTransport()
+        self.stopped = False
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:  # noqa: N803
+        protocol.makeConnection(self.transport)
+        return self
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class InMemoryTests(SynchronousTestCase):
+    """
+    The client and capserv's server together in memory (twisted.test.iosim).
+    """
+
+    def test_tcp_request_fires_under_iosim(self) -> None:
+        """
+        With half_close=False, tcp_request's Deferred fires with the whole
+        reply over iosim's transports, which cannot half-close.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.test.iosim import ConnectionCompleter
+
+        from capserv import UppercaseFactory
+
+        reactor = MemoryReactorClock()
+        TCP4ServerEndpoint(reactor, 50007).listen(UppercaseFactory(clock=reactor))
+        reply = tcp_request(TCP4ClientEndpoint(reactor, "h", 50007), "ß x".encode(), clock=reactor, half_close=False)
+        pump = ConnectionCompleter(reactor).succeedOnce()
+        assert pump is not None
+        pump.flush()
+        self.assertEqual(self.successResultOf(reply), b"SS X")
+
+    def test_documented_example_passes(self) -> None:
+        """
+        docs/examples/test_client_in_memory.py, the client page's in-memory
+        testing example, runs and passes.
+        """
+        import importlib.util
+        import os
+        import unittest
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples", "test_client_in_memory.py")
+        spec = importlib.util.spec_from_file_location("test_client_in_memory_example", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = unittest.TestResult()
+        unittest.defaultTestLoader.loadTestsFromTestCase(module.InMemoryTests).run(result)
+        self.assertEqual((result.testsRun, result.errors, result.failures), (1, [], []))
+
+
+class ErrorsTests(SynchronousTestCase):
+    """The client's errors share one base class."""
+
+    def test_one_base_class(self) -> None:
+        """Every error the client API and command raise is a CapservClientError."""
+        import capserv.client
+        from capserv.client.command import ClientError
+
+        errors = [v for v in vars(capserv.client).values() if isinstance(v, type) and issubclass(v, Exception)]
+        self.assertGreaterEqual(len(errors), 6)
+        for error in [*errors, ClientError]:
+            self.assertTrue(issubclass(error, capserv.client.CapservClientError), error)
+        self.assertIn("CapservClientError", capserv.client.__all__)
