@@ -430,7 +430,7 @@ def test_systemd_units_in_docs_use_real_options() -> None:
     its .socket unit would pass them; it is a Type=notify unit running
     twistd in the foreground, and its stop timeout covers the drain delay,
     the shutdown timeout and the abort grace."""
-    service = (ROOT / "docs" / "systemd" / "capserv.daemon.service").read_text()
+    service = (ROOT / "docs" / "systemd" / "capserv.service").read_text()
     settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
     assert settings["Type"] == "notify"
     assert settings["NotifyAccess"] == "main"

@@ -151,3 +151,15 @@ def test_example_configuration_scrapes_the_jobs_the_rules_select() -> None:
     assert path.encode() in health_children(None)  # type: ignore[arg-type]
     assert path == "readyz"
     assert relabel["instance"]["source_labels"] == ["__address__"]
+
+
+def test_operations_page_lists_every_alert_with_its_duration() -> None:
+    """
+    docs/operations.rst's table of alerts has one row per alert of the
+    rules, with the rule's ``for`` (``at once`` for none).
+    """
+    page = (ROOT / "docs" / "operations.rst").read_text()
+    table = page.split("The alerts, each per instance", 1)[1].split("\n\n", 2)[1]
+    rows = dict(re.findall(r"^``(\w+)``\s+(\d+m|at once)\s", table, re.M))
+    alerts = {rule["alert"]: rule.get("for", "at once") for rule in rules() if "alert" in rule}
+    assert rows == alerts
