@@ -1,13 +1,17 @@
 """
 The adversarial cases of tests/integration/test_adversarial.py at full size, with
 timings: what each attack costs the daemon and the clients that behave.
+It needs capserv installed with its test extra (the attacks and the daemon
+helpers are the tests' own; the figures come from ``--metrics``), from the
+top of the checkout:
 
-    python bench/adversarial.py --out docs/reliability/adversarial.json
+    .venv/bin/pip install '.[test]'
+    .venv/bin/python bench/adversarial.py --out docs/reliability/adversarial.json
 
 Cases (each against a fresh ``twistd -n capserv`` on 127.0.0.1):
 
 - ``slow_readers``: normal clients' round-trip latency (p50/p99/max) alone,
-  then while 1,000 clients send without reading; then every slow reader's
+  then while 300 clients send without reading; then every slow reader's
   bytes read back and checked.
 - ``slowloris``: 10,000 silent connections (the limit), the next refused,
   a normal client's latency meanwhile, memory per silent connection, all
@@ -39,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests import attacks  # noqa: E402
+from tests.support import attacks  # noqa: E402
 from tests.support.daemon import serving  # noqa: E402
 
 
