@@ -1,8 +1,12 @@
 """
 The adversarial cases of tests/integration/test_adversarial.py at full size, with
 timings: what each attack costs the daemon and the clients that behave.
+It needs capserv installed with its test extra (the attacks and the daemon
+helpers are the tests' own; the figures come from ``--metrics``), from the
+top of the checkout:
 
-    python bench/adversarial.py --out docs/reliability/adversarial.json
+    .venv/bin/pip install '.[test]'
+    .venv/bin/python bench/adversarial.py --out docs/reliability/adversarial.json
 
 Cases (each against a fresh ``twistd -n capserv`` on 127.0.0.1):
 

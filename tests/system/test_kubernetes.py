@@ -241,3 +241,27 @@ def test_pod_runs_unprivileged_on_a_read_only_root() -> None:
     resources = container()["resources"]
     assert {"cpu", "memory"} <= resources["requests"].keys()
     assert "memory" in resources["limits"]
+
+
+def test_comments_and_page_give_the_manifest_s_stop_timing() -> None:
+    """
+    The manifest's comment and docs/operations.rst ("Drain timing") add up
+    the stop with the numbers the container's args really give, and name
+    the grace period the Deployment really has.
+    """
+    parsed = options()
+    config = parsed["config"]
+    parts = [float(parsed["drain-delay"]), config.shutdown_timeout, config.abort_grace]
+    total = sum(parts)
+    grace = the("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain, shutdown, abort = (f"{part:g}" for part in parts)
+    manifest = " ".join(
+        line.strip().lstrip("#").strip() for line in (MANIFESTS / "capserv.yaml").read_text().splitlines()
+    )
+    assert (
+        f"--drain-delay ({drain}) + --shutdown-timeout ({shutdown}) + --abort-grace ({abort}) = {total:g} s" in manifest
+    )
+    assert f"{grace - total:g} s more" in manifest
+    page = " ".join((ROOT / "docs" / "operations.rst").read_text().split())
+    assert f"{drain} + {shutdown} + {abort} = {total:g} seconds, and {grace} leaves" in page
+    assert f"``--drain-delay {drain}``" in page and f"``--shutdown-timeout`` ({shutdown})" in page
