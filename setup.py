@@ -42,6 +42,9 @@ setup(
         # removed; --metrics needs twisted.web).
         "Twisted>=23.10.0",
         'Twisted>=24.3.0; python_version >= "3.13"',
+        # Python 3.14: older asyncio reactors ask get_event_loop() for a loop
+        # when given none (twistd --reactor=asyncio), which 3.14 refuses.
+        'Twisted>=26.10.0; python_version >= "3.14"',
         "zope.interface>=5",
         # The event loop under the daemon's reactor: measured faster than
         # Twisted's epoll reactor (docs/benchmarks).  Optional in effect:
@@ -72,6 +75,7 @@ setup(
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
+        "Programming Language :: Python :: 3.14",
         "Topic :: Internet",
     ],
     zip_safe=False,
