@@ -9,7 +9,7 @@ namespace is shipped (no C{twisted/__init__.py}, no C{twisted/plugins/__init__.p
 
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,7 +32,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["capserv", "twisted.plugins"],
+    # capserv and every subpackage (protocols, native, endpoints, daemon, ...).
+    packages=[*find_packages(include=["capserv", "capserv.*"]), "twisted.plugins"],
     package_dir={"twisted.plugins": "twisted_plugins"},
     package_data={"capserv": ["py.typed"]},
     include_package_data=False,
