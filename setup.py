@@ -32,6 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
+    # capserv and every subpackage (protocols, native, endpoints, daemon, ...).
     packages=[*find_packages(include=["capserv", "capserv.*"]), "twisted.plugins"],
     package_dir={"twisted.plugins": "twisted_plugins"},
     package_data={"capserv": ["py.typed"]},
@@ -42,6 +43,9 @@ setup(
         # removed; --metrics needs twisted.web).
         "Twisted>=23.10.0",
         'Twisted>=24.3.0; python_version >= "3.13"',
+        # Python 3.14: older asyncio reactors ask get_event_loop() for a loop
+        # when given none (twistd --reactor=asyncio), which 3.14 refuses.
+        'Twisted>=26.10.0; python_version >= "3.14"',
         "zope.interface>=5",
         # The event loop under the daemon's reactor: measured faster than
         # Twisted's epoll reactor (docs/benchmarks).  Optional in effect:
@@ -71,6 +75,7 @@ setup(
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
+        "Programming Language :: Python :: 3.14",
         "Topic :: Internet",
     ],
     zip_safe=False,

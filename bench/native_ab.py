@@ -36,7 +36,6 @@ from run import build_loadgen, free_port, pinned  # noqa: E402
 SERVER = """
 import asyncio, socket, sys
 loop = asyncio.SelectorEventLoop() if sys.argv[3] == "asyncio" else __import__("uvloop").new_event_loop()
-asyncio.set_event_loop(loop)
 from twisted.internet import asyncioreactor
 asyncioreactor.install(loop)
 from twisted.internet import reactor

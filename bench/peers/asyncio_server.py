@@ -41,5 +41,7 @@ if __name__ == "__main__":
     if "--uvloop" in sys.argv:
         import uvloop
 
-        uvloop.install()
-    asyncio.run(main(int(sys.argv[1])))
+        # uvloop's own runner: no event-loop policy (deprecated in Python 3.14).
+        uvloop.run(main(int(sys.argv[1])))
+    else:
+        asyncio.run(main(int(sys.argv[1])))

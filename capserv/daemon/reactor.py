@@ -46,13 +46,10 @@ def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
         except ImportError:
             pass
         else:
-            import asyncio
-
             from twisted.internet import asyncioreactor
 
-            loop = _uvloop.new_event_loop()
-            asyncio.set_event_loop(loop)
-            asyncioreactor.install(loop)
+            # Handed to the reactor, not made current through asyncio's policy system (deprecated in 3.14).
+            asyncioreactor.install(_uvloop.new_event_loop())
     return global_reactor()
 
 
