@@ -496,7 +496,7 @@ def _clash(listener: Listener, done: list[Listener]) -> str | None:
 
 def _native(reactor: Any, config: Options | dict[str, Any]) -> bool:
     """Whether streams are served on the event loop's own transports."""
-    if config.get("no-native"):
+    if config.get("no-native") or os.environ.get("CAPSERV_NATIVE", "") == "0":
         return False
     return native_supported(reactor)
 

@@ -136,7 +136,7 @@ def native_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     :param description: e.g. ``"tcp:50007:interface=127.0.0.1"``.
     :return: the endpoint; the socket is made when it listens.
     """
-    if native_supported(reactor):
+    if os.environ.get("CAPSERV_NATIVE", "") != "0" and native_supported(reactor):
         try:
             parsed = socket_maker(description)
         except (ValueError, KeyError):

@@ -49,7 +49,8 @@ from capserv.native import (
     native_datagrams_supported,
     native_supported,
 )
-from capserv.native._adapter import _Listening, _run_now
+from capserv.native import NativeConnections
+from capserv.native._port import _run_now
 
 from ..support.loopback import HOSTS, udp_exchange
 
@@ -137,7 +138,7 @@ def connect(
     factory: Any, family: int = socket.AF_INET, transport: FakeLoopTransport | None = None
 ) -> tuple[NativeTransport, FakeLoopTransport, FakeLoop]:
     loop = FakeLoop()
-    adapter = NativeTransport(_Listening(factory, family, loop))  # type: ignore[arg-type]
+    adapter = NativeTransport(NativeConnections(factory, family, loop))  # type: ignore[arg-type]
     transport = transport if transport is not None else FakeLoopTransport()
     adapter.connection_made(transport)  # type: ignore[arg-type]
     return adapter, transport, loop
@@ -458,15 +459,16 @@ def test_memory_addresses(family: int, peername: Any, sockname: Any, peer: Any, 
 
 
 def test_native_supported_only_on_the_asyncio_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """native_supported is True for an asyncio reactor, False for others and when CAPSERV_NATIVE=0."""
+    """
+    native_supported is True for an asyncio reactor, False for others, and
+    reads no environment variable (CAPSERV_NATIVE is native_endpoint's).
+    """
     assert not native_supported(MemoryReactor())
     loop = asyncio.SelectorEventLoop()
     reactor = AsyncioSelectorReactor(loop)
     try:
-        monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
-        assert native_supported(reactor)
         monkeypatch.setenv("CAPSERV_NATIVE", "0")
-        assert not native_supported(reactor)
+        assert native_supported(reactor)
         assert isinstance(native_endpoint(reactor, "tcp:0"), TCP4ServerEndpoint)
         monkeypatch.setenv("CAPSERV_NATIVE", "1")
         assert isinstance(native_endpoint(reactor, "tcp:0:interface=127.0.0.1"), NativeSocketEndpoint)
@@ -926,7 +928,8 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
 
     proto = UppercaseDatagramProtocol(clock=Clock())
     port = NativeDatagramPort.__new__(NativeDatagramPort)
-    port._protocol, port._transport, port._stopped = proto, None, False
+    port._protocol, port._transport, port._stopped, port._connected = proto, None, False, None
+    port._send_error = proto.send_error
     transport = Queued()
     port.connection_made(transport)  # type: ignore[arg-type]
     port.datagram_received(b"hi", ("192.0.2.1", 4000))
@@ -938,26 +941,18 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
     assert proto.stats.drops["send_error"] == 2
 
 
-def test_datagrams_native_only_when_asked_and_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datagrams_native_only_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    native_datagrams_supported is True only with CAPSERV_NATIVE_UDP=1 and on
-    uvloop's loop (not measured faster; asyncio's datagram transport slower).
+    native_datagrams_supported is True only on uvloop's loop (asyncio's
+    datagram transport is slower), whatever the environment says
+    (CAPSERV_NATIVE_UDP is the caller's to read).
     """
-    monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
+    monkeypatch.setenv("CAPSERV_NATIVE", "0")
     monkeypatch.delenv("CAPSERV_NATIVE_UDP", raising=False)
-    reactor = AsyncioSelectorReactor(uvloop.new_event_loop())
-    try:
-        assert not native_datagrams_supported(reactor)
-    finally:
-        close_reactor(reactor)
-    monkeypatch.setenv("CAPSERV_NATIVE_UDP", "1")
     for make, expected in ((asyncio.SelectorEventLoop, False), (uvloop.new_event_loop, True)):
         reactor = AsyncioSelectorReactor(make())
         try:
             assert native_datagrams_supported(reactor) is expected
-            monkeypatch.setenv("CAPSERV_NATIVE", "0")
-            assert not native_datagrams_supported(reactor)
-            monkeypatch.delenv("CAPSERV_NATIVE")
         finally:
             close_reactor(reactor)
     assert not native_datagrams_supported(MemoryReactor())

@@ -1,0 +1,527 @@
+"""
+One stream connection served by the event loop's own transport:
+`NativeTransport` is an asyncio protocol to the loop and a Twisted
+transport (``ITCPTransport``, ``ITLSTransport``) to the Twisted protocol
+built for the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from socket import AF_UNIX, IPPROTO_TCP, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    ILoggingContext,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    ISystemHandle,
+    ITLSTransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capserv.native._common import _log, address
+
+if TYPE_CHECKING:
+    from capserv.native._port import NativeConnections
+
+__all__ = ["NativeTransport"]
+
+
+@implementer(ITLSTransport, IConsumer, IPushProducer, ISystemHandle, ILoggingContext)
+class NativeTransport(asyncio.Protocol):
+    """
+    One connection: an asyncio protocol to the event loop, a Twisted
+    transport to the Twisted protocol the factory builds for it.
+
+    Built by the event loop's server for each accepted connection; the
+    Twisted protocol is built in `connection_made`, from the peer's
+    address, with ``factory.buildProtocol`` (`None` closes the connection
+    at once, as Twisted does).
+
+    :param connections: what the listening socket's connections share.
+    """
+
+    __slots__ = (
+        "__provides__",
+        "_aborted",
+        "_error",
+        "_listening",
+        "_paused",
+        "_peer",
+        "_producer",
+        "_protocol",
+        "_read_eof",
+        "_session",
+        "_streaming",
+        "_tls",
+        "_transport",
+        "_write_open",
+        "connected",
+        "disconnecting",
+    )
+
+    def __init__(self, connections: NativeConnections) -> None:
+        self._listening = connections
+        self._transport: Any = None
+        self._protocol: IProtocol | None = None
+        self._tls: Any = None
+        self._peer: IAddress | None = None
+        self._producer: IProducer | None = None
+        self._streaming = False
+        self._paused = False
+        self._read_eof = False
+        self._write_open = False
+        self._aborted = False
+        self._error: Failure | None = None
+        self._session = 0
+        #: Whether the connection is open (Twisted's attribute).
+        self.connected = False
+        #: Whether `loseConnection` or `abortConnection` was called.
+        self.disconnecting = False
+
+    # -- asyncio.Protocol: called by the event loop ----------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """
+        A connection was accepted: build its Twisted protocol and connect it.
+        """
+        self._transport = transport
+        listening = self._listening
+        peername = transport.get_extra_info("peername")
+        if peername is None and listening.family != AF_UNIX:
+            # The peer reset the connection before it was handed over
+            # (uvloop then has no address): nothing to serve; close it, or
+            # the loop would keep the socket.
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        peer = address(listening.family, peername)
+        self._peer = peer
+        try:
+            protocol = listening.factory.buildProtocol(peer)
+        except Exception:
+            _log.failure("Building a protocol for {peer} failed", peer=peer)
+            protocol = None
+        if protocol is None:
+            transport.close()
+            return
+        listening.sessions += 1
+        self._session = listening.sessions
+        self._protocol = protocol
+        self.connected = True
+        self._write_open = True
+        listening.open.add(self)
+        try:
+            protocol.makeConnection(self)
+        except Exception:
+            self._fail(Failure())
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Bytes arrived: the Twisted protocol's ``dataReceived``.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            return
+        try:
+            protocol.dataReceived(data)
+        except Exception:
+            self._fail(Failure())
+
+    def eof_received(self) -> bool:
+        """
+        The peer shut its sending side: ``readConnectionLost`` for an
+        `IHalfCloseableProtocol`, which then closes the connection itself
+        (as on Twisted's transport, even when its own side is shut too).
+
+        :return: whether the event loop should keep the connection open.
+        """
+        self._read_eof = True
+        half = IHalfCloseableProtocol(self._protocol, None)
+        if half is None:
+            return False  # the loop closes the connection
+        try:
+            half.readConnectionLost()
+        except Exception:
+            self._fail(Failure())
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """
+        The connection is closed: stop the producer and tell the protocol,
+        with Twisted's reason (`ConnectionDone`, `ConnectionAborted`,
+        `ConnectionLost`, or the protocol's own error).
+        """
+        self.connected = False
+        self._write_open = False
+        producer, self._producer = self._producer, None
+        protocol, self._protocol = self._protocol, None
+        if producer is not None:
+            producer.stopProducing()
+        if protocol is None:
+            return
+        self._listening.open.discard(self)
+        if self._error is not None:
+            reason = self._error
+        elif self._aborted:
+            reason = Failure(ConnectionAborted())
+        elif exc is None:
+            reason = connectionDone
+        else:
+            reason = Failure(ConnectionLost(str(exc)))
+        protocol.connectionLost(reason)
+
+    def pause_writing(self) -> None:
+        """
+        The write buffer passed its high-water mark: pause a streaming
+        producer.
+        """
+        self._paused = True
+        producer = self._producer
+        if producer is not None and self._streaming:
+            producer.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        """
+        The write buffer drained to its low-water mark: resume the producer.
+        """
+        self._paused = False
+        producer = self._producer
+        if producer is None:
+            return
+        if self._streaming:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+        else:
+            self._pull()
+
+    def _fail(self, failure: Failure) -> None:
+        """
+        The Twisted protocol raised: log it and drop the connection, as
+        Twisted's own transports do, with the error as the reason.
+        """
+        _log.failure("Unhandled error in protocol for {peer}", failure, peer=self._peer)
+        if self._error is None:
+            self._error = failure
+        self._aborted = True
+        self.disconnecting = True
+        self._write_open = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _shut_down(self) -> None:
+        """
+        The reactor is stopping: drop the connection and tell the protocol
+        now, with `ConnectionLost` (what Twisted's ``disconnectAll`` gives).
+        """
+        self._error = Failure(ConnectionLost())
+        self._write_open = False
+        self._transport.abort()
+        self.connection_lost(None)
+
+    # -- ITransport ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        Send ``data`` (at once if the socket takes it, else buffered).
+        Ignored once the write side is closed, as in Twisted.
+        """
+        if self._tls is None:
+            if self._write_open:
+                self._transport.write(data)
+        elif self.connected:
+            self._tls.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """
+        Send each of ``data`` in order.
+        """
+        if self._tls is None:
+            self._raw_write_sequence(data)
+        elif self.connected:
+            self._tls.writeSequence(data)
+
+    def _raw_write(self, data: bytes) -> None:
+        if self._write_open:
+            self._transport.write(data)
+
+    def _raw_write_sequence(self, data: Iterable[bytes]) -> None:
+        if self._write_open:
+            self._transport.writelines(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close once everything buffered is sent, and (as Twisted's transport)
+        once a registered pull producer, or a streaming one that is paused,
+        is unregistered.  Over TLS, the TLS layer shuts down first.
+
+        The sending side is shut down first (as Twisted's TCP transport
+        does), so a peer whose last bytes were never read sees the end of
+        the stream before the kernel resets the connection.
+        """
+        if self._tls is None:
+            self._lose()
+        elif self.connected and not self.disconnecting:
+            self._tls.loseConnection()
+
+    def _lose(self) -> None:
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = True
+        if self._producer is not None and (not self._streaming or self._paused):
+            # Twisted waits for the producer: unregisterProducer closes.
+            self.pauseProducing()
+            return
+        self._close()
+
+    def _close(self) -> None:
+        transport = self._transport
+        if self._write_open and transport.can_write_eof():
+            self._write_open = False
+            transport.write_eof()
+        transport.close()
+
+    def abortConnection(self) -> None:
+        """
+        Close at once, dropping whatever is buffered.
+        """
+        if self.connected and not self._aborted:
+            self._aborted = True
+            self.disconnecting = True
+            self._write_open = False
+            self._transport.abort()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: send what is buffered, then shut down the sending side;
+        an `IHalfCloseableProtocol` hears ``writeConnectionLost``.  The
+        connection stays open until it is lost or the protocol loses it.
+        """
+        if not self._write_open:
+            return
+        transport = self._transport
+        if not transport.can_write_eof():
+            self.loseConnection()
+            return
+        self._write_open = False
+        transport.write_eof()
+        half = IHalfCloseableProtocol(self._protocol, None)
+        if half is not None:
+            self._listening.loop.call_soon(self._write_lost, half)
+
+    def _write_lost(self, half: IHalfCloseableProtocol) -> None:
+        if self.connected:
+            try:
+                half.writeConnectionLost()
+            except Exception:
+                self._fail(Failure())
+
+    def getPeer(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: the peer's address (`IPv4Address`, `IPv6Address` or
+            `UNIXAddress`).
+        """
+        peer = self._peer
+        assert peer is not None
+        if isinstance(peer, UNIXAddress) and not peer.name:
+            return UNIXAddress(None)  # as Twisted's UNIX transport says
+        return peer
+
+    def getHost(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: this side's address.
+        """
+        return address(self._listening.family, self._transport.get_extra_info("sockname"))
+
+    # -- what Twisted's tcp.Server has besides ---------------------------------
+
+    def logPrefix(self) -> str:
+        """
+        :return: ``"ProtocolPrefix,sessionno,host"``, as Twisted's
+            ``tcp.Server`` says.
+        """
+        context = ILoggingContext(self._protocol, None)
+        prefix = context.logPrefix() if context is not None else type(self._protocol).__name__
+        host = getattr(self._peer, "host", None) or getattr(self._peer, "name", "")
+        return f"{prefix},{self._session},{host}"
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor whose event loop serves the connection."""
+        return self._listening.reactor
+
+    @property
+    def socket(self) -> Any:
+        """The connection's socket (a stand-in object on uvloop)."""
+        return self._transport.get_extra_info("socket")
+
+    def getHandle(self) -> Any:
+        """
+        :return: the connection's socket (a stand-in object on uvloop), or
+            the TLS connection once `startTLS` was called.
+        """
+        if self._tls is not None:
+            return self._tls.getHandle()
+        return self._transport.get_extra_info("socket")
+
+    def _socket_option(self, level: int, option: int, value: bool | None) -> bool:
+        sock = self._transport.get_extra_info("socket")
+        if sock is None or self._listening.family == AF_UNIX:
+            return False
+        if value is not None:
+            sock.setsockopt(level, option, int(value))
+        return bool(sock.getsockopt(level, option))
+
+    def getTcpNoDelay(self) -> bool:
+        """:return: whether Nagle's algorithm is off (the event loop turns it off)."""
+        return self._socket_option(IPPROTO_TCP, TCP_NODELAY, None)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """:param enabled: turn Nagle's algorithm off (`True`) or on."""
+        self._socket_option(IPPROTO_TCP, TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """:return: whether TCP keepalives are on."""
+        return self._socket_option(SOL_SOCKET, SO_KEEPALIVE, None)
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """:param enabled: turn TCP keepalives on or off."""
+        self._socket_option(SOL_SOCKET, SO_KEEPALIVE, enabled)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """
+        How many written bytes are not yet sent (the event loop transport's
+        ``get_write_buffer_size()``).
+        """
+        if self._transport is None:
+            return 0
+        size: int = self._transport.get_write_buffer_size()
+        return size
+
+    @property
+    def bufferSize(self) -> int:
+        """
+        The write buffer's high-water mark: past it the registered producer
+        is paused.  Setting it sets the event loop transport's limits
+        (``set_write_buffer_limits(high=...)``; the low mark is a quarter of
+        it).
+        """
+        high: int = self._transport.get_write_buffer_limits()[1]
+        return high
+
+    @bufferSize.setter
+    def bufferSize(self, value: int) -> None:
+        self._transport.set_write_buffer_limits(high=value)
+
+    # -- ITLSTransport ---------------------------------------------------------
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (the interface's name)
+        """
+        Go on over TLS, as Twisted's TCP transport does: a
+        ``TLSMemoryBIOProtocol`` goes between this transport and the
+        protocol; bytes written from now on are encrypted.
+
+        :param contextFactory: the TLS settings (an
+            ``IOpenSSLServerConnectionCreator`` or a context factory).
+        :param normal: `True` for the server side of TLS, as this is the
+            server side of the connection; `False` for the client side.
+        """
+        from capserv.native._tls import start_tls
+
+        start_tls(self, contextFactory, normal)
+
+    def getPeerCertificate(self) -> Any:
+        """
+        :return: the peer's certificate once `startTLS` was called (else
+            `None`).
+        """
+        return None if self._tls is None else self._tls.getPeerCertificate()
+
+    # -- IConsumer -------------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer: a streaming one is paused while the write
+        buffer is over `bufferSize` and resumed once it drains; a pull one
+        is asked for more whenever the buffer has room.
+        """
+        if self._tls is not None:
+            self._tls.registerProducer(producer, streaming)
+        else:
+            self._raw_register(producer, streaming)
+
+    def _raw_register(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}, because {self._producer!r} is registered")
+        if not self.connected:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        if not streaming:
+            self._pull()
+        elif self._paused:
+            producer.pauseProducing()  # type: ignore[attr-defined]
+
+    def unregisterProducer(self) -> None:
+        """
+        Forget the registered producer (and close, if `loseConnection` was
+        waiting for it).
+        """
+        if self._tls is not None:
+            self._tls.unregisterProducer()
+        else:
+            self._raw_unregister()
+
+    def _raw_unregister(self) -> None:
+        self._producer = None
+        if self.disconnecting and self.connected and not self._aborted and not self._transport.is_closing():
+            self._close()
+
+    def _pull(self) -> None:
+        producer = self._producer
+        if producer is None or self._streaming or not self.connected:
+            return
+        producer.resumeProducing()  # type: ignore[attr-defined]
+        transport = self._transport
+        if (
+            self._producer is producer
+            and self.connected
+            and transport.get_write_buffer_size() < transport.get_write_buffer_limits()[1]
+        ):
+            self._listening.loop.call_soon(self._pull)
+
+    # -- IPushProducer: the protocol throttling what it reads ------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the peer.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the peer again.
+        """
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
+    def stopProducing(self) -> None:
+        """
+        Close the connection.
+        """
+        self.loseConnection()
