@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from zope.interface import implementer
 
 from capserv.native._common import DEFAULT_BACKLOG, address, asyncio_loop
@@ -289,5 +289,3 @@ def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
     except OSError:
         return None
     return (name, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
-
-

@@ -21,7 +21,6 @@ from twisted.internet.interfaces import (
     ILoggingContext,
     IProducer,
     IProtocol,
-    IProtocolFactory,
     IPushProducer,
     ISystemHandle,
     ITLSTransport,

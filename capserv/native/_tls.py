@@ -47,7 +47,6 @@ class _Raw:
         self._connection._raw_unregister()
 
 
-
 def start_tls(connection: NativeTransport, context_factory: Any, normal: bool) -> None:
     """
     Put a TLS layer between ``connection`` and its protocol: the connection

@@ -43,13 +43,13 @@ from zope.interface import implementer
 from capserv import CapservConfig, UppercaseFactory
 from capserv.endpoints.native import native_endpoint
 from capserv.native import (
+    NativeConnections,
     NativeSocketEndpoint,
     NativeTransport,
     listen_datagrams,
     native_datagrams_supported,
     native_supported,
 )
-from capserv.native import NativeConnections
 from capserv.native._port import _run_now
 
 from ..support.loopback import HOSTS, udp_exchange
