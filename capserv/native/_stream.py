@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from socket import AF_UNIX, IPPROTO_TCP, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY
+from socket import AF_UNIX, IPPROTO_TCP, SHUT_RDWR, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY, fromfd
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import UNIXAddress
@@ -114,8 +114,8 @@ class NativeTransport(asyncio.Protocol):
         if protocol is None:
             transport.close()
             return
-        listening.sessions += 1
         self._session = listening.sessions
+        listening.sessions += 1
         self._protocol = protocol
         self.connected = True
         self._write_open = True
@@ -225,6 +225,16 @@ class NativeTransport(asyncio.Protocol):
         """
         self._error = Failure(ConnectionLost())
         self._write_open = False
+        handle = self._transport.get_extra_info("socket")
+        if handle is not None:
+            # The loop closes an aborted socket on its next turn, which a
+            # stopping reactor may not take: shut it down now, through a
+            # duplicate (the loops' socket objects refuse shutdown()).
+            try:
+                with fromfd(handle.fileno(), handle.family, handle.type) as duplicate:
+                    duplicate.shutdown(SHUT_RDWR)
+            except OSError:
+                pass
         self._transport.abort()
         self.connection_lost(None)
 
