@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from socket import AF_UNIX, IPPROTO_TCP, SHUT_RDWR, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY, fromfd
+from socket import AF_UNIX, SHUT_RDWR, fromfd
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import UNIXAddress
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from capserv.native._common import _log, address
+from capserv.native._socket import _SocketMixin
 
 if TYPE_CHECKING:
     from capserv.native._port import NativeConnections
@@ -38,7 +39,7 @@ __all__ = ["NativeTransport"]
 
 
 @implementer(ITLSTransport, IConsumer, IPushProducer, ISystemHandle, ILoggingContext)
-class NativeTransport(asyncio.Protocol):
+class NativeTransport(_SocketMixin, asyncio.Protocol):
     """
     One connection: an asyncio protocol to the event loop, a Twisted
     transport to the Twisted protocol the factory builds for it.
@@ -352,87 +353,6 @@ class NativeTransport(asyncio.Protocol):
         """
         return address(self._listening.family, self._transport.get_extra_info("sockname"))
 
-    # -- what Twisted's tcp.Server has besides ---------------------------------
-
-    def logPrefix(self) -> str:
-        """
-        :return: ``"ProtocolPrefix,sessionno,host"``, as Twisted's
-            ``tcp.Server`` says.
-        """
-        context = ILoggingContext(self._protocol, None)
-        prefix = context.logPrefix() if context is not None else type(self._protocol).__name__
-        host = getattr(self._peer, "host", None) or getattr(self._peer, "name", "")
-        return f"{prefix},{self._session},{host}"
-
-    @property
-    def reactor(self) -> Any:
-        """The reactor whose event loop serves the connection."""
-        return self._listening.reactor
-
-    @property
-    def socket(self) -> Any:
-        """The connection's socket (a stand-in object on uvloop)."""
-        return self._transport.get_extra_info("socket")
-
-    def getHandle(self) -> Any:
-        """
-        :return: the connection's socket (a stand-in object on uvloop), or
-            the TLS connection once `startTLS` was called.
-        """
-        if self._tls is not None:
-            return self._tls.getHandle()
-        return self._transport.get_extra_info("socket")
-
-    def _socket_option(self, level: int, option: int, value: bool | None) -> bool:
-        sock = self._transport.get_extra_info("socket")
-        if sock is None or self._listening.family == AF_UNIX:
-            return False
-        if value is not None:
-            sock.setsockopt(level, option, int(value))
-        return bool(sock.getsockopt(level, option))
-
-    def getTcpNoDelay(self) -> bool:
-        """:return: whether Nagle's algorithm is off (the event loop turns it off)."""
-        return self._socket_option(IPPROTO_TCP, TCP_NODELAY, None)
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """:param enabled: turn Nagle's algorithm off (`True`) or on."""
-        self._socket_option(IPPROTO_TCP, TCP_NODELAY, enabled)
-
-    def getTcpKeepAlive(self) -> bool:
-        """:return: whether TCP keepalives are on."""
-        return self._socket_option(SOL_SOCKET, SO_KEEPALIVE, None)
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        """:param enabled: turn TCP keepalives on or off."""
-        self._socket_option(SOL_SOCKET, SO_KEEPALIVE, enabled)
-
-    @property
-    def write_buffer_size(self) -> int:
-        """
-        How many written bytes are not yet sent (the event loop transport's
-        ``get_write_buffer_size()``).
-        """
-        if self._transport is None:
-            return 0
-        size: int = self._transport.get_write_buffer_size()
-        return size
-
-    @property
-    def bufferSize(self) -> int:
-        """
-        The write buffer's high-water mark: past it the registered producer
-        is paused.  Setting it sets the event loop transport's limits
-        (``set_write_buffer_limits(high=...)``; the low mark is a quarter of
-        it).
-        """
-        high: int = self._transport.get_write_buffer_limits()[1]
-        return high
-
-    @bufferSize.setter
-    def bufferSize(self, value: int) -> None:
-        self._transport.set_write_buffer_limits(high=value)
-
     # -- ITLSTransport ---------------------------------------------------------
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (the interface's name)
@@ -449,13 +369,6 @@ class NativeTransport(asyncio.Protocol):
         from capserv.native._tls import start_tls
 
         start_tls(self, contextFactory, normal)
-
-    def getPeerCertificate(self) -> Any:
-        """
-        :return: the peer's certificate once `startTLS` was called (else
-            `None`).
-        """
-        return None if self._tls is None else self._tls.getPeerCertificate()
 
     # -- IConsumer -------------------------------------------------------------
 

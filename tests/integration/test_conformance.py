@@ -30,7 +30,7 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import context, log
@@ -119,7 +119,7 @@ class Recorder(Protocol):
             self.events.append("data")
         self.data += data
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.events.append("connectionLost")
         self.reason = reason
         self.lost.callback(None)
