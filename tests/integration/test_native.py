@@ -32,13 +32,26 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IPushProducer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    InvalidAddressError,
+)
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IPushProducer,
+    ISystemHandle,
+    IUDPTransport,
+)
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from capserv import CapservConfig, UppercaseFactory
 from capserv.endpoints.native import native_endpoint
@@ -909,6 +922,75 @@ def test_datagrams_round_trip_whole_and_stop(reactor: AsyncioSelectorReactor, ho
     finally:
         run(reactor, wait(port.stopListening(), reactor))
     assert proto.transport is None  # doStop ran
+
+
+class ConnectedRecorder(DatagramProtocol):
+    """Records datagrams and refusals."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+        self.refused = 0
+        self.started: Deferred[None] = Deferred()
+
+    def startProtocol(self) -> None:
+        self.started.callback(None)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+
+    def connectionRefused(self) -> None:
+        self.refused += 1
+
+
+def test_datagram_port_is_an_udp_transport(reactor: AsyncioSelectorReactor) -> None:
+    """
+    The datagram port provides IUDPTransport, IListeningPort and
+    ISystemHandle; broadcast can be turned on; connect() sends to the one
+    peer without an address, takes datagrams only from it, refuses a second
+    connect and a host name, and a refused send reaches connectionRefused,
+    as on Twisted's UDP port.
+    """
+    proto = ConnectedRecorder()
+    port = listen_datagrams(reactor, proto, udp_socket)
+    peer = udp_socket()
+    stranger = udp_socket()
+    try:
+        run(reactor, wait(proto.started, reactor))
+        for interface in (IUDPTransport, IListeningPort, ISystemHandle):
+            assert verifyObject(interface, port), interface
+        assert not port.getBroadcastAllowed()
+        port.setBroadcastAllowed(True)
+        assert port.getBroadcastAllowed()
+        with pytest.raises(InvalidAddressError):
+            port.connect("localhost", 1)
+        port.connect(*peer.getsockname())
+        with pytest.raises(RuntimeError):
+            port.connect(*peer.getsockname())
+        port.write(b"to the peer")
+        peer.setblocking(True)
+        peer.settimeout(10)
+        assert peer.recvfrom(100) == (b"to the peer", ("127.0.0.1", port.getHost().port))
+        stranger.sendto(b"ignored", ("127.0.0.1", port.getHost().port))
+        peer.sendto(b"heard", ("127.0.0.1", port.getHost().port))
+
+        async def heard() -> None:
+            while not proto.received:
+                await asyncio.sleep(0.01)
+
+        run(reactor, asyncio.wait_for(heard(), 10))
+        assert proto.received == [(b"heard", peer.getsockname())]
+        peer.close()  # nothing listens there now: the next send is refused
+
+        async def refused() -> None:
+            while not proto.refused:
+                port.write(b"anyone?")
+                await asyncio.sleep(0.01)
+
+        run(reactor, asyncio.wait_for(refused(), 10))
+    finally:
+        peer.close()
+        stranger.close()
+        run(reactor, wait(port.stopListening(), reactor))
 
 
 def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None:
