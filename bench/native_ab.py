@@ -53,7 +53,8 @@ def datagrams():
 NativeSocketEndpoint(reactor, stream).listen(UppercaseFactory(config, clock=reactor))
 reactor.listenTCP(twisted, UppercaseFactory(config, clock=reactor), interface="127.0.0.1", backlog=1024)
 if sys.argv[3] != "asyncio":
-    listen_datagrams(reactor, UppercaseDatagramProtocol(config, clock=reactor), datagrams)
+    datagram_protocol = UppercaseDatagramProtocol(config, clock=reactor)
+    listen_datagrams(reactor, datagram_protocol, datagrams, send_error=datagram_protocol.send_error)
 reactor.listenUDP(twisted, UppercaseDatagramProtocol(config, clock=reactor), interface="127.0.0.1",
                   maxPacketSize=MAX_DATAGRAM)
 print("ready", flush=True)

@@ -42,8 +42,7 @@ from twisted.logger import globalLogBeginner
 
 import capserv.protocols.tcp
 from capserv import CapservConfig, UppercaseFactory
-from capserv.native import NativeTransport
-from capserv.native._adapter import _Listening
+from capserv.native import NativeConnections, NativeTransport
 
 MESSAGE = b"hello from the lesson's client, sixty-four bytes of lowercase..."
 
@@ -76,7 +75,7 @@ class StandInTransport:
         pass
 
 
-def one_life(listening: _Listening) -> None:
+def one_life(listening: NativeConnections) -> None:
     adapter = NativeTransport(listening)
     adapter.connection_made(StandInTransport())  # type: ignore[arg-type]
     adapter.data_received(MESSAGE)
@@ -159,7 +158,7 @@ def main() -> None:
     print(f"{args.connections} connections, best of 3; load: {os.getloadavg()[0]:.2f}")
     for name, switch in rows:
         factory = UppercaseFactory(CapservConfig(max_connections_per_ip=16384), clock=reactor)
-        listening = _Listening(factory, socket.AF_INET, loop)
+        listening = NativeConnections(factory, socket.AF_INET, loop)
         # 19 more connections stay open, as in the benchmark's 20 in
         # parallel: the idle sweep stays scheduled.
         others = [NativeTransport(listening) for _ in range(0 if switch is alone else 19)]

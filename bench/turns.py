@@ -54,7 +54,6 @@ def main() -> None:
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install(loop)

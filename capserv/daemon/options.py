@@ -315,7 +315,8 @@ class Options(usage.Options):
             metrics=_metrics_listener(self["metrics"]),
             workers=workers,
             drain_delay=float(self["drain-delay"]),
-            native=not self["no-native"],
+            # CAPSERV_NATIVE=0: the same as --no-native, for the bench and the tox envs.
+            native=not self["no-native"] and os.environ.get("CAPSERV_NATIVE", "") != "0",
             uvloop=not self["no-uvloop"],
             reactor=parent.get("reactor") if parent is not None else None,
         )

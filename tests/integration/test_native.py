@@ -32,24 +32,38 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IPushProducer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    InvalidAddressError,
+)
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IPushProducer,
+    ISystemHandle,
+    IUDPTransport,
+)
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from capserv import CapservConfig, UppercaseFactory
 from capserv.endpoints.native import native_endpoint
 from capserv.native import (
+    NativeConnections,
     NativeSocketEndpoint,
     NativeTransport,
     listen_datagrams,
     native_datagrams_supported,
     native_supported,
 )
-from capserv.native._adapter import _Listening, _run_now
+from capserv.native._port import _run_now
 
 from ..support.loopback import HOSTS, udp_exchange
 
@@ -137,7 +151,7 @@ def connect(
     factory: Any, family: int = socket.AF_INET, transport: FakeLoopTransport | None = None
 ) -> tuple[NativeTransport, FakeLoopTransport, FakeLoop]:
     loop = FakeLoop()
-    adapter = NativeTransport(_Listening(factory, family, loop))  # type: ignore[arg-type]
+    adapter = NativeTransport(NativeConnections(factory, family, loop))  # type: ignore[arg-type]
     transport = transport if transport is not None else FakeLoopTransport()
     adapter.connection_made(transport)  # type: ignore[arg-type]
     return adapter, transport, loop
@@ -509,17 +523,17 @@ def test_memory_addresses(family: int, peername: Any, sockname: Any, peer: Any, 
 
 
 def test_native_supported_only_on_the_asyncio_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """native_supported is True for an asyncio reactor, False for others and when CAPSERV_NATIVE=0."""
+    """
+    native_supported is True for an asyncio reactor, False for others, and
+    reads no environment variable; native_endpoint's native=False gives Twisted's endpoint.
+    """
     assert not native_supported(MemoryReactor())
     loop = asyncio.SelectorEventLoop()
     reactor = AsyncioSelectorReactor(loop)
     try:
-        monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
-        assert native_supported(reactor)
         monkeypatch.setenv("CAPSERV_NATIVE", "0")
-        assert not native_supported(reactor)
-        assert isinstance(native_endpoint(reactor, "tcp:0"), TCP4ServerEndpoint)
-        monkeypatch.setenv("CAPSERV_NATIVE", "1")
+        assert native_supported(reactor)
+        assert isinstance(native_endpoint(reactor, "tcp:0", native=False), TCP4ServerEndpoint)
         assert isinstance(native_endpoint(reactor, "tcp:0:interface=127.0.0.1"), NativeSocketEndpoint)
         assert isinstance(native_endpoint(reactor, "unix:/tmp/x.sock:mode=600"), NativeSocketEndpoint)
         # Descriptions it does not handle go to Twisted.
@@ -1012,6 +1026,75 @@ def test_datagrams_round_trip_whole_and_stop(reactor: AsyncioSelectorReactor, ho
     assert proto.transport is None  # doStop ran
 
 
+class ConnectedRecorder(DatagramProtocol):
+    """Records datagrams and refusals."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+        self.refused = 0
+        self.started: Deferred[None] = Deferred()
+
+    def startProtocol(self) -> None:
+        self.started.callback(None)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+
+    def connectionRefused(self) -> None:
+        self.refused += 1
+
+
+def test_datagram_port_is_an_udp_transport(reactor: AsyncioSelectorReactor) -> None:
+    """
+    The datagram port provides IUDPTransport, IListeningPort and
+    ISystemHandle; broadcast can be turned on; connect() sends to the one
+    peer without an address, takes datagrams only from it, refuses a second
+    connect and a host name, and a refused send reaches connectionRefused,
+    as on Twisted's UDP port.
+    """
+    proto = ConnectedRecorder()
+    port = listen_datagrams(reactor, proto, udp_socket)
+    peer = udp_socket()
+    stranger = udp_socket()
+    try:
+        run(reactor, wait(proto.started, reactor))
+        for interface in (IUDPTransport, IListeningPort, ISystemHandle):
+            assert verifyObject(interface, port), interface
+        assert not port.getBroadcastAllowed()
+        port.setBroadcastAllowed(True)
+        assert port.getBroadcastAllowed()
+        with pytest.raises(InvalidAddressError):
+            port.connect("localhost", 1)
+        port.connect(*peer.getsockname())
+        with pytest.raises(RuntimeError):
+            port.connect(*peer.getsockname())
+        port.write(b"to the peer")
+        peer.setblocking(True)
+        peer.settimeout(10)
+        assert peer.recvfrom(100) == (b"to the peer", ("127.0.0.1", port.getHost().port))
+        stranger.sendto(b"ignored", ("127.0.0.1", port.getHost().port))
+        peer.sendto(b"heard", ("127.0.0.1", port.getHost().port))
+
+        async def heard() -> None:
+            while not proto.received:
+                await asyncio.sleep(0.01)
+
+        run(reactor, asyncio.wait_for(heard(), 10))
+        assert proto.received == [(b"heard", peer.getsockname())]
+        peer.close()  # nothing listens there now: the next send is refused
+
+        async def refused() -> None:
+            while not proto.refused:
+                port.write(b"anyone?")
+                await asyncio.sleep(0.01)
+
+        run(reactor, asyncio.wait_for(refused(), 10))
+    finally:
+        peer.close()
+        stranger.close()
+        run(reactor, wait(port.stopListening(), reactor))
+
+
 def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None:
     """
     write raises ENOBUFS while too many bytes wait to be sent (capserv counts
@@ -1029,7 +1112,8 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
 
     proto = UppercaseDatagramProtocol(clock=Clock())
     port = NativeDatagramPort.__new__(NativeDatagramPort)
-    port._protocol, port._transport, port._stopped = proto, None, False
+    port._protocol, port._transport, port._stopped, port._connected = proto, None, False, None
+    port._send_error = proto.send_error
     transport = Queued()
     port.connection_made(transport)  # type: ignore[arg-type]
     port.datagram_received(b"hi", ("192.0.2.1", 4000))
@@ -1041,26 +1125,18 @@ def test_datagram_write_refuses_past_the_limit_and_reports_late_errors() -> None
     assert proto.stats.drops["send_error"] == 2
 
 
-def test_datagrams_native_only_when_asked_and_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_datagrams_native_only_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    native_datagrams_supported is True only with CAPSERV_NATIVE_UDP=1 and on
-    uvloop's loop (not measured faster; asyncio's datagram transport slower).
+    native_datagrams_supported is True only on uvloop's loop (asyncio's
+    datagram transport is slower), whatever the environment says
+    (CAPSERV_NATIVE_UDP is the caller's to read).
     """
-    monkeypatch.delenv("CAPSERV_NATIVE", raising=False)
+    monkeypatch.setenv("CAPSERV_NATIVE", "0")
     monkeypatch.delenv("CAPSERV_NATIVE_UDP", raising=False)
-    reactor = AsyncioSelectorReactor(uvloop.new_event_loop())
-    try:
-        assert not native_datagrams_supported(reactor)
-    finally:
-        close_reactor(reactor)
-    monkeypatch.setenv("CAPSERV_NATIVE_UDP", "1")
     for make, expected in ((asyncio.SelectorEventLoop, False), (uvloop.new_event_loop, True)):
         reactor = AsyncioSelectorReactor(make())
         try:
             assert native_datagrams_supported(reactor) is expected
-            monkeypatch.setenv("CAPSERV_NATIVE", "0")
-            assert not native_datagrams_supported(reactor)
-            monkeypatch.delenv("CAPSERV_NATIVE")
         finally:
             close_reactor(reactor)
     assert not native_datagrams_supported(MemoryReactor())

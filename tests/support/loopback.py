@@ -5,6 +5,7 @@ blocking sockets in a thread, clean up both ends.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -50,7 +51,7 @@ def listen_tcp(host: str, config: CapservConfig | None = None) -> Any:
     from twisted.internet import reactor
 
     factory = UppercaseFactory(config, clock=reactor)
-    if native_supported(reactor):
+    if os.environ.get("CAPSERV_NATIVE") != "0" and native_supported(reactor):
         port = yield NativeSocketEndpoint(reactor, lambda: listening_socket(host)).listen(factory)
     else:
         port = reactor.listenTCP(0, factory, interface=host)
@@ -61,7 +62,7 @@ def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[Uppercas
     from twisted.internet import reactor
 
     proto = UppercaseDatagramProtocol(config, clock=reactor)
-    if native_datagrams_supported(reactor):
+    if os.environ.get("CAPSERV_NATIVE_UDP") == "1" and native_datagrams_supported(reactor):
         # The event loop's datagram transport (CAPSERV_NATIVE_UDP=1 with
         # CAPSERV_TEST_LOOP=uvloop).
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -71,7 +72,7 @@ def listen_udp(host: str, config: CapservConfig | None = None) -> tuple[Uppercas
             sock.bind((host, 0))
             return sock
 
-        return proto, listen_datagrams(reactor, proto, bound)
+        return proto, listen_datagrams(reactor, proto, bound, send_error=proto.send_error)
     port = reactor.listenUDP(0, proto, interface=host, maxPacketSize=MAX_DATAGRAM)
     return proto, port
 

@@ -68,7 +68,7 @@ def longest_stop(args: list[str]) -> float:
     wait for open connections, and the grace for their last bytes."""
     options = Options()
     options.parseOptions(args)
-    config = options["config"]
+    config = options["settings"].config
     return float(options["drain-delay"]) + config.shutdown_timeout + config.abort_grace
 
 
@@ -162,7 +162,7 @@ class ContainerTests(SynchronousTestCase):
         self.assertGreater(longest, ENGINE_STOP_SECONDS)
         defaults = Options()
         defaults.parseOptions([])
-        config = defaults["config"]
+        config = defaults["settings"].config
         comments = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
         self.assertIn(f"--shutdown-timeout ({config.shutdown_timeout:g} s)", comments)
         self.assertIn(f"--abort-grace ({config.abort_grace:g} s)", comments)
@@ -264,7 +264,10 @@ class MetricsTableTests(SynchronousTestCase):
             elif line.startswith(" ") and rows:
                 rows[name] += " " + line.strip()
         config = CapservConfig()
-        collector = CapservCollector(UppercaseFactory(config, clock=Clock()), DatagramState(config, clock=Clock()))
+        factory, datagrams = UppercaseFactory(config, clock=Clock()), DatagramState(config, clock=Clock())
+        collector = CapservCollector(
+            lambda: {"tcp": factory.snapshot(), "udp": datagrams.snapshot(), "workers": 1}, config
+        )
         for family in collector.collect():
             name = family.name + ("_total" if family.type == "counter" else "")
             self.assertIn(name, rows)

@@ -34,8 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig, UppercaseDatagramProtocol, UppercaseFactory, UppercaseProtocol
-from capserv.native import NativeTransport
-from capserv.native._adapter import _Listening
+from capserv.native import NativeConnections, NativeTransport
 
 from ..support.contract import reference
 
@@ -559,7 +558,7 @@ class NativeConnectionLife(ConnectionLife):
     @precondition(lambda self: hasattr(self, "factory") and len(self.peers) < 6)
     def connect(self, host: str, port: int) -> None:
         address = IPv4Address("TCP", host, port)
-        adapter = NativeTransport(_Listening(self.factory, socket.AF_INET, self.loop))  # type: ignore[arg-type]
+        adapter = NativeTransport(NativeConnections(self.factory, socket.AF_INET, self.loop))  # type: ignore[arg-type]
         transport = LoopTransportModel(address)
         transport.loop = self.loop
         transport.protocol = adapter

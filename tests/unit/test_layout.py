@@ -24,7 +24,7 @@ class PinnedNamesTests(SynchronousTestCase):
         filters use, not the module it happens to live in.
         """
         from capserv.daemon import listen, rlimits, sdnotify, service, workers
-        from capserv.native import _adapter
+        from capserv.native import _common
         from capserv.protocols import accesslog, limits, udp
 
         self.assertEqual(limits._log.namespace, "capserv.tcp.UppercaseFactory")
@@ -36,7 +36,7 @@ class PinnedNamesTests(SynchronousTestCase):
         self.assertEqual(sdnotify._log.namespace, "capserv.sdnotify.Notifier")
         self.assertEqual(workers._pool_log.namespace, "capserv.workers.WorkerPool")
         self.assertEqual(workers._orphan_log.namespace, "capserv.workers.OrphanWatch")
-        self.assertEqual(_adapter._log.namespace, "capserv.native")
+        self.assertEqual(_common._log.namespace, "capserv.native")
 
     def test_entry_points(self) -> None:
         """

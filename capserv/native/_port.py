@@ -1,0 +1,291 @@
+"""
+Listening: `NativeSocketEndpoint` serves a listening socket with the event
+loop's server (``loop.create_server(sock=...)``), one `NativeTransport` a
+connection, and returns a `NativePort`, which drops its connections at the
+reactor's shutdown as Twisted's ports do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from zope.interface import implementer
+
+from capserv.native._common import DEFAULT_BACKLOG, address, asyncio_loop
+from capserv.native._stream import NativeTransport
+
+__all__ = ["NativeConnections", "NativePort", "NativeSocketEndpoint"]
+
+
+class NativeConnections:
+    """
+    What every connection of one listening socket shares, and the set of
+    those open, which `disconnect_all` drops at the reactor's shutdown (as
+    Twisted's ``disconnectAll`` drops its own connections).
+
+    :param factory: builds each connection's Twisted protocol.
+    :param family: the sockets' address family.
+    :param loop: the event loop serving them.
+    :param reactor: the reactor, for the transports' ``reactor`` attribute.
+    """
+
+    __slots__ = ("factory", "family", "loop", "open", "reactor", "sessions")
+
+    def __init__(self, factory: IProtocolFactory, family: int, loop: Any, reactor: Any = None) -> None:
+        self.factory = factory
+        self.family = family
+        self.loop = loop
+        self.reactor = reactor
+        #: The connections whose protocol is connected.
+        self.open: set[NativeTransport] = set()
+        #: Connections accepted so far (Twisted's ``sessionno``).
+        self.sessions = 0
+
+    def disconnect_all(self) -> None:
+        """
+        Drop every open connection now: its protocol's ``connectionLost``
+        runs with `ConnectionLost` before this returns, as at Twisted's
+        reactor shutdown.
+        """
+        for connection in list(self.open):
+            connection._shut_down()
+
+
+@implementer(IListeningPort)
+class NativePort:
+    """
+    A listening socket served by the event loop: what
+    `NativeSocketEndpoint.listen` returns.
+
+    It stops listening and drops its connections (``connectionLost`` with
+    `ConnectionLost`) during the reactor's shutdown, as Twisted's
+    ``disconnectAll`` does for its own ports and connections.
+
+    :param server: the event loop's server.
+    :param connections: the port's connections.
+    :param host: the address listened on.
+    :param path: a UNIX socket's path and inode, to remove its file.
+    :param cleanup: called once the port has stopped listening.
+    """
+
+    def __init__(
+        self,
+        server: asyncio.AbstractServer,
+        connections: NativeConnections,
+        host: IAddress,
+        path: tuple[str, int] | None = None,
+        cleanup: Callable[[], object] | None = None,
+    ) -> None:
+        self.connections = connections
+        self._server: asyncio.AbstractServer | None = server
+        self._host = host
+        self._path = path
+        self._cleanup = cleanup
+        reactor = connections.reactor
+        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._shut_down)
+
+    def _shut_down(self) -> None:
+        self._trigger = None
+        self.stopListening()
+        self.connections.disconnect_all()
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: the port listens from the moment it is made.
+        """
+
+    def stopListening(self) -> Deferred[None]:
+        """
+        Close the listening socket; open connections stay open (until they
+        close, or the reactor stops).
+
+        :return: a `Deferred` that has fired: the socket is closed when
+            this returns.
+        """
+        if self._trigger is not None and not self.connections.open:
+            self.connections.reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+        server, self._server = self._server, None
+        if server is None:
+            return succeed(None)
+        server.close()
+        if self._path is not None:
+            path, inode = self._path
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        if self._cleanup is not None:
+            self._cleanup()
+        self.connections.factory.doStop()
+        return succeed(None)
+
+    loseConnection = stopListening
+
+    def getHost(self) -> IAddress:
+        """
+        :return: the address listened on.
+        """
+        return self._host
+
+
+def _run_now(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """
+    Run a coroutine that never waits for anything but a bare ``yield`` (as
+    ``loop.create_server`` does: CPython's yields once, through
+    ``asyncio.sleep(0)``, after it has started serving; uvloop's not at
+    all) to its end, now, without the event loop running.
+
+    :return: ``(True, result)``, or ``(False, task)`` when the coroutine
+        waits for a real future: then it goes on as a task on the loop, and
+        the task gives its result later.
+    """
+    for _ in range(100):
+        try:
+            waited = coroutine.send(None)
+        except StopIteration as done:
+            return True, done.value
+        if waited is not None:
+            # Something truly awaited: let the loop finish it.
+            return False, loop.create_task(_resume(coroutine, waited))
+    return False, loop.create_task(_resume(coroutine, None))
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
+    """
+    Finish, as a task, a coroutine that `_run_now` started, from where it
+    waits (for ``waited``, a future, or for a bare ``yield``).
+    """
+    while True:
+        if waited is None:
+            await asyncio.sleep(0)
+        else:
+            # Wait without awaiting it here: the coroutine reads the outcome.
+            await asyncio.wait([waited])
+        try:
+            waited = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+
+
+class NativeSocketEndpoint:
+    """
+    Serve a listening socket with the event loop's own server and
+    transports.
+
+    :param reactor: Twisted's asyncio reactor (see `native_supported`).
+    :param make_socket: returns a bound, listening, non-blocking stream
+        socket (TCP over IPv4 or IPv6, or UNIX), or raises `OSError` (or
+        `CannotListenError`) if it cannot.
+    :param backlog: the listen backlog; the event loop sets it again on the
+        socket it is given.
+    :param interface: the address, for the error message of a socket that
+        cannot be made.
+    :param port: the port or path, for the same message.
+    :param cleanup: called once the port has stopped listening (releases a
+        UNIX socket's lock file, say).
+    :param unlink: remove a UNIX socket's file when the port stops, as
+        Twisted's UNIX port does (`False` for a socket someone else owns,
+        such as one systemd passed).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        make_socket: Callable[[], socket.socket],
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        interface: str = "",
+        port: int | str = 0,
+        cleanup: Callable[[], object] | None = None,
+        unlink: bool = True,
+    ) -> None:
+        self._reactor = reactor
+        self._make_socket = make_socket
+        self._backlog = backlog
+        self._interface = interface
+        self._port = port
+        self._cleanup = cleanup
+        self._unlink = unlink
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
+        """
+        Listen with ``protocolFactory``.
+
+        :return: a `Deferred` that has already fired, with a `NativePort`,
+            or with `CannotListenError` if the socket could not be made; it
+            fires before the reactor runs as well as while it runs.
+        """
+        loop = asyncio_loop(self._reactor)
+        if loop is None:
+            return fail(CannotListenError(self._interface, self._port, OSError("not Twisted's asyncio reactor")))
+        try:
+            sock = self._make_socket()
+        except CannotListenError:
+            return fail()
+        except OSError as e:
+            return fail(CannotListenError(self._interface, self._port, e))
+        try:
+            sock = _as_tcp(sock)
+            sock.setblocking(False)
+            family = sock.family
+            host = address(family, sock.getsockname())
+            path = _filesystem_path(sock) if self._unlink else None
+            connections = NativeConnections(protocolFactory, family, loop, self._reactor)
+            coroutine = loop.create_server(partial(NativeTransport, connections), sock=sock, backlog=self._backlog)
+            done, result = _run_now(loop, coroutine)
+        except Exception as e:
+            sock.close()
+            if self._cleanup is not None:
+                self._cleanup()
+            return fail(CannotListenError(self._interface, self._port, e))
+
+        def started(server: asyncio.AbstractServer) -> NativePort:
+            protocolFactory.doStart()
+            return NativePort(server, connections, host, path, self._cleanup)
+
+        if done:
+            return succeed(started(result))
+        # An event loop whose create_server truly waits: fire when it is done.
+        d: Deferred[Any] = Deferred.fromFuture(result)
+        return d.addCallback(started)
+
+
+def _as_tcp(sock: socket.socket) -> socket.socket:
+    """
+    The same TCP socket, saying it is TCP (``proto`` ``IPPROTO_TCP``, not
+    0), so that asyncio's loop turns Nagle's algorithm off on the
+    connections it accepts, as uvloop's does (asyncio checks ``proto``).
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+        return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    return sock
+
+
+def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
+    """
+    A UNIX socket's path and inode, to remove the socket file when the port
+    stops (as Twisted's UNIX port does), or `None`.
+    """
+    if sock.family != socket.AF_UNIX:
+        return None
+    name = sock.getsockname()
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not name or name.startswith("\0"):
+        return None
+    try:
+        info = os.stat(name)
+    except OSError:
+        return None
+    return (name, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None

@@ -1,0 +1,528 @@
+"""
+One stream connection served by the event loop's own transport:
+`NativeTransport` is an asyncio protocol to the loop and a Twisted
+transport (``ITCPTransport``, ``ITLSTransport``) to the Twisted protocol
+built for the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from socket import AF_UNIX, SHUT_RDWR, fromfd
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    ILoggingContext,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    ISystemHandle,
+    ITLSTransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from capserv.native._common import _log, address
+from capserv.native._socket import _SocketMixin
+
+if TYPE_CHECKING:
+    from capserv.native._port import NativeConnections
+
+__all__ = ["TURN_BYTES", "NativeTransport"]
+
+#: The most bytes one connection hands its protocol per turn of the event
+#: loop: what Twisted's own TCP transport reads at once.  The event loops read
+#: more (asyncio up to 256 KiB; uvloop 250 KB, and again, up to 32 times, while
+#: the socket has more), so the rest of a larger read waits for later turns,
+#: with reading paused meanwhile.
+TURN_BYTES = 65536
+
+
+@implementer(ITLSTransport, IConsumer, IPushProducer, ISystemHandle, ILoggingContext)
+class NativeTransport(_SocketMixin, asyncio.Protocol):
+    """
+    One connection: an asyncio protocol to the event loop, a Twisted
+    transport to the Twisted protocol the factory builds for it.
+
+    Built by the event loop's server for each accepted connection; the
+    Twisted protocol is built in `connection_made`, from the peer's
+    address, with ``factory.buildProtocol`` (`None` closes the connection
+    at once, as Twisted does).
+
+    :param connections: what the listening socket's connections share.
+    """
+
+    __slots__ = (
+        "__provides__",
+        "_aborted",
+        "_error",
+        "_held",
+        "_held_from",
+        "_listening",
+        "_paused",
+        "_peer",
+        "_producer",
+        "_protocol",
+        "_read_eof",
+        "_reading_paused",
+        "_session",
+        "_slice_due",
+        "_streaming",
+        "_tls",
+        "_transport",
+        "_write_open",
+        "connected",
+        "disconnecting",
+    )
+
+    def __init__(self, connections: NativeConnections) -> None:
+        self._listening = connections
+        self._transport: Any = None
+        self._protocol: IProtocol | None = None
+        self._tls: Any = None
+        self._peer: IAddress | None = None
+        self._producer: IProducer | None = None
+        self._streaming = False
+        self._paused = False
+        self._read_eof = False
+        self._write_open = False
+        self._aborted = False
+        self._error: Failure | None = None
+        self._session = 0
+        #: Bytes read but not yet handed on (from ``_held_from``): the rest
+        #: of a read larger than ``TURN_BYTES``.
+        self._held = b""
+        self._held_from = 0
+        #: Whether the next slice of ``_held`` is scheduled.
+        self._slice_due = False
+        #: Whether the Twisted side asked to stop reading (`pauseProducing`).
+        self._reading_paused = False
+        #: Whether the connection is open (Twisted's attribute).
+        self.connected = False
+        #: Whether `loseConnection` or `abortConnection` was called.
+        self.disconnecting = False
+
+    # -- asyncio.Protocol: called by the event loop ----------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """
+        A connection was accepted: build its Twisted protocol and connect it.
+        """
+        self._transport = transport
+        listening = self._listening
+        peername = transport.get_extra_info("peername")
+        if peername is None and listening.family != AF_UNIX:
+            # The peer reset the connection before it was handed over
+            # (uvloop then has no address): nothing to serve; close it, or
+            # the loop would keep the socket.
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        peer = address(listening.family, peername)
+        self._peer = peer
+        try:
+            protocol = listening.factory.buildProtocol(peer)
+        except Exception:
+            _log.failure("Building a protocol for {peer} failed", peer=peer)
+            protocol = None
+        if protocol is None:
+            transport.close()
+            return
+        self._session = listening.sessions
+        listening.sessions += 1
+        self._protocol = protocol
+        self.connected = True
+        self._write_open = True
+        listening.open.add(self)
+        try:
+            protocol.makeConnection(self)
+        except Exception:
+            self._fail(Failure())
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Bytes arrived: the Twisted protocol's ``dataReceived``, at most
+        ``TURN_BYTES`` of them per turn of the event loop.
+        """
+        if self._protocol is None:
+            return
+        if len(data) <= TURN_BYTES and not self._held:
+            self._deliver(data)
+            return
+        # Too much for one turn: hold it, stop reading, and hand it on a
+        # slice a turn (the first one now), so other connections are served
+        # in between.
+        if self._held:
+            data = self._held[self._held_from :] + data
+        self._held, self._held_from = data, 0
+        transport = self._transport
+        if not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+        if not self._slice_due:
+            self._next_slice()
+
+    def _deliver(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        try:
+            protocol.dataReceived(data)
+        except Exception:
+            self._fail(Failure())
+
+    def _next_slice(self) -> None:
+        """
+        Hand the protocol the next slice of what is held, then schedule the
+        next one, or read again once all is handed on.  Nothing while the
+        Twisted side has paused reading (`resumeProducing` goes on).
+        """
+        self._slice_due = False
+        if self._protocol is None or self.disconnecting:
+            self._held = b""  # as Twisted's transports stop reading on loseConnection
+            return
+        if self._reading_paused:
+            return
+        if not self._held:
+            self.resumeProducing()
+            return
+        held, start = self._held, self._held_from
+        end = start + TURN_BYTES
+        if end < len(held):
+            self._held_from = end
+            self._deliver(held[start:end])
+        else:
+            self._held, self._held_from = b"", 0
+            self._deliver(held[start:] if start else held)
+        # The next slice, or reading again, on the next turn (reading now
+        # would hand on a second slice in this one).
+        self._slice_due = True
+        self._listening.loop.call_soon(self._next_slice)
+
+    def eof_received(self) -> bool:
+        """
+        The peer shut its sending side: ``readConnectionLost`` for an
+        `IHalfCloseableProtocol`, which then closes the connection itself
+        (as on Twisted's transport, even when its own side is shut too).
+
+        :return: whether the event loop should keep the connection open.
+        """
+        self._read_eof = True
+        if self._held:
+            # Not seen (reading is paused while bytes are held), but the
+            # order holds whatever a loop does: every byte before the end.
+            held, self._held = self._held[self._held_from :], b""
+            self._deliver(held)
+        half = IHalfCloseableProtocol(self._protocol, None)
+        if half is None:
+            return False  # the loop closes the connection
+        try:
+            half.readConnectionLost()
+        except Exception:
+            self._fail(Failure())
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """
+        The connection is closed: stop the producer and tell the protocol,
+        with Twisted's reason (`ConnectionDone`, `ConnectionAborted`,
+        `ConnectionLost`, or the protocol's own error).
+        """
+        self.connected = False
+        self._write_open = False
+        self._held = b""
+        producer, self._producer = self._producer, None
+        protocol, self._protocol = self._protocol, None
+        if producer is not None:
+            producer.stopProducing()
+        if protocol is None:
+            return
+        self._listening.open.discard(self)
+        if self._error is not None:
+            reason = self._error
+        elif self._aborted:
+            reason = Failure(ConnectionAborted())
+        elif exc is None:
+            reason = connectionDone
+        else:
+            reason = Failure(ConnectionLost(str(exc)))
+        protocol.connectionLost(reason)
+
+    def pause_writing(self) -> None:
+        """
+        The write buffer passed its high-water mark: pause a streaming
+        producer.
+        """
+        self._paused = True
+        producer = self._producer
+        if producer is not None and self._streaming:
+            producer.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        """
+        The write buffer drained to its low-water mark: resume the producer.
+        """
+        self._paused = False
+        producer = self._producer
+        if producer is None:
+            return
+        if self._streaming:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+        else:
+            self._pull()
+
+    def _fail(self, failure: Failure) -> None:
+        """
+        The Twisted protocol raised: log it and drop the connection, as
+        Twisted's own transports do, with the error as the reason.
+        """
+        _log.failure("Unhandled error in protocol for {peer}", failure, peer=self._peer)
+        if self._error is None:
+            self._error = failure
+        self._aborted = True
+        self.disconnecting = True
+        self._write_open = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _shut_down(self) -> None:
+        """
+        The reactor is stopping: drop the connection and tell the protocol
+        now, with `ConnectionLost` (what Twisted's ``disconnectAll`` gives).
+        """
+        self._error = Failure(ConnectionLost())
+        self._write_open = False
+        handle = self._transport.get_extra_info("socket")
+        if handle is not None:
+            # The loop closes an aborted socket on its next turn, which a
+            # stopping reactor may not take: shut it down now, through a
+            # duplicate (the loops' socket objects refuse shutdown()).
+            try:
+                with fromfd(handle.fileno(), handle.family, handle.type) as duplicate:
+                    duplicate.shutdown(SHUT_RDWR)
+            except OSError:
+                pass
+        self._transport.abort()
+        self.connection_lost(None)
+
+    # -- ITransport ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        Send ``data`` (at once if the socket takes it, else buffered).
+        Ignored once the write side is closed, as in Twisted.
+        """
+        if self._tls is None:
+            if self._write_open:
+                self._transport.write(data)
+        elif self.connected:
+            self._tls.write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """
+        Send each of ``data`` in order.
+        """
+        if self._tls is None:
+            self._raw_write_sequence(data)
+        elif self.connected:
+            self._tls.writeSequence(data)
+
+    def _raw_write(self, data: bytes) -> None:
+        if self._write_open:
+            self._transport.write(data)
+
+    def _raw_write_sequence(self, data: Iterable[bytes]) -> None:
+        if self._write_open:
+            self._transport.writelines(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close once everything buffered is sent, and (as Twisted's transport)
+        once a registered pull producer, or a streaming one that is paused,
+        is unregistered.  Over TLS, the TLS layer shuts down first.
+
+        The sending side is shut down first (as Twisted's TCP transport
+        does), so a peer whose last bytes were never read sees the end of
+        the stream before the kernel resets the connection.
+        """
+        if self._tls is None:
+            self._lose()
+        elif self.connected and not self.disconnecting:
+            self._tls.loseConnection()
+
+    def _lose(self) -> None:
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = True
+        if self._producer is not None and (not self._streaming or self._paused):
+            # Twisted waits for the producer: unregisterProducer closes.
+            self.pauseProducing()
+            return
+        self._close()
+
+    def _close(self) -> None:
+        transport = self._transport
+        if self._write_open and transport.can_write_eof():
+            self._write_open = False
+            transport.write_eof()
+        transport.close()
+
+    def abortConnection(self) -> None:
+        """
+        Close at once, dropping whatever is buffered.
+        """
+        if self.connected and not self._aborted:
+            self._aborted = True
+            self.disconnecting = True
+            self._write_open = False
+            self._transport.abort()
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: send what is buffered, then shut down the sending side;
+        an `IHalfCloseableProtocol` hears ``writeConnectionLost``.  The
+        connection stays open until it is lost or the protocol loses it.
+        """
+        if not self._write_open:
+            return
+        transport = self._transport
+        if not transport.can_write_eof():
+            self.loseConnection()
+            return
+        self._write_open = False
+        transport.write_eof()
+        half = IHalfCloseableProtocol(self._protocol, None)
+        if half is not None:
+            self._listening.loop.call_soon(self._write_lost, half)
+
+    def _write_lost(self, half: IHalfCloseableProtocol) -> None:
+        if self.connected:
+            try:
+                half.writeConnectionLost()
+            except Exception:
+                self._fail(Failure())
+
+    def getPeer(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: the peer's address (`IPv4Address`, `IPv6Address` or
+            `UNIXAddress`).
+        """
+        peer = self._peer
+        assert peer is not None
+        if isinstance(peer, UNIXAddress) and not peer.name:
+            return UNIXAddress(None)  # as Twisted's UNIX transport says
+        return peer
+
+    def getHost(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
+        """
+        :return: this side's address.
+        """
+        return address(self._listening.family, self._transport.get_extra_info("sockname"))
+
+    # -- ITLSTransport ---------------------------------------------------------
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (the interface's name)
+        """
+        Go on over TLS, as Twisted's TCP transport does: a
+        ``TLSMemoryBIOProtocol`` goes between this transport and the
+        protocol; bytes written from now on are encrypted.
+
+        :param contextFactory: the TLS settings (an
+            ``IOpenSSLServerConnectionCreator`` or a context factory).
+        :param normal: `True` for the server side of TLS, as this is the
+            server side of the connection; `False` for the client side.
+        """
+        from capserv.native._tls import start_tls
+
+        start_tls(self, contextFactory, normal)
+
+    # -- IConsumer -------------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register a producer: a streaming one is paused while the write
+        buffer is over `bufferSize` and resumed once it drains; a pull one
+        is asked for more whenever the buffer has room.
+        """
+        if self._tls is not None:
+            self._tls.registerProducer(producer, streaming)
+        else:
+            self._raw_register(producer, streaming)
+
+    def _raw_register(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}, because {self._producer!r} is registered")
+        if not self.connected:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        if not streaming:
+            self._pull()
+        elif self._paused:
+            producer.pauseProducing()  # type: ignore[attr-defined]
+
+    def unregisterProducer(self) -> None:
+        """
+        Forget the registered producer (and close, if `loseConnection` was
+        waiting for it).
+        """
+        if self._tls is not None:
+            self._tls.unregisterProducer()
+        else:
+            self._raw_unregister()
+
+    def _raw_unregister(self) -> None:
+        self._producer = None
+        if self.disconnecting and self.connected and not self._aborted and not self._transport.is_closing():
+            self._close()
+
+    def _pull(self) -> None:
+        producer = self._producer
+        if producer is None or self._streaming or not self.connected:
+            return
+        producer.resumeProducing()  # type: ignore[attr-defined]
+        transport = self._transport
+        if (
+            self._producer is producer
+            and self.connected
+            and transport.get_write_buffer_size() < transport.get_write_buffer_limits()[1]
+        ):
+            self._listening.loop.call_soon(self._pull)
+
+    # -- IPushProducer: the protocol throttling what it reads ------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading from the peer (and handing on bytes already read).
+        """
+        self._reading_paused = True
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and transport.is_reading():
+            transport.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """
+        Read from the peer again, once the bytes already read are handed on.
+        """
+        self._reading_paused = False
+        if self._held:
+            if not self._slice_due:
+                self._slice_due = True
+                self._listening.loop.call_soon(self._next_slice)
+            return
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
+    def stopProducing(self) -> None:
+        """
+        Close the connection.
+        """
+        self.loseConnection()
