@@ -6,11 +6,15 @@ nothing documented is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import CapservConfig, ConfigError
+from capserv.protocols.config import _Changes
 
 _API = Path(__file__).resolve().parents[2] / "docs" / "api.rst"
 _PUBLIC = ("capserv", "capserv.client", "capserv.native", "capserv.endpoints.native", "capserv.logs", "capserv.tap")
@@ -81,3 +85,29 @@ class ExportsTests(SynchronousTestCase):
         from capserv.protocols.udp import DatagramState
 
         self.assertIs(capserv.DatagramState, DatagramState)
+
+
+class ConfigSurfaceTests(SynchronousTestCase):
+    """`CapservConfig` is built by name, and `CapservConfig.replace` takes only its fields."""
+
+    def test_keyword_only(self) -> None:
+        """A positional value is refused: seventeen-odd fields by position invite a silent mix-up."""
+        with self.assertRaises(TypeError):
+            CapservConfig("utf-8")  # type: ignore[misc]
+
+    def test_replace_unknown_field(self) -> None:
+        """replace with a name that is not a field fails naming it and listing the fields."""
+        with self.assertRaises(ConfigError) as raised:
+            CapservConfig().replace(no_such_field=1)  # type: ignore[call-arg]
+        self.assertEqual(raised.exception.field, "no_such_field")
+        self.assertIn("idle_timeout", str(raised.exception))
+
+    def test_replace_validates(self) -> None:
+        """replace changes the named fields and checks the values again."""
+        self.assertEqual(CapservConfig().replace(idle_timeout=60.0).idle_timeout, 60.0)
+        with self.assertRaises(ConfigError):
+            CapservConfig().replace(idle_timeout=-1.0)
+
+    def test_replace_types_every_field(self) -> None:
+        """The type checker's list of replace's names is exactly the fields."""
+        self.assertEqual(set(_Changes.__annotations__), {field.name for field in dataclasses.fields(CapservConfig)})
