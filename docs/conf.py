@@ -24,3 +24,12 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 # No network on the build machines: no intersphinx inventories are fetched.
 intersphinx_mapping: dict = {}
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Leave private mixins out of "Bases:": the rendered API names no private class."""
+    bases[:] = [base for base in bases if not base.__name__.startswith("_")]
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)

@@ -35,6 +35,8 @@ def json_lines() -> ILogObserver:
     """
     A JSON-lines observer on standard output (redirect it, or let systemd's
     journal take it).
+
+    :rtype: twisted.logger.ILogObserver
     """
     return JSONLogObserver(sys.stdout)
 
@@ -43,6 +45,8 @@ def text_lines() -> ILogObserver:
     """
     twistd's text format on standard output, the per-connection lines
     written in batches.
+
+    :rtype: twisted.logger.ILogObserver
     """
     return TextLogObserver(sys.stdout)
 
@@ -52,6 +56,8 @@ def twisted_text() -> ILogObserver:
     twisted.logger's own text observer on standard output, what twistd
     builds for ``-n``: for measuring what `text_lines` saves
     (``bench/run.py``'s ``-twistdlog`` variants).
+
+    :rtype: twisted.logger.ILogObserver
     """
     from twisted.logger import textFileLogObserver
 

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 from capserv.protocols.text import service_encoding
+
+if TYPE_CHECKING:
+    # Unpack is in typing from 3.11 (and for **kwargs from 3.12); type
+    # checkers know typing_extensions, and nothing imports it at run time.
+    from typing_extensions import Unpack
 
 __all__ = ["MAX_HIGH_WATER", "MAX_IDLE_TIMEOUT", "MAX_WAIT", "MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
 
@@ -49,12 +55,37 @@ _UPPER_BOUNDS = (
 )
 
 
-@dataclass(frozen=True)
+class _Changes(TypedDict, total=False):
+    """The fields `CapservConfig.replace` takes, so a type checker rejects any other."""
+
+    encoding: str
+    ascii_only: bool
+    idle_timeout: float
+    abort_grace: float
+    max_connections: int
+    max_connections_per_ip: int
+    ipv4_prefix: int
+    ipv6_prefix: int
+    high_water: int
+    udp_rate: float
+    udp_burst: int
+    udp_byte_rate: float
+    udp_byte_burst: int
+    udp_rate_loopback: bool
+    udp_rate_table_size: int
+    udp_allow_low_ports: bool
+    shutdown_timeout: float
+    access_log: bool
+    fast_paths: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class CapservConfig:
     """
     Every knob of capserv's behaviour, with the daemon's defaults.
 
-    Zero turns a limit, a timeout or a rate off.
+    Zero turns a limit, a timeout or a rate off.  Every field is passed by
+    name: ``CapservConfig(idle_timeout=60.0)``.
     """
 
     #: Text encoding of the bytes clients send: a Python text codec in which
@@ -152,8 +183,17 @@ class CapservConfig:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ConfigError(name, f"must be a prefix length from 1 to {most}, not {value!r}")
 
-    def replace(self, **changes: object) -> CapservConfig:
+    def replace(self, **changes: Unpack[_Changes]) -> CapservConfig:
         """
         Return a copy with some fields changed (and validated again).
+
+        :param changes: new values by field name; a type checker rejects any
+            other name.
+        :raises ConfigError: for a name that is not a field, listing the
+            fields, or for a value out of range.
         """
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        fields = {field.name for field in dataclasses.fields(self)}
+        for name in changes:
+            if name not in fields:
+                raise ConfigError(name, f"no such field; CapservConfig's fields are {', '.join(sorted(fields))}")
+        return dataclasses.replace(self, **changes)
