@@ -246,15 +246,26 @@ def test_line_receiver(kind: str, serve: Callable[[Any], Any]) -> Any:
     assert reason.check(ConnectionDone)
 
 
+def _Hello() -> Any:  # noqa: N802 (reads as the resource it makes)
+    """A leaf resource answering every path (Resource's default for a missing child is deprecated)."""
+    from twisted.web.resource import Resource
+
+    class Hello(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"hello"
+
+    return Hello()
+
+
 @pytest_twisted.inlineCallbacks
 def test_web_site_keep_alive_and_pipelining(kind: str, serve: Callable[[Any], Any]) -> Any:
     """twisted.web's Site answers two pipelined requests on one connection."""
-    from twisted.web.resource import Resource
     from twisted.web.server import Site
-    from twisted.web.static import Data
 
-    root = Resource()
-    root.putChild(b"a", Data(b"hello", "text/plain"))
+    root = _Hello()
     port = serve(Site(root))
     client = Recorder()
     yield connect(port, client)
@@ -267,9 +278,12 @@ def test_web_site_keep_alive_and_pipelining(kind: str, serve: Callable[[Any], An
 
 @pytest.fixture(scope="module")
 def certificate() -> Any:
-    from twisted.internet.ssl import KeyPair
+    import trustme
+    from twisted.internet.ssl import PrivateCertificate
 
-    return KeyPair.generate(size=2048).selfSignedCert(1, CN="localhost")
+    # trustme: pyOpenSSL's own key generation is deprecated.
+    pem = trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.bytes()
+    return PrivateCertificate.loadPEM(pem)
 
 
 def client_tls() -> Any:
@@ -597,13 +611,10 @@ def test_reactor_shutdown_disconnects_every_connection(kind: str) -> None:
     connection's channel hears connectionLost, and the client sees the end
     (Twisted's disconnectAll; native's ports track their connections).
     """
-    from twisted.web.resource import Resource
     from twisted.web.server import Site
-    from twisted.web.static import Data
 
     reactor = fresh_reactor(kind)
-    root = Resource()
-    root.putChild(b"a", Data(b"hello", "text/plain"))
+    root = _Hello()
     site = Site(root)
     channels: list[Any] = []
     build = site.buildProtocol
