@@ -246,7 +246,7 @@ def test_line_receiver(kind: str, serve: Callable[[Any], Any]) -> Any:
     assert reason.check(ConnectionDone)
 
 
-def _Hello() -> Any:  # noqa: N802 (reads as the resource it makes)
+def _hello() -> Any:
     """A leaf resource answering every path (Resource's default for a missing child is deprecated)."""
     from twisted.web.resource import Resource
 
@@ -265,7 +265,7 @@ def test_web_site_keep_alive_and_pipelining(kind: str, serve: Callable[[Any], An
     """twisted.web's Site answers two pipelined requests on one connection."""
     from twisted.web.server import Site
 
-    root = _Hello()
+    root = _hello()
     port = serve(Site(root))
     client = Recorder()
     yield connect(port, client)
@@ -614,7 +614,7 @@ def test_reactor_shutdown_disconnects_every_connection(kind: str) -> None:
     from twisted.web.server import Site
 
     reactor = fresh_reactor(kind)
-    root = _Hello()
+    root = _hello()
     site = Site(root)
     channels: list[Any] = []
     build = site.buildProtocol
