@@ -264,11 +264,6 @@ class _SocketListener(Listener):
         """The address as an operator would write it, for messages."""
         return self.address.where()
 
-    def with_port(self, port: int) -> str:
-        if not isinstance(self.address, Inet):
-            return super().with_port(port)
-        return self.address.with_port(port)
-
     def bind(self, reuse_port: bool = False) -> None:
         if self._socket is not None:
             return

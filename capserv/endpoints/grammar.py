@@ -106,11 +106,6 @@ class Inet:
         host = self.host or "0.0.0.0"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
-    def with_port(self, port: int) -> str:
-        """This description on a concrete port (for ``--workers``)."""
-        backlog = "" if self.datagram else f":backlog={self.backlog}"
-        return f"{self.kind}:{port}:interface={escape(self.host or '0.0.0.0')}{backlog}"
-
 
 @dataclass(frozen=True)
 class Unix:

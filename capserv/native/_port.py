@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
 from capserv.native._common import DEFAULT_BACKLOG, address, asyncio_loop
@@ -178,6 +178,7 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
             return done.value
 
 
+@implementer(IStreamServerEndpoint)
 class NativeSocketEndpoint:
     """
     Serve a listening socket with the event loop's own server and

@@ -63,7 +63,7 @@ def start_tls(connection: NativeTransport, context_factory: Any, normal: bool) -
 
     producer, streaming = connection._producer, connection._streaming
     connection._producer = None
-    factory = TLSMemoryBIOFactory(context_factory, not normal, None)
+    factory = TLSMemoryBIOFactory(context_factory, not normal, None)  # type: ignore[arg-type]  # only its protocol is used
     tls = factory.protocol(factory, connection._protocol, False)
     connection._protocol = connection._tls = tls
     alsoProvides(connection, ISSLTransport)

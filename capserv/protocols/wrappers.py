@@ -34,6 +34,6 @@ def lend_half_close(protocol: Protocol) -> None:
     while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:
         if not IHalfCloseableProtocol.providedBy(transport):
             alsoProvides(transport, IHalfCloseableProtocol)
-            transport.readConnectionLost = inner.readConnectionLost  # type: ignore[attr-defined]
-            transport.writeConnectionLost = inner.writeConnectionLost  # type: ignore[attr-defined]
+            transport.readConnectionLost = inner.readConnectionLost
+            transport.writeConnectionLost = inner.writeConnectionLost
         inner, transport = transport, transport.transport

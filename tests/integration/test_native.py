@@ -1404,3 +1404,14 @@ def test_unlink_false_leaves_a_unix_socket_file(reactor: AsyncioSelectorReactor,
         endpoint.listen(Factory.forProtocol(Recorder)).addCallback(ports.append)
         ports[0].stopListening()
         assert os.path.exists(path) is not unlink
+
+
+def test_socket_endpoint_is_a_stream_server_endpoint() -> None:
+    """
+    NativeSocketEndpoint provides IStreamServerEndpoint, so it goes wherever
+    Twisted takes an endpoint (and native_endpoint's callers type-check).
+    """
+    from twisted.internet.interfaces import IStreamServerEndpoint
+
+    endpoint = NativeSocketEndpoint(MemoryReactor(), socket.socket)
+    assert verifyObject(IStreamServerEndpoint, endpoint)
