@@ -57,6 +57,8 @@ def test_daemon_mode_logs_every_line_and_rotates(tmp_path: Path, logger: str | N
     name = logfile or "twistd.log"
     command = [twistd_path(), "--pidfile=d.pid", *([f"--logfile={logfile}"] if logfile else [])]
     command += [f"--logger={logger}"] if logger else []
+    reactor = os.environ.get("CAPSERV_TEST_REACTOR")
+    command += [f"--reactor={reactor}"] if reactor and reactor != "default" else []
     command += ["capserv", "--listen", TCP0]
     status = subprocess.run(command, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert status.returncode == 0, status.stderr
