@@ -14,6 +14,12 @@ it cannot serialize and starts each record with an RS byte.
 (``TIME [SYSTEM] MESSAGE``), for less CPU; without ``--logger`` twistd logs
 through its own observers, as for any plugin.
 
+Both write where twistd's own observer would: the ``--logfile`` file
+(``twistd.log`` for a daemon without one; ``-`` or ``-n`` without one:
+standard output), rotated as twistd rotates it (at 1 MB, and on SIGUSR1).
+twistd calls a ``--logger`` factory with no arguments, so `makeService`
+hands its ``--logfile`` and ``-n`` over first (`follow_twistd`).
+
 Both are `capserv.protocols.accesslog` observers: the per-connection lines are
 written in batches, at least once a second and when capserv stops (a
 SIGKILL can lose the last second of them); every other event is written at
@@ -22,33 +28,79 @@ once.
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
 
-from capserv.protocols.accesslog import JSONLogObserver, TextLogObserver
+from capserv.protocols.accesslog import JSONLogObserver, TextLogObserver, Writable
 
-__all__ = ["json_lines", "text_lines", "twisted_text"]
+__all__ = ["follow_twistd", "json_lines", "text_lines", "twisted_text"]
+
+#: twistd's ``--logfile`` and ``-n``, as `follow_twistd` was told them.
+_twistd: dict[str, Any] = {}
+
+
+def follow_twistd(options: Mapping[str, Any] | None) -> None:
+    """
+    Remember twistd's ``--logfile`` and ``-n`` for the observers made after
+    this call (`makeService` runs before twistd calls the ``--logger``
+    factory).
+
+    :param options: twistd's own parsed options; `None` (capserv run other
+        than by twistd): standard output.
+    """
+    _twistd.clear()
+    if options is not None:
+        _twistd.update(logfile=options.get("logfile") or "", nodaemon=bool(options.get("nodaemon")))
+
+
+def _destination() -> Writable:
+    """
+    Where twistd's own observer would write, as
+    ``twisted.scripts._twistd_unix.UnixAppLogger`` decides it.
+    """
+    if not _twistd:
+        return sys.stdout
+    name, nodaemon = _twistd["logfile"], _twistd["nodaemon"]
+    if name == "-" or (nodaemon and not name):
+        if not nodaemon:
+            # twistd's own words for this, in one line.
+            raise SystemExit("capserv: a daemon cannot log to standard output (--logfile=-); add -n or name a file")
+        return sys.stdout
+    log_file = LogFile.fromFullPath(name or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):  # SIG_DFL (0) or None: take it, as twistd does
+
+        def rotate(signum: int, frame: object) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return log_file
 
 
 def json_lines() -> ILogObserver:
     """
-    A JSON-lines observer on standard output (redirect it, or let systemd's
-    journal take it).
+    A JSON-lines observer on twistd's log file, or standard output
+    (redirect it, or let systemd's journal take it).
 
     :rtype: twisted.logger.ILogObserver
     """
-    return JSONLogObserver(sys.stdout)
+    return JSONLogObserver(_destination())
 
 
 def text_lines() -> ILogObserver:
     """
-    twistd's text format on standard output, the per-connection lines
-    written in batches.
+    twistd's text format where twistd would write it, the per-connection
+    lines written in batches.
 
     :rtype: twisted.logger.ILogObserver
     """
-    return TextLogObserver(sys.stdout)
+    return TextLogObserver(_destination())
 
 
 def twisted_text() -> ILogObserver:

@@ -34,6 +34,7 @@ from capserv.daemon.listen import (
     ProxyListener,
     parse_listen,
 )
+from capserv.daemon.logs import follow_twistd
 from capserv.daemon.reactor import choose_reactor
 from capserv.daemon.service import CapservService, StartError
 from capserv.daemon.workers import (
@@ -372,12 +373,15 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
         nothing is left bound then.
     """
     settings: Settings = config["settings"]
+    follow_twistd(getattr(config, "parent", None))
     if reactor is None:
         reactor = choose_reactor(settings.uvloop, settings.reactor)
     try:
-        return build_service(settings, reactor)
+        service = build_service(settings, reactor)
     except StartError as e:
         raise SystemExit(f"capserv: {e}") from None
+    service.takes_signals = True
+    return service
 
 
 def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:

@@ -37,7 +37,7 @@ from capserv.daemon.reactor import describe_reactor
 from capserv.daemon.rlimits import raise_file_limit
 from capserv.daemon.sdnotify import Notifier, notify_address
 from capserv.daemon.workers import FORCE_SIGNAL
-from capserv.protocols._twisted import clear_exit_signal
+from capserv.protocols._twisted import clear_exit_signal, record_exit_signal
 from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
 from capserv.protocols.tcp import UppercaseFactory
@@ -55,7 +55,7 @@ DRAINING = "draining"
 STOPPING = "stopping"
 
 #: The signals that ask for a stop; a second one during the stop forces it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StartError(Exception):
@@ -114,6 +114,10 @@ class CapservService(MultiService):
         #: Set once a second signal has forced the stop.
         self.forced = False
         self.worker = worker
+        #: Whether the running service takes SIGHUP (a graceful stop) and
+        #: SIGUSR1 (rotation, ignored where there is no file to rotate):
+        #: the daemon's, not an embedding program's.
+        self.takes_signals = False
         self._stopping = False
         self._force_pending = False
         self._listening = False
@@ -191,6 +195,8 @@ class CapservService(MultiService):
         )
         if self._stopping:
             return
+        if self.takes_signals:
+            self._take_signals()
         self._listening = True
         if self.notifier is not None:
             self.notifier.notify(READY="1", STATUS=f"Serving (capserv {__version__}, pid {os.getpid()})")
@@ -300,6 +306,30 @@ class CapservService(MultiService):
             flush_all()
 
         return deferLater(self.reactor, 0, log)
+
+    def _take_signals(self) -> None:
+        """
+        SIGHUP (a closed terminal, or an operator) stops gracefully, as
+        SIGTERM does; SIGUSR1 with no log file to rotate (standard output,
+        a worker's pipe) is ignored rather than ending the process.
+        """
+        if not signal.getsignal(signal.SIGUSR1):
+            self._install(signal.SIGUSR1, lambda: None)
+        if self.worker:
+            # The supervisor passes a stop on; a hang-up reaches it too.
+            self._install(signal.SIGHUP, lambda: None)
+        else:
+            self._install(signal.SIGHUP, self._hang_up)
+
+    def _hang_up(self) -> None:
+        if self._stopping:
+            return
+        _log.info("Received SIGHUP, shutting down gracefully (as for SIGTERM)")
+        record_exit_signal(self.reactor, signal.SIGHUP)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
 
     def _catch_second_signal(self) -> None:
         """

@@ -420,6 +420,7 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo([json_lines()], redirectStandardIO=False)
     inherited = range(FIRST_SOCKET, FIRST_SOCKET + len(settings.listen))
     service = build_service(settings, reactor, inherited)
+    service.takes_signals = True
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -20,6 +20,7 @@ __all__ = [
     "global_reactor",
     "is_proxy_protocol",
     "proxy_protocol_factory",
+    "record_exit_signal",
     "reset_unnoticed",
     "stream_writer",
     "systemd_descriptors",
@@ -53,6 +54,16 @@ def clear_exit_signal(reactor: Any) -> bool:
         reactor._exitSignal = None
         return True
     return False
+
+
+def record_exit_signal(reactor: Any, signum: int) -> None:
+    """
+    Record ``signum`` as the signal that stopped the reactor, as the
+    reactor's own SIGTERM and SIGINT handlers do, so that a stop forced by a
+    second signal ends twistd by it (`clear_exit_signal` undoes it).
+    """
+    if hasattr(reactor, "_exitSignal"):
+        reactor._exitSignal = signum
 
 
 def _tcp() -> Any:
