@@ -1,10 +1,10 @@
 """
 Packaging for capserv.
 
-The twistd plugin lives in C{twisted_plugins/} in the source tree and is
-installed as C{twisted/plugins/capserv_plugin.py}, next to Twisted's own
-plugins, so that C{twistd capserv} finds it.  Nothing else of Twisted's
-namespace is shipped (no C{twisted/__init__.py}, no C{twisted/plugins/__init__.py}).
+The twistd plugin lives in ``twisted_plugins/`` in the source tree and is
+installed as ``twisted/plugins/capserv_plugin.py``, next to Twisted's own
+plugins, so that ``twistd capserv`` finds it.  Nothing else of Twisted's
+namespace is shipped (no ``twisted/__init__.py``, no ``twisted/plugins/__init__.py``).
 """
 
 import os

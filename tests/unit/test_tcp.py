@@ -1,5 +1,5 @@
 """
-In-memory tests for L{capserv.protocols.tcp}: StringTransport, Clock, no sockets.
+In-memory tests for `capserv.protocols.tcp`: StringTransport, Clock, no sockets.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Tests for L{capserv.protocols.text}: the incremental uppercasing codec.
+Tests for `capserv.protocols.text`: the incremental uppercasing codec.
 """
 
 from __future__ import annotations

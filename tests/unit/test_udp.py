@@ -1,5 +1,5 @@
 """
-In-memory tests for L{capserv.protocols.udp}: a fake datagram transport and a Clock.
+In-memory tests for `capserv.protocols.udp`: a fake datagram transport and a Clock.
 """
 
 from __future__ import annotations
