@@ -392,6 +392,7 @@ def test_text_lines_logger_writes_twistds_lines() -> None:
     with Daemon(["--listen", TCP0], twistd_args=["--logger=capserv.logs.text_lines"]) as daemon:
         line = daemon.wait_for("Listening for streams on 127.0.0.1:")
         assert re.match(r"^\d{4}-\d\d-\d\dT\S+ \[capserv\.listen#info\] Listening for streams on ", line), line
+        daemon.started()  # SIGTERM is a graceful stop from the start line on
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
 
