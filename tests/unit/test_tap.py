@@ -464,8 +464,61 @@ class TLSBindTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             parse_listen(f"ssl:0:privateKey={key}")
         message = str(caught.exception)
-        self.assertIn("not usable PEM", message)
+        self.assertIn("holds no PEM private key; write privateKey=", message)
         self.assertNotIn("routines", message)
+
+    def test_every_tls_file_is_read_at_parse(self) -> None:
+        """
+        Each file an ssl: listener names is read when the options are parsed
+        (Twisted reads dhParameters, and pairs key and certificate, only at
+        the first handshake); each problem is one line naming the parameter.
+        """
+        import trustme
+
+        key = self.scratch_file()
+        trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
+        other = key.replace("key.pem", "other.pem")
+        trustme.CA().issue_cert("localhost").cert_chain_pems[0].write_to_path(other)
+        missing = key.replace("key.pem", "missing.pem")
+        cases = {
+            f"dhParameters={missing}": "dhParameters: cannot read",
+            f"dhParameters={key}": "dhParameters: " + key + " holds no PEM DH parameters; make them with",
+            f"extraCertChain={missing}": "extraCertChain: cannot read",
+            f"extraCertChain={missing.rsplit('/', 1)[0]}": "extraCertChain: cannot read",
+            f"certKey={other}": "is not the key of the certificate in certKey",
+            "sslmethod=TLSv1": "sslmethod must be one of SSLv23_METHOD, TLS_METHOD",
+            "method=TLSv1": "unknown parameter 'method' (this kind takes port, privateKey, certKey, sslmethod",
+        }
+        for extra, expected in cases.items():
+            with self.assertRaises(ListenError, msg=extra) as caught:
+                parse_listen(f"ssl:0:privateKey={key}:{extra}")
+            message = str(caught.exception)
+            self.assertIn(expected, message)
+            self.assertNotIn("\n", message)
+            self.assertNotIn("routines", message)
+        parse_listen(f"ssl:0:privateKey={key}:certKey={key}:extraCertChain={key}")
+
+    def test_two_identical_ssl_listeners_name_the_clash(self) -> None:
+        """Two ssl: listeners of one port are named as this command's clash at makeService, not Twisted's."""
+        import trustme
+
+        key = self.scratch_file()
+        trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
+        with socket.socket() as finder:
+            finder.bind(("127.0.0.1", 0))
+            port = finder.getsockname()[1]
+        description = f"ssl:{port}:interface=127.0.0.1:privateKey={key}"
+        options = parse("--listen", description, "--listen", description)
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(
+            caught.exception.code,
+            f"capserv: cannot listen on '{description}': port {port} is already taken by "
+            f"--listen '{description}' of this same command; drop one of them",
+        )
+        # Nothing is left holding the port.
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))
 
 
 class TimeWaitTests(SynchronousTestCase):
