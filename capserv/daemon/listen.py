@@ -422,6 +422,7 @@ class EndpointListener(Listener):
         self.endpoint = endpoint
         self._slot = slot
         self._probe = Inet("tcp", "", 0)
+        self._held: StreamListener | None = None
 
     @classmethod
     def parse(cls, description: str, address: Twisted) -> EndpointListener:
@@ -451,19 +452,33 @@ class EndpointListener(Listener):
         listener._probe = Inet("tcp", address.interface, address.port, 1)
         return listener
 
+    @property
+    def port(self) -> int:
+        """The ``ssl:`` port asked for (0 for a plugin's), for naming a clash."""
+        return self._probe.port
+
+    @property
+    def host(self) -> str:
+        return self._probe.host
+
     def bind(self, reuse_port: bool = False) -> None:
         """
-        Check that an ``ssl:`` port can be taken (Twisted binds it only when
-        the service starts, after twistd has daemonized): bind it and let it
-        go at once.
+        Hold an ``ssl:`` port until the service starts (Twisted binds it only
+        then, after twistd has daemonized): taken, or taken twice by this
+        command, it is reported now, like any other listener's.
         """
-        if self._probe.port:
-            probe = StreamListener(self.description, self._probe)
-            probe.bind()
-            probe.close()
+        if self._probe.port and self._held is None:
+            self._held = StreamListener(self.description, self._probe)
+            self._held.bind()
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         self._slot.reactor = reactor
+        self.close()  # Twisted binds the port itself
         service: IService = endpoint_service(_Logged(self.endpoint, self.description, self.what), handler)
         return service
 

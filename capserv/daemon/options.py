@@ -37,6 +37,7 @@ from capserv.daemon.listen import (
 from capserv.daemon.logs import follow_twistd
 from capserv.daemon.reactor import choose_reactor
 from capserv.daemon.service import CapservService, StartError
+from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
 from capserv.daemon.workers import (
     MAX_WORKERS_PER_CPU,
     FigureReport,
@@ -289,10 +290,17 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Apply the defaults, check what depends on more than one option, and
+        Check twistd's own options (`check_twistd`: one line and exit 1),
+        apply the defaults, check what depends on more than one option, and
         make the one `Settings` object `makeService` wires (``self["settings"]``).
         Nothing here imports the reactor (`makeService` chooses it).
         """
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            try:
+                check_twistd(parent)
+            except TwistdOptionError as e:
+                raise SystemExit(f"capserv: {e}") from None
         listen = self["listen"] or [parse_listen(description) for description in DEFAULT_LISTEN]
         workers = int(self["workers"])
         if workers > 1:
@@ -309,7 +317,6 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(f"--{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
-        parent = getattr(self, "parent", None)
         self["settings"] = Settings(
             config=config,
             listen=tuple(listen),

@@ -324,6 +324,12 @@ def _ssl(
     extraCertChain: str | None = None,  # noqa: N803
     dhParameters: str | None = None,  # noqa: N803
 ) -> Twisted:
+    from capserv.endpoints.tls import check_server_files
+
+    try:
+        check_server_files(privateKey, certKey, sslmethod, extraCertChain, dhParameters)
+    except ValueError as e:
+        raise DescriptionError(str(e)) from None
     return Twisted("", port, interface)
 
 

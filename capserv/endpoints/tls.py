@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["TLS_INSTALL_HINT", "tls_available", "tls_problem", "tls_unavailable_message"]
+__all__ = ["TLS_INSTALL_HINT", "check_server_files", "tls_available", "tls_problem", "tls_unavailable_message"]
 
 #: What to run to get TLS.
 TLS_INSTALL_HINT = "pip install 'capserv[tls]'"
@@ -61,3 +61,73 @@ def tls_unavailable_message(what: str) -> str | None:
     if problem is None:
         return None
     return f"{what}: TLS needs pyOpenSSL and service-identity ({problem}); install them with: {TLS_INSTALL_HINT}"
+
+
+def check_server_files(
+    private_key: str,
+    cert_key: str | None = None,
+    sslmethod: str | None = None,
+    extra_cert_chain: str | None = None,
+    dh_parameters: str | None = None,
+) -> None:
+    """
+    Read every file an ``ssl:`` listener names, as serving it will, so that a
+    missing or unusable one stops the start instead of every connection
+    (Twisted reads ``dhParameters`` and pairs the key with its certificate
+    only at the first handshake).  Does nothing when TLS is unavailable
+    (`tls_unavailable_message` says so first).
+
+    :raises ValueError: one line, naming the parameter and what to write.
+    """
+    if tls_problem() is not None:
+        return
+    from OpenSSL import SSL
+
+    methods = sorted(
+        name for name in dir(SSL) if name.endswith("_METHOD") and "DTLS" not in name and "CLIENT" not in name
+    )
+    if sslmethod is not None and sslmethod not in methods:
+        raise ValueError(f"sslmethod must be one of {', '.join(methods)}, not {sslmethod!r}; or leave it out")
+    certificate = cert_key or private_key
+    files: dict[str, str | None] = {"privateKey": private_key, "certKey": certificate}
+    files |= {"extraCertChain": extra_cert_chain, "dhParameters": dh_parameters}
+    texts = {}
+    for name, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                texts[name] = f.read()
+        except OSError as e:
+            raise ValueError(
+                f"{name}: cannot read {path}: {e.strerror or e}; write the path of a file this user can read"
+            ) from None
+    context = SSL.Context(SSL.TLS_METHOD)
+    steps = [
+        ("privateKey", "holds no PEM private key", lambda: context.use_privatekey_file(private_key)),
+        ("certKey", "holds no PEM certificate", lambda: context.use_certificate_file(certificate)),
+        ("privateKey", "is not the key of the certificate in certKey", context.check_privatekey),
+    ]
+    if dh_parameters is not None:
+        steps.append(("dhParameters", "holds no PEM DH parameters", lambda: context.load_tmp_dh(dh_parameters)))
+    if extra_cert_chain is not None and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
+        raise ValueError(f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}")
+    for name, problem, step in steps:
+        try:
+            step()
+        except SSL.Error as e:
+            if "too small" in str(e):  # OpenSSL's security level refuses short DH parameters
+                problem = "holds DH parameters too short for OpenSSL here"
+            raise ValueError(f"{name}: {files[name]} {problem}; {_HINTS[name]}") from None
+
+
+#: What to write instead, for each file of an ``ssl:`` listener.
+_HINTS = {
+    "privateKey": "write privateKey=KEY.pem, the PEM key of the certificate (the two may share one file)",
+    "certKey": "write certKey=CERT.pem, the PEM certificate of privateKey (or leave it out if privateKey holds both)",
+    "extraCertChain": "write the PEM certificates between yours and the root there, or leave it out",
+    "dhParameters": (
+        "make them with 'openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048 -out dh.pem', "
+        "or leave dhParameters out"
+    ),
+}

@@ -202,6 +202,27 @@ def test_bad_options_name_the_culprit(args: list[str], culprit: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "twistd_args, culprit",
+    [
+        (["--logfile=/nonexistent-folder/capserv.log"], "--logfile=/nonexistent-folder/capserv.log: folder"),
+        (["--logfile=/"], "--logfile=/: / is a folder"),
+        (["--pidfile=/nonexistent-folder/capserv.pid"], "--pidfile=/nonexistent-folder/capserv.pid: folder"),
+        (["--pidfile=/"], "--pidfile=/: / is a folder"),
+        (["--logger=no.such.module.observer"], "--logger=no.such.module.observer: cannot import it"),
+        (["--logger=capserv.logs"], "--logger=capserv.logs: is not callable"),
+    ],
+)
+def test_bad_twistd_options_name_the_culprit(twistd_args: list[str], culprit: str) -> None:
+    """twistd's own options that capserv can check are one line on stderr before anything starts, exit 1."""
+    status, out, err = run_twistd(["-n", "--pidfile=", *twistd_args], ["--listen", TCP0])
+    assert status == 1
+    assert out == ""
+    assert err.strip().splitlines() == [err.strip()], err
+    assert err.startswith(f"capserv: {culprit}"), err
+    assert "write" in err
+
+
+@pytest.mark.parametrize(
     "reactor, extra, expect",
     [
         (None, [], "on uvloop"),

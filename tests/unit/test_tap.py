@@ -9,6 +9,7 @@ is about binding.
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 from contextlib import redirect_stderr, redirect_stdout
@@ -464,8 +465,61 @@ class TLSBindTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             parse_listen(f"ssl:0:privateKey={key}")
         message = str(caught.exception)
-        self.assertIn("not usable PEM", message)
+        self.assertIn("holds no PEM private key; write privateKey=", message)
         self.assertNotIn("routines", message)
+
+    def test_every_tls_file_is_read_at_parse(self) -> None:
+        """
+        Each file an ssl: listener names is read when the options are parsed
+        (Twisted reads dhParameters, and pairs key and certificate, only at
+        the first handshake); each problem is one line naming the parameter.
+        """
+        import trustme
+
+        key = self.scratch_file()
+        trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
+        other = key.replace("key.pem", "other.pem")
+        trustme.CA().issue_cert("localhost").cert_chain_pems[0].write_to_path(other)
+        missing = key.replace("key.pem", "missing.pem")
+        cases = {
+            f"dhParameters={missing}": "dhParameters: cannot read",
+            f"dhParameters={key}": "dhParameters: " + key + " holds no PEM DH parameters; make them with",
+            f"extraCertChain={missing}": "extraCertChain: cannot read",
+            f"extraCertChain={missing.rsplit('/', 1)[0]}": "extraCertChain: cannot read",
+            f"certKey={other}": "is not the key of the certificate in certKey",
+            "sslmethod=TLSv1": "sslmethod must be one of SSLv23_METHOD, TLS_METHOD",
+            "method=TLSv1": "unknown parameter 'method' (this kind takes port, privateKey, certKey, sslmethod",
+        }
+        for extra, expected in cases.items():
+            with self.assertRaises(ListenError, msg=extra) as caught:
+                parse_listen(f"ssl:0:privateKey={key}:{extra}")
+            message = str(caught.exception)
+            self.assertIn(expected, message)
+            self.assertNotIn("\n", message)
+            self.assertNotIn("routines", message)
+        parse_listen(f"ssl:0:privateKey={key}:certKey={key}:extraCertChain={key}")
+
+    def test_two_identical_ssl_listeners_name_the_clash(self) -> None:
+        """Two ssl: listeners of one port are named as this command's clash at makeService, not Twisted's."""
+        import trustme
+
+        key = self.scratch_file()
+        trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(key)
+        with socket.socket() as finder:
+            finder.bind(("127.0.0.1", 0))
+            port = finder.getsockname()[1]
+        description = f"ssl:{port}:interface=127.0.0.1:privateKey={key}"
+        options = parse("--listen", description, "--listen", description)
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(
+            caught.exception.code,
+            f"capserv: cannot listen on '{description}': port {port} is already taken by "
+            f"--listen '{description}' of this same command; drop one of them",
+        )
+        # Nothing is left holding the port.
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))
 
 
 class TimeWaitTests(SynchronousTestCase):
@@ -527,3 +581,36 @@ class ImportTests(SynchronousTestCase):
         code = "import capserv.tap, sys; print('twisted.web' in sys.modules, 'prometheus_client' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
         self.assertEqual(out.stdout.split(), ["False", "False"])
+
+
+class TwistdOptionTests(SynchronousTestCase):
+    """twistd's own options, checked by capserv before anything starts (the system tests run real twistd)."""
+
+    def test_another_user_or_group_needs_root(self) -> None:
+        """--uid/--gid other than this user's are refused unless root, naming the option."""
+        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
+
+        self.patch(os, "geteuid", lambda: 1000)
+        self.patch(os, "getuid", lambda: 1000)
+        self.patch(os, "getgid", lambda: 1000)
+        check_twistd({"nodaemon": True, "uid": 1000, "gid": 1000})
+        for option, ids in (("--uid=0", {"uid": 0}), ("--gid=0", {"gid": 0})):
+            with self.assertRaises(TwistdOptionError) as caught:
+                check_twistd({"nodaemon": True, **ids})
+            self.assertTrue(str(caught.exception).startswith(f"{option}: only root can switch"))
+        self.patch(os, "geteuid", lambda: 0)
+        check_twistd({"nodaemon": True, "uid": 0, "gid": 0})
+
+    def test_daemon_default_log_file_is_checked(self) -> None:
+        """Without --logfile a daemon logs to twistd.log here: a folder of that name is named."""
+        import tempfile
+
+        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
+
+        with tempfile.TemporaryDirectory() as folder:
+            os.mkdir(os.path.join(folder, "twistd.log"))
+            self.patch(os, "getcwd", lambda: folder)
+            check_twistd({"nodaemon": True})
+            with self.assertRaises(TwistdOptionError) as caught:
+                check_twistd({"nodaemon": False})
+        self.assertIn("--logfile=twistd.log:", str(caught.exception))
