@@ -71,7 +71,7 @@ def _destination() -> Writable:
             # twistd's own words for this, in one line.
             raise SystemExit("capserv: a daemon cannot log to standard output (--logfile=-); add -n or name a file")
         return sys.stdout
-    log_file = LogFile.fromFullPath(name or "twistd.log")
+    log_file: Writable = LogFile.fromFullPath(name or "twistd.log")
     if not signal.getsignal(signal.SIGUSR1):  # SIG_DFL (0) or None: take it, as twistd does
 
         def rotate(signum: int, frame: object) -> None:
