@@ -222,63 +222,20 @@ def is_proxy_protocol(transport: Any) -> bool:
 def proxy_protocol_factory(factory: Any) -> Any:
     """
     Wrap a stream factory for connections through a PROXY-protocol load
-    balancer (``haproxy:`` listen strings), keeping half-close.
-
-    Twisted's PROXY-protocol wrapper (``twisted.protocols.haproxy``) is a
-    ``ProtocolWrapper`` that does not provide ``IHalfCloseableProtocol``:
-    when a client behind HAProxy shuts down its sending side, the
-    connection is torn down at once and capserv's reply, still buffered, is
-    lost (``printf hi | nc -N`` through HAProxy prints nothing).  This
-    subclass passes the half-close on to capserv.  Its module is private
-    (``_wrapper``); if it moves, Twisted's public ``proxyEndpoint`` wrapper
-    factory is used, without half-close.
+    balancer (``haproxy:`` listen strings): the wrapping factory Twisted's
+    public ``proxyEndpoint`` would use, made quiet (capserv logs its own
+    listening lines).  The half-close passes through it because capserv's
+    protocol lends it (`capserv.protocols.wrappers.lend_half_close`).
     """
-    try:
-        from twisted.internet.interfaces import IHalfCloseableProtocol
-        from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
-        from zope.interface import implementer
-    except ImportError:  # pragma: no cover - depends on the Twisted release
-        from twisted.protocols.haproxy import proxyEndpoint
+    from twisted.protocols.haproxy import proxyEndpoint
 
-        return _public_proxy_factory(proxyEndpoint, factory)
-
-    @implementer(IHalfCloseableProtocol)
-    class HalfCloseableProxyWrapper(HAProxyProtocolWrapper):
-        def readConnectionLost(self) -> None:
-            half = IHalfCloseableProtocol(self.wrappedProtocol, None)
-            if half is not None:
-                half.readConnectionLost()
-            else:
-                self.loseConnection()
-
-        def writeConnectionLost(self) -> None:
-            half = IHalfCloseableProtocol(self.wrappedProtocol, None)
-            if half is not None:
-                half.writeConnectionLost()
-            else:
-                self.loseConnection()
-
-        def loseWriteConnection(self) -> None:
-            self.transport.loseWriteConnection()  # type: ignore[union-attr]
-
-    class HalfCloseableProxyFactory(HAProxyWrappingFactory):
-        protocol = HalfCloseableProxyWrapper  # type: ignore[assignment]
-        #: Twisted's "<factory object at 0x...> starting on" lines say
-        #: nothing an operator can use; capserv logs its own.
-        noisy = False
-
-    return HalfCloseableProxyFactory(factory)  # type: ignore[no-untyped-call]
-
-
-def _public_proxy_factory(proxy_endpoint: Any, factory: Any) -> Any:  # pragma: no cover
-    """The wrapping factory Twisted's public ``proxyEndpoint`` would use."""
     captured: list[Any] = []
 
     class _Capture:
         def listen(self, wrapping: Any) -> None:
             captured.append(wrapping)
 
-    proxy_endpoint(_Capture()).listen(factory)
+    proxyEndpoint(_Capture()).listen(factory)
     captured[0].noisy = False
     return captured[0]
 

@@ -73,10 +73,15 @@ class InternalsTests(SynchronousTestCase):
         self.assertRaises(CannotListenError, service.privilegedStartService)
 
     def test_proxy_factory_keeps_half_close_and_is_quiet(self) -> None:
-        """The PROXY-protocol wrapper passes half-close on and logs no reprs."""
+        """
+        The PROXY-protocol wrapper (Twisted's public one) logs no reprs, and
+        passes half-close on once capserv's protocol is connected behind it.
+        """
         factory = proxy_protocol_factory(UppercaseFactory(clock=MemoryReactorClock()))
         self.assertFalse(factory.noisy)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        self.assertFalse(IHalfCloseableProtocol.providedBy(protocol))
+        protocol.makeConnection(StringTransport())
         self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
 
     def test_datagram_sender(self) -> None:
