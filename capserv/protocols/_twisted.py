@@ -13,6 +13,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import implementer
+
 __all__ = [
     "clear_exit_signal",
     "datagram_sender",
@@ -231,8 +234,9 @@ def proxy_protocol_factory(factory: Any) -> Any:
 
     captured: list[Any] = []
 
+    @implementer(IStreamServerEndpoint)
     class _Capture:
-        def listen(self, wrapping: Any) -> None:
+        def listen(self, wrapping: Any) -> Any:
             captured.append(wrapping)
 
     proxyEndpoint(_Capture()).listen(factory)
