@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -27,14 +28,20 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv.protocols._twisted import is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
+from capserv.protocols._twisted import (
+    is_proxy_protocol,
+    proxy_header_read,
+    reset_unnoticed,
+    stream_writer,
+    unsent_bytes,
+)
 from capserv.protocols.accesslog import log_connection
 from capserv.protocols.addresses import describe
 from capserv.protocols.config import CapservConfig
 from capserv.protocols.connections import ConnectionSet
 from capserv.protocols.limits import Admission
 from capserv.protocols.state import SharedState
-from capserv.protocols.stats import TCPStats, counts
+from capserv.protocols.stats import Reason, TCPStats, counts
 from capserv.protocols.text import Uppercaser, is_ascii_compatible, lookup_encoding
 from capserv.protocols.wrappers import lend_half_close
 
@@ -82,7 +89,11 @@ class UppercaseProtocol(Protocol):
     _close_when_drained = False
     #: Set by ``connectionLost``: from then on nothing is scheduled.
     _lost = False
-    _reason = "closed"
+    #: Why the connection ended, in the access line's words; set when the
+    #: cause is known, or from the transport's failure at the end (`lost_reason`).
+    _reason = ""
+    #: Behind HAProxy: set until the PROXY header has been read.
+    _awaiting_header = False
     #: The source network this connection is counted in for the per-IP
     #: limit; set and cleared by the factory's `UppercaseFactory.admit` and
     #: `UppercaseFactory.unregister`.
@@ -122,6 +133,7 @@ class UppercaseProtocol(Protocol):
             # Behind HAProxy the client's address arrives in the PROXY
             # header, read before the first data is passed on: count and
             # limit by it then.  Plain connections pay nothing for this.
+            self._awaiting_header = True
             self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
 
     def dataReceived(self, data: bytes) -> None:
@@ -142,6 +154,7 @@ class UppercaseProtocol(Protocol):
 
     def _first_proxied_data(self, data: bytes) -> None:
         del self.dataReceived  # back to the class's method
+        self._awaiting_header = False
         real = self.transport.getPeer()
         self.peer = real
         if not self.factory.admit(self, real):
@@ -163,10 +176,24 @@ class UppercaseProtocol(Protocol):
         self._unregister_throttle()
         self.transport.loseConnection()
 
+    def _count_bad_header(self, what: str) -> None:
+        """Behind HAProxy, the connection ended without a valid PROXY header: a refusal."""
+        self._awaiting_header = False
+        self._is_refused = True
+        self.factory.limits.refuse(self.peer, Reason.PROXY_HEADER, what=what)
+
     def readConnectionLost(self) -> None:
         """
         The peer has finished sending: send what is still owed, then close.
         """
+        if self._awaiting_header:
+            if not proxy_header_read(self.transport):
+                self._count_bad_header("no PROXY header before end of input")
+                self._refused()
+                return
+            self._first_proxied_data(b"")  # a header and no data: count by the real peer
+            if self._is_refused:
+                return
         self._last_activity = self._clock.seconds()
         tail = self._codec.flush() if self._codec is not None else b""
         if tail:
@@ -179,6 +206,8 @@ class UppercaseProtocol(Protocol):
         """
         Nothing more can be sent; there is nothing left to do.
         """
+        if not self.closing:
+            self._reason = "output closed"
         self._finish(drain=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -188,14 +217,17 @@ class UppercaseProtocol(Protocol):
             call.cancel()
         self._abort_call = None
         self.stopProducing()
+        if self._awaiting_header and not self.closing and getattr(self.transport, "disconnecting", False):
+            # Twisted's PROXY wrapper closes what does not start with a valid header.
+            self._count_bad_header("bad PROXY header")
         factory = self.factory
         factory.unregister(self)
         if self._is_refused or not factory.config.access_log:
             return  # a refusal was logged (throttled); no line per refusal
         # Never negative, even if the wall clock was stepped back meanwhile.
         duration = max(0.0, self._clock.seconds() - self.started)
-        if not self.closing:
-            self._reason = reason.getErrorMessage() if reason is not None else "closed"
+        if not self.closing or not self._reason:
+            self._reason = lost_reason(reason)
         log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
 
     # -- backpressure: IPushProducer, called by the transport ----------------
@@ -297,7 +329,7 @@ class UppercaseProtocol(Protocol):
         """
         if self.transport is None or not reset_unnoticed(self.transport):
             return False
-        self._reason = "connection reset by peer"
+        self._reason = "reset by peer"
         self.closing = True
         self._unregister_throttle()
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -326,6 +358,25 @@ class UppercaseProtocol(Protocol):
         self._unregister_throttle()
         self.factory.stats.aborts += 1
         self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def lost_reason(reason: Failure | None) -> str:
+    """
+    Why a connection ended that capserv did not close, in the access line's
+    words, from the failure its transport gave.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        return "closed by peer"
+    if reason.check(ConnectionLost):
+        return "reset by peer"
+    value = reason.value
+    if type(value).__module__.startswith("OpenSSL"):
+        # pyOpenSSL's errors: a list of (library, function, reason) triples.
+        errors = value.args[0] if value.args else None
+        if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and errors[-1]:
+            return f"TLS error: {errors[-1][-1]}"
+        return "TLS error"
+    return f"lost: {type(value).__name__}: {value}"
 
 
 class _Refused(Protocol):
@@ -399,7 +450,8 @@ class UppercaseFactory(ServerFactory, SharedState):
     def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
         Count ``protocol`` against the per-IP limit of ``address``'s network,
-        or refuse it (counted and logged) if that network is at the limit.
+        or refuse it (counted and logged) if that network is at the limit;
+        count it as served if not.
 
         :return: whether the connection may go on.
         """
@@ -407,12 +459,15 @@ class UppercaseFactory(ServerFactory, SharedState):
         if key is None:
             return False
         protocol.counted_host = key
+        self.stats.connections_total += 1
         return True
 
     def register(self, protocol: UppercaseProtocol) -> None:
-        """Count ``protocol`` as open (admitted, now being served)."""
+        """
+        Count ``protocol`` as open: admitted, or behind HAProxy waiting for
+        its PROXY header (to be admitted by the address in it).
+        """
         self.connections.add(protocol)
-        self.stats.connections_total += 1
 
     def unregister(self, protocol: UppercaseProtocol) -> None:
         """
