@@ -188,7 +188,8 @@ class UppercaseProtocol(Protocol):
         """
         if self._awaiting_header:
             if not proxy_header_read(self.transport):
-                self._count_bad_header("no PROXY header before end of input")
+                rejected = getattr(self.transport, "disconnecting", False)
+                self._count_bad_header("bad PROXY header" if rejected else "no PROXY header before end of input")
                 self._refused()
                 return
             self._first_proxied_data(b"")  # a header and no data: count by the real peer
@@ -372,7 +373,7 @@ def lost_reason(reason: Failure | None) -> str:
     value = reason.value
     if type(value).__module__.startswith("OpenSSL"):
         # pyOpenSSL's errors: a list of (library, function, reason) triples.
-        errors = value.args[0] if value.args else None
+        errors = value.args[0] if value is not None and value.args else None
         if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and errors[-1]:
             return f"TLS error: {errors[-1][-1]}"
         return "TLS error"
