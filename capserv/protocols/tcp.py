@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -35,7 +34,7 @@ from capserv.protocols._twisted import (
     stream_writer,
     unsent_bytes,
 )
-from capserv.protocols.accesslog import log_connection
+from capserv.protocols.accesslog import log_connection, lost_reason
 from capserv.protocols.addresses import describe
 from capserv.protocols.config import CapservConfig
 from capserv.protocols.connections import ConnectionSet
@@ -59,9 +58,8 @@ class UppercaseProtocol(Protocol):
     write buffer passes the high-water mark and `resumeProducing` once it
     has drained, and the protocol turns those into "stop reading" and
     "start reading" on the same transport, so a client that sends without
-    reading cannot make the server buffer without bound.  (Being its own
-    producer costs a connection no extra object, and no reference cycle for
-    the garbage collector to find.)
+    reading cannot make the server buffer without bound (and being its own
+    producer costs a connection no extra object).
 
     When a connection closes it logs one line with its peer, duration,
     bytes in and out and reason (`capserv.protocols.accesslog.log_connection`),
@@ -89,8 +87,7 @@ class UppercaseProtocol(Protocol):
     _close_when_drained = False
     #: Set by ``connectionLost``: from then on nothing is scheduled.
     _lost = False
-    #: Why the connection ended, in the access line's words; set when the
-    #: cause is known, or from the transport's failure at the end (`lost_reason`).
+    #: Why the connection ended, if capserv knows (else `lost_reason` says at the end).
     _reason = ""
     #: Behind HAProxy: set until the PROXY header has been read.
     _awaiting_header = False
@@ -166,9 +163,7 @@ class UppercaseProtocol(Protocol):
         pass
 
     def _refused(self) -> None:
-        """
-        Over the per-IP limit: close at once, serving nothing.
-        """
+        """Over the per-IP limit: close at once, serving nothing."""
         self.closing = True
         self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
@@ -176,20 +171,18 @@ class UppercaseProtocol(Protocol):
         self._unregister_throttle()
         self.transport.loseConnection()
 
-    def _count_bad_header(self, what: str) -> None:
-        """Behind HAProxy, the connection ended without a valid PROXY header: a refusal."""
-        self._awaiting_header = False
-        self._is_refused = True
+    def _header_failed(self) -> None:
+        """Behind HAProxy, no valid PROXY header came (the wrapper closes on a bad one): a refusal."""
+        self._awaiting_header, self._is_refused = False, True
+        bad = getattr(self.transport, "disconnecting", False)
+        what = "bad PROXY header" if bad else "no PROXY header before end of input"
         self.factory.limits.refuse(self.peer, Reason.PROXY_HEADER, what=what)
 
     def readConnectionLost(self) -> None:
-        """
-        The peer has finished sending: send what is still owed, then close.
-        """
+        """The peer has finished sending: send what is still owed, then close."""
         if self._awaiting_header:
             if not proxy_header_read(self.transport):
-                rejected = getattr(self.transport, "disconnecting", False)
-                self._count_bad_header("bad PROXY header" if rejected else "no PROXY header before end of input")
+                self._header_failed()
                 self._refused()
                 return
             self._first_proxied_data(b"")  # a header and no data: count by the real peer
@@ -204,9 +197,7 @@ class UppercaseProtocol(Protocol):
         self._finish(drain=True)
 
     def writeConnectionLost(self) -> None:
-        """
-        Nothing more can be sent; there is nothing left to do.
-        """
+        """Nothing more can be sent; there is nothing left to do."""
         if not self.closing:
             self._reason = "output closed"
         self._finish(drain=False)
@@ -219,8 +210,7 @@ class UppercaseProtocol(Protocol):
         self._abort_call = None
         self.stopProducing()
         if self._awaiting_header and not self.closing and getattr(self.transport, "disconnecting", False):
-            # Twisted's PROXY wrapper closes what does not start with a valid header.
-            self._count_bad_header("bad PROXY header")
+            self._header_failed()  # Twisted's PROXY wrapper closed it
         factory = self.factory
         factory.unregister(self)
         if self._is_refused or not factory.config.access_log:
@@ -234,18 +224,14 @@ class UppercaseProtocol(Protocol):
     # -- backpressure: IPushProducer, called by the transport ----------------
 
     def pauseProducing(self) -> None:
-        """
-        The reply backed up past the high-water mark: stop reading.
-        """
+        """The reply backed up past the high-water mark: stop reading."""
         if not self.reading_paused:
             self.reading_paused = True
             self.factory.stats.pauses += 1
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        """
-        The reply drained: read again (or close, if that was waiting).
-        """
+        """The reply drained: read again (or close, if that was waiting)."""
         if self.reading_paused:
             self.reading_paused = False
             # The peer took everything it was owed: that is traffic too.
@@ -361,29 +347,8 @@ class UppercaseProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-def lost_reason(reason: Failure | None) -> str:
-    """
-    Why a connection ended that capserv did not close, in the access line's
-    words, from the failure its transport gave.
-    """
-    if reason is None or reason.check(ConnectionDone):
-        return "closed by peer"
-    if reason.check(ConnectionLost):
-        return "reset by peer"
-    value = reason.value
-    if type(value).__module__.startswith("OpenSSL"):
-        # pyOpenSSL's errors: a list of (library, function, reason) triples.
-        errors = value.args[0] if value is not None and value.args else None
-        if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and errors[-1]:
-            return f"TLS error: {errors[-1][-1]}"
-        return "TLS error"
-    return f"lost: {type(value).__name__}: {value}"
-
-
 class _Refused(Protocol):
-    """
-    Close a connection over a limit at once, touching nothing else.
-    """
+    """Close a connection over a limit at once, touching nothing else."""
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -490,9 +455,7 @@ class UppercaseFactory(ServerFactory, SharedState):
         return self.limits.count(address)
 
     def snapshot(self) -> dict[str, Any]:
-        """
-        The counters as a dict, byte totals including open connections.
-        """
+        """The counters as a dict, byte totals including open connections."""
         stats = self.stats
         return {
             "connections_active": len(self.connections),
