@@ -282,7 +282,12 @@ class StreamSession(Protocol):
         elif self.bytes_sent and not self.bytes_received:
             # capserv answers every byte; silence means it refused us.
             self.done.errback(
-                Failure(ServerClosedError("the server closed the connection without replying (over a limit?)"))
+                Failure(
+                    ServerClosedError(
+                        "the server closed the connection without replying "
+                        "(over a limit, or a haproxy: port that wants a PROXY header?)"
+                    )
+                )
             )
         else:
             self.done.callback(None)

@@ -22,6 +22,7 @@ __all__ = [
     "endpoint_service",
     "global_reactor",
     "is_proxy_protocol",
+    "proxy_header_read",
     "proxy_protocol_factory",
     "record_exit_signal",
     "reset_unnoticed",
@@ -220,6 +221,14 @@ def is_proxy_protocol(transport: Any) -> bool:
     is read (before the first data reaches capserv).
     """
     return hasattr(transport, "_proxyInfo") and hasattr(transport, "wrappedProtocol")
+
+
+def proxy_header_read(transport: Any) -> bool:
+    """
+    Whether Twisted's PROXY-protocol wrapper has read a whole, valid
+    header (it passes data on only after one, and none if none follows).
+    """
+    return getattr(transport, "_proxyInfo", None) is not None
 
 
 def proxy_protocol_factory(factory: Any) -> Any:

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
     ILogObserver,
@@ -58,6 +59,7 @@ from twisted.logger import (
     formatTime,
     timeFormatRFC3339,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "event_as_json",
     "flush_all",
     "log_connection",
+    "lost_reason",
     "render_access",
 ]
 
@@ -152,6 +155,25 @@ def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, re
             "log_time": time.time(),
         }
     )
+
+
+def lost_reason(reason: Failure | None) -> str:
+    """
+    Why a connection ended that capserv did not close, in the access line's
+    words, from the failure its transport gave.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        return "closed by peer"
+    if reason.check(ConnectionLost):
+        return "reset by peer"
+    value = reason.value
+    if type(value).__module__.startswith("OpenSSL"):
+        # pyOpenSSL's errors: a list of (library, function, reason) triples.
+        errors = value.args[0] if value is not None and value.args else None
+        if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and errors[-1]:
+            return f"TLS error: {errors[-1][-1]}"
+        return "TLS error"
+    return f"lost: {type(value).__name__}: {value}"
 
 
 def render_access(event: LogEvent) -> str:

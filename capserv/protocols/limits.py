@@ -88,16 +88,35 @@ class Admission:
         key = self._state.networks.key((address, 0) if isinstance(address, str) else address)
         return self.held.get(key, 0) if key is not None else 0
 
-    def refuse(self, address: IAddress | None, reason: Reason, network: bytes | None = None, count: int = 0) -> None:
+    def refuse(
+        self,
+        address: IAddress | None,
+        reason: Reason,
+        network: bytes | None = None,
+        count: int = 0,
+        what: str | None = None,
+    ) -> None:
         """
         Count a refusal and log it, unless a line was logged less than 10
         seconds ago (the next line says how many were held back).
+
+        :param what: what was wrong, for a refusal that is not a limit
+            reached (`Reason.PROXY_HEADER`).
         """
         self._stats.connections_refused[reason] += 1
         if network is not None:
             self._stats.limited[reason][family(network)] += 1
         held = self._state.throttled()
         if held is None:
+            return
+        if what is not None:
+            _log.warn(
+                "Refused connection from {peer}: {what} ({held} more refused since the last report)",
+                peer=describe(address),
+                limit=reason.value,
+                what=what,
+                held=held,
+            )
             return
         detail = text = ""
         if network is not None:

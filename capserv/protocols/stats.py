@@ -16,7 +16,7 @@ __all__ = ["DROPS", "PER_SOURCE", "REFUSALS", "Reason", "TCPStats", "UDPStats", 
 
 class Reason(str, Enum):
     """
-    Why a connection was refused or a datagram not answered.  The value is
+    Why a connection was refused (closed unserved) or a datagram not answered.  The value is
     the label counters, log lines and metrics use; a member is that text
     (equal, same hash, formats as it), so a counter can be read with it too.
     """
@@ -33,6 +33,8 @@ class Reason(str, Enum):
     MAX_CONNECTIONS = "max_connections"
     #: The source network has ``max_connections_per_ip`` connections open.
     MAX_CONNECTIONS_PER_IP = "max_connections_per_ip"
+    #: Behind HAProxy (``haproxy:``), the connection brought no valid PROXY header.
+    PROXY_HEADER = "proxy_header"
     #: The source network is out of datagram tokens (``udp_rate``).
     RATE_LIMIT = "rate_limit"
     #: The source network is out of reply-byte tokens (``udp_byte_rate``).
@@ -53,7 +55,7 @@ class Reason(str, Enum):
 _FIELDS = {Reason.RATE_LIMIT: "udp_rate", Reason.BYTE_RATE: "udp_byte_rate", Reason.LOW_PORT: "udp_allow_low_ports"}
 
 #: Why TCP connections are refused.
-REFUSALS = (Reason.MAX_CONNECTIONS, Reason.MAX_CONNECTIONS_PER_IP, Reason.SHUTDOWN)
+REFUSALS = (Reason.MAX_CONNECTIONS, Reason.MAX_CONNECTIONS_PER_IP, Reason.SHUTDOWN, Reason.PROXY_HEADER)
 #: Why datagrams are dropped.
 DROPS = (Reason.RATE_LIMIT, Reason.BYTE_RATE, Reason.OVERSIZE, Reason.LOW_PORT, Reason.SEND_ERROR)
 #: The per-source limits, each also counted by the source network's family.

@@ -27,14 +27,20 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv.protocols._twisted import is_proxy_protocol, reset_unnoticed, stream_writer, unsent_bytes
-from capserv.protocols.accesslog import log_connection
+from capserv.protocols._twisted import (
+    is_proxy_protocol,
+    proxy_header_read,
+    reset_unnoticed,
+    stream_writer,
+    unsent_bytes,
+)
+from capserv.protocols.accesslog import log_connection, lost_reason
 from capserv.protocols.addresses import describe
 from capserv.protocols.config import CapservConfig
 from capserv.protocols.connections import ConnectionSet
 from capserv.protocols.limits import Admission
 from capserv.protocols.state import SharedState
-from capserv.protocols.stats import TCPStats, counts
+from capserv.protocols.stats import Reason, TCPStats, counts
 from capserv.protocols.text import Uppercaser, is_ascii_compatible, lookup_encoding
 from capserv.protocols.wrappers import lend_half_close
 
@@ -52,9 +58,8 @@ class UppercaseProtocol(Protocol):
     write buffer passes the high-water mark and `resumeProducing` once it
     has drained, and the protocol turns those into "stop reading" and
     "start reading" on the same transport, so a client that sends without
-    reading cannot make the server buffer without bound.  (Being its own
-    producer costs a connection no extra object, and no reference cycle for
-    the garbage collector to find.)
+    reading cannot make the server buffer without bound (and being its own
+    producer costs a connection no extra object).
 
     When a connection closes it logs one line with its peer, duration,
     bytes in and out and reason (`capserv.protocols.accesslog.log_connection`),
@@ -82,7 +87,10 @@ class UppercaseProtocol(Protocol):
     _close_when_drained = False
     #: Set by ``connectionLost``: from then on nothing is scheduled.
     _lost = False
-    _reason = "closed"
+    #: Why the connection ended, if capserv knows (else `lost_reason` says at the end).
+    _reason = ""
+    #: Behind HAProxy: set until the PROXY header has been read.
+    _awaiting_header = False
     #: The source network this connection is counted in for the per-IP
     #: limit; set and cleared by the factory's `UppercaseFactory.admit` and
     #: `UppercaseFactory.unregister`.
@@ -122,6 +130,7 @@ class UppercaseProtocol(Protocol):
             # Behind HAProxy the client's address arrives in the PROXY
             # header, read before the first data is passed on: count and
             # limit by it then.  Plain connections pay nothing for this.
+            self._awaiting_header = True
             self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
 
     def dataReceived(self, data: bytes) -> None:
@@ -142,6 +151,7 @@ class UppercaseProtocol(Protocol):
 
     def _first_proxied_data(self, data: bytes) -> None:
         del self.dataReceived  # back to the class's method
+        self._awaiting_header = False
         real = self.transport.getPeer()
         self.peer = real
         if not self.factory.admit(self, real):
@@ -153,9 +163,7 @@ class UppercaseProtocol(Protocol):
         pass
 
     def _refused(self) -> None:
-        """
-        Over the per-IP limit: close at once, serving nothing.
-        """
+        """Over the per-IP limit: close at once, serving nothing."""
         self.closing = True
         self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
@@ -163,10 +171,23 @@ class UppercaseProtocol(Protocol):
         self._unregister_throttle()
         self.transport.loseConnection()
 
+    def _header_failed(self) -> None:
+        """Behind HAProxy, no valid PROXY header came (the wrapper closes on a bad one): a refusal."""
+        self._awaiting_header, self._is_refused = False, True
+        bad = getattr(self.transport, "disconnecting", False)
+        what = "bad PROXY header" if bad else "no PROXY header before end of input"
+        self.factory.limits.refuse(self.peer, Reason.PROXY_HEADER, what=what)
+
     def readConnectionLost(self) -> None:
-        """
-        The peer has finished sending: send what is still owed, then close.
-        """
+        """The peer has finished sending: send what is still owed, then close."""
+        if self._awaiting_header:
+            if not proxy_header_read(self.transport):
+                self._header_failed()
+                self._refused()
+                return
+            self._first_proxied_data(b"")  # a header and no data: count by the real peer
+            if self._is_refused:
+                return
         self._last_activity = self._clock.seconds()
         tail = self._codec.flush() if self._codec is not None else b""
         if tail:
@@ -176,9 +197,9 @@ class UppercaseProtocol(Protocol):
         self._finish(drain=True)
 
     def writeConnectionLost(self) -> None:
-        """
-        Nothing more can be sent; there is nothing left to do.
-        """
+        """Nothing more can be sent; there is nothing left to do."""
+        if not self.closing:
+            self._reason = "output closed"
         self._finish(drain=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -188,31 +209,29 @@ class UppercaseProtocol(Protocol):
             call.cancel()
         self._abort_call = None
         self.stopProducing()
+        if self._awaiting_header and not self.closing and getattr(self.transport, "disconnecting", False):
+            self._header_failed()  # Twisted's PROXY wrapper closed it
         factory = self.factory
         factory.unregister(self)
         if self._is_refused or not factory.config.access_log:
             return  # a refusal was logged (throttled); no line per refusal
         # Never negative, even if the wall clock was stepped back meanwhile.
         duration = max(0.0, self._clock.seconds() - self.started)
-        if not self.closing:
-            self._reason = reason.getErrorMessage() if reason is not None else "closed"
+        if not self.closing or not self._reason:
+            self._reason = lost_reason(reason)
         log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
 
     # -- backpressure: IPushProducer, called by the transport ----------------
 
     def pauseProducing(self) -> None:
-        """
-        The reply backed up past the high-water mark: stop reading.
-        """
+        """The reply backed up past the high-water mark: stop reading."""
         if not self.reading_paused:
             self.reading_paused = True
             self.factory.stats.pauses += 1
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        """
-        The reply drained: read again (or close, if that was waiting).
-        """
+        """The reply drained: read again (or close, if that was waiting)."""
         if self.reading_paused:
             self.reading_paused = False
             # The peer took everything it was owed: that is traffic too.
@@ -297,7 +316,7 @@ class UppercaseProtocol(Protocol):
         """
         if self.transport is None or not reset_unnoticed(self.transport):
             return False
-        self._reason = "connection reset by peer"
+        self._reason = "reset by peer"
         self.closing = True
         self._unregister_throttle()
         self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -329,9 +348,7 @@ class UppercaseProtocol(Protocol):
 
 
 class _Refused(Protocol):
-    """
-    Close a connection over a limit at once, touching nothing else.
-    """
+    """Close a connection over a limit at once, touching nothing else."""
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -399,7 +416,8 @@ class UppercaseFactory(ServerFactory, SharedState):
     def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """
         Count ``protocol`` against the per-IP limit of ``address``'s network,
-        or refuse it (counted and logged) if that network is at the limit.
+        or refuse it (counted and logged) if that network is at the limit;
+        count it as served if not.
 
         :return: whether the connection may go on.
         """
@@ -407,12 +425,15 @@ class UppercaseFactory(ServerFactory, SharedState):
         if key is None:
             return False
         protocol.counted_host = key
+        self.stats.connections_total += 1
         return True
 
     def register(self, protocol: UppercaseProtocol) -> None:
-        """Count ``protocol`` as open (admitted, now being served)."""
+        """
+        Count ``protocol`` as open: admitted, or behind HAProxy waiting for
+        its PROXY header (to be admitted by the address in it).
+        """
         self.connections.add(protocol)
-        self.stats.connections_total += 1
 
     def unregister(self, protocol: UppercaseProtocol) -> None:
         """
@@ -434,9 +455,7 @@ class UppercaseFactory(ServerFactory, SharedState):
         return self.limits.count(address)
 
     def snapshot(self) -> dict[str, Any]:
-        """
-        The counters as a dict, byte totals including open connections.
-        """
+        """The counters as a dict, byte totals including open connections."""
         stats = self.stats
         return {
             "connections_active": len(self.connections),

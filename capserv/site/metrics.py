@@ -53,7 +53,9 @@ class CapservCollector:
             "capserv_connections", "TCP connections accepted and served.", value=tcp["connections_total"]
         )
         refused = CounterMetricFamily(
-            "capserv_connections_refused", "TCP connections closed at once, by limit.", labels=["limit"]
+            "capserv_connections_refused",
+            "TCP connections closed at once, by limit (proxy_header: no valid PROXY header).",
+            labels=["limit"],
         )
         for limit in REFUSALS:
             refused.add_metric([limit.value], tcp["connections_refused"].get(limit.value, 0))

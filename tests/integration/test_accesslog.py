@@ -223,9 +223,7 @@ def test_the_protocols_close_line_takes_the_fast_path() -> None:
         globalLogPublisher.removeObserver(keep)
     (event,) = events
     assert (event["peer"], event["bytes_in"], event["bytes_out"]) == (describe(peer), 3, 3)
-    assert out.getvalue().endswith(
-        f"{describe(peer)} closed after 0.000s: 3 bytes in, 3 bytes out (Connection was closed cleanly.)\n"
-    )
+    assert out.getvalue().endswith(f"{describe(peer)} closed after 0.000s: 3 bytes in, 3 bytes out (closed by peer)\n")
 
 
 def test_logger_factories() -> None:

@@ -691,6 +691,26 @@ def test_refused_by_a_connection_limit() -> Any:
         yield stop_tcp(factory, port)
 
 
+@pytest_twisted.inlineCallbacks
+def test_haproxy_port_without_a_header() -> Any:
+    """
+    A haproxy: port closes a client that sends no PROXY header without replying:
+    one line that names that as a cause, exit 1.
+    """
+    from twisted.internet import reactor
+
+    from capserv import UppercaseFactory
+
+    factory = UppercaseFactory(clock=reactor)
+    port = yield endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        result = yield in_thread(run_client, ["--port", str(port.getHost().port), "no header"])
+        line = one_line_error(result, 1)
+        assert "without replying" in line and "PROXY header" in line, line
+    finally:
+        yield stop_tcp(factory, port)
+
+
 @pytest.mark.parametrize(
     "args, culprit",
     [

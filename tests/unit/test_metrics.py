@@ -11,8 +11,10 @@ import os
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv import CapservConfig, UppercaseFactory
@@ -253,3 +255,24 @@ class MetricsResourceTests(SynchronousTestCase):
         body = site.getResourceFor(request).render(request)
         self.assertTrue(body.endswith(b"# EOF\n"), body[-40:])
         self.assertIn(b"openmetrics", request.responseHeaders.getRawHeaders(b"content-type")[0])
+
+
+class ProxyHeaderMetricTests(SynchronousTestCase):
+    """A haproxy: connection without a valid PROXY header is counted in the metrics by name."""
+
+    def test_bad_header_counted_as_proxy_header(self) -> None:
+        """
+        capserv_connections_refused_total{limit="proxy_header"} counts a connection
+        Twisted's PROXY wrapper closed for a bad header; it is not counted as served.
+        """
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        process = Process()
+        proxy = IPv4Address("TCP", "127.0.0.1", 40001)
+        wrapper = HAProxyWrappingFactory(process.factory).buildProtocol(proxy)
+        wrapper.makeConnection(StringTransport(peerAddress=proxy))
+        wrapper.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        figures = samples(CapservCollector(process.figures, CapservConfig()))
+        self.assertEqual(figures[("capserv_connections_refused_total", (("limit", "proxy_header"),))], 1)
+        self.assertEqual(figures[("capserv_connections_total", ())], 0)

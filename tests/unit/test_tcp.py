@@ -5,10 +5,10 @@ In-memory tests for `capserv.protocols.tcp`: StringTransport, Clock, no sockets.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -665,6 +665,136 @@ class ProxyProtocolTests(SynchronousTestCase):
             self.connect_via_proxy(h, f"192.0.2.{port}", port)
         self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)
+
+
+class CloseReasonTests(SynchronousTestCase):
+    """Every access line says why the connection ended, in capserv's words (docs/operations.rst)."""
+
+    def setUp(self) -> None:
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def reasons(self) -> list[str]:
+        return [e["reason"] for e in self.events if e.get("log_namespace") == "capserv.tcp.UppercaseProtocol"]
+
+    def refusals(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_namespace") == "capserv.tcp.UppercaseFactory"]
+
+    def test_end_of_input_idle_shutdown(self) -> None:
+        """The three closes capserv makes: after end of input, when idle, at a graceful stop's end."""
+        h = Harness(idle_timeout=10)
+        ended, _ = h.connect(port=1)
+        ended.readConnectionLost()
+        h.lose(ended)
+        idle, _ = h.connect(port=2)
+        h.clock.advance(11)
+        h.lose(idle)
+        stopped, _ = h.connect(port=3)
+        h.factory.drain(timeout=0)
+        h.lose(stopped)
+        self.assertEqual(self.reasons(), ["end of input", "idle for 10s", "server shutting down"])
+
+    def test_aborted(self) -> None:
+        """
+        A close whose last bytes the peer never takes says it was aborted, and why;
+        so does a stop forced by a second signal.
+        """
+        h = Harness(idle_timeout=30)
+        proto, _ = h.connect(port=1)
+        proto.readConnectionLost()
+        h.clock.advance(31)
+        h.lose(proto)
+        forced, _ = h.connect(port=2)
+        forced.abort_now()
+        h.lose(forced)
+        self.assertEqual(
+            self.reasons(),
+            [
+                "end of input, aborted: peer did not take its last bytes",
+                "server stopping at once (second signal), aborted",
+            ],
+        )
+
+    def test_closed_or_reset_by_peer(self) -> None:
+        """
+        A connection the peer ends before finishing its input says "closed by peer" or
+        "reset by peer", not Twisted's exception text.
+        """
+        h = Harness()
+        closed, _ = h.connect(port=1)
+        closed.connectionLost(Failure(ConnectionDone("Connection was closed cleanly.")))
+        reset, _ = h.connect(port=2)
+        reset.connectionLost(Failure(ConnectionLost("[Errno 104] Connection reset by peer")))
+        self.assertEqual(self.reasons(), ["closed by peer", "reset by peer"])
+
+    def test_tls_error_and_other_losses(self) -> None:
+        """A TLS failure says so with OpenSSL's reason; anything else names the error."""
+        from OpenSSL import SSL
+
+        h = Harness()
+        tls, _ = h.connect(port=1)
+        tls.connectionLost(Failure(SSL.Error([("SSL routines", "", "wrong version number")])))
+        other, _ = h.connect(port=2)
+        other.connectionLost(Failure(OSError(28, "No space left on device")))
+        self.assertEqual(
+            self.reasons(), ["TLS error: wrong version number", "lost: OSError: [Errno 28] No space left on device"]
+        )
+
+    def via_proxy(self, h: Harness) -> tuple[object, AbortableTransport]:
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        proxy = IPv4Address("TCP", "127.0.0.1", 40001)
+        wrapper = HAProxyWrappingFactory(h.factory).buildProtocol(proxy)
+        transport = AbortableTransport(peerAddress=proxy)
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_bad_proxy_header_is_refused(self) -> None:
+        """
+        Behind HAProxy, a connection whose first bytes are not a PROXY header is
+        refused: counted as proxy_header, one refusal line naming it, no access line,
+        not counted as served.
+        """
+        h = Harness()
+        wrapper, transport = self.via_proxy(h)
+        wrapper.dataReceived(b"hello, no header here\n")  # type: ignore[attr-defined]
+        self.assertTrue(transport.disconnecting)
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.reasons(), [])
+        self.assertEqual(h.factory.snapshot()["connections_refused"], {"proxy_header": 1})
+        self.assertEqual(h.factory.stats.connections_total, 0)
+        self.assertEqual(len(h.factory.connections), 0)
+        (line,) = self.refusals()
+        self.assertIn("Refused connection from 127.0.0.1:40001: bad PROXY header", line)
+
+    def test_no_proxy_header_before_end_of_input(self) -> None:
+        """Behind HAProxy, a client that ends its input before any header is refused too."""
+        h = Harness()
+        wrapper, transport = self.via_proxy(h)
+        wrapper.readConnectionLost()  # type: ignore[attr-defined]
+        self.assertTrue(transport.disconnecting)
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(self.reasons(), [])
+        self.assertEqual(h.factory.snapshot()["connections_refused"], {"proxy_header": 1})
+        (line,) = self.refusals()
+        self.assertIn("no PROXY header before end of input", line)
+
+    def test_header_then_end_of_input_is_served(self) -> None:
+        """
+        A header and then end of input (a health check) is served: counted once, by
+        the real client's address, logged as end of input.
+        """
+        h = Harness()
+        wrapper, _transport = self.via_proxy(h)
+        wrapper.dataReceived(b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 50007\r\n")  # type: ignore[attr-defined]
+        wrapper.readConnectionLost()  # type: ignore[attr-defined]
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(self.reasons(), ["end of input"])
+        self.assertEqual(self.events[-1]["peer"], "192.0.2.9:5555")
+        self.assertEqual(h.factory.stats.connections_total, 1)
+        self.assertEqual(h.factory.snapshot()["connections_refused"], {})
 
 
 class TwistedConventionTests(SynchronousTestCase):
