@@ -20,6 +20,11 @@ standard output), rotated as twistd rotates it (at 1 MB, and on SIGUSR1).
 twistd calls a ``--logger`` factory with no arguments, so `makeService`
 hands its ``--logfile`` and ``-n`` over first (`follow_twistd`).
 
+Both leave out Twisted's start and stop lines for each port (``Factory
+starting on 50007``, ``(UDP Port 50007 Closed)``, `is_port_chatter`):
+Twisted writes them whatever ``noisy`` says, and capserv's own
+"Listening for ..." and "capserv stopped" lines say the same in its words.
+
 Both are `capserv.protocols.accesslog` observers: the per-connection lines are
 written in batches, at least once a second and when capserv stops (a
 SIGKILL can lose the last second of them); every other event is written at
@@ -28,17 +33,58 @@ once.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, LogEvent
 from twisted.python.logfile import LogFile
 
 from capserv.protocols.accesslog import JSONLogObserver, TextLogObserver, Writable
 
-__all__ = ["follow_twistd", "json_lines", "text_lines", "twisted_text"]
+__all__ = ["follow_twistd", "is_port_chatter", "json_lines", "text_lines", "twisted_text"]
+
+#: What twisted.internet's ports log through the legacy ``log.msg`` when they
+#: start and stop (tcp.py, udp.py, unix.py: ``"%s starting on %s"``,
+#: ``"(%s Port %s Closed)"``, ``"(Port %s Closed)"``), rendered: a port
+#: number or a path's repr; the type is TCP, UDP, TLS, UNIX...
+_PORT_CHATTER = re.compile(r".+ starting on (?:\d+|'.*'|\".*\")|\((?:[A-Z]+ )?Port .+ Closed\)")
+
+
+def is_port_chatter(event: LogEvent) -> bool:
+    """
+    Whether ``event`` is one of Twisted's own lines for a port starting or
+    stopping: a legacy ``log.msg`` (namespace ``log_legacy``, one message,
+    not an error) in the words of twisted.internet's ports.
+    """
+    if event.get("log_namespace") != "log_legacy" or event.get("isError"):
+        return False
+    message = event.get("message")
+    return (
+        isinstance(message, tuple | list)
+        and len(message) == 1
+        and isinstance(message[0], str)
+        and _PORT_CHATTER.fullmatch(message[0]) is not None
+    )
+
+
+class _QuietJSON(JSONLogObserver):
+    """`JSONLogObserver` without Twisted's port chatter (`is_port_chatter`)."""
+
+    def __call__(self, event: LogEvent) -> None:
+        if not is_port_chatter(event):
+            super().__call__(event)
+
+
+class _QuietText(TextLogObserver):
+    """`TextLogObserver` without Twisted's port chatter (`is_port_chatter`)."""
+
+    def __call__(self, event: LogEvent) -> None:
+        if not is_port_chatter(event):
+            super().__call__(event)
+
 
 #: twistd's ``--logfile`` and ``-n``, as `follow_twistd` was told them.
 _twistd: dict[str, Any] = {}
@@ -90,7 +136,7 @@ def json_lines() -> ILogObserver:
 
     :rtype: twisted.logger.ILogObserver
     """
-    return JSONLogObserver(_destination())
+    return _QuietJSON(_destination())
 
 
 def text_lines() -> ILogObserver:
@@ -100,7 +146,7 @@ def text_lines() -> ILogObserver:
 
     :rtype: twisted.logger.ILogObserver
     """
-    return TextLogObserver(_destination())
+    return _QuietText(_destination())
 
 
 def twisted_text() -> ILogObserver:

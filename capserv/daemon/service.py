@@ -40,6 +40,7 @@ from capserv.daemon.workers import FORCE_SIGNAL
 from capserv.protocols._twisted import clear_exit_signal, record_exit_signal
 from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
+from capserv.protocols.logthrottle import literal
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
@@ -269,12 +270,14 @@ class CapservService(MultiService):
     def _wait_for_connections(self, _: object) -> Deferred[None]:
         open_now = len(self.factory.connections) - self.factory.abort_reset()
         if open_now:
+            timeout, them = self.config.shutdown_timeout, "it" if open_now == 1 else "them"
             _log.info(
-                "Stopping: no longer listening; {open} open, waiting up to {timeout:g}s for {them} to finish",
-                open=plural(open_now, "connection"),
-                them="it" if open_now == 1 else "them",
-                count=open_now,
-                timeout=self.config.shutdown_timeout,
+                literal(
+                    f"Stopping: no longer listening; {plural(open_now, 'connection')} open, "
+                    f"waiting up to {timeout:g}s for {them} to finish"
+                ),
+                open=open_now,
+                timeout=timeout,
             )
         return self.factory.drain(self.config.shutdown_timeout)
 
@@ -291,17 +294,22 @@ class CapservService(MultiService):
             if dropped:
                 turned_away.append(f"{plural(dropped, 'datagram')} dropped")
             shared = self.worker or any(getattr(child, "stops_in_parallel", False) for child in self)
+            away = f", {' and '.join(turned_away)} (metrics say why)" if turned_away else ""
+            whose = " by this process" if shared else ""
+            how = " (forced by a second signal)" if self.forced else ""
+            served, answered = self.factory.stats.connections_total, self.datagrams.stats.datagrams_out
+            text = (
+                f"capserv stopped: {plural(served, 'TCP connection')} served and "
+                f"{plural(answered, 'datagram')} answered{away}{whose}{how}"
+            )
+            # The text goes in the format, the counts as fields: a field is a value, never a fragment.
             _log.info(
-                "capserv stopped: {tcp} served and {udp} answered{away}{whose}{how}",
-                tcp=plural(self.factory.stats.connections_total, "TCP connection"),
-                udp=plural(self.datagrams.stats.datagrams_out, "datagram"),
-                away=f", {' and '.join(turned_away)} (metrics say why)" if turned_away else "",
-                whose=" by this process" if shared else "",
-                tcp_connections=self.factory.stats.connections_total,
-                datagrams_answered=self.datagrams.stats.datagrams_out,
+                literal(text),
+                tcp_connections=served,
+                datagrams_answered=answered,
                 connections_refused=refused,
                 datagrams_dropped=dropped,
-                how=" (forced by a second signal)" if self.forced else "",
+                forced=self.forced,
             )
             flush_all()
 
@@ -384,10 +392,8 @@ class CapservService(MultiService):
         if self.forced or not self._stopping:
             return
         self.forced = True
-        _log.warn(
-            "Second stop signal: aborting {open} now",
-            open=plural(len(self.factory.connections), "open connection"),
-        )
+        open_now = len(self.factory.connections)
+        _log.warn(literal(f"Second stop signal: aborting {plural(open_now, 'open connection')} now"), open=open_now)
         # Stop listening first, so nothing new arrives once all is aborted.
         self._end_drain()
         for callback in self.on_force:

@@ -189,11 +189,8 @@ class WorkerPool(Service):
         for slot in range(1, self.count):
             self._spawn(slot)
         pids = [transport.pid for _, transport in self.workers.values()]
-        _pool_log.info(
-            "Started {workers}: {pids}",
-            workers=f"{len(pids)} more worker" + ("" if len(pids) == 1 else "s"),
-            pids=", ".join(map(str, pids)),
-        )
+        more = f"{len(pids)} more worker" + ("" if len(pids) == 1 else "s")
+        _pool_log.info(f"Started {more}: {', '.join(map(str, pids))}", workers=len(pids), pids=pids)
 
     def _spawn(self, slot: int) -> int:
         self._pending.pop(slot, None)

@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from capserv.protocols.addresses import describe, family
+from capserv.protocols.logthrottle import literal
 from capserv.protocols.state import SharedState
 from capserv.protocols.stats import Reason, TCPStats
 
@@ -118,16 +119,17 @@ class Admission:
                 held=held,
             )
             return
-        detail = text = ""
+        peer, detail, text = describe(address), "", ""
         if network is not None:
             text = self._state.networks.text(network)
             field = f"{reason.field}={self._state.config.max_connections_per_ip}"
             detail = f" ({text} has {count} connection{'' if count == 1 else 's'} open; {field})"
         _log.warn(
-            "Refused connection from {peer}: {limit} reached{detail} ({held} more refused since the last report)",
-            peer=describe(address),
+            literal(f"Refused connection from {peer}: {reason.value} reached{detail} ")
+            + "({held} more refused since the last report)",
+            peer=peer,
             limit=reason.value,
-            detail=detail,
             network=text or None,
+            open=count if network is not None else None,
             held=held,
         )

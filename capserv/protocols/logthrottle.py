@@ -8,7 +8,16 @@ interval and reports how many it held back in between.
 
 from __future__ import annotations
 
-__all__ = ["LogThrottle"]
+__all__ = ["LogThrottle", "literal"]
+
+
+def literal(text: str) -> str:
+    """
+    ``text`` as a ``twisted.logger`` format that renders as itself: for a
+    line whose wording depends on its values, so its fields stay values
+    (counts, addresses), never fragments of the sentence.
+    """
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class LogThrottle:

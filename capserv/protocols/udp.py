@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from capserv.protocols._twisted import datagram_sender
 from capserv.protocols.addresses import family, host_key, is_loopback
 from capserv.protocols.config import CapservConfig
+from capserv.protocols.logthrottle import literal
 from capserv.protocols.ratelimit import TokenBuckets
 from capserv.protocols.state import SharedState
 from capserv.protocols.stats import Reason, UDPStats, counts
@@ -234,17 +235,20 @@ class UppercaseDatagramProtocol(DatagramProtocol):
             if network is not None:
                 text = self.state.networks.text(network)
                 detail = f"{text} over {reason.field}"
+            peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+            drops = counts(stats.drops)
+            totals = ", ".join(f"{name} {count}" for name, count in sorted(drops.items()))
+            said = f": {detail}" if detail else ""
             _log.warn(
-                "Dropped a datagram for {peer} ({reason}, {size} bytes{detail}); "
-                "{held} more drops since the last report; totals: {totals}",
-                peer=f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}",
+                literal(f"Dropped a datagram for {peer} ({reason.value}, {size} bytes{said}); ")
+                + "{held} more drops since the last report; "
+                + literal(f"totals: {totals}"),
+                peer=peer,
                 reason=reason.value,
                 size=size,
-                detail=f": {detail}" if detail else "",
                 network=text,
                 held=held,
-                drops=counts(stats.drops),
-                totals=", ".join(f"{name} {count}" for name, count in sorted(counts(stats.drops).items())),
+                drops=drops,
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -309,7 +309,9 @@ def test_logfile_option_still_works(tmp_path: Path) -> None:
 
 def test_json_lines_logger() -> None:
     """--logger=capserv.daemon.logs.json_lines writes one JSON object per line with
-    the text and the plain fields, none unpersistable."""
+    the text and the plain fields, none unpersistable; fields are values
+    (counts as ints, pids as a list), never pieces of the sentence; none of
+    Twisted's port start/stop lines, from the supervisor or its worker."""
     import json
 
     process = subprocess.Popen(
@@ -321,6 +323,9 @@ def test_json_lines_logger() -> None:
             "capserv",
             "--listen",
             TCP0,
+            "--listen",
+            UDP0,
+            *(["--workers", "2"] if os.name == "posix" else []),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -328,15 +333,16 @@ def test_json_lines_logger() -> None:
         text=True,
     )
     assert process.stdout is not None
+    processes = 2 if os.name == "posix" else 1
     try:
         events = []
         for line in process.stdout:
             assert not line.startswith("\x1e")
             assert "unpersistable" not in line
             events.append(json.loads(line))
-            if events[-1]["text"].startswith("capserv ") and " started (" in events[-1]["text"]:
+            if sum(" started (" in e["text"] for e in events) == processes:
                 break
-        (listening,) = [e for e in events if e["text"].startswith("Listening for streams")]
+        listening = next(e for e in events if e["text"].startswith("Listening for streams"))
         host, port = listening["address"].rsplit(":", 1)
         assert tcp_exchange(host, int(port), b"json") == b"JSON"
         for line in process.stdout:
@@ -347,10 +353,29 @@ def test_json_lines_logger() -> None:
                 break
         else:
             raise AssertionError("no connection line")
+        process.send_signal(signal.SIGTERM)
+        events += [json.loads(line) for line in process.stdout]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
         process.stdout.close()
+    texts = [e["text"] for e in events]
+    assert not [e for e in events if e["namespace"] == "log_legacy"], texts
+    assert not [t for t in texts if " starting on " in t or " Closed)" in t], texts
+    # twistd's banner comes once, from the supervisor: workers are not twistd.
+    assert sum(t.startswith("twistd ") and t.endswith(" starting up.") for t in texts) == 1, texts
+    assert sum(t.startswith("reactor class: ") for t in texts) == 1, texts
+    stops = [e for e in events if e["text"].startswith("capserv stopped: ")]
+    assert len(stops) == processes, texts
+    for stop in stops:
+        assert not {"tcp", "udp", "away", "whose", "how"} & set(stop), stop
+        assert type(stop["tcp_connections"]) is int and type(stop["datagrams_answered"]) is int, stop
+        assert stop["forced"] is False
+    assert sum(stop["tcp_connections"] for stop in stops) == 1
+    if processes == 2:
+        (started,) = [e for e in events if e["text"].startswith("Started 1 more worker: ")]
+        assert started["workers"] == 1 and len(started["pids"]) == 1 and type(started["pids"][0]) is int
+        assert started["text"] == f"Started 1 more worker: {started['pids'][0]}"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="--workers needs a POSIX system")
@@ -409,13 +434,16 @@ def test_abbreviated_options_reach_workers_as_the_full_ones() -> None:
 def test_text_lines_logger_writes_twistds_lines() -> None:
     """--logger=capserv.logs.text_lines, the documented way to the cheaper
     text log, writes twistd's own line format (time, [namespace#level],
-    message)."""
-    with Daemon(["--listen", TCP0], twistd_args=["--logger=capserv.logs.text_lines"]) as daemon:
+    message), without Twisted's start and stop line for each port."""
+    with Daemon(["--listen", TCP0, "--listen", UDP0], twistd_args=["--logger=capserv.logs.text_lines"]) as daemon:
         line = daemon.wait_for("Listening for streams on 127.0.0.1:")
         assert re.match(r"^\d{4}-\d\d-\d\dT\S+ \[capserv\.listen#info\] Listening for streams on ", line), line
         daemon.started()  # SIGTERM is a graceful stop from the start line on
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+    # Twisted's own lines for each port ("... starting on N", "(UDP Port N Closed)") are left out.
+    assert " starting on " not in daemon.output and " Closed)" not in daemon.output, daemon.output
+    assert "capserv stopped: 0 TCP connections served" in daemon.output
 
 
 def test_workers_refuse_unshareable_listeners(tmp_path: Path) -> None:

@@ -5,10 +5,15 @@ given twistd's ``--logfile`` and ``-n`` (`follow_twistd`).
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 
+from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.python import log as legacy
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,4 +64,56 @@ class DestinationTests(SynchronousTestCase):
         self.assertEqual(
             str(caught.exception),
             "capserv: a daemon cannot log to standard output (--logfile=-); add -n or name a file",
+        )
+
+
+def _legacy(publisher: LogPublisher, *message: str, **fields: object) -> None:
+    """Publish ``message`` as twisted.python.log.msg does (the ports' way)."""
+    legacy.LogPublisher(publisher, publisher).msg(*message, **fields)
+
+
+class PortChatterTests(SynchronousTestCase):
+    """
+    Twisted's ports log their start and stop whatever ``noisy`` says;
+    capserv's observers leave those lines out and keep every other.
+    """
+
+    CHATTER = (
+        "UppercaseDatagramProtocol starting on 50007",
+        "_QuietSite starting on 9150",
+        "UppercaseFactory (TLS) starting on 50443",
+        "UppercaseFactory starting on '/run/capserv.sock'",
+        "(TCP Port 9150 Closed)",
+        "(UDP Port 50007 Closed)",
+        "(TLS Port 50443 Closed)",
+        "(UNIX Port /run/capserv.sock Closed)",
+        "(Port '/run/capserv-dgram.sock' Closed)",
+    )
+    KEPT = (
+        "capserv stopped: 1 TCP connection served and 0 datagrams answered",
+        "the pump starting on Monday",
+        "(TCP Port 9150 Closed) and more",
+    )
+
+    def lines(self, factory: Callable[[], ILogObserver]) -> list[str]:
+        logs.follow_twistd(None)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        publisher = LogPublisher(factory())
+        for text in (*self.CHATTER, *self.KEPT):
+            _legacy(publisher, text)
+        _legacy(publisher, "(TCP Port 1 Closed)", isError=1)  # an error is never chatter
+        Logger(namespace="capserv.listen", observer=publisher).info("{text} starting on {port}", text="x", port=1)
+        return out.getvalue().splitlines()
+
+    def test_json_lines(self) -> None:
+        """json_lines writes neither start nor stop line of a port."""
+        texts = [json.loads(line)["text"] for line in self.lines(logs.json_lines)]
+        self.assertEqual(texts, [*self.KEPT, "(TCP Port 1 Closed)", "x starting on 1"])
+
+    def test_text_lines(self) -> None:
+        """text_lines likewise."""
+        lines = self.lines(logs.text_lines)
+        self.assertEqual(
+            [line.split("] ", 1)[1] for line in lines], [*self.KEPT, "(TCP Port 1 Closed)", "x starting on 1"]
         )

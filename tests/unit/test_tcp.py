@@ -516,7 +516,13 @@ class NetworkLimitTests(SynchronousTestCase):
         (refusal,) = [e for e in events if "Refused" in e.get("log_format", "")]
         self.assertEqual(refusal["peer"], "[2001:db8::5]:2")
         self.assertEqual(refusal["network"], "2001:db8::/64")
-        self.assertEqual(refusal["detail"], " (2001:db8::/64 has 1 connection open; max_connections_per_ip=1)")
+        self.assertEqual(refusal["open"], 1)
+        self.assertEqual(
+            formatEvent(refusal),
+            "Refused connection from [2001:db8::5]:2: max_connections_per_ip reached"
+            " (2001:db8::/64 has 1 connection open; max_connections_per_ip=1) (0 more refused since the last report)",
+        )
+        self.assertNotIn("detail", refusal)
         self.assertEqual(h.factory.snapshot()["limited"], {"max_connections_per_ip": {"ipv6": 1}})
 
 

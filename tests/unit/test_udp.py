@@ -401,7 +401,8 @@ class NetworkTests(SynchronousTestCase):
         warnings = [e for e in events if "Dropped" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["network"], "2001:db8::/64")
-        self.assertEqual(warnings[0]["detail"], ": 2001:db8::/64 over udp_rate")
+        self.assertIn("bytes: 2001:db8::/64 over udp_rate); ", formatEvent(warnings[0]))
+        self.assertNotIn("detail", warnings[0])
         self.assertEqual(proto.snapshot()["limited"], {"rate_limit": {"ipv6": 1, "ipv4": 1}})
 
 
@@ -503,7 +504,7 @@ class ByteBudgetTests(SynchronousTestCase):
         proto.datagramReceived(b"a" * 60000, ("2001:db8:7::2", 4000, 0, 0))
         (warning,) = [e for e in events if "Dropped" in e.get("log_format", "")]
         self.assertEqual(warning["reason"], "byte_rate")
-        self.assertEqual(warning["detail"], ": 2001:db8:7::/64 over udp_byte_rate")
+        self.assertIn("bytes: 2001:db8:7::/64 over udp_byte_rate); ", formatEvent(warning))
         self.assertEqual(proto.snapshot()["limited"], {"byte_rate": {"ipv6": 1}})
 
     def test_buckets_spend_both_or_nothing(self) -> None:
