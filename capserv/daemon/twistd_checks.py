@@ -63,8 +63,23 @@ def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
 
 
 def _check_ids(uid: int | None, gid: int | None) -> None:
-    """Another user or group is only for root to switch to."""
-    if os.name != "posix" or os.geteuid() == 0:
+    """
+    A user twistd can switch to exists (twistd looks a number up only when
+    it switches, after capserv has bound its ports); another user or group
+    is only for root to switch to.
+    """
+    if os.name != "posix":
+        return
+    if uid is not None:
+        import pwd
+
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            raise TwistdOptionError(
+                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
+            ) from None
+    if os.geteuid() == 0:
         return
     if uid is not None and uid != os.getuid():
         raise TwistdOptionError(f"--uid={uid}: only root can switch to another user; start as root, or leave --uid out")

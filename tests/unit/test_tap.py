@@ -588,8 +588,11 @@ class TwistdOptionTests(SynchronousTestCase):
 
     def test_another_user_or_group_needs_root(self) -> None:
         """--uid/--gid other than this user's are refused unless root, naming the option."""
+        import pwd
+
         from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
 
+        self.patch(pwd, "getpwuid", lambda uid: None)  # whichever users this machine has
         self.patch(os, "geteuid", lambda: 1000)
         self.patch(os, "getuid", lambda: 1000)
         self.patch(os, "getgid", lambda: 1000)
@@ -600,6 +603,18 @@ class TwistdOptionTests(SynchronousTestCase):
             self.assertTrue(str(caught.exception).startswith(f"{option}: only root can switch"))
         self.patch(os, "geteuid", lambda: 0)
         check_twistd({"nodaemon": True, "uid": 0, "gid": 0})
+
+    def test_uid_number_of_no_user_is_named(self) -> None:
+        """A --uid number no user has is one line before anything starts (twistd failed after binding)."""
+        import pwd
+
+        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
+
+        unused = next(n for n in range(54321, 60000) if n not in {entry.pw_uid for entry in pwd.getpwall()})
+        with self.assertRaises(TwistdOptionError) as caught:
+            check_twistd({"nodaemon": True, "uid": unused})
+        self.assertTrue(str(caught.exception).startswith(f"--uid={unused}: no user has this number"))
+        check_twistd({"nodaemon": True, "uid": os.getuid()})
 
     def test_daemon_default_log_file_is_checked(self) -> None:
         """Without --logfile a daemon logs to twistd.log here: a folder of that name is named."""
