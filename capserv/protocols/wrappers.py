@@ -20,6 +20,15 @@ from zope.interface import alsoProvides
 __all__ = ["lend_half_close"]
 
 
+def _is_tls(wrapper: ProtocolWrapper) -> bool:
+    """Whether the wrapper is Twisted's TLS layer (importable only with the TLS extra)."""
+    try:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError:
+        return False
+    return isinstance(wrapper, TLSMemoryBIOProtocol)
+
+
 def lend_half_close(protocol: Protocol) -> None:
     """
     Let every ``ProtocolWrapper`` between ``protocol`` and the real transport
@@ -32,6 +41,10 @@ def lend_half_close(protocol: Protocol) -> None:
     inner: object = protocol
     transport = protocol.transport
     while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:
+        if _is_tls(transport):
+            # TLS has its own end (close_notify), and its shutdown waits for
+            # the peer's: a half-close beneath it is left to Twisted.
+            break
         if not IHalfCloseableProtocol.providedBy(transport):
             alsoProvides(transport, IHalfCloseableProtocol)
             transport.readConnectionLost = inner.readConnectionLost
