@@ -250,7 +250,7 @@ def test_comments_and_page_give_the_manifest_s_stop_timing() -> None:
     the grace period the Deployment really has.
     """
     parsed = options()
-    config = parsed["config"]
+    config = parsed["settings"].config
     parts = [float(parsed["drain-delay"]), config.shutdown_timeout, config.abort_grace]
     total = sum(parts)
     grace = the("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -46,7 +46,8 @@ def served() -> dict[str, dict[str, set[str]]]:
     """What capserv's /metrics serves: each sample name, with the values of
     each of its labels."""
     config = CapservConfig()
-    collector = CapservCollector(UppercaseFactory(config, clock=Clock()), DatagramState(config, clock=Clock()))
+    factory, datagrams = UppercaseFactory(config, clock=Clock()), DatagramState(config, clock=Clock())
+    collector = CapservCollector(lambda: {"tcp": factory.snapshot(), "udp": datagrams.snapshot(), "workers": 1}, config)
     registry = CollectorRegistry()
     registry.register(collector)
     found: dict[str, dict[str, set[str]]] = {}
@@ -129,7 +130,7 @@ def test_connection_limit_is_the_default_max_connections() -> None:
     assert match is not None, limit["expr"]
     options = Options()
     options.parseOptions([])
-    assert int(match.group(1)) == options["config"].max_connections
+    assert int(match.group(1)) == options["settings"].config.max_connections
 
 
 def test_example_configuration_scrapes_the_jobs_the_rules_select() -> None:
