@@ -12,6 +12,8 @@ subclass, no global adapter, whatever wrapper a program uses.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
@@ -21,12 +23,14 @@ __all__ = ["lend_half_close"]
 
 
 def _is_tls(wrapper: ProtocolWrapper) -> bool:
-    """Whether the wrapper is Twisted's TLS layer (importable only with the TLS extra)."""
-    try:
-        from twisted.protocols.tls import TLSMemoryBIOProtocol
-    except ImportError:
-        return False
-    return isinstance(wrapper, TLSMemoryBIOProtocol)
+    """
+    Whether the wrapper is Twisted's TLS layer.  Only a program that imported
+    ``twisted.protocols.tls`` can have one, so nothing is imported here (on a
+    machine without the TLS extra a failed import would be retried for every
+    wrapped connection).
+    """
+    tls = sys.modules.get("twisted.protocols.tls")
+    return tls is not None and isinstance(wrapper, tls.TLSMemoryBIOProtocol)
 
 
 def lend_half_close(protocol: Protocol) -> None:
