@@ -41,18 +41,6 @@ from capserv.client.stream import ClientReactor, open_stream, tcp_request
 from capserv.endpoints.grammar import DescriptionError, Twisted, parse
 from capserv.endpoints.tls import tls_unavailable_message
 
-__all__ = [
-    "CONNECT_FORMS",
-    "EXIT_INTERRUPTED",
-    "EXIT_LOCAL",
-    "EXIT_NETWORK",
-    "EXIT_USAGE",
-    "ClientError",
-    "ClientOptions",
-    "connect_endpoint",
-    "main",
-]
-
 PROMPT = b"Input lowercase sentence:"
 
 #: The ``--connect`` forms, for error messages.

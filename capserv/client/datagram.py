@@ -21,15 +21,6 @@ from twisted.internet.protocol import DatagramProtocol
 from capserv.client.stream import CapservClientError, ClientReactor
 from capserv.protocols.udp import MAX_DATAGRAM, MAX_REPLY_IPV4, MAX_REPLY_IPV6
 
-__all__ = [
-    "MAX_UDP_REPLY",
-    "MessageTooLongError",
-    "NoReplyError",
-    "ReplyTooLongError",
-    "resolve_udp",
-    "udp_request",
-]
-
 #: The longest UDP reply the client reads whole.
 MAX_UDP_REPLY = MAX_DATAGRAM
 

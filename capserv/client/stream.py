@@ -32,16 +32,6 @@ from twisted.python.threadpool import ThreadPool
 from capserv.protocols._twisted import global_reactor
 from capserv.protocols.text import Uppercaser
 
-__all__ = [
-    "CapservClientError",
-    "ClientReactor",
-    "ReplyTimeoutError",
-    "ServerClosedError",
-    "StreamSession",
-    "open_stream",
-    "tcp_request",
-]
-
 _P = ParamSpec("_P")
 
 
@@ -107,12 +97,10 @@ class StreamSession(Protocol):
         reply_timeout: float | None = None,
     ) -> None:
         self.on_data = on_data
-        self._clock = clock
-        self._idleTimeout = idle_timeout
-        self._replyTimeout = reply_timeout
-        self._halfClose = half_close
         #: Fires with `None` once the server closed after sending everything.
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
+        self._clock, self._halfClose = clock, half_close
+        self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
         self.bytes_sent = 0
         self.bytes_received = 0
         self._predictor = Uppercaser(ascii_only=ascii_only)

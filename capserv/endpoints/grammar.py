@@ -1,12 +1,8 @@
 """
-Endpoint descriptions: one tokenizer, and one declared shape per kind.
-
-Descriptions split as Twisted splits them (parts at unescaped colons,
-``key=value`` at the first unescaped ``=``, a backslash escapes the next
-character).  Each kind is a function whose signature is its schema, as in
-Twisted's ``_parseTCP(factory, port, interface="", backlog=50)``; a
-parameter's name decides how its value is checked (`_VALUES`), so ``port``
-means the same for every kind.
+Endpoint descriptions: one tokenizer (Twisted's splitting and escapes), and one
+shape per kind: a function whose signature is its schema, as in Twisted's
+``_parseTCP(factory, port, interface="", backlog=50)``.  A parameter's name
+decides how its value is checked (`_VALUES`), the same for every kind.
 """
 
 from __future__ import annotations
@@ -61,10 +57,6 @@ def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
     yield key, "".join(text)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
 @dataclass(frozen=True)
 class Inet:
     """``tcp:``, ``tcp6:`` or ``udp:``: an IP address and port capserv binds."""
@@ -83,7 +75,6 @@ class Inet:
         return self.kind == "udp"
 
     def where(self) -> str:
-        """The address as an operator would write it, for messages."""
         host = self.host or "0.0.0.0"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
@@ -127,9 +118,6 @@ class Twisted:
     description: str
     port: int = 0
     interface: str = ""
-
-
-# -- values, checked by the parameter's name ------------------------------------
 
 
 def _value(must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -203,9 +191,7 @@ _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     "address": (_path, "PATH"),
     "path": (_socket_path, "PATH"),
     "mode": (
-        _value(
-            "mode must be octal permissions such as 660", lambda t: int(t, 8) if t.isdigit() and len(t) < 5 else None
-        ),
+        _value("mode must be octal permissions such as 660", lambda t: re.fullmatch("[0-7]{1,4}", t) and int(t, 8)),
         "OCTAL",
     ),
     "lockfile": (_value("lockfile must be 0 or 1", _FLAG), "0|1"),
@@ -221,11 +207,6 @@ _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (_host, "HOST"),
     "timeout": (_value("timeout must be a number of seconds more than 0", _seconds), "SECONDS"),
 }
-
-_REQUIRED = inspect.Parameter.empty
-
-
-# -- the server shapes ------------------------------------------------------------
 
 
 def _tcp(port: int, interface: str = "", backlog: int = DEFAULT_BACKLOG) -> Inet:
@@ -292,11 +273,8 @@ def _adopted(index: int, kind: int) -> Adopted:
             "systemd socket activation: see docs/operations"
         )
     if index >= len(descriptors):
-        if len(descriptors) == 1:
-            raise DescriptionError("systemd passed 1 socket; write index 0")
-        raise DescriptionError(
-            f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}"
-        )
+        last = len(descriptors) - 1
+        raise DescriptionError(f"systemd passed {last + 1} socket(s); write an index from 0 to {last}")
     with socket.socket(fileno=descriptors[index]) as probe:
         actual = probe.type
         probe.detach()
@@ -317,8 +295,6 @@ SERVER_KINDS: dict[str, Callable[..., Any]] = {
     "ssl": _ssl,
     "systemd": _systemd,
 }
-
-# -- reading a description against its shape -----------------------------------
 
 
 def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> Any:
@@ -346,7 +322,7 @@ def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS)
             raise DescriptionError(f"unknown kind {kind!r}: kinds are lowercase, as in Twisted; write {kind.lower()}:")
         return Twisted(description)
     try:
-        made = shape(**_bind(kind, shape, tokens[1:]))
+        made = shape(**_bind(kind, kinds, tokens[1:]))
     except DescriptionError as e:
         raise DescriptionError(_ipv6_hint(description) or str(e)) from None
     return Twisted(description, made.port, made.interface) if isinstance(made, Twisted) else made
@@ -364,9 +340,9 @@ def twisted_description(description: str) -> str:
     return f"{description}:backlog={DEFAULT_BACKLOG}" if "backlog" in set(names) - given else description
 
 
-def _bind(kind: str, shape: Callable[..., Any], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
+def _bind(kind: str, kinds: dict[str, Callable[..., Any]], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
     """The shape's keyword arguments from a description's parts (an empty positional one is not given)."""
-    parameters = inspect.signature(shape).parameters
+    parameters = inspect.signature(kinds[kind]).parameters
     positional = [p.name for p in parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
     values = [value for key, value in tokens if key is None]
     if len(values) > len(positional):
@@ -382,9 +358,9 @@ def _bind(kind: str, shape: Callable[..., Any], tokens: list[tuple[str | None, s
         texts[key] = value
     checked = {name: _VALUES.get(name, (str, ""))[0](text) for name, text in texts.items()}
     for name, parameter in parameters.items():
-        if name not in texts and parameter.default is _REQUIRED:
+        if name not in texts and parameter.default is parameter.empty:
             what = "socket path" if _VALUES.get(name, (None, ""))[1] == "PATH" else name
-            raise DescriptionError(f"no {what}; write {_form(kind, shape).split('[', 1)[0]}")
+            raise DescriptionError(f"no {what}; write {form(kind, kinds).split('[', 1)[0]}")
     return checked
 
 
@@ -396,34 +372,22 @@ def _ipv6_hint(description: str) -> str:
     match = _UNESCAPED_V6.search(description)
     if match is None or "\\" in match.group(2):
         return ""
+    escaped = match.group(2).replace(":", "\\:")
     if match.group(1):
-        return f"write an IPv6 address without brackets, its colons escaped: interface={_escape(match.group(2))}"
-    return f"escape an IPv6 address's colons: write interface={_escape(match.group(2))}"
-
-
-# -- the forms, for --help, the docs and the hints -------------------------------
+        return f"write an IPv6 address without brackets, its colons escaped: interface={escaped}"
+    return f"escape an IPv6 address's colons: write interface={escaped}"
 
 
 def form(kind: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> str:
     """The full form of a kind, from its shape: ``tcp:PORT[:interface=ADDRESS][:backlog=N]``."""
-    return _form(kind, kinds[kind])
-
-
-def _form(kind: str, shape: Callable[..., Any]) -> str:
     parts = [kind]
     bare = True  # the leading checked values are written bare: tcp:PORT, not a file name
-    for index, parameter in enumerate(inspect.signature(shape).parameters.values()):
-        check, metavar = _VALUES.get(parameter.name, (str, parameter.name.upper()))
-        required = parameter.default is _REQUIRED
-        bare = (
-            bare and check is not str and parameter.kind == parameter.POSITIONAL_OR_KEYWORD and (required or index == 0)
-        )
-        if bare:
-            parts.append(f":{metavar}")
-        elif required:
-            parts.append(f":{parameter.name}={metavar}")
-        else:
-            parts.append(f"[:{parameter.name}={metavar}]")
+    for index, p in enumerate(inspect.signature(kinds[kind]).parameters.values()):
+        check, metavar = _VALUES.get(p.name, (str, p.name.upper()))
+        required = p.default is p.empty
+        bare = bare and check is not str and p.kind == p.POSITIONAL_OR_KEYWORD and (required or index == 0)
+        part = f":{metavar}" if bare else f":{p.name}={metavar}"
+        parts.append(part if bare or required else f"[{part}]")
     return "".join(parts)
 
 

@@ -20,12 +20,10 @@ __all__ = ["native_endpoint"]
 
 def native_endpoint(reactor: Any, description: str, native: bool = True) -> IStreamServerEndpoint:
     """
-    Use it in place of ``serverFromString``: on Twisted's asyncio reactor
-    (unless ``native=False``) ``tcp:``, ``tcp6:`` and ``unix:`` give a
-    `NativeSocketEndpoint`; anything else gives Twisted's endpoint.  The
-    description is read as the daemon's ``--listen`` reads it.
+    ``serverFromString`` for a description read as ``--listen`` reads it: on
+    the asyncio reactor (unless ``native=False``) ``tcp:``, ``tcp6:`` and
+    ``unix:`` give a `NativeSocketEndpoint`, anything else Twisted's endpoint.
 
-    :param description: e.g. ``"tcp:50007:interface=127.0.0.1"``.
     :raises capserv.endpoints.grammar.DescriptionError: saying what to write instead.
     """
     address = parse(description)

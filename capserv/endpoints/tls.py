@@ -72,22 +72,18 @@ def check_server_files(
     if sslmethod is not None and sslmethod not in methods:
         raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {sslmethod!r}; or leave it out")
     certificate = cert_key or private_key
-    files = {
-        "privateKey": private_key,
-        "certKey": certificate,
-        "extraCertChain": extra_cert_chain,
-        "dhParameters": dh_parameters,
-    }
+    files = dict(
+        privateKey=private_key, certKey=certificate, extraCertChain=extra_cert_chain, dhParameters=dh_parameters
+    )
     texts = {}
     for name, path in files.items():
-        if path is not None:
-            try:
+        try:
+            if path is not None:
                 with open(path, "rb") as f:
                     texts[name] = f.read()
-            except OSError as e:
-                raise DescriptionError(
-                    f"{name}: cannot read {path}: {e.strerror or e}; write the path of a file this user can read"
-                ) from None
+        except OSError as e:
+            why = f"{name}: cannot read {path}: {e.strerror or e}"
+            raise DescriptionError(f"{why}; write the path of a file this user can read") from None
     if "extraCertChain" in texts and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
         raise DescriptionError(
             f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}"

@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv.client import ReplyTimeoutError, StreamSession, tcp_request, udp_request
-from capserv.client.datagram import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
 from capserv.client.command import ClientOptions, usage_message
+from capserv.client.datagram import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
 
 SERVER = ("192.0.2.10", 50007)
 
