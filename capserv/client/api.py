@@ -29,7 +29,7 @@ Errors
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
@@ -38,13 +38,15 @@ from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
     IListeningPort,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from capserv.protocols.config import Clock
 from capserv.protocols.text import Uppercaser
 
 __all__ = [
@@ -52,10 +54,17 @@ __all__ = [
     "ClientReactor",
     "ReplyTimeoutError",
     "ServerClosedError",
+    "StreamClientEndpoint",
     "StreamSession",
     "open_stream",
     "tcp_request",
 ]
+
+
+class StreamClientEndpoint(TypingProtocol):
+    """Any Twisted ``IStreamClientEndpoint``, by shape (no zope plugin needed)."""
+
+    def connect(self, protocolFactory: IProtocolFactory, /) -> Deferred[IProtocol]: ...  # noqa: N803
 
 
 class ClientReactor(TypingProtocol):
@@ -119,7 +128,7 @@ class StreamSession(Protocol):
     def __init__(
         self,
         on_data: Callable[[bytes], None],
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         idle_timeout: float = 5.0,
         ascii_only: bool = False,
         half_close: bool | None = None,
@@ -143,7 +152,7 @@ class StreamSession(Protocol):
             as long as the connection lasts.
         """
         self.on_data = on_data
-        self._clock = clock
+        self._clock = cast("IReactorTime | None", clock)
         self._idleTimeout = idle_timeout
         self._replyTimeout = reply_timeout
         self._halfClose = half_close
@@ -305,9 +314,9 @@ def _is_tls(transport: object) -> bool:
 
 
 def open_stream(
-    endpoint: IStreamClientEndpoint,
+    endpoint: StreamClientEndpoint,
     on_data: Callable[[bytes], None],
-    clock: IReactorTime | None = None,
+    clock: Clock | None = None,
     idle_timeout: float = 5.0,
     ascii_only: bool = False,
     half_close: bool | None = None,
@@ -327,9 +336,9 @@ def open_stream(
 
 
 def tcp_request(
-    endpoint: IStreamClientEndpoint,
+    endpoint: StreamClientEndpoint,
     data: bytes,
-    clock: IReactorTime | None = None,
+    clock: Clock | None = None,
     idle_timeout: float = 5.0,
     ascii_only: bool = False,
     timeout: float | None = None,
@@ -364,5 +373,5 @@ def tcp_request(
             from capserv.protocols._twisted import global_reactor
 
             clock = global_reactor()
-        reply.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+        reply.addTimeout(timeout, cast(IReactorTime, clock), onTimeoutCancel=timed_out)
     return reply

@@ -10,8 +10,9 @@ behaviour.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from capserv.protocols.text import service_encoding
 
@@ -20,12 +21,31 @@ if TYPE_CHECKING:
     # checkers know typing_extensions, and nothing imports it at run time.
     from typing_extensions import Unpack
 
-__all__ = ["MAX_HIGH_WATER", "MAX_IDLE_TIMEOUT", "MAX_WAIT", "MIN_UDP_BYTE_BURST", "CapservConfig", "ConfigError"]
+__all__ = [
+    "MAX_HIGH_WATER",
+    "MAX_IDLE_TIMEOUT",
+    "MAX_WAIT",
+    "MIN_UDP_BYTE_BURST",
+    "CapservConfig",
+    "Clock",
+    "ConfigError",
+]
 
 #: The smallest byte burst: one largest reply capserv sends (65,535 - 8
 #: bytes over IPv6, `capserv.protocols.udp.MAX_REPLY_IPV6`), so every reply it would
 #: send can pass the byte budget.
 MIN_UDP_BYTE_BURST = 65527
+
+
+class Clock(Protocol):
+    """
+    What capserv needs of a clock, by shape: any reactor or ``task.Clock``
+    passes, also for type checkers that do not understand zope interfaces.
+    """
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any) -> object: ...
 
 
 class ConfigError(ValueError):
