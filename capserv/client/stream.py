@@ -12,7 +12,7 @@ Deferred closes the connection and stops every timer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
@@ -21,18 +21,26 @@ from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
     IListeningPort,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
     ISSLTransport,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from capserv.protocols._twisted import global_reactor
+from capserv.protocols.config import Clock
 from capserv.protocols.text import Uppercaser
 
 _P = ParamSpec("_P")
+
+
+class StreamClientEndpoint(TypingProtocol):
+    """Any Twisted ``IStreamClientEndpoint``, by shape (no zope plugin needed)."""
+
+    def connect(self, protocolFactory: IProtocolFactory, /) -> Deferred[IProtocol]: ...  # noqa: N803
 
 
 class ClientReactor(TypingProtocol):
@@ -90,7 +98,7 @@ class StreamSession(Protocol):
     def __init__(
         self,
         on_data: Callable[[bytes], None],
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         idle_timeout: float = 5.0,
         ascii_only: bool = False,
         half_close: bool | None = None,
@@ -99,7 +107,7 @@ class StreamSession(Protocol):
         self.on_data = on_data
         #: Fires with `None` once the server closed after sending everything.
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
-        self._clock, self._halfClose = clock, half_close
+        self._clock, self._halfClose = cast("IReactorTime | None", clock), half_close
         self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -222,8 +230,8 @@ class StreamSession(Protocol):
 
 def _connecting(
     session: Callable[_P, StreamSession],
-) -> Callable[Concatenate[IStreamClientEndpoint, _P], Deferred[StreamSession]]:
-    def open_stream(endpoint: IStreamClientEndpoint, /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[StreamSession]:
+) -> Callable[Concatenate[StreamClientEndpoint, _P], Deferred[StreamSession]]:
+    def open_stream(endpoint: StreamClientEndpoint, /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[StreamSession]:
         """
         Connect a `StreamSession` (made with the other arguments) and fire with
         it once connected; cancelling before then stops connecting.
@@ -237,9 +245,9 @@ open_stream = _connecting(StreamSession)
 
 
 def tcp_request(
-    endpoint: IStreamClientEndpoint,
+    endpoint: StreamClientEndpoint,
     data: bytes,
-    clock: IReactorTime | None = None,
+    clock: Clock | None = None,
     idle_timeout: float = 5.0,
     ascii_only: bool = False,
     timeout: float | None = None,
@@ -265,5 +273,5 @@ def tcp_request(
     reply = open_stream(endpoint, received.append, clock, idle_timeout, ascii_only, half_close)
     reply.addCallback(connected).addCallback(lambda _: b"".join(received))
     if timeout is not None:
-        reply.addTimeout(timeout, clock or global_reactor(), onTimeoutCancel=timed_out)
+        reply.addTimeout(timeout, cast(IReactorTime, clock or global_reactor()), onTimeoutCancel=timed_out)
     return reply  # type: ignore[return-value]

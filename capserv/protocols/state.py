@@ -6,13 +6,13 @@ a `SharedState`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 
 from capserv.protocols._twisted import global_reactor
 from capserv.protocols.addresses import SourceNetworks
-from capserv.protocols.config import CapservConfig
+from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.logthrottle import LogThrottle
 
 __all__ = ["SharedState"]
@@ -31,7 +31,7 @@ class SharedState:
     connections.  Either way limits and counters hold across listeners.
     """
 
-    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (timeouts, durations, rate
@@ -40,7 +40,7 @@ class SharedState:
             reactor.
         """
         self.config = config if config is not None else CapservConfig()
-        self._clock = clock
+        self._clock = cast("IReactorTime | None", clock)
         #: The network each source is counted in.
         self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
         self.log_throttle = LogThrottle(10.0)

@@ -36,7 +36,7 @@ from capserv.protocols._twisted import (
 )
 from capserv.protocols.accesslog import log_connection, lost_reason
 from capserv.protocols.addresses import describe
-from capserv.protocols.config import CapservConfig
+from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.connections import ConnectionSet
 from capserv.protocols.limits import Admission
 from capserv.protocols.state import SharedState
@@ -375,7 +375,7 @@ class UppercaseFactory(ServerFactory, SharedState):
     #: capserv logs its own listening and connection lines.
     noisy = False
 
-    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (timeouts, durations); the global

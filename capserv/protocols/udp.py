@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from capserv.protocols._twisted import datagram_sender
 from capserv.protocols.addresses import family, host_key, is_loopback
-from capserv.protocols.config import CapservConfig
+from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.logthrottle import literal
 from capserv.protocols.ratelimit import TokenBuckets
 from capserv.protocols.state import SharedState
@@ -46,7 +46,7 @@ class DatagramState(SharedState):
     source network).
     """
 
-    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
         """
         :param config: the behaviour; the daemon's defaults if `None`.
         :param clock: where time comes from (rate limit, log throttling);
@@ -140,7 +140,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
     def __init__(
         self,
         config: CapservConfig | None = None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         state: DatagramState | None = None,
     ) -> None:
         """
