@@ -1,7 +1,7 @@
 """
-Every place capserv reaches into Twisted's private attributes.  Each helper
-checks the internals look as expected and otherwise falls back to the public
-behaviour (tested on the oldest and newest Twisted).
+Every place capserv reaches into Twisted's private attributes: each helper
+checks they look as expected, else falls back to the public behaviour
+(tested on the oldest and newest Twisted).
 """
 
 from __future__ import annotations
@@ -12,22 +12,6 @@ from typing import Any
 
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
-
-__all__ = [
-    "clear_exit_signal",
-    "datagram_sender",
-    "endpoint_service",
-    "global_reactor",
-    "is_proxy_protocol",
-    "proxy_header_read",
-    "proxy_protocol_factory",
-    "record_exit_signal",
-    "reset_unnoticed",
-    "stream_writer",
-    "systemd_descriptors",
-    "systemd_names",
-    "unsent_bytes",
-]
 
 
 def global_reactor() -> Any:
@@ -40,9 +24,7 @@ def global_reactor() -> Any:
 def clear_exit_signal(reactor: Any) -> bool:
     """
     Forget the signal that stopped the reactor (``_exitSignal``), so twistd
-    exits 0 after a graceful stop instead of killing itself by it.
-
-    :return: whether a recorded signal was cleared.
+    exits 0 after a graceful stop instead of killing itself by it; tell whether there was one.
     """
     if isinstance(getattr(reactor, "_exitSignal", None), int):
         reactor._exitSignal = None
@@ -56,36 +38,22 @@ def record_exit_signal(reactor: Any, signum: int) -> None:
         reactor._exitSignal = signum
 
 
-def _tcp() -> Any:
-    """``twisted.internet.tcp``, imported when first needed (it is not when
-    the module is imported, so that no reactor is)."""
-    global _tcp_module
-    if _tcp_module is None:
-        from twisted.internet import tcp
-
-        _tcp_module = tcp
-    return _tcp_module
-
-
-_tcp_module: Any = None
-
-
 def unsent_bytes(transport: Any) -> int | None:
     """
     Bytes written to a stream transport and not yet sent (native's
     ``write_buffer_size``, Twisted TCP's buffers), or `None` if it cannot tell.
     """
+    from twisted.internet import tcp
+
     size = getattr(transport, "write_buffer_size", None)
     if isinstance(size, int):
         return size
-    if not isinstance(transport, _tcp().Connection):
+    if not isinstance(transport, tcp.Connection):
         return None
-    buffer = getattr(transport, "dataBuffer", None)
-    offset = getattr(transport, "offset", None)
-    pending = getattr(transport, "_tempDataLen", None)
-    if not isinstance(buffer, bytes) or not isinstance(offset, int) or not isinstance(pending, int):
+    try:
+        return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+    except (AttributeError, TypeError):
         return None
-    return len(buffer) - offset + pending
 
 
 def stream_writer(transport: Any, fast: bool = True) -> Any:
@@ -95,7 +63,9 @@ def stream_writer(transport: Any, fast: bool = True) -> Any:
     twisted#5303); the rest, and errors, go through ``write``.  Other
     transports, or ``fast=False``, get ``transport.write`` itself.
     """
-    if not fast or not isinstance(transport, _tcp().Connection):
+    from twisted.internet import tcp
+
+    if not fast or not isinstance(transport, tcp.Connection):
         return transport.write
     needed = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "connected", "_writeDisconnected", "disconnecting")
     if not all(hasattr(transport, name) for name in needed):
@@ -146,8 +116,8 @@ def datagram_sender(transport: Any, fast: bool = True) -> Any:
 def reset_unnoticed(transport: Any) -> bool:
     """
     Whether the socket under a transport (through TLS or PROXY wrappers)
-    holds an error its reactor was never told of, clearing it: uvloop drops
-    a reset that arrives while a Twisted transport waits to read.
+    holds an error its reactor was never told of, clearing it (uvloop drops
+    a reset that arrives while a Twisted transport waits to read).
     """
     for _ in range(4):
         sock = getattr(transport, "socket", None)
@@ -191,10 +161,7 @@ def proxy_protocol_factory(factory: Any) -> Any:
 
 
 def endpoint_service(endpoint: Any, factory: Any) -> Any:
-    """
-    A ``StreamServerEndpointService`` that raises a listen failure from
-    ``privilegedStartService`` (``_raiseSynchronously``, as ``strports`` sets).
-    """
+    """A ``StreamServerEndpointService`` raising a listen failure from ``privilegedStartService``, as strports'."""
     from twisted.application.internet import StreamServerEndpointService
 
     service = StreamServerEndpointService(endpoint, factory)
@@ -204,10 +171,7 @@ def endpoint_service(endpoint: Any, factory: Any) -> Any:
 
 
 def systemd_descriptors() -> list[int]:
-    """
-    The sockets systemd passed (``LISTEN_FDS``), in order: as Twisted's
-    ``systemd:`` parser read them at import (it clears the environment).
-    """
+    """The sockets systemd passed (``LISTEN_FDS``) as Twisted read them at import (it clears the environment)."""
     return list(_listen_fds().inheritedDescriptors())
 
 

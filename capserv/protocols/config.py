@@ -28,10 +28,7 @@ MIN_UDP_BYTE_BURST = 65527
 
 
 class Clock(Protocol):
-    """
-    What capserv needs of a clock, by shape: any reactor or ``task.Clock``
-    passes, also for type checkers that do not understand zope interfaces.
-    """
+    """What capserv needs of a clock, by shape (any reactor or ``task.Clock``), for checkers blind to zope."""
 
     def seconds(self) -> float: ...
 
@@ -53,12 +50,20 @@ MAX_IDLE_TIMEOUT = 30 * MAX_WAIT
 #: The largest high-water mark: 1 GiB (the event loops take a C int).
 MAX_HIGH_WATER = 1 << 30
 
-_UPPER_BOUNDS = (
-    ("idle_timeout", MAX_IDLE_TIMEOUT, "30 days"),
-    ("abort_grace", MAX_WAIT, "a day"),
-    ("shutdown_timeout", MAX_WAIT, "a day"),
-    ("high_water", MAX_HIGH_WATER, "1 GiB"),
-)
+#: The numbers checked: field -> (whole number?, least, most or None, the most in words).
+_RANGES: dict[str, tuple[bool, int, float | None, str]] = {
+    "idle_timeout": (False, 0, MAX_IDLE_TIMEOUT, "30 days"),
+    "abort_grace": (False, 0, MAX_WAIT, "a day"),
+    "shutdown_timeout": (False, 0, MAX_WAIT, "a day"),
+    "udp_rate": (False, 0, None, ""),
+    "udp_byte_rate": (False, 0, None, ""),
+    "max_connections": (True, 0, None, ""),
+    "max_connections_per_ip": (True, 0, None, ""),
+    "udp_burst": (True, 0, None, ""),
+    "udp_byte_burst": (True, 0, None, ""),
+    "high_water": (True, 1, MAX_HIGH_WATER, "1 GiB"),
+    "udp_rate_table_size": (True, 1, None, ""),
+}
 
 
 class _Changes(TypedDict, total=False):
@@ -94,8 +99,7 @@ class CapservConfig:
     name: ``CapservConfig(idle_timeout=60.0)``.
     """
 
-    #: Text encoding of what clients send, writing ASCII letters as
-    #: themselves (`capserv.protocols.text.service_encoding`).
+    #: What clients send is text in this encoding (`capserv.protocols.text.service_encoding`).
     encoding: str = "utf-8"
     #: Map only a-z to A-Z and leave every other byte alone (fastest).
     ascii_only: bool = False
@@ -117,8 +121,7 @@ class CapservConfig:
     udp_rate: float = 500.0
     #: Datagrams a source may send at once before the rate applies.
     udp_burst: int = 1000
-    #: Reply bytes per second to one source network (one megabit), capping
-    #: what a spoofed stream can aim at a victim.
+    #: Reply bytes per second to one source network (one megabit): what a spoofed stream can aim at a victim.
     udp_byte_rate: float = 125000.0
     #: Reply bytes a source may be sent at once (>= `MIN_UDP_BYTE_BURST`).
     udp_byte_burst: int = 250000
@@ -126,15 +129,13 @@ class CapservConfig:
     udp_rate_loopback: bool = False
     #: Most source networks the rate limiter remembers (LRU).
     udp_rate_table_size: int = 65536
-    #: Answer source ports below 1024 (off: a spoofed datagram could bounce
-    #: between two services for ever).
+    #: Answer source ports below 1024 (off: a spoofed datagram could bounce between two services for ever).
     udp_allow_low_ports: bool = False
     #: Seconds a graceful stop waits for open connections to finish.
     shutdown_timeout: float = 10.0
     #: Log one line per closed TCP connection (refusals and errors always are).
     access_log: bool = True
-    #: Send through Twisted internals when nothing waits
-    #: (`capserv.protocols._twisted`); off: Twisted's public path only.
+    #: Send through Twisted internals when nothing waits (`capserv.protocols._twisted`).
     fast_paths: bool = True
 
     def __post_init__(self) -> None:
@@ -143,30 +144,19 @@ class CapservConfig:
         except LookupError as e:
             raise ConfigError("encoding", str(e)) from None
         object.__setattr__(self, "encoding", canonical)
-        for name in ("idle_timeout", "abort_grace", "udp_rate", "udp_byte_rate", "shutdown_timeout"):
+        for name, (whole, least, most, what) in _RANGES.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value != value or value < 0:
-                raise ConfigError(name, f"must be a number >= 0, not {value!r}")
-        for name in ("max_connections", "max_connections_per_ip", "udp_burst", "udp_byte_burst"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(name, f"must be a whole number >= 0, not {value!r}")
-        for name in ("high_water", "udp_rate_table_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(name, f"must be a whole number >= 1, not {value!r}")
-        for name, most, what in _UPPER_BOUNDS:
-            value = getattr(self, name)
-            if value > most:
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not value >= least:
+                raise ConfigError(
+                    name, f"must be {'a whole number' if whole else 'a number'} >= {least}, not {value!r}"
+                )
+            if most is not None and value > most:
                 raise ConfigError(name, f"must be at most {int(most)} ({what}), not {value!r}")
         if self.udp_rate > 0 and self.udp_burst < 1:
             raise ConfigError("udp_burst", f"must be >= 1 while the UDP rate limit is on, not {self.udp_burst}")
         if self.udp_byte_rate > 0 and self.udp_byte_burst < MIN_UDP_BYTE_BURST:
-            raise ConfigError(
-                "udp_byte_burst",
-                f"must be at least {MIN_UDP_BYTE_BURST} (one largest reply) while the UDP byte rate is on, "
-                f"not {self.udp_byte_burst}",
-            )
+            why = f"at least {MIN_UDP_BYTE_BURST} (one largest reply) while the UDP byte rate is on"
+            raise ConfigError("udp_byte_burst", f"must be {why}, not {self.udp_byte_burst}")
         for name, most in (("ipv4_prefix", 32), ("ipv6_prefix", 128)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:

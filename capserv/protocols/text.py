@@ -14,12 +14,10 @@ from functools import cache
 
 __all__ = ["Uppercaser", "is_ascii_compatible", "lookup_encoding", "service_encoding", "uppercase"]
 
-#: ``surrogateescape`` widened to every byte (wide codecs find bytes below
-#: 0x80 undecodable too), so whatever a client sends comes back in any
-#: encoding, however the stream was cut.
+#: ``surrogateescape`` widened to bytes below 0x80 (which wide codecs find
+#: undecodable too), so whatever a client sends comes back in any encoding.
 _ERRORS = "capserv-escape"
-#: Python's handler, in C and much faster; the same result where every bad
-#: byte is 0x80 or above (`_c_errors_suffice`).
+#: Python's handler, in C and much faster, where it gives the same (`_errors_for`).
 _C_ERRORS = "surrogateescape"
 _ESCAPES = re.compile("([\udc00-\udcff]+)")
 
@@ -44,11 +42,7 @@ codecs.register_error(_ERRORS, _escape)
 
 
 def lookup_encoding(name: str) -> str:
-    """
-    The canonical Python name of a text codec (``"utf8"`` -> ``"utf-8"``).
-
-    :raises LookupError: naming the culprit, if it is not a text encoding.
-    """
+    """The canonical name of a text codec (``"utf8"`` -> ``"utf-8"``); `LookupError` names any other."""
     try:
         info = codecs.lookup(name)
     except LookupError:
@@ -65,10 +59,7 @@ _WRITE_INSTEAD = "an ASCII-compatible text encoding such as utf-8, latin-1 or cp
 
 
 def service_encoding(name: str) -> str:
-    """
-    `lookup_encoding`, for a service: only encodings that write ASCII letters
-    as themselves, or the ASCII most clients send would come back unchanged.
-    """
+    """`lookup_encoding` of an encoding writing ASCII letters as themselves (else ASCII comes back unchanged)."""
     canonical = lookup_encoding(name)
     try:
         ascii_letters = "Az".encode(canonical) == b"Az" and b"Az".decode(canonical) == "Az"
@@ -88,38 +79,29 @@ def service_encoding(name: str) -> str:
 @cache
 def is_ascii_compatible(encoding: str) -> bool:
     """Whether every ASCII byte stands alone for its ASCII character (so `bytes.upper` is right)."""
-    for i in range(128):
-        b = bytes([i])
-        try:
-            if b.decode(encoding) != chr(i) or chr(i).encode(encoding) != b:
-                return False
-        except UnicodeError:
-            return False
-    return True
+    try:
+        return all(bytes([i]).decode(encoding) == chr(i) and chr(i).encode(encoding) == bytes([i]) for i in range(128))
+    except UnicodeError:
+        return False
 
 
 @cache
 def _errors_for(encoding: str) -> str:
-    return _C_ERRORS if _c_errors_suffice(encoding) else _ERRORS
-
-
-def _c_errors_suffice(encoding: str) -> bool:
     """
-    Whether ``surrogateescape`` gives what ``capserv-escape`` gives: UTF-8,
-    and ASCII-compatible codecs that read each byte alone.
+    ``surrogateescape`` where it gives what ``capserv-escape`` gives (UTF-8,
+    and ASCII-compatible codecs reading each byte alone), else ours.
     """
     if encoding == "utf-8":
-        return True
+        return _C_ERRORS
     if not is_ascii_compatible(encoding):
-        return False
+        return _ERRORS
     for i in range(128, 256):
-        decoder = codecs.getincrementaldecoder(encoding)("strict")
         try:
-            if len(decoder.decode(bytes([i]), False)) != 1:
-                return False
+            if len(codecs.getincrementaldecoder(encoding)("strict").decode(bytes([i]), False)) != 1:
+                return _ERRORS
         except UnicodeDecodeError:
             continue
-    return True
+    return _C_ERRORS
 
 
 def uppercase(data: bytes, encoding: str = "utf-8", ascii_only: bool = False) -> bytes:
@@ -131,10 +113,7 @@ def uppercase(data: bytes, encoding: str = "utf-8", ascii_only: bool = False) ->
 
 
 class Uppercaser:
-    """
-    An incremental uppercaser: `feed` chunks, `flush` at end of input; the
-    output is what uppercasing the whole input at once gives.
-    """
+    """An incremental uppercaser: `feed` chunks, `flush` at the end; the output is the whole input's."""
 
     __slots__ = ("_decoder", "_encoder", "_fast", "_pending", "ascii_only", "encoding")
 
@@ -143,9 +122,8 @@ class Uppercaser:
         self.encoding = lookup_encoding(encoding)
         self.ascii_only = ascii_only
         self._fast = ascii_only or is_ascii_compatible(self.encoding)
-        # Made on first use: most connections only ever see ASCII.
+        # Made on first use (most connections only ever see ASCII); incremental, so a BOM is written once.
         self._decoder: codecs.IncrementalDecoder | None = None
-        # Incremental, so a byte-order mark is written once per stream.
         self._encoder: codecs.IncrementalEncoder | None = None
         # True while the decoder may hold bytes of an incomplete character.
         self._pending = False
@@ -186,38 +164,26 @@ class Uppercaser:
         before = self.pending
         try:
             text = decoder.decode(data, final)
+            state = decoder.getstate()
+            out = _encode_upper(text, self._encoder)  # type: ignore[arg-type]
         except UnicodeError:
-            # Beyond what an error handler mends (UTF-16 given one byte at
-            # the end): pass the raw bytes through and start afresh.
+            # Beyond what an error handler mends (UTF-16 cut at an odd byte, ISO-2022 escapes): raw bytes, afresh.
             self._reset()
             return before + data
-        state = decoder.getstate()
         self._pending = bool(state[0]) or bool(state[1])
-        assert self._encoder is not None
-        try:
-            out = _encode_upper(text, self._encoder)
-        except UnicodeError:
-            # Cannot be encoded again (ISO-2022 escapes): the raw bytes too.
-            self._reset()
-            return before + data
         if final:
             self._reset()
         return out
 
 
 def _encode_upper(text: str, encoder: codecs.IncrementalEncoder) -> bytes:
-    """
-    Encode ``text.upper()``, keeping characters whose capital the encoding
-    lacks (Latin-1 ``"ÿ"``) and turning escapes back into their bytes.
-    """
+    """Encode ``text.upper()``, keeping characters whose capital the encoding lacks (Latin-1 ``"ÿ"``)."""
     try:
         return encoder.encode(text.upper())
     except UnicodeEncodeError:
         pass
     out = []
-    for piece in _ESCAPES.split(text):
-        if not piece:
-            continue
+    for piece in filter(None, _ESCAPES.split(text)):
         if _ESCAPES.fullmatch(piece):
             out.append(_unescape(piece))
             continue

@@ -1,10 +1,8 @@
 """
-The half-close contract behind Twisted's wrapper factories.
-
-A ``ProtocolWrapper`` (``TimeoutFactory``, ``ThrottlingFactory``,
-``proxyEndpoint``, ``haproxy:``, ``TLSMemoryBIOFactory``) does not provide
-``IHalfCloseableProtocol``, so at a client's end of input Twisted would close
-the whole connection and drop the reply still buffered.
+The half-close contract behind Twisted's wrapper factories: a
+``ProtocolWrapper`` (``TimeoutFactory``, ``ThrottlingFactory``, ``haproxy:``,
+TLS) is not ``IHalfCloseableProtocol``, so at a client's end of input Twisted
+would close the whole connection and drop the reply still owed.
 """
 
 from __future__ import annotations
@@ -19,18 +17,11 @@ from zope.interface import alsoProvides
 __all__ = ["lend_half_close"]
 
 
-def _is_tls(wrapper: ProtocolWrapper) -> bool:
-    # By sys.modules: without the TLS extra an import would fail per connection.
-    tls = sys.modules.get("twisted.protocols.tls")
-    return tls is not None and isinstance(wrapper, tls.TLSMemoryBIOProtocol)
-
-
 def _lend_to_tls(tls: ProtocolWrapper, inner: IHalfCloseableProtocol) -> None:
     """
-    After the peer's TCP FIN no close_notify can come, so closing sends ours
-    and closes TCP beneath instead of waiting for the peer's for ever.  The
-    caller unregisters its producer before closing, so TLS has passed every
-    byte down by then.
+    After the peer's TCP FIN no close_notify can come, so closing sends ours and
+    closes TCP beneath rather than wait for ever (the caller has unregistered
+    its producer, so TLS has passed every byte down).
     """
     ended = False
 
@@ -50,18 +41,19 @@ def _lend_to_tls(tls: ProtocolWrapper, inner: IHalfCloseableProtocol) -> None:
 
 def lend_half_close(protocol: Protocol) -> None:
     """
-    Let every ``ProtocolWrapper`` between ``protocol`` and the real transport
-    pass ``readConnectionLost`` and ``writeConnectionLost`` on, for this
-    connection only.  Call it from ``connectionMade`` of a half-closeable
-    protocol; wrappers that are half-closeable already are left alone.
+    Let every ``ProtocolWrapper`` between ``protocol`` and the transport pass
+    ``readConnectionLost`` and ``writeConnectionLost`` on, for this connection
+    only; call it from ``connectionMade``.  Half-closeable wrappers are left alone.
     """
     inner: object = protocol
     transport = protocol.transport
+    # By sys.modules: without the TLS extra, importing it would fail for every connection.
+    tls = sys.modules.get("twisted.protocols.tls")
     while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:
         if not IHalfCloseableProtocol.providedBy(transport):
             alsoProvides(transport, IHalfCloseableProtocol)
             transport.readConnectionLost = inner.readConnectionLost
             transport.writeConnectionLost = inner.writeConnectionLost
-            if _is_tls(transport):
+            if tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol):
                 _lend_to_tls(transport, inner)
         inner, transport = transport, transport.transport
