@@ -58,10 +58,9 @@ def unsent_bytes(transport: Any) -> int | None:
 
 def stream_writer(transport: Any, fast: bool = True) -> Any:
     """
-    A ``write(data)`` for a TCP or UNIX transport that sends at once when
-    nothing waits (``write`` only buffers until the next loop iteration,
-    twisted#5303); the rest, and errors, go through ``write``.  Other
-    transports, or ``fast=False``, get ``transport.write`` itself.
+    A ``write(data)`` for a TCP or UNIX transport sending at once when nothing
+    waits (``write`` buffers until the next loop turn, twisted#5303), the rest
+    through ``write``; other transports, or ``fast=False``, get ``write`` itself.
     """
     from twisted.internet import tcp
 
@@ -97,9 +96,8 @@ def stream_writer(transport: Any, fast: bool = True) -> Any:
 
 def datagram_sender(transport: Any, fast: bool = True) -> Any:
     """
-    A ``send(data, addr)`` for a UDP port: ``sendto`` directly, skipping
-    ``udp.Port.write``'s re-parse of an address ``recvfrom`` just gave.
-    Other transports, or ``fast=False``, get ``transport.write``.
+    A ``send(data, addr)`` for a UDP port: ``sendto``, skipping ``write``'s
+    re-parse of the address ``recvfrom`` gave; else, or ``fast=False``, ``write``.
     """
     from twisted.internet import udp
 
@@ -122,16 +120,12 @@ def reset_unnoticed(transport: Any) -> bool:
     for _ in range(4):
         sock = getattr(transport, "socket", None)
         if isinstance(sock, socket.socket):
-            break
+            try:
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+            except OSError:  # closed meanwhile: Twisted knows
+                return False
         transport = getattr(transport, "transport", None)
-        if transport is None:
-            return False
-    else:
-        return False
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
-    except OSError:  # closed meanwhile: Twisted knows
-        return False
+    return False
 
 
 def is_proxy_protocol(transport: Any) -> bool:

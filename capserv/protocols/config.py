@@ -13,15 +13,7 @@ if TYPE_CHECKING:
     # typing has Unpack for **kwargs from 3.12 only; never imported at run time.
     from typing_extensions import Unpack
 
-__all__ = [
-    "MAX_HIGH_WATER",
-    "MAX_IDLE_TIMEOUT",
-    "MAX_WAIT",
-    "MIN_UDP_BYTE_BURST",
-    "CapservConfig",
-    "Clock",
-    "ConfigError",
-]
+__all__ = ["MAX_WAIT", "MIN_UDP_BYTE_BURST", "CapservConfig", "Clock", "ConfigError"]
 
 #: The smallest byte burst: one largest reply (`capserv.protocols.udp.MAX_REPLY_IPV6`).
 MIN_UDP_BYTE_BURST = 65527
@@ -45,14 +37,10 @@ class ConfigError(ValueError):
 
 #: The most a waiting time may be: a day (more is a typing slip).
 MAX_WAIT = 86400.0
-#: The longest idle timeout: 30 days.
-MAX_IDLE_TIMEOUT = 30 * MAX_WAIT
-#: The largest high-water mark: 1 GiB (the event loops take a C int).
-MAX_HIGH_WATER = 1 << 30
 
 #: The numbers checked: field -> (whole number?, least, most or None, the most in words).
 _RANGES: dict[str, tuple[bool, int, float | None, str]] = {
-    "idle_timeout": (False, 0, MAX_IDLE_TIMEOUT, "30 days"),
+    "idle_timeout": (False, 0, 30 * MAX_WAIT, "30 days"),
     "abort_grace": (False, 0, MAX_WAIT, "a day"),
     "shutdown_timeout": (False, 0, MAX_WAIT, "a day"),
     "udp_rate": (False, 0, None, ""),
@@ -61,7 +49,7 @@ _RANGES: dict[str, tuple[bool, int, float | None, str]] = {
     "max_connections_per_ip": (True, 0, None, ""),
     "udp_burst": (True, 0, None, ""),
     "udp_byte_burst": (True, 0, None, ""),
-    "high_water": (True, 1, MAX_HIGH_WATER, "1 GiB"),
+    "high_water": (True, 1, 1 << 30, "1 GiB"),  # the event loops take a C int
     "udp_rate_table_size": (True, 1, None, ""),
 }
 

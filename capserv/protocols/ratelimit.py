@@ -1,10 +1,7 @@
 """
-Per-source token buckets in a bounded table: the UDP reflection guard.
-
-A UDP server answers whatever address a datagram claims, so a spoofed flood
-would aim it at a victim; each source network gets a budget of datagrams and
-one of reply bytes, and the table forgets the least recently seen source
-once full, so many spoofed sources cannot grow memory without bound.
+Per-source token buckets, the UDP reflection guard: a spoofed flood would aim
+replies at a victim, so each source network gets a budget of datagrams and one
+of reply bytes, in a table that forgets the least recently seen source once full.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """
-The uppercasing codec: bytes in, uppercase bytes out, one chunk at a time.
-
-A multi-byte character split across reads is held until complete; bytes
-invalid in the encoding pass through unchanged; pure ASCII takes
-`bytes.upper` without decoding where the encoding allows it.
+The uppercasing codec, one chunk at a time: a character split across reads
+is held until complete, bytes invalid in the encoding pass through unchanged,
+and pure ASCII takes `bytes.upper` where the encoding allows it.
 """
 
 from __future__ import annotations

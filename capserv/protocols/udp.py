@@ -1,9 +1,7 @@
 """
-The uppercase service over datagrams: one reply datagram per datagram.
-
-Also what keeps it from being abused: per-source-network budgets of
-datagrams and reply bytes (reflection), no answers to low source ports
-(loops between servers), a size check on replies, send errors counted.
+The uppercase service over datagrams, one reply per datagram, kept from
+abuse: per-source-network budgets of datagrams and reply bytes (reflection),
+no answers to low source ports (loops between servers), replies sized.
 """
 
 from __future__ import annotations
@@ -184,26 +182,26 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if network is not None:
             stats.limited[reason][family(network)] += 1
         held = self.state.throttled()
-        if held is not None:
-            text = None
-            if network is not None:
-                text = self.state.networks.text(network)
-                detail = f"{text} over {reason.field}"
-            peer = describe(addr)
-            drops = counts(stats.drops)
-            totals = ", ".join(f"{name} {count}" for name, count in sorted(drops.items()))
-            said = f": {detail}" if detail else ""
-            _log.warn(
-                literal(f"Dropped a datagram for {peer} ({reason.value}, {size} bytes{said}); ")
-                + "{held} more drops since the last report; "
-                + literal(f"totals: {totals}"),
-                peer=peer,
-                reason=reason.value,
-                size=size,
-                network=text,
-                held=held,
-                drops=drops,
-            )
+        if held is None:
+            return
+        text = None if network is None else self.state.networks.text(network)
+        if text is not None:
+            detail = f"{text} over {reason.field}"
+        peer = describe(addr)
+        drops = counts(stats.drops)
+        totals = ", ".join(f"{name} {count}" for name, count in sorted(drops.items()))
+        said = f": {detail}" if detail else ""
+        _log.warn(
+            literal(f"Dropped a datagram for {peer} ({reason.value}, {size} bytes{said}); ")
+            + "{held} more drops since the last report; "
+            + literal(f"totals: {totals}"),
+            peer=peer,
+            reason=reason.value,
+            size=size,
+            network=text,
+            held=held,
+            drops=drops,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The shared state's counters as a dict."""
