@@ -84,23 +84,23 @@ class ConnectionSet(Set["UppercaseProtocol"]):
         clock = self._state.clock
         now = clock.seconds()
         for protocol in list(self._open):
-            protocol.check_idle(now)
+            protocol._check_idle(now)
         if self._open:
             self._sweep_call = clock.callLater(self.sweep_interval, self._sweep)
 
     def abort_all(self) -> None:
         """Abort every connection now (a stop forced by a second signal)."""
         for protocol in list(self._open):
-            protocol.abort_now()
+            protocol._abort_now()
 
     def abort_reset(self) -> int:
         """
         Abort every connection its peer has reset unnoticed
-        (`UppercaseProtocol.check_reset`), as a stop begins.
+        (`UppercaseProtocol._check_reset`), as a stop begins.
 
         :return: how many.
         """
-        return sum(protocol.check_reset() for protocol in list(self._open))
+        return sum(protocol._check_reset() for protocol in list(self._open))
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
@@ -118,7 +118,7 @@ class ConnectionSet(Set["UppercaseProtocol"]):
 
         def close_the_rest() -> None:
             for protocol in list(self._open):
-                protocol.shutdown()
+                protocol._shutdown()
 
         if timeout > 0:
             call = self._state.clock.callLater(timeout, close_the_rest)
