@@ -386,10 +386,6 @@ class UppercaseFactory(ServerFactory, SharedState):
 
     # -- what the service asks -------------------------------------------------
 
-    def _connections_from(self, address: IAddress | str) -> int:
-        """How many connections the per-IP limit counts for ``address`` (`Admission.count`)."""
-        return self.limits.count(address)
-
     def snapshot(self) -> dict[str, Any]:
         """The counters as a dict, byte totals including open connections."""
         stats = self.stats
@@ -412,10 +408,6 @@ class UppercaseFactory(ServerFactory, SharedState):
     def abort_all(self) -> None:
         """Abort every open connection now (`ConnectionSet.abort_all`)."""
         self.connections.abort_all()
-
-    def _abort_reset(self) -> int:
-        """Abort the connections reset unnoticed; how many (`ConnectionSet.abort_reset`)."""
-        return self.connections.abort_reset()
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
