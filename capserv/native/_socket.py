@@ -7,8 +7,8 @@ peer's certificate, and the drop at the reactor's shutdown.
 
 from __future__ import annotations
 
-from socket import AF_UNIX, IPPROTO_TCP, SHUT_RDWR, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY, fromfd
 from collections.abc import Callable
+from socket import AF_UNIX, IPPROTO_TCP, SHUT_RDWR, SO_KEEPALIVE, SOL_SOCKET, TCP_NODELAY, fromfd
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
@@ -63,13 +63,7 @@ class _SocketMixin:
         return address(self._listening.family, self._transport.get_extra_info("sockname"))
 
     def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (the interface's name)
-        """
-        Go on over TLS, as Twisted's TCP transport does (a
-        ``TLSMemoryBIOProtocol`` under the protocol).
-
-        :param contextFactory: the TLS settings.
-        :param normal: `True` for TLS's server side, `False` for its client side.
-        """
+        """Go on over TLS, as Twisted's TCP transport does; ``normal``: `True` for TLS's server side."""
         from capserv.native._tls import start_tls
 
         start_tls(self, contextFactory, normal)  # type: ignore[arg-type]
@@ -131,11 +125,7 @@ class _SocketMixin:
 
     @property
     def bufferSize(self) -> int:
-        """
-        The write buffer's high-water mark, past which the registered producer
-        is paused; setting it sets the event loop transport's (the low mark
-        is a quarter of it).
-        """
+        """The write buffer's high-water mark, past which the producer is paused (the loop transport's)."""
         high: int = self._transport.get_write_buffer_limits()[1]
         return high
 
