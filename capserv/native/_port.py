@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Coroutine
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 from typing import Any
 
@@ -139,6 +140,7 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
 
 
 @implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
 class NativeSocketEndpoint:
     """
     Serve a listening socket with the event loop's own server and transports.
@@ -154,54 +156,44 @@ class NativeSocketEndpoint:
         does (`False` for a socket someone else owns, such as systemd's).
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        make_socket: Callable[[], socket.socket],
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        interface: str = "",
-        port: int | str = 0,
-        cleanup: Callable[[], object] | None = None,
-        unlink: bool = True,
-    ) -> None:
-        self._reactor = reactor
-        self._make_socket = make_socket
-        self._backlog = backlog
-        self._interface = interface
-        self._port = port
-        self._cleanup = cleanup
-        self._unlink = unlink
+    reactor: Any
+    make_socket: Callable[[], socket.socket]
+    _: KW_ONLY
+    backlog: int = DEFAULT_BACKLOG
+    interface: str = ""
+    port: int | str = 0
+    cleanup: Callable[[], object] | None = None
+    unlink: bool = True
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
         """Listen: a `Deferred` already fired, with a `NativePort` or `CannotListenError` (reactor running or not)."""
-        loop = asyncio_loop(self._reactor)
+        loop = asyncio_loop(self.reactor)
         if loop is None:
-            return fail(CannotListenError(self._interface, self._port, OSError("not Twisted's asyncio reactor")))
+            return fail(CannotListenError(self.interface, self.port, OSError("not Twisted's asyncio reactor")))
         try:
-            sock = self._make_socket()
+            sock = self.make_socket()
         except CannotListenError:
             return fail()
         except OSError as e:
-            return fail(CannotListenError(self._interface, self._port, e))
+            return fail(CannotListenError(self.interface, self.port, e))
         try:
             sock = _as_tcp(sock)
             sock.setblocking(False)
             family = sock.family
             host = address(family, sock.getsockname())
-            path = _filesystem_path(sock) if self._unlink else None
-            connections = NativeConnections(protocolFactory, family, loop, self._reactor)
-            coroutine = loop.create_server(partial(NativeTransport, connections), sock=sock, backlog=self._backlog)
+            path = _filesystem_path(sock) if self.unlink else None
+            connections = NativeConnections(protocolFactory, family, loop, self.reactor)
+            coroutine = loop.create_server(partial(NativeTransport, connections), sock=sock, backlog=self.backlog)
             done, result = _run_now(loop, coroutine)
         except Exception as e:
             sock.close()
-            if self._cleanup is not None:
-                self._cleanup()
-            return fail(CannotListenError(self._interface, self._port, e))
+            if self.cleanup is not None:
+                self.cleanup()
+            return fail(CannotListenError(self.interface, self.port, e))
 
         def started(server: asyncio.AbstractServer) -> NativePort:
             protocolFactory.doStart()
-            return NativePort(server, connections, host, path, self._cleanup)
+            return NativePort(server, connections, host, path, self.cleanup)
 
         if done:
             return succeed(started(result))
