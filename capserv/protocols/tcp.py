@@ -17,7 +17,6 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
-    IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
