@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getopt
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -38,8 +37,8 @@ from capserv.client.console import (
 )
 from capserv.client.datagram import MessageTooLongError, udp_request
 from capserv.client.stream import ClientReactor, open_stream, tcp_request
-from capserv.endpoints.grammar import DescriptionError, Twisted, parse
-from capserv.endpoints.tls import tls_unavailable_message
+from capserv.endpoints.grammar import DescriptionError, Twisted, checked, host_name, parse, seconds, whole
+from capserv.endpoints.tls import client_certificate, tls_unavailable_message, trust_roots
 
 PROMPT = b"Input lowercase sentence:"
 
@@ -51,29 +50,15 @@ CONNECT_FORMS = (
 
 
 def _option(name: str, must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A coercer: ``convert``'s result, or "--NAME: 'TEXT' ``must``" where it gives `None`."""
-
-    def coerce(value: str) -> Any:
-        result = convert(value)
-        if result is None:
-            raise ValueError(f"--{name}: {value!r} {must}")
-        return result
-
+    """A coercer: ``convert``'s result, or "--NAME: 'TEXT' ``must``" where it gives `None` or fails."""
+    coerce = checked(convert, lambda text: ValueError(f"--{name}: {text!r} {must}"))
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
 
 
-def _seconds(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if 0 < value < float("inf") else None
-
-
-def _host(text: str) -> str | None:
-    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    return None if not host or "[" in host or "]" in host or any(c.isspace() for c in host) else host
+_HOST = _option("host", "is not a host name or IP address (IPv6: ::1 or [::1])", host_name)
+_PORT = _option("port", "is not a port number (1-65535)", lambda text: whole(text, 1, 65535))
+_TIMEOUT = _option("timeout", "is not a number of seconds greater than 0 (for example 1 or 0.5)", seconds)
 
 
 class ClientOptions(usage.Options):
@@ -93,40 +78,16 @@ class ClientOptions(usage.Options):
         ["ascii", None, "The server runs with --ascii (used over TLS to know when a reply is complete)."],
     ]
     optParameters = [
-        [
-            "host",
-            "H",
-            "127.0.0.1",
-            "Server host name or IP address (IPv6: ::1 or [::1]).",
-            _option("host", "is not a host name or IP address (IPv6: ::1 or [::1])", _host),
-        ],
-        [
-            "port",
-            "p",
-            50007,
-            "Server port.",
-            _option(
-                "port",
-                "is not a port number (1-65535)",
-                lambda t: int(t) if t.isdigit() and 0 < int(t) < 65536 else None,
-            ),
-        ],
-        [
-            "connect",
-            "c",
-            None,
-            "A Twisted client endpoint string instead of --host/--port: "
-            "tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH, tls:HOST:PORT[:trustRoots=PEM_FILE_OR_FOLDER] "
-            "(TCP only; IPv6 colons escaped: tcp6:\\:\\:1:50007).",
-            str,
-        ],
+        ["host", "H", "127.0.0.1", "Server host name or IP address (IPv6: ::1 or [::1]).", _HOST],
+        ["port", "p", 50007, "Server port.", _PORT],
+        ["connect", "c", None, f"A client endpoint string instead of --host/--port (TCP only): {CONNECT_FORMS}.", str],
         [
             "timeout",
             "t",
             1.0,
             "Seconds, more than 0. UDP: to wait for each reply; TCP, TLS, UNIX: 10x this to connect "
             "and 10x this for the reply (one message), or of silence after the input ends (a pipe).",
-            _option("timeout", "is not a number of seconds greater than 0 (for example 1 or 0.5)", _seconds),
+            _TIMEOUT,
         ],
         ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
     ]
@@ -153,6 +114,7 @@ class ClientOptions(usage.Options):
         self["words"] = list(words)
 
     def postOptions(self) -> None:
+        self["seconds"] = self["timeout"] * 10  # over a stream: to connect, and for each silence of the reply
         if self["udp"] and self["connect"]:
             raise usage.UsageError("--connect takes stream endpoints; use --host and --port with --udp")
         both = sorted(self.given & {"host", "port"})
@@ -194,17 +156,7 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
     ) -> Any:
         from twisted.internet import ssl
 
-        trust = _trust_roots(trustRoots) if trustRoots is not None else None
-        mine = None
-        if privateKey is not None and certificate is None:
-            raise DescriptionError("privateKey= goes with certificate=CERT.pem; write both, or neither")
-        if certificate is not None:
-            pem = _read(certificate, "certificate") + (b"\n" + _read(privateKey, "privateKey") if privateKey else b"")
-            try:
-                mine = ssl.PrivateCertificate.loadPEM(pem)
-            except Exception:
-                raise DescriptionError("certificate/privateKey: not a PEM certificate and private key") from None
-        options = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=mine)
+        options = ssl.optionsForClientTLS(host, trust_roots(trustRoots), client_certificate(certificate, privateKey))
         return endpoints.wrapClientTLS(options, tcp(host, port, timeout, bindAddress))
 
     try:
@@ -219,50 +171,16 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
         raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
 
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise DescriptionError(f"{what}={path}: cannot read it ({e.strerror})") from None
-
-
-def _trust_roots(path: str) -> Any:
-    """The certificate authorities in a PEM file, or in the files of a folder, as a trust root."""
-    from twisted.internet import ssl
-
-    if os.path.isdir(path):
-        files = [name for name in sorted(os.path.join(path, n) for n in os.listdir(path)) if os.path.isfile(name)]
-    elif os.path.isfile(path):
-        files = [path]
-    else:
-        raise DescriptionError(f"trustRoots={path}: no such file or folder")
-    certificates = []
-    for name in files:
-        for block in _PEM_CERTIFICATE.findall(_read(name, "trustRoots")):
-            try:
-                certificates.append(ssl.Certificate.loadPEM(block))
-            except Exception:
-                raise DescriptionError(f"trustRoots={path}: {name} holds a certificate that cannot be read") from None
-    if not certificates:
-        raise DescriptionError(f"trustRoots={path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
-    return ssl.trustRootFromCertificates(certificates)
-
-
 def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
-    seconds = options["timeout"] * 10
     if options["connect"]:
-        return connect_endpoint(reactor, options["connect"], seconds)
-    return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=seconds)
+        return connect_endpoint(reactor, options["connect"], options["seconds"])
+    return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=options["seconds"])
 
 
 def _one_message(reactor: Any, options: ClientOptions, message: bytes) -> Deferred[bytes]:
     if options["udp"]:
         return udp_request(reactor, options["host"], options["port"], message, options["timeout"], options["retries"])
-    seconds = options["timeout"] * 10
+    seconds = options["seconds"]
     return tcp_request(_endpoint(reactor, options), message, reactor, seconds, options["ascii"], timeout=seconds)
 
 
@@ -284,7 +202,7 @@ def _run(reactor: Any, options: ClientOptions) -> Any:
         StandardIO(LineByLine(lambda line: _one_message(reactor, options, line), prompt, done), reactor=reactor)
         yield done
         return
-    seconds = options["timeout"] * 10
+    seconds = options["seconds"]
     endpoint = _endpoint(reactor, options)
     session = yield open_stream(endpoint, lambda data: None, reactor, seconds, options["ascii"], reply_timeout=seconds)
     done = Deferred(lambda _: session.abort())

@@ -116,14 +116,31 @@ _CONNECT_ERRNO = {
 }
 
 
+class _ToStdout(Protocol):
+    """Fires ``done`` when stdio closes: with `failure`, or why stdout failed, if anything did."""
+
+    def __init__(self, done: Deferred[None]) -> None:
+        self.done = done
+        self.failure: Failure | None = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if self.failure is None and reason.check(ConnectionDone) is None:  # the last reply could not be written
+            self.failure = Failure(stdout_error())
+        if self.failure is not None:
+            self.done.errback(self.failure)
+        else:
+            self.done.callback(None)
+
+
 @implementer(IHalfCloseableProtocol)
-class StdinToStream(Protocol):
+class StdinToStream(_ToStdout):
     """A piped TCP session: stdin to the server, the reply to stdout, each side pausing the other."""
 
     def __init__(self, session: StreamSession, done: Deferred[None]) -> None:
+        super().__init__(done)
         self.session = session
-        self.done = done
-        self.failure: Failure | None = None
 
     def connectionMade(self) -> None:
         session = self.session
@@ -141,8 +158,7 @@ class StdinToStream(Protocol):
         self.session.finish()
 
     def writeConnectionLost(self) -> None:
-        # stdout can take no more: stop, and say it was here.
-        self.failure = Failure(stdout_error())
+        self.failure = Failure(stdout_error())  # stdout can take no more: stop, and say it was here
         self.session.abort()
 
     def _serverDone(self, result: Failure | None) -> None:
@@ -151,20 +167,12 @@ class StdinToStream(Protocol):
         if isinstance(result, Failure) and not self.done.called:
             self.done.errback(self.failure or result)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        if reason.check(ConnectionDone) is None:  # the last of the reply could not be written
-            self.done.errback(stdout_error())
-        else:
-            self.done.callback(None)
-
 
 @implementer(IHalfCloseableProtocol)
-class LineByLine(LineReceiver):
+class LineByLine(LineReceiver, _ToStdout):
     """
     Each line of stdin as one request, in order, each reply on its own line;
-    with a prompt, the lesson's loop.  stdin pauses while a request is in
+    with a prompt, the lesson's loop.  Reading pauses while a request is in
     flight, so memory stays bounded.
     """
 
@@ -172,77 +180,49 @@ class LineByLine(LineReceiver):
     MAX_LENGTH = 1 << 20
 
     def __init__(self, request: Callable[[bytes], Deferred[bytes]], prompt: bytes | None, done: Deferred[None]) -> None:
+        super().__init__(done)
         self.request = request
         self.prompt = prompt
-        self.done = done
-        self.queue: list[bytes] = []
-        self.busy = False
         self.ended = False
-        self.failure: Failure | None = None
 
     def connectionMade(self) -> None:
         if self.prompt:
             self.transport.write(self.prompt)  # type: ignore[union-attr]
 
     def lineReceived(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        self.queue.append(line)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._next()
+        self.pauseProducing()  # type: ignore[no-untyped-call,unused-ignore]
+        self.request(line.removesuffix(b"\r")).addCallbacks(self._replied, self._fail)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._fail(Failure(ClientError(f"a line longer than {self.MAX_LENGTH} bytes", EXIT_USAGE)))
 
     def readConnectionLost(self) -> None:
         self.ended = True
-        rest = self.clearLineBuffer()  # type: ignore[no-untyped-call,unused-ignore]  # a last line without a newline
-        if rest:
-            self.queue.append(rest)
-        if self.prompt and not self.busy and not self.queue:
-            # Ctrl-D at the prompt: end the prompt's line.
-            self.transport.write(b"\n")  # type: ignore[union-attr]
-        self._next()
+        rest = self.clearLineBuffer()  # type: ignore[no-untyped-call,unused-ignore]
+        if rest:  # the lines not yet sent, the last perhaps without its newline
+            self.dataReceived(rest.removesuffix(b"\n") + b"\n")  # type: ignore[no-untyped-call,unused-ignore]
+        elif not self.paused:
+            if self.prompt:
+                self.transport.write(b"\n")  # type: ignore[union-attr]  # Ctrl-D at the prompt ends its line
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
         self._fail(Failure(stdout_error()))
-        # stdin may be over already: then no connectionLost follows.
-        if not self.done.called:
+        if not self.done.called:  # stdin may be over already: then no connectionLost follows
             self.done.errback(self.failure)
 
-    def _next(self) -> None:
-        if self.busy or self.failure is not None:
-            return
-        if not self.queue:
-            if self.ended:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-            else:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
-            return
-        self.busy = True
-        line = self.queue.pop(0)
-        self.request(line).addCallbacks(self._replied, self._fail)
-
     def _replied(self, reply: bytes) -> None:
-        self.busy = False
+        if self.failure is not None:  # stdout failed while the request was in flight
+            return
         self.transport.write(reply + b"\n")  # type: ignore[union-attr]
         if self.prompt and not self.ended:
             self.transport.write(self.prompt)  # type: ignore[union-attr]
-        self._next()
+        self.resumeProducing()  # type: ignore[no-untyped-call,unused-ignore]  # the next line stdin gave, if any
+        if self.ended and not self.paused:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _fail(self, failure: Failure) -> None:
-        self.busy = False
-        self.queue.clear()
+        self.pauseProducing()  # type: ignore[no-untyped-call,unused-ignore]
         if self.failure is None:
             self.failure = failure
             self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        if self.failure is None and reason.check(ConnectionDone) is None:  # the last reply could not be written
-            self.failure = Failure(stdout_error())
-        if self.failure is not None:
-            self.done.errback(self.failure)
-        else:
-            self.done.callback(None)

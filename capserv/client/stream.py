@@ -107,7 +107,7 @@ class StreamSession(Protocol):
         self.on_data = on_data
         #: Fires with `None` once the server closed after sending everything.
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
-        self._clock, self._halfClose = cast("IReactorTime | None", clock), half_close
+        self._clock, self._halfClose = cast(IReactorTime, clock or global_reactor()), half_close
         self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -122,10 +122,8 @@ class StreamSession(Protocol):
         self.half_closes = False
 
     def connectionMade(self) -> None:
-        half_close = self._halfClose
-        if half_close is None:
-            half_close = hasattr(self.transport, "loseWriteConnection") and not ISSLTransport.providedBy(self.transport)
-        self.half_closes = half_close
+        can = hasattr(self.transport, "loseWriteConnection") and not ISSLTransport.providedBy(self.transport)
+        self.half_closes = can if self._halfClose is None else self._halfClose
 
     def write(self, data: bytes) -> None:
         """Send bytes to be uppercased."""
@@ -177,16 +175,10 @@ class StreamSession(Protocol):
         if not self.half_closes and self.bytes_received >= self._expected:
             self._closeFromHere()
             return
-        seconds = self._replyTimeout
-        if seconds is None and not self.half_closes:
-            seconds = self._idleTimeout
+        seconds = self._idleTimeout if self._replyTimeout is None and not self.half_closes else self._replyTimeout
         if seconds is None or self._paused or self._closedByUs:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-            return
-        if self._clock is None:
-            self._clock = global_reactor()
+        self._stopTimer()
         self._timer = self._clock.callLater(seconds, self._silent, seconds)
 
     def _silent(self, seconds: float) -> None:

@@ -28,10 +28,14 @@ __all__ = [
     "Proxy",
     "Twisted",
     "Unix",
+    "checked",
     "form",
+    "host_name",
     "kinds_hint",
     "parse",
+    "seconds",
     "twisted_description",
+    "whole",
 ]
 
 
@@ -120,8 +124,8 @@ class Twisted:
     interface: str = ""
 
 
-def _value(must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A check: ``convert``'s result, or "``must``, not 'TEXT'" where it gives `None` or fails."""
+def checked(convert: Callable[[str], Any], error: Callable[[str], Exception]) -> Callable[[str], Any]:
+    """A check: ``convert``'s result, or ``error(text)`` raised where it gives `None` or fails."""
 
     def check(text: str) -> Any:
         try:
@@ -129,18 +133,25 @@ def _value(must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
         except ValueError:
             value = None
         if value is None:
-            raise DescriptionError(f"{must}, not {text!r}")
+            raise error(text)
         return value
 
     return check
 
 
-def _whole(text: str, minimum: int = 0, maximum: float = float("inf")) -> int | None:
+def _value(must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A check whose error reads "``must``, not 'TEXT'"."""
+    return checked(convert, lambda text: DescriptionError(f"{must}, not {text!r}"))
+
+
+def whole(text: str, minimum: int = 0, maximum: float = float("inf")) -> int | None:
+    """The whole number ``text`` writes, if it is one from ``minimum`` to ``maximum``."""
     value = int(text) if text.isascii() and text.isdigit() else None
     return value if value is not None and minimum <= value <= maximum else None
 
 
-def _seconds(text: str) -> float | None:
+def seconds(text: str) -> float | None:
+    """A finite number of seconds more than 0, or `None` (`ValueError` for no number)."""
     value = float(text)
     return value if 0 < value < float("inf") else None
 
@@ -170,7 +181,8 @@ def _path(text: str) -> str:
     return text
 
 
-def _host(text: str) -> str:
+def host_name(text: str) -> str:
+    """A host name or IP address, brackets around an IPv6 address taken off."""
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     if not host or "[" in host or "]" in host or any(c.isspace() for c in host):
         raise DescriptionError(
@@ -185,9 +197,9 @@ _FLAG = {"0": False, "1": True}.get
 #: How each parameter's value is checked and what the forms call it; one not
 #: named here takes any text (a file name, say).
 _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
-    "port": (_value("port must be a number from 0 to 65535", lambda t: _whole(t, 0, 65535)), "PORT"),
+    "port": (_value("port must be a number from 0 to 65535", lambda t: whole(t, 0, 65535)), "PORT"),
     "interface": (_interface, "ADDRESS"),
-    "backlog": (_value("backlog must be a whole number >= 1", lambda t: _whole(t, 1)), "N"),
+    "backlog": (_value("backlog must be a whole number >= 1", lambda t: whole(t, 1)), "N"),
     "address": (_path, "PATH"),
     "path": (_socket_path, "PATH"),
     "mode": (
@@ -202,10 +214,10 @@ _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     ),
     "privateKey": (str, "KEY.pem"),
     "certKey": (str, "CERT.pem"),
-    "index": (_value("index must be a whole number >= 0", _whole), "N"),
-    "systemd": (_value("systemd must be a whole number >= 0", _whole), "N"),
-    "host": (_host, "HOST"),
-    "timeout": (_value("timeout must be a number of seconds more than 0", _seconds), "SECONDS"),
+    "index": (_value("index must be a whole number >= 0", whole), "N"),
+    "systemd": (_value("systemd must be a whole number >= 0", whole), "N"),
+    "host": (host_name, "HOST"),
+    "timeout": (_value("timeout must be a number of seconds more than 0", seconds), "SECONDS"),
 }
 
 

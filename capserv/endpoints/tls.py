@@ -1,16 +1,28 @@
 """
 Whether TLS can work here (pyOpenSSL and service-identity, capserv's ``tls``
-extra), the one line that says what to install when it cannot, and the
-check of an ``ssl:`` listener's files before serving.
+extra), the one line that says what to install when it cannot, and the TLS
+files read with one-line errors: an ``ssl:`` listener's, checked before
+serving, and a ``tls:`` client's trust roots and certificate.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import re
+from typing import Any
 
 from capserv.endpoints.grammar import DescriptionError
 
-__all__ = ["TLS_INSTALL_HINT", "check_server_files", "tls_problem", "tls_unavailable_message"]
+__all__ = [
+    "TLS_INSTALL_HINT",
+    "check_server_files",
+    "client_certificate",
+    "read_file",
+    "tls_problem",
+    "tls_unavailable_message",
+    "trust_roots",
+]
 
 TLS_INSTALL_HINT = "pip install 'capserv[tls]'"
 
@@ -75,15 +87,7 @@ def check_server_files(
     files = dict(
         privateKey=private_key, certKey=certificate, extraCertChain=extra_cert_chain, dhParameters=dh_parameters
     )
-    texts = {}
-    for name, path in files.items():
-        try:
-            if path is not None:
-                with open(path, "rb") as f:
-                    texts[name] = f.read()
-        except OSError as e:
-            why = f"{name}: cannot read {path}: {e.strerror or e}"
-            raise DescriptionError(f"{why}; write the path of a file this user can read") from None
+    texts = {name: read_file(name, path) for name, path in files.items() if path is not None}
     if "extraCertChain" in texts and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
         raise DescriptionError(
             f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}"
@@ -103,3 +107,54 @@ def check_server_files(
             if "too small" in str(e):  # OpenSSL's security level refuses short DH parameters
                 problem = "holds DH parameters too short for OpenSSL here"
             raise DescriptionError(f"{name}: {files[name]} {problem}; {_HINTS[name]}") from None
+
+
+def read_file(name: str, path: str) -> bytes:
+    """The bytes of the file the parameter ``name`` names, or one line saying it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        why = f"{name}: cannot read {path}: {e.strerror or e}"
+        raise DescriptionError(f"{why}; write the path of a file this user can read") from None
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def trust_roots(path: str | None) -> Any:
+    """The certificate authorities in a PEM file, or in the files of a folder, as a trust root; `None`: the system's."""
+    if path is None:
+        return None
+    from twisted.internet import ssl
+
+    if not os.path.exists(path):
+        raise DescriptionError(f"trustRoots={path}: no such file or folder")
+    files = sorted(os.path.join(path, name) for name in os.listdir(path)) if os.path.isdir(path) else [path]
+    certificates = []
+    for name in filter(os.path.isfile, files):
+        for block in _PEM_CERTIFICATE.findall(read_file("trustRoots", name)):
+            try:
+                certificates.append(ssl.Certificate.loadPEM(block))
+            except Exception:
+                raise DescriptionError(f"trustRoots={path}: {name} holds a certificate that cannot be read") from None
+    if not certificates:
+        raise DescriptionError(f"trustRoots={path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+    return ssl.trustRootFromCertificates(certificates)
+
+
+def client_certificate(certificate: str | None, private_key: str | None) -> Any:
+    """A ``tls:`` client's own certificate and key (``privateKey=`` may be left out if the file has both), or `None`."""
+    if certificate is None:
+        if private_key is not None:
+            raise DescriptionError("privateKey= goes with certificate=CERT.pem; write both, or neither")
+        return None
+    from twisted.internet import ssl
+
+    pem = read_file("certificate", certificate)
+    if private_key is not None:
+        pem += b"\n" + read_file("privateKey", private_key)
+    try:
+        return ssl.PrivateCertificate.loadPEM(pem)
+    except Exception:
+        raise DescriptionError("certificate/privateKey: not a PEM certificate and private key") from None
