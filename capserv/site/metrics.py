@@ -1,12 +1,7 @@
 """
-Prometheus metrics for ``--metrics DESCRIPTION``.
-
-A collector reads capserv's own counters when scraped (nothing is updated
-per packet), and `MetricsResource` serves them in prometheus-client's text
-format on any stream endpoint, in the reactor's thread.  prometheus-client
-is an optional extra: ``pip install 'capserv[metrics]'``.  With
-``--workers``, the figures it reads are every process's, added up by the
-supervisor (`capserv.daemon.workers.WorkerPool.total`).
+Prometheus metrics for ``--metrics``: a collector reads capserv's counters
+at each scrape (nothing is updated per packet), every process's with
+``--workers``; prometheus-client is the optional extra ``capserv[metrics]``.
 """
 
 from __future__ import annotations
@@ -28,16 +23,12 @@ __all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
 
 class CapservCollector:
     """
-    Turn capserv's figures into metrics, read at each scrape.
+    capserv's figures as metrics: ``figures`` returns ``{"tcp": ..., "udp":
+    ..., "workers": N}`` (`capserv.daemon.workers.process_figures`, summed);
+    ``config``'s prefix lengths label the per-source figures.
     """
 
     def __init__(self, figures: Callable[[], Mapping[str, Any]], config: CapservConfig) -> None:
-        """
-        :param figures: returns ``{"tcp": UppercaseFactory.snapshot(), "udp":
-            DatagramState.snapshot(), "workers": N}`` for every process serving
-            (`capserv.daemon.workers.process_figures`, summed).
-        :param config: the limits whose prefix lengths label the per-source figures.
-        """
         self.figures = figures
         self.config = config
 
@@ -118,16 +109,9 @@ class _QuietSite(Site):
 
 class MetricsResource(Resource):
     """
-    ``/metrics``: the registry in Prometheus's text format (or OpenMetrics,
-    if the scraper asks for it), rendered in the reactor's thread.
-
-    prometheus-client's own Twisted resource is its WSGI app in a
-    ``WSGIResource``, which runs each scrape in the reactor's thread pool
-    and hands the answer back with ``blockingCallFromThread``.  A scrape in
-    flight when the reactor stops then waits for a reactor that waits for
-    the thread pool: twistd hung on SIGTERM (3 stops in 10 with scrapes
-    running).  Reading capserv's counters takes microseconds, so no thread
-    is needed.
+    ``/metrics`` in Prometheus's text format (or OpenMetrics if asked),
+    rendered in the reactor's thread: prometheus-client's own resource runs
+    a thread per scrape, and a scrape in flight at a stop hung twistd.
     """
 
     isLeaf = True
@@ -152,13 +136,8 @@ def metrics_site(
     children: Mapping[bytes, IResource] | None = None,
 ) -> Site:
     """
-    A web site serving the metrics at ``/metrics`` (a `CapservCollector` of
-    ``figures`` and ``config``), from its own registry (so an embedding
-    program's registry is not touched).
-
-    :param children: more resources to serve beside ``/metrics``, by path
-        segment (the daemon's ``/healthz`` and ``/readyz``,
-        `capserv.site.health.health_children`).
+    A site serving a `CapservCollector` at ``/metrics`` from its own registry
+    (an embedding program's is not touched), and ``children`` beside it.
     """
     from prometheus_client import CollectorRegistry
 
