@@ -123,16 +123,6 @@ def _only_time_wait(address: str) -> bool:
     return states == {"06"}
 
 
-def _listening(port: IListeningPort, description: str, what: str) -> IListeningPort:
-    _log.info(
-        "Listening for {what} on {address} ({description})",
-        what=what,
-        address=describe(port.getHost()),
-        description=description,
-    )
-    return port
-
-
 @implementer(IStreamServerEndpoint)
 class _Logged:
     """An endpoint that logs where it listens, with the operator's description."""
@@ -141,22 +131,37 @@ class _Logged:
         self.endpoint, self.description, self.what = endpoint, description, what
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self.endpoint.listen(factory).addCallback(_listening, self.description, self.what)
+        return self.endpoint.listen(factory).addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        address = describe(port.getHost())
+        _log.info(
+            "Listening for {what} on {address} ({description})",
+            what=self.what,
+            address=address,
+            description=self.description,
+        )
+        return port
 
 
 @implementer(IStreamServerEndpoint)
 class SocketEndpoint:
-    """Serve a bound, listening socket that ``make_socket`` returns, on Twisted's transports (``adoptStreamPort``)."""
+    """
+    Serve the bound socket ``make_socket`` returns on Twisted's transports
+    (``adoptStreamPort``, or ``adoptDatagramPort`` with a datagram protocol).
+    """
 
-    def __init__(self, reactor: Any, make_socket: Callable[[], socket.socket]) -> None:
-        self.reactor, self.make_socket = reactor, make_socket
+    def __init__(self, reactor: Any, make_socket: Callable[[], socket.socket], datagram: bool = False) -> None:
+        self.reactor, self.make_socket, self.datagram = reactor, make_socket, datagram
 
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
         try:
             sock = self.make_socket()
-        except OSError as e:
+        except (OSError, ListenError) as e:
             return fail(CannotListenError(None, None, e))
         with sock:  # Twisted holds its own duplicate
+            if self.datagram:
+                return succeed(self.reactor.adoptDatagramPort(sock.fileno(), sock.family, factory, MAX_DATAGRAM))
             return succeed(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
 
 
@@ -169,30 +174,22 @@ class Listener:
     datagram = False
     shareable = False
     what = "streams"
+    #: `shareable` ones only: a duplicate of the bound socket for a worker; serve one inherited instead of binding.
+    share: Callable[[], int]
+    inherit: Callable[[int], None]
 
     def __init__(self, description: str) -> None:
         self.description = description
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.description!r}>"
-
-    def bind(self, reuse_port: bool = False) -> None:
+    def bind(self) -> None:
         """Take the address now; raise `ListenError` if it cannot be taken."""
-
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        """Serve the address with ``handler`` (a Factory, or a DatagramProtocol); ``native``: asyncio's transports."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Let go of a bound address that will not be served."""
 
-    def share(self) -> int:
-        """A duplicate of the bound socket's descriptor, for a worker to inherit."""
-        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
-
-    def inherit(self, fd: int) -> None:
-        """Serve a bound socket this process inherited (a worker's), instead of binding."""
-        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        """Serve the address with ``handler`` (a Factory, or a DatagramProtocol); ``native``: asyncio's transports."""
+        raise NotImplementedError
 
 
 class _SocketListener(Listener):
@@ -210,10 +207,10 @@ class _SocketListener(Listener):
             raise AttributeError(name)
         return getattr(self.address, name)
 
-    def bind(self, reuse_port: bool = False) -> None:
+    def bind(self) -> None:
         if self._socket is None:
             try:
-                self._socket = make_socket(self.address, reuse_port)
+                self._socket = make_socket(self.address)
             except OSError as e:
                 raise _bind_error(self.description, e, self.address.where(), not self.datagram) from None
 
@@ -236,13 +233,14 @@ class _SocketListener(Listener):
         self._socket.setblocking(False)
 
     def take_socket(self) -> socket.socket:
-        """Hand over the bound socket (binding now if not bound); may raise `OSError`."""
-        sock, self._socket = self._socket or make_socket(self.address), None
-        return sock
+        """Hand over the bound socket, binding now if not bound (`ListenError`)."""
+        self.bind()
+        sock, self._socket = self._socket, None
+        return sock  # type: ignore[return-value]
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        endpoint: IStreamServerEndpoint = SocketEndpoint(reactor, self.take_socket)
-        if native:
+        endpoint: IStreamServerEndpoint = SocketEndpoint(reactor, self.take_socket, self.datagram)
+        if native and not self.datagram:
             from capserv.native import NativeSocketEndpoint
 
             # A UNIX socket's file is UnixListener's to remove (a systemd socket's, systemd's).
@@ -300,38 +298,6 @@ class DatagramListener(_SocketListener):
         self.shareable = isinstance(address, Inet)
         self.systemd = address.index if isinstance(address, Adopted) else None
 
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        return _DatagramService(self, handler, reactor)
-
-
-class _DatagramService(Service):
-    """Serve the listener's bound socket (``adoptDatagramPort``; ``internet.UDPServer`` binds its own)."""
-
-    def __init__(self, listener: DatagramListener, protocol: Any, reactor: Any) -> None:
-        self.listener, self.protocol, self.reactor = listener, protocol, reactor
-        self.port: Any = None
-
-    def privilegedStartService(self) -> None:
-        listener = self.listener
-        try:
-            sock = listener.take_socket()
-        except OSError as e:
-            raise _bind_error(listener.description, e, listener.address.where(), stream=False) from None
-        with sock:
-            self.port = self.reactor.adoptDatagramPort(sock.fileno(), sock.family, self.protocol, MAX_DATAGRAM)
-        _listening(self.port, listener.description, listener.what)
-        Service.privilegedStartService(self)
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        Service.startService(self)
-
-    def stopService(self) -> Deferred[None] | None:
-        Service.stopService(self)
-        port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
-
 
 class ProxyListener(Listener):
     """
@@ -345,21 +311,11 @@ class ProxyListener(Listener):
         self.inner = inner
         self.shareable = inner.shareable
         inner.description = description
-        self.bind, self.close, self.share, self.inherit = inner.bind, inner.close, inner.share, inner.inherit  # type: ignore[method-assign]
+        self.bind, self.close = inner.bind, inner.close  # type: ignore[method-assign]
+        self.share, self.inherit = inner.share, inner.inherit
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)
-
-
-class _ReactorSlot:
-    """The reactor for an endpoint parsed before one is chosen: filled in when the service is built."""
-
-    reactor: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self.reactor is None:
-            raise AttributeError(name)
-        return getattr(self.reactor, name)
 
 
 class EndpointListener(Listener):
@@ -369,9 +325,9 @@ class EndpointListener(Listener):
     is told before daemonizing like any other.
     """
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, slot: _ReactorSlot, probe: Inet) -> None:
+    def __init__(self, description: str, probe: Inet) -> None:
         super().__init__(description)
-        self.endpoint, self._slot, self._probe = endpoint, slot, probe
+        self._probe = probe
         self._held: StreamListener | None = None
 
     @classmethod
@@ -385,9 +341,8 @@ class EndpointListener(Listener):
             message = tls_unavailable_message(f"--listen '{description}'")
             if message is not None:
                 raise ListenError(message)
-        slot = _ReactorSlot()
         try:
-            endpoint = serverFromString(slot, twisted_description(description))
+            serverFromString(None, twisted_description(description))  # read now: the reactor is not chosen yet
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
             raise ListenError(f"--listen '{description}': cannot read{where}: {e.strerror or e}") from None
@@ -400,7 +355,7 @@ class EndpointListener(Listener):
                     "(a PEM private key in privateKey=, its certificate there or in certKey=)"
                 ) from None
             raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
-        return cls(description, endpoint, slot, Inet("tcp", address.interface, address.port, 1))
+        return cls(description, Inet("tcp", address.interface, address.port, 1))
 
     @property
     def port(self) -> int:
@@ -411,7 +366,7 @@ class EndpointListener(Listener):
     def host(self) -> str:
         return self._probe.host
 
-    def bind(self, reuse_port: bool = False) -> None:
+    def bind(self) -> None:
         if self._probe.port and self._held is None:
             self._held = StreamListener(self.description, self._probe)
             self._held.bind()
@@ -422,9 +377,11 @@ class EndpointListener(Listener):
             self._held = None
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        self._slot.reactor = reactor
+        from twisted.internet.endpoints import serverFromString
+
         self.close()  # Twisted binds the port itself
-        return endpoint_service(_Logged(self.endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
+        endpoint = serverFromString(reactor, twisted_description(self.description))
+        return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
 
 
 def bind_all(listeners: Sequence[Listener]) -> None:

@@ -28,7 +28,7 @@ from capserv.daemon.listen import (
     parse_listen,
 )
 from capserv.daemon.logs import follow_twistd
-from capserv.daemon.service import CapservService, StartError
+from capserv.daemon.service import CapservService
 from capserv.daemon.system import TwistdOptionError, check_twistd, choose_reactor
 from capserv.daemon.workers import MAX_WORKERS_PER_CPU, FigureReport, OrphanWatch, WorkerPool, process_figures
 from capserv.native import native_supported
@@ -61,17 +61,9 @@ class Settings:
 
     def for_workers(self) -> str:
         """What a worker is handed, as JSON: no ``--workers`` and no ``--metrics`` (the supervisor's)."""
-        return json.dumps(
-            {
-                "config": dataclasses.asdict(self.config),
-                "listen": [listener.description for listener in self.listen],
-                "drain_delay": self.drain_delay,
-                "native": self.native,
-                "uvloop": self.uvloop,
-                "reactor": self.reactor,
-                "report": self.metrics is not None,
-            }
-        )
+        data = {name: getattr(self, name) for name in ("drain_delay", "native", "uvloop", "reactor")}
+        data.update(config=dataclasses.asdict(self.config), report=self.metrics is not None)
+        return json.dumps({**data, "listen": [listener.description for listener in self.listen]})
 
     @classmethod
     def of_worker(cls, text: str, worker: int) -> Settings:
@@ -86,37 +78,59 @@ _DEFAULTS = CapservConfig()
 #: What to write for --metrics when prometheus-client is missing.
 METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
 
-#: The `CapservConfig` numbers, by option: help, then bounds other than ">= 0".
-_LIMITS: dict[str, tuple[Any, ...]] = {
-    "idle-timeout": ("Seconds without traffic before a TCP connection is closed.",),
-    "abort-grace": ("Seconds a closing connection gets to take its last bytes before it is aborted.",),
-    "max-connections": ("Most TCP connections open at once.",),
-    "max-connections-per-ip": (
-        "Most TCP connections open at once from one source network (see --ipv4-prefix, --ipv6-prefix).",
-    ),
-    "ipv4-prefix": (
-        "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
-        1,
-        32,
-    ),
-    "ipv6-prefix": (
-        "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
-        1,
-        128,
-    ),
-    "high-water": ("Unsent reply bytes per connection past which reading pauses.", 1),
-    "udp-rate": ("Datagrams per second answered per source network.",),
-    "udp-burst": ("Datagrams a source may send at once before --udp-rate applies.",),
-    "udp-byte-rate": ("Reply bytes per second sent to one source network.",),
-    "udp-byte-burst": ("Reply bytes a source may be sent at once before --udp-byte-rate applies (at least 65527).",),
-    "udp-rate-table-size": ("Most source networks the UDP rate limiter remembers.", 1),
-    "shutdown-timeout": ("Seconds a graceful stop waits for open connections before closing them.",),
+#: Every option's help but --listen's.
+_HELP = {
+    "ascii": "Uppercase only a-z and leave every other byte alone (fastest).",
+    "no-uvloop": "Keep twistd's default reactor even when uvloop is installed "
+    "(without --reactor, capserv runs Twisted's asyncio reactor on uvloop).",
+    "no-native": "On the asyncio reactor, serve streams on Twisted's own transports instead of the event loop's "
+    "(native transports are faster; see docs/operations).",
+    "udp-allow-low-ports": "Answer datagrams from source ports below 1024 (off by default: loop guard).",
+    "udp-rate-loopback": "Apply --udp-rate and --udp-byte-rate to loopback sources too (exempt by default).",
+    "encoding": "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
+    "idle-timeout": "Seconds without traffic before a TCP connection is closed.",
+    "abort-grace": "Seconds a closing connection gets to take its last bytes before it is aborted.",
+    "max-connections": "Most TCP connections open at once.",
+    "max-connections-per-ip": "Most TCP connections open at once from one source network "
+    "(see --ipv4-prefix, --ipv6-prefix).",
+    "ipv4-prefix": "Length of the IPv4 networks that per-source limits count as one source (32: each address).",
+    "ipv6-prefix": "Length of the IPv6 networks that per-source limits count as one source (64: one host's share).",
+    "high-water": "Unsent reply bytes per connection past which reading pauses.",
+    "udp-rate": "Datagrams per second answered per source network.",
+    "udp-burst": "Datagrams a source may send at once before --udp-rate applies.",
+    "udp-byte-rate": "Reply bytes per second sent to one source network.",
+    "udp-byte-burst": "Reply bytes a source may be sent at once before --udp-byte-rate applies (at least 65527).",
+    "udp-rate-table-size": "Most source networks the UDP rate limiter remembers.",
+    "metrics": "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9150:interface=127.0.0.1); "
+    "needs pip install 'capserv[metrics]'. Off by default.",
+    "workers": "Processes serving the same tcp:/tcp6:/udp: sockets, bound once by the first.",
+    "shutdown-timeout": "Seconds a graceful stop waits for open connections before closing them.",
+    "drain-delay": "Seconds a stop keeps accepting and serving while /readyz says not ready (503), "
+    "before the graceful stop: let a load balancer take this instance out first.",
+}
+_FLAGS = ("ascii", "no-uvloop", "no-native", "udp-allow-low-ports", "udp-rate-loopback")
+#: The options that are `CapservConfig` numbers, with their bounds beyond ">= 0".
+_LIMITS: dict[str, tuple[float, ...]] = {
+    "idle-timeout": (),
+    "abort-grace": (),
+    "max-connections": (),
+    "max-connections-per-ip": (),
+    "ipv4-prefix": (1, 32),
+    "ipv6-prefix": (1, 128),
+    "high-water": (1,),
+    "udp-rate": (),
+    "udp-burst": (),
+    "udp-byte-rate": (),
+    "udp-byte-burst": (),
+    "udp-rate-table-size": (1,),
+    "shutdown-timeout": (),
 }
 
 
-def _limit(name: str, help: str, *bounds: float) -> list[Any]:
-    default = getattr(_DEFAULTS, name.replace("-", "_"))
-    return [name, None, default, help, number(name, type(default), *bounds)]
+def _parameter(name: str, default: Any, kind: Any = None, *bounds: float) -> list[Any]:
+    """A ``usage.Options`` parameter; a number's error names the option (`capserv._options.number`)."""
+    kind = kind or type(default)
+    return [name, None, default, _HELP[name], kind if kind is str else number(name, kind, *bounds)]
 
 
 class Options(usage.Options):
@@ -128,61 +142,13 @@ class Options(usage.Options):
         "comes back in capitals. With no --listen, serves TCP and UDP on "
         "127.0.0.1 port 50007. Zero turns a limit, timeout or rate off."
     )
-
-    optFlags = [
-        ["ascii", None, "Uppercase only a-z and leave every other byte alone (fastest)."],
-        [
-            "no-uvloop",
-            None,
-            "Keep twistd's default reactor even when uvloop is installed "
-            "(without --reactor, capserv runs Twisted's asyncio reactor on uvloop).",
-        ],
-        [
-            "no-native",
-            None,
-            "On the asyncio reactor, serve streams on Twisted's own transports instead of the event loop's "
-            "(native transports are faster; see docs/operations).",
-        ],
-        ["udp-allow-low-ports", None, "Answer datagrams from source ports below 1024 (off by default: loop guard)."],
-        [
-            "udp-rate-loopback",
-            None,
-            "Apply --udp-rate and --udp-byte-rate to loopback sources too (exempt by default).",
-        ],
-    ]
-
+    optFlags = [[name, None, _HELP[name]] for name in _FLAGS]
     optParameters = [
-        [
-            "encoding",
-            None,
-            _DEFAULTS.encoding,
-            "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
-            str,
-        ],
-        *(_limit(name, *help_and_bounds) for name, help_and_bounds in _LIMITS.items()),
-        [
-            "metrics",
-            None,
-            None,
-            "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9150:interface=127.0.0.1); "
-            "needs pip install 'capserv[metrics]'. Off by default.",
-            str,
-        ],
-        [
-            "workers",
-            None,
-            1,
-            "Processes serving the same tcp:/tcp6:/udp: sockets, bound once by the first.",
-            number("workers", int, 1),
-        ],
-        [
-            "drain-delay",
-            None,
-            0.0,
-            "Seconds a stop keeps accepting and serving while /readyz says not ready (503), "
-            "before the graceful stop: let a load balancer take this instance out first.",
-            number("drain-delay", float, 0, MAX_WAIT),
-        ],
+        _parameter("encoding", _DEFAULTS.encoding),
+        *(_parameter(name, getattr(_DEFAULTS, name.replace("-", "_")), None, *_LIMITS[name]) for name in _LIMITS),
+        _parameter("metrics", None, str),
+        _parameter("workers", 1, int, 1),
+        _parameter("drain-delay", 0.0, float, 0, MAX_WAIT),
     ]
 
     def __init__(self) -> None:
@@ -315,7 +281,7 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
         reactor = choose_reactor(settings.uvloop, settings.reactor)
     try:
         service = build_service(settings, reactor)
-    except StartError as e:
+    except ListenError as e:
         raise SystemExit(f"capserv: {e}") from None
     service.takes_signals = True
     return service
@@ -323,7 +289,7 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
 
 def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:
     """
-    `makeService` for programs: a `StartError` instead of an exit.
+    `makeService` for programs: a `ListenError` instead of an exit.
 
     :param inherited: in a worker, its supervisor's listening sockets, one per listener.
     """
@@ -333,10 +299,7 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
     service = CapservService(config, factory, datagrams, reactor, settings.drain_delay, worker=settings.worker > 0)
     for listener, fd in zip(settings.listen, inherited, strict=False):
         listener.inherit(fd)
-    try:
-        bind_all([*settings.listen, *filter(None, [settings.metrics])])
-    except ListenError as e:
-        raise StartError(str(e)) from None
+    bind_all([*settings.listen, *filter(None, [settings.metrics])])
     native = settings.native and native_supported(reactor)
     for listener in settings.listen:
         handler = datagrams.protocol() if listener.datagram else factory

@@ -30,7 +30,7 @@ from capserv.protocols.logthrottle import literal
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
-__all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "StartError", "fatal", "plural"]
+__all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "fatal", "plural"]
 
 #: What `CapservService.state` says, and ``/readyz`` answers with.
 STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping"
@@ -41,10 +41,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FORCE_SIGNAL = signal.SIGUSR2
 
 _log = Logger(namespace="capserv.service.CapservService")
-
-
-class StartError(Exception):
-    """A listener could not start; the message is one line for the operator."""
 
 
 def plural(count: int, noun: str) -> str:
@@ -114,7 +110,7 @@ class CapservService(MultiService):
             for child in self:
                 child.privilegedStartService()
                 started.append(child)
-        except (CannotListenError, ListenError, OSError, StartError) as e:
+        except (CannotListenError, ListenError, OSError) as e:
             for child in started:
                 child.stopService()
             if isinstance(e, CannotListenError) and isinstance(e.socketError, ListenError):

@@ -37,12 +37,16 @@ class CapservCollector:
 
         figures = self.figures()
         tcp, udp = figures["tcp"], figures["udp"]
-        yield GaugeMetricFamily(
-            "capserv_connections_active", "TCP connections open now.", value=tcp["connections_active"]
-        )
-        yield CounterMetricFamily(
-            "capserv_connections", "TCP connections accepted and served.", value=tcp["connections_total"]
-        )
+        for name, help, where, key in _PLAIN:
+            family = GaugeMetricFamily if name in _GAUGES else CounterMetricFamily
+            yield family(name, help, value=(figures if where == "all" else figures[where])[key])
+        transports = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
+        sent = CounterMetricFamily("capserv_sent_bytes", "Bytes sent.", labels=["transport"])
+        for transport in ("tcp", "udp"):
+            transports.add_metric([transport], figures[transport]["bytes_in"])
+            sent.add_metric([transport], figures[transport]["bytes_out"])
+        yield transports
+        yield sent
         refused = CounterMetricFamily(
             "capserv_connections_refused",
             "TCP connections closed at once, by limit (proxy_header: no valid PROXY header).",
@@ -51,27 +55,6 @@ class CapservCollector:
         for limit in REFUSALS:
             refused.add_metric([limit.value], tcp["connections_refused"].get(limit.value, 0))
         yield refused
-        yield CounterMetricFamily(
-            "capserv_idle_timeouts", "TCP connections closed for being idle.", value=tcp["idle_timeouts"]
-        )
-        yield CounterMetricFamily(
-            "capserv_read_pauses",
-            "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
-            value=tcp["pauses"],
-        )
-        yield CounterMetricFamily(
-            "capserv_aborts", "TCP connections aborted for not taking their last bytes.", value=tcp["aborts"]
-        )
-        received = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
-        received.add_metric(["tcp"], tcp["bytes_in"])
-        received.add_metric(["udp"], udp["bytes_in"])
-        yield received
-        sent = CounterMetricFamily("capserv_sent_bytes", "Bytes sent.", labels=["transport"])
-        sent.add_metric(["tcp"], tcp["bytes_out"])
-        sent.add_metric(["udp"], udp["bytes_out"])
-        yield sent
-        yield CounterMetricFamily("capserv_datagrams_received", "Datagrams received.", value=udp["datagrams_in"])
-        yield CounterMetricFamily("capserv_datagrams_sent", "Reply datagrams sent.", value=udp["datagrams_out"])
         drops = CounterMetricFamily(
             "capserv_datagrams_dropped", "Datagrams not answered, by reason.", labels=["reason"]
         )
@@ -84,18 +67,36 @@ class CapservCollector:
             "source network's family and prefix length (--ipv4-prefix, --ipv6-prefix).",
             labels=["limit", "family", "prefix"],
         )
-        config = self.config
         for limit in PER_SOURCE:
             counts = (tcp if limit is Reason.MAX_CONNECTIONS_PER_IP else udp)["limited"].get(limit.value, {})
-            limited.add_metric([limit.value, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
-            limited.add_metric([limit.value, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
+            for net, prefix in (("ipv4", self.config.ipv4_prefix), ("ipv6", self.config.ipv6_prefix)):
+                limited.add_metric([limit.value, net, f"/{prefix}"], counts.get(net, 0))
         yield limited
-        yield GaugeMetricFamily(
-            "capserv_udp_rate_sources",
-            "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
-            value=udp["rate_table_size"],
-        )
-        yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=figures["workers"])
+
+
+#: The metrics of one figure each: name, help, and where the figure is.
+_PLAIN = (
+    ("capserv_connections_active", "TCP connections open now.", "tcp", "connections_active"),
+    ("capserv_connections", "TCP connections accepted and served.", "tcp", "connections_total"),
+    ("capserv_idle_timeouts", "TCP connections closed for being idle.", "tcp", "idle_timeouts"),
+    (
+        "capserv_read_pauses",
+        "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
+        "tcp",
+        "pauses",
+    ),
+    ("capserv_aborts", "TCP connections aborted for not taking their last bytes.", "tcp", "aborts"),
+    ("capserv_datagrams_received", "Datagrams received.", "udp", "datagrams_in"),
+    ("capserv_datagrams_sent", "Reply datagrams sent.", "udp", "datagrams_out"),
+    (
+        "capserv_udp_rate_sources",
+        "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
+        "udp",
+        "rate_table_size",
+    ),
+    ("capserv_workers", "Worker processes serving the ports.", "all", "workers"),
+)
+_GAUGES = {"capserv_connections_active", "capserv_udp_rate_sources", "capserv_workers"}
 
 
 class _QuietSite(Site):
