@@ -296,7 +296,6 @@ class DatagramListener(_SocketListener):
     def __init__(self, description: str, address: Inet | Adopted) -> None:
         super().__init__(description, address)
         self.shareable = isinstance(address, Inet)
-        self.systemd = address.index if isinstance(address, Adopted) else None
 
 
 class ProxyListener(Listener):
