@@ -252,6 +252,18 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual({p[3] for p in datagram}, {65535})
         service.stopService()
 
+    def test_listening_lines_say_what_each_serves(self) -> None:
+        """Each listener's "Listening" line carries ``what`` as a field,
+        datagrams as streams."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = started(parse("--listen", LOCAL, "--listen", LOCAL_UDP), MemoryReactorClock())
+        listening = [e for e in events if e.get("log_namespace") == "capserv.listen"]
+        self.assertEqual([e["what"] for e in listening], ["streams", "datagrams"])
+        self.assertTrue(formatEvent(listening[1]).startswith("Listening for datagrams on "))
+        service.stopService()
+
     def test_one_bad_listener_means_none_listens(self) -> None:
         """A taken port ends the start with one line, and the listener bound
         before it lets its address go."""
