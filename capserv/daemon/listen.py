@@ -317,17 +317,16 @@ class ProxyListener(Listener):
         return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)
 
 
-class EndpointListener(Listener):
+class EndpointListener(_SocketListener):
     """
     A description Twisted serves (``ssl:``, endpoint plugins) through its own
     endpoint; an ``ssl:`` port is held from `bind` until then, so a taken one
     is told before daemonizing like any other.
     """
 
-    def __init__(self, description: str, probe: Inet) -> None:
-        super().__init__(description)
-        self._probe = probe
-        self._held: StreamListener | None = None
+    def bind(self) -> None:
+        if self.port:  # a plugin's has none to hold
+            super().bind()
 
     @classmethod
     def parse(cls, description: str, address: Twisted) -> EndpointListener:
@@ -355,25 +354,6 @@ class EndpointListener(Listener):
                 ) from None
             raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
         return cls(description, Inet("tcp", address.interface, address.port, 1))
-
-    @property
-    def port(self) -> int:
-        """The ``ssl:`` port asked for (0 for a plugin's)."""
-        return self._probe.port
-
-    @property
-    def host(self) -> str:
-        return self._probe.host
-
-    def bind(self) -> None:
-        if self._probe.port and self._held is None:
-            self._held = StreamListener(self.description, self._probe)
-            self._held.bind()
-
-    def close(self) -> None:
-        if self._held is not None:
-            self._held.close()
-            self._held = None
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         from twisted.internet.endpoints import serverFromString
