@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -40,7 +40,7 @@ from capserv.protocols._twisted import endpoint_service, proxy_protocol_factory
 from capserv.protocols.addresses import describe
 from capserv.protocols.udp import MAX_DATAGRAM
 
-__all__ = ["DEFAULT_LISTEN", "ListenError", "Listener", "bind_all", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "ListenError", "Listener", "parse_listen"]
 
 #: With no ``--listen``: loopback only (an open UDP service on a public address is an amplifier).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
@@ -361,46 +361,3 @@ class EndpointListener(_SocketListener):
         self.close()  # Twisted binds the port itself
         endpoint = serverFromString(reactor, twisted_description(self.description))
         return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
-
-
-def bind_all(listeners: Sequence[Listener]) -> None:
-    """
-    Bind every listener, or none (`ListenError`); a port in use by an earlier
-    listener of this same command is told as that clash.
-    """
-    done: list[Listener] = []
-    try:
-        for listener in listeners:
-            try:
-                listener.bind()
-            except ListenError as e:
-                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
-                raise ListenError(clash, e.errno) if clash else e from None
-            done.append(listener)
-    except ListenError:
-        for listener in done:
-            listener.close()
-        raise
-
-
-def _port_and_kind(listener: Listener) -> tuple[int, bool, str] | None:
-    """A listener's IP port, whether datagram, and host; `None` without an IP port."""
-    listener = listener.inner if isinstance(listener, ProxyListener) else listener
-    port = getattr(listener, "port", None)
-    return (port, listener.datagram, str(getattr(listener, "host", ""))) if isinstance(port, int) and port else None
-
-
-def _clash(listener: Listener, done: list[Listener]) -> str | None:
-    mine = _port_and_kind(listener)
-    for earlier in done:
-        theirs = _port_and_kind(earlier)
-        if mine is None or theirs is None or theirs[:2] != mine[:2]:
-            continue
-        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
-        both = {mine[2], theirs[2]}
-        hint = " (on Linux, :: takes IPv4 too)" if "::" in both and any(":" not in h for h in both) else ""
-        return (
-            f"cannot listen on '{listener.description}': port {mine[0]} is already taken by "
-            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
-        )
-    return None

@@ -7,6 +7,7 @@ port is told before twistd daemonizes) and wires them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -24,7 +25,7 @@ from capserv.daemon.listen import (
     STREAM_KINDS_HINT,
     Listener,
     ListenError,
-    bind_all,
+    ProxyListener,
     parse_listen,
 )
 from capserv.daemon.logs import follow_twistd
@@ -327,3 +328,46 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
         if settings.report:
             FigureReport(factory, datagrams, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
+
+
+def bind_all(listeners: Sequence[Listener]) -> None:
+    """
+    Bind every listener, or none (`ListenError`); a port in use by an earlier
+    listener of this same command is told as that clash.
+    """
+    done: list[Listener] = []
+    try:
+        for listener in listeners:
+            try:
+                listener.bind()
+            except ListenError as e:
+                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
+                raise ListenError(clash, e.errno) if clash else e from None
+            done.append(listener)
+    except ListenError:
+        for listener in done:
+            listener.close()
+        raise
+
+
+def _port_and_kind(listener: Listener) -> tuple[int, bool, str] | None:
+    """A listener's IP port, whether datagram, and host; `None` without an IP port."""
+    listener = listener.inner if isinstance(listener, ProxyListener) else listener
+    port = getattr(listener, "port", None)
+    return (port, listener.datagram, str(getattr(listener, "host", ""))) if isinstance(port, int) and port else None
+
+
+def _clash(listener: Listener, done: list[Listener]) -> str | None:
+    mine = _port_and_kind(listener)
+    for earlier in done:
+        theirs = _port_and_kind(earlier)
+        if mine is None or theirs is None or theirs[:2] != mine[:2]:
+            continue
+        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
+        both = {mine[2], theirs[2]}
+        hint = " (on Linux, :: takes IPv4 too)" if "::" in both and any(":" not in h for h in both) else ""
+        return (
+            f"cannot listen on '{listener.description}': port {mine[0]} is already taken by "
+            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
+        )
+    return None
