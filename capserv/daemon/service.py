@@ -118,10 +118,7 @@ class CapservService(MultiService):
             fatal("capserv: " + " ".join((str(e) or type(e).__name__).split()))
 
     def startService(self) -> None:
-        Service.startService(self)  # the children listen already
-        for child in self:
-            if not child.running:
-                child.startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.worker:
             self._install(FORCE_SIGNAL, self._forced_by_supervisor)
         if self.notifier is None:

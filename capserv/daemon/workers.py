@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
@@ -253,31 +254,22 @@ class WorkerPool(Service):
             stopped.callback(None)
 
 
-class OrphanWatch(Service):
+class OrphanWatch(TimerService):
     """In a worker: stop once the supervisor has gone, so no worker outlives it."""
 
     def __init__(self, reactor: Any, interval: float = 0.5) -> None:
-        self.reactor, self.interval, self._parent = reactor, interval, os.getppid()
-        self._loop = LoopingCall(self._check)
-        self._loop.clock = reactor
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self._loop.start(self.interval, now=False)
+        super().__init__(interval, self._check)  # type: ignore[no-untyped-call]
+        self.clock = self.reactor = reactor
+        self._parent = os.getppid()
 
     def _check(self) -> None:
         if os.getppid() != self._parent:
             _orphan_log.warn("The supervising process {pid} has gone; stopping", pid=self._parent)
-            self._loop.stop()
+            self.stopService()  # type: ignore[no-untyped-call]
             try:
                 self.reactor.stop()
             except ReactorNotRunning:
                 pass  # stopping already: that stop goes on
-
-    def stopService(self) -> None:
-        Service.stopService(self)
-        if self._loop.running:
-            self._loop.stop()
 
 
 class FigureReport(Service):
