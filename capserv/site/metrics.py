@@ -74,26 +74,18 @@ class CapservCollector:
         yield limited
 
 
+_PAUSES = "Times reading from a TCP connection paused because its unsent reply passed --high-water."
+_SOURCES = "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size)."
 #: The metrics of one figure each: name, help, and where the figure is.
 _PLAIN = (
     ("capserv_connections_active", "TCP connections open now.", "tcp", "connections_active"),
     ("capserv_connections", "TCP connections accepted and served.", "tcp", "connections_total"),
     ("capserv_idle_timeouts", "TCP connections closed for being idle.", "tcp", "idle_timeouts"),
-    (
-        "capserv_read_pauses",
-        "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
-        "tcp",
-        "pauses",
-    ),
+    ("capserv_read_pauses", _PAUSES, "tcp", "pauses"),
     ("capserv_aborts", "TCP connections aborted for not taking their last bytes.", "tcp", "aborts"),
     ("capserv_datagrams_received", "Datagrams received.", "udp", "datagrams_in"),
     ("capserv_datagrams_sent", "Reply datagrams sent.", "udp", "datagrams_out"),
-    (
-        "capserv_udp_rate_sources",
-        "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
-        "udp",
-        "rate_table_size",
-    ),
+    ("capserv_udp_rate_sources", _SOURCES, "udp", "rate_table_size"),
     ("capserv_workers", "Worker processes serving the ports.", "all", "workers"),
 )
 _GAUGES = {"capserv_connections_active", "capserv_udp_rate_sources", "capserv_workers"}
