@@ -50,7 +50,7 @@ from capserv.protocols.accesslog import (
     BufferedWriter,
     JSONLogObserver,
     TextLogObserver,
-    close_all,
+    flush_all,
     log_connection,
     render_access,
 )
@@ -123,7 +123,7 @@ def main() -> None:
             per_event(n, lambda: log_connection("127.0.0.1:54321", 0.00123, 64, 64, "end of input")),
         )
     )
-    close_all()
+    flush_all()
 
     width = max(len(name) for name, _ in results)
     print(f"{n} events, best of 3; load: {os.getloadavg()[0]:.2f}")

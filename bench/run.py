@@ -48,6 +48,8 @@ WORKLOADS: dict[str, tuple[list[str], str, str]] = {
     "udp_50x64": (["udp", "50", "64"], "datagrams/s", "UDP, 50 sockets, 64 B"),
     "idle_10k": (["idle"], "KiB/conn", "server memory per idle connection (lower is better)"),
 }
+# What one unit of work is, for server CPU per unit (µs of server CPU each).
+PER_UNIT = {"bulk": "MB", "connect_20": "session", "udp_50x64": "datagram"}
 
 # Workloads the lesson's iterative server can take (one client at a time).
 ITERATIVE_OK = {"rr_1x64", "rr_1x1k", "bulk", "connect_20", "udp_50x64"}
@@ -267,7 +269,7 @@ def run_workload(
         rest = process.stdout.read()
         if process.wait() != 0:
             raise RuntimeError(f"loadgen failed: {rest}")
-        return {"value": (held - before) / idle, "cpu": 0.0, "errors": 0}
+        return {"value": (held - before) / idle, "cpu": 0.0, "cpu_us": 0.0, "errors": 0}
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=seconds * 10 + 120)
     wall = time.monotonic() - wall_before
@@ -278,7 +280,14 @@ def run_workload(
     if data["errors"]:
         raise RuntimeError(f"{server.name} gave {data['errors']} wrong replies in {workload}")
     value = data["ops"] if workload == "bulk" else data["ops"] / data["seconds"]
-    return {"value": value, "cpu": cpu_used / wall, "errors": data["errors"], "answered": data.get("answered")}
+    units = data["bytes"] / 1048576 if workload == "bulk" else data["ops"]
+    return {
+        "value": value,
+        "cpu": cpu_used / wall,
+        "cpu_us": cpu_used * 1e6 / units if units else float("nan"),
+        "errors": data["errors"],
+        "answered": data.get("answered"),
+    }
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -335,7 +344,7 @@ def main() -> None:
                         if name == "iterative" and workload not in ITERATIVE_OK:
                             continue
                         slot = results.setdefault(name, {}).setdefault(
-                            workload, {"value": [], "cpu": [], "failures": []}
+                            workload, {"value": [], "cpu": [], "cpu_us": [], "failures": []}
                         )
                         try:
                             sample = run_workload(loadgen, server, workload, args.seconds, args.bulk_mb, args.idle, 1)
@@ -348,9 +357,11 @@ def main() -> None:
                             continue
                         slot["value"].append(sample["value"])
                         slot["cpu"].append(sample["cpu"])
+                        slot["cpu_us"].append(sample["cpu_us"])
                         print(
                             f"round {round_number + 1} {name:17} {workload:11} "
-                            f"{sample['value']:12.1f}  server cpu {sample['cpu']:.2f}",
+                            f"{sample['value']:12.1f}  server cpu {sample['cpu']:.2f}  "
+                            f"{sample['cpu_us']:8.2f} us/{PER_UNIT.get(workload, 'request')}",
                             flush=True,
                         )
                 finally:
@@ -390,6 +401,7 @@ def build_report(results: dict[str, Any], workers_results: dict[str, Any], args:
             w: {
                 "value": summarize(v["value"]),
                 "server_cpu": summarize(v["cpu"]),
+                "cpu_us_per_unit": summarize(v["cpu_us"]),
                 "failures": v.get("failures", []),
             }
             for w, v in per.items()
@@ -401,6 +413,7 @@ def build_report(results: dict[str, Any], workers_results: dict[str, Any], args:
         f"{name} {w}": v["failures"] for name, per in results.items() for w, v in per.items() if v.get("failures")
     }
     ratios: dict[str, dict[str, Any]] = {}
+    cpu_ratios: dict[str, dict[str, Any]] = {}  # capserv's server CPU per unit / the peer's (lower is better)
     capserv = summary.get("capserv", {})
     for peer in summary:
         if peer == "capserv":
@@ -409,6 +422,9 @@ def build_report(results: dict[str, Any], workers_results: dict[str, Any], args:
             other = summary[peer].get(workload)
             if other and workload != "idle_10k" and other["value"]["median"]:
                 ratios.setdefault(peer, {})[workload] = data["value"]["median"] / other["value"]["median"]
+                if other["cpu_us_per_unit"]["median"]:
+                    cpu_ratio = data["cpu_us_per_unit"]["median"] / other["cpu_us_per_unit"]["median"]
+                    cpu_ratios.setdefault(peer, {})[workload] = cpu_ratio
     targets = {}
     for peer, per_workload in TARGETS.items():
         for workload, target in per_workload.items():
@@ -438,6 +454,7 @@ def build_report(results: dict[str, Any], workers_results: dict[str, Any], args:
         "workloads": {w: {"unit": WORKLOADS[w][1], "what": WORKLOADS[w][2]} for w in WORKLOADS},
         "results": summary,
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
         "targets": targets,
         "failures": failures,
         "workers": {
@@ -454,7 +471,9 @@ def write_table(report: dict[str, Any], path: Path) -> None:
         "",
         f"Command: ``{report['command']}``, {report['when']}, {report['machine']['cpus']} CPUs, "
         f"Python {report['machine']['python']}. Medians of {report['settings']['rounds']} rounds (min-max); "
-        "server CPU is the share of one core the server used.",
+        "server CPU is the share of one core the server used, then the server's CPU time per unit of work "
+        "(per request, session, datagram or MB); the last column is capserv / uvloop for the rate, then for "
+        "CPU per unit (lower is better).",
         "",
         ".. list-table::",
         "   :header-rows: 1",
@@ -474,10 +493,17 @@ def write_table(report: dict[str, Any], path: Path) -> None:
                 continue
             v = data["value"]
             cpu = data["server_cpu"]["median"]
-            cpu_text = f", cpu {cpu:.2f}" if workload != "idle_10k" else ""
+            cpu_text = ""
+            if workload != "idle_10k":
+                per_unit = data.get("cpu_us_per_unit", {}).get("median")
+                unit = PER_UNIT.get(workload, "request")
+                cpu_text = f", cpu {cpu:.2f}" + (f"; {per_unit:,.1f} µs/{unit}" if per_unit is not None else "")
             lines.append(f"     - {v['median']:,.1f} ({v['min']:,.1f}-{v['max']:,.1f}{cpu_text})")
         ratio = report["ratios"].get("uvloop", {}).get(workload)
-        lines.append(f"     - {ratio:.2f}" if ratio is not None else "     - ")
+        cpu_ratio = report.get("cpu_ratios", {}).get("uvloop", {}).get(workload)
+        text = f"{ratio:.2f}" if ratio is not None else ""
+        text += f"; cpu {cpu_ratio:.2f}" if cpu_ratio is not None else ""
+        lines.append(f"     - {text}".rstrip())
     if report.get("targets"):
         lines += ["", "Targets (capserv / peer in the same run; memory in KiB per connection):", ""]
         lines += [".. list-table::", "   :header-rows: 1", "", "   * - workload", "     - against"]

@@ -106,17 +106,17 @@ def per_connection(n: int, life: Callable[[], None], loop: asyncio.AbstractEvent
 
 @contextmanager
 def eager_codec() -> Iterator[None]:
-    original = capserv.protocols.tcp.UppercaseProtocol.__init__
+    original = capserv.protocols.tcp.UppercaseProtocol.connectionMade
 
-    def init(self: Any, factory: Any, peer: Any) -> None:
-        original(self, factory, peer)
-        self._codec = factory.codec()
+    def made(self: Any) -> None:
+        original(self)
+        self._codec = self.factory.codec()
 
-    capserv.protocols.tcp.UppercaseProtocol.__init__ = init  # type: ignore[method-assign]
+    capserv.protocols.tcp.UppercaseProtocol.connectionMade = made  # type: ignore[method-assign]
     try:
         yield
     finally:
-        capserv.protocols.tcp.UppercaseProtocol.__init__ = original  # type: ignore[method-assign]
+        capserv.protocols.tcp.UppercaseProtocol.connectionMade = original  # type: ignore[method-assign]
 
 
 @contextmanager

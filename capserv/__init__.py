@@ -6,7 +6,7 @@ Importing capserv never imports the global reactor.
 """
 
 from capserv._version import __version__
-from capserv.protocols.config import CapservConfig, ConfigError
+from capserv.protocols.config import CapservConfig, Clock, ConfigError
 from capserv.protocols.stats import Reason, TCPStats, UDPStats
 from capserv.protocols.tcp import UppercaseFactory, UppercaseProtocol
 from capserv.protocols.text import Uppercaser, uppercase
@@ -15,6 +15,7 @@ from capserv.protocols.udp import MAX_DATAGRAM, DatagramState, UppercaseDatagram
 __all__ = [
     "MAX_DATAGRAM",
     "CapservConfig",
+    "Clock",
     "ConfigError",
     "DatagramState",
     "Reason",

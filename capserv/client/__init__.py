@@ -1,11 +1,10 @@
 """
-capserv's client: a Deferred-based API (`tcp_request`, `udp_request`,
-`open_stream`) and the ``capserv-client`` command (`capserv.client.command`).
-Cancelling a Deferred it returns closes what the call opened; its errors are
-`CapservClientError`.
+capserv's client: a Deferred API (`tcp_request`, `udp_request`, `open_stream`)
+and the ``capserv-client`` command (`capserv.client.command`).  Cancelling a
+returned Deferred closes what the call opened; errors are `CapservClientError`.
 """
 
-from capserv.client._udp import (
+from capserv.client.datagram import (
     MAX_UDP_REPLY,
     MessageTooLongError,
     NoReplyError,
@@ -13,11 +12,12 @@ from capserv.client._udp import (
     resolve_udp,
     udp_request,
 )
-from capserv.client.api import (
+from capserv.client.stream import (
     CapservClientError,
     ClientReactor,
     ReplyTimeoutError,
     ServerClosedError,
+    StreamClientEndpoint,
     StreamSession,
     open_stream,
     tcp_request,
@@ -32,6 +32,7 @@ __all__ = [
     "ReplyTimeoutError",
     "ReplyTooLongError",
     "ServerClosedError",
+    "StreamClientEndpoint",
     "StreamSession",
     "open_stream",
     "resolve_udp",

@@ -1,29 +1,18 @@
 """
-The ``capserv-client`` command: the lesson's TCP and UDP clients as one
-tool, built on `capserv.client`.
-
-- Words are one message (joined with spaces, as ``echo`` does); the reply is
-  printed with a newline.  Options may come before or after the words;
-  ``--`` ends the options, so a word after it may start with ``-``.
-- No words and a terminal on stdin: the lesson's interactive loop, with its
-  prompt, until end of input.
-- No words and a pipe on stdin: over TCP, stdin is streamed to the server and
-  the reply to stdout byte for byte, in bounded memory (each side pauses the
-  other); over UDP, one datagram per line and one reply line each.
-
-Exit status: 0 on success, 1 for a network failure (refused, unreachable,
-unknown name, TLS failure, no reply in time, a UDP reply too long to read
-whole), 2 for a usage error (or TLS asked for where it is not installed), 3
-for a local failure (stdout closed or full), 130 when interrupted (Ctrl-C).
+The ``capserv-client`` command: the lesson's TCP and UDP clients as one tool
+on `capserv.client` (docs/client.rst).  Words are one message; with none,
+the lesson's prompt on a terminal, or from a pipe a byte stream (TCP) or a
+datagram per line (UDP).
 """
 
 from __future__ import annotations
 
+import getopt
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import endpoints, task
@@ -34,7 +23,7 @@ from twisted.python.failure import Failure
 
 from capserv._options import number
 from capserv._version import __version__
-from capserv.client._console import (
+from capserv.client.console import (
     EXIT_INTERRUPTED,
     EXIT_LOCAL,
     EXIT_NETWORK,
@@ -47,68 +36,12 @@ from capserv.client._console import (
     stdout_error,
     usage_message,
 )
-from capserv.client._udp import MessageTooLongError, udp_request
-from capserv.client.api import ClientReactor, open_stream, tcp_request
-from capserv.endpoints.grammar import CLIENT_KINDS, DescriptionError, TLSClient, parse, split_description
+from capserv.client.datagram import MessageTooLongError, udp_request
+from capserv.client.stream import ClientReactor, open_stream, tcp_request
+from capserv.endpoints.grammar import DescriptionError, Twisted, parse
 from capserv.endpoints.tls import tls_unavailable_message
 
-__all__ = [
-    "CONNECT_FORMS",
-    "EXIT_INTERRUPTED",
-    "EXIT_LOCAL",
-    "EXIT_NETWORK",
-    "EXIT_USAGE",
-    "ClientError",
-    "ClientOptions",
-    "connect_endpoint",
-    "main",
-    "split_description",
-]
-
 PROMPT = b"Input lowercase sentence:"
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise ValueError(f"--port: {value!r} is not a port number (1-65535)")
-    return port
-
-
-_port.coerceDoc = ""  # type: ignore[attr-defined]
-
-
-def _host(value: str) -> str:
-    """
-    A host name or IP address; an IPv6 address may be written in brackets,
-    as in URLs (``[::1]``).
-    """
-    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    if not host or "[" in host or "]" in host or any(c.isspace() for c in host):
-        raise ValueError(f"--host: {value!r} is not a host name or IP address (IPv6: ::1 or [::1])")
-    return host
-
-
-_host.coerceDoc = ""  # type: ignore[attr-defined]
-
-
-def _seconds(value: str) -> float:
-    """
-    A number of seconds greater than 0: the one rule for ``--timeout``.
-    """
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"--timeout: {value!r} is not a number of seconds greater than 0 (for example 1 or 0.5)")
-    return seconds
-
-
-_seconds.coerceDoc = ""  # type: ignore[attr-defined]
 
 #: The ``--connect`` forms, for error messages.
 CONNECT_FORMS = (
@@ -117,10 +50,34 @@ CONNECT_FORMS = (
 )
 
 
+def _option(name: str, must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A coercer: ``convert``'s result, or "--NAME: 'TEXT' ``must``" where it gives `None`."""
+
+    def coerce(value: str) -> Any:
+        result = convert(value)
+        if result is None:
+            raise ValueError(f"--{name}: {value!r} {must}")
+        return result
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None
+
+
+def _host(text: str) -> str | None:
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    return None if not host or "[" in host or "]" in host or any(c.isspace() for c in host) else host
+
+
 class ClientOptions(usage.Options):
-    """
-    Options of ``capserv-client``.
-    """
+    """Options of ``capserv-client``: options and words in any order, ``--`` ends the options."""
 
     synopsis = "capserv-client [options] [WORD...] [options] [-- WORD...]"
     longdesc = (
@@ -136,8 +93,24 @@ class ClientOptions(usage.Options):
         ["ascii", None, "The server runs with --ascii (used over TLS to know when a reply is complete)."],
     ]
     optParameters = [
-        ["host", "H", "127.0.0.1", "Server host name or IP address (IPv6: ::1 or [::1]).", _host],
-        ["port", "p", 50007, "Server port.", _port],
+        [
+            "host",
+            "H",
+            "127.0.0.1",
+            "Server host name or IP address (IPv6: ::1 or [::1]).",
+            _option("host", "is not a host name or IP address (IPv6: ::1 or [::1])", _host),
+        ],
+        [
+            "port",
+            "p",
+            50007,
+            "Server port.",
+            _option(
+                "port",
+                "is not a port number (1-65535)",
+                lambda t: int(t) if t.isdigit() and 0 < int(t) < 65536 else None,
+            ),
+        ],
         [
             "connect",
             "c",
@@ -153,64 +126,28 @@ class ClientOptions(usage.Options):
             1.0,
             "Seconds, more than 0. UDP: to wait for each reply; TCP, TLS, UNIX: 10x this to connect "
             "and 10x this for the reply (one message), or of silence after the input ends (a pipe).",
-            _seconds,
+            _option("timeout", "is not a number of seconds greater than 0 (for example 1 or 0.5)", _seconds),
         ],
         ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
     ]
 
     def opt_version(self) -> None:
-        """
-        Print the version and exit.
-        """
+        """Print the version and exit."""
         print(f"capserv-client {__version__}")
         raise SystemExit(0)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """
-        Parse ``options`` (``sys.argv[1:]`` if `None`), options and words
-        in any order: the options are moved before the words, and ``--``
-        ends them.
-        """
+        # GNU getopt takes options among the words; Twisted then reads them with the words after "--".
         argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(self.options_first(argv))  # type: ignore[no-untyped-call]
-
-    def options_first(self, argv: list[str]) -> list[str]:
-        """
-        ``argv`` with every option (and its value) before the words,
-        followed by ``--`` and the words, in their order.
-        """
+        try:
+            opts, words = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        longs = [(self.synonyms.get(name.lstrip("-"), name.lstrip("-")), value) for name, value in opts]
         #: The long names of the options given, to refuse clashing ones.
-        self.given: set[str] = set()
-        long_values = {name[:-1] for name in self.longOpt if name.endswith("=")}
-        long_names = [name.rstrip("=") for name in self.longOpt]
-        short_values = {c for c, after in zip(self.shortOpt, self.shortOpt[1:] + " ", strict=True) if after == ":"}
-        opts: list[str] = []
-        words: list[str] = []
-        args = iter(argv)
-        for arg in args:
-            if arg == "--":
-                words.extend(args)
-                break
-            if arg.startswith("--"):
-                opts.append(arg)
-                name = arg[2:].split("=", 1)[0]
-                # getopt takes any unambiguous prefix of a long option.
-                matches = [n for n in long_names if n == name] or [n for n in long_names if n.startswith(name)]
-                self.given.update(self.synonyms.get(n, n) for n in matches[:1] if len(matches) == 1)
-                if "=" not in arg and len(matches) == 1 and matches[0] in long_values:
-                    if not _take(args, opts):
-                        return opts  # the value is missing: getopt says so
-            elif arg.startswith("-") and arg != "-":
-                opts.append(arg)
-                for index, letter in enumerate(arg[1:]):
-                    self.given.add(self.synonyms.get(letter, letter))
-                    if letter in short_values:
-                        if index == len(arg) - 2 and not _take(args, opts):  # the value is the next argument
-                            return opts
-                        break
-            else:
-                words.append(arg)
-        return [*opts, "--", *words]
+        self.given = {name for name, _ in longs}
+        ordered = [f"--{name}={value}" if name + "=" in self.longOpt else f"--{name}" for name, value in longs]
+        super().parseOptions([*ordered, "--", *words])  # type: ignore[no-untyped-call]
 
     def parseArgs(self, *words: str) -> None:
         self["words"] = list(words)
@@ -223,186 +160,133 @@ class ClientOptions(usage.Options):
             raise usage.UsageError(f"--connect names the server itself; leave out --{' and --'.join(both)}")
 
 
-def _take(args: Any, into: list[str]) -> bool:
-    """
-    Move the next argument (an option's value) from ``args`` to ``into``.
-    """
-    value = next(args, None)
-    if value is None:
-        return False
-    into.append(value)
-    return True
-
-
-def _endpoint(reactor: ClientReactor, options: ClientOptions) -> IStreamClientEndpoint:
-    description = options["connect"]
-    timeout = options["timeout"] * 10
-    if not description:
-        return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=timeout)
-    return connect_endpoint(reactor, description, timeout)
-
-
 def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 30) -> IStreamClientEndpoint:
     """
-    The endpoint for a ``--connect`` string.
-
-    Twisted's client endpoint strings, with two additions: ``tcp6:`` is
-    taken as ``tcp:`` (the form the daemon's ``--listen`` uses; Twisted's
-    ``tcp:`` client connects to IPv6 addresses), and ``tls:`` is built by
-    capserv so that ``trustRoots`` may name a PEM file as well as a folder
-    and the host may be an IP address.
+    The endpoint for a ``--connect`` string: Twisted's client strings, with
+    ``tcp6:`` as ``tcp:`` (the daemon's form) and ``tls:`` taking a PEM file
+    or folder as ``trustRoots`` and an IP address as its host.
 
     :param timeout: seconds to connect, unless the string says.
-    :raise ClientError: with a one-line message for a string that cannot be
-        used, or for ``tls:``/``ssl:`` where TLS is not installed.
+    :raise ClientError: one line, for a string that cannot be used or TLS not installed.
     """
     kind = description.split(":", 1)[0].lower()
-    if kind in ("tls", "ssl"):
-        missing = tls_unavailable_message(f"--connect {description!r}")
-        if missing is not None:
-            raise ClientError(missing, EXIT_USAGE)
-    if kind == "tls":
-        return _tls_endpoint(reactor, description, timeout)
-    twisted_form = "tcp" + description[4:] if kind == "tcp6" else description
-    missing = _missing(kind, split_description(description)[1:])
-    if missing:
-        raise ClientError(f"--connect {description!r}: {missing}", EXIT_USAGE)
+    missing = tls_unavailable_message(f"--connect {description!r}") if kind in ("tls", "ssl") else None
+    if missing is not None:
+        raise ClientError(missing, EXIT_USAGE)
+
+    def tcp(host: str, port: int, timeout: float = timeout, bindAddress: str | None = None) -> Any:  # noqa: N803
+        if port == 0:
+            raise DescriptionError("port must be a number from 1 to 65535, not '0'")
+        bind = (bindAddress, 0) if bindAddress is not None else None
+        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+
+    def unix(path: str, timeout: float = timeout, checkPID: bool = False) -> Any:  # noqa: N803
+        return endpoints.UNIXClientEndpoint(reactor, path, timeout=timeout, checkPID=checkPID)
+
+    def tls(
+        host: str,
+        port: int,
+        timeout: float = timeout,
+        bindAddress: str | None = None,  # noqa: N803
+        certificate: str | None = None,
+        privateKey: str | None = None,  # noqa: N803
+        trustRoots: str | None = None,  # noqa: N803
+    ) -> Any:
+        from twisted.internet import ssl
+
+        trust = _trust_roots(trustRoots) if trustRoots is not None else None
+        mine = None
+        if privateKey is not None and certificate is None:
+            raise DescriptionError("privateKey= goes with certificate=CERT.pem; write both, or neither")
+        if certificate is not None:
+            pem = _read(certificate, "certificate") + (b"\n" + _read(privateKey, "privateKey") if privateKey else b"")
+            try:
+                mine = ssl.PrivateCertificate.loadPEM(pem)
+            except Exception:
+                raise DescriptionError("certificate/privateKey: not a PEM certificate and private key") from None
+        options = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=mine)
+        return endpoints.wrapClientTLS(options, tcp(host, port, timeout, bindAddress))
+
     try:
-        return endpoints.clientFromString(reactor, twisted_form)  # type: ignore[no-any-return]
+        made = parse(description, {"tcp": tcp, "tcp6": tcp, "unix": unix, "tls": tls})
+        if not isinstance(made, Twisted):
+            return made  # type: ignore[no-any-return]
+        return endpoints.clientFromString(reactor, description)  # type: ignore[no-any-return]
+    except DescriptionError as e:
+        raise ClientError(f"--connect {description!r}: {e}", EXIT_USAGE) from None
     except Exception as e:  # Twisted's parsers raise many kinds, some without text
         why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
         raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
 
 
-def _missing(kind: str, parts: list[str]) -> str | None:
-    """
-    What a tcp:, tcp6: or unix: string lacks, said with the form to write.
-    """
-    positional = [part for part in parts if "=" not in part]
-    keys = {part.split("=", 1)[0] for part in parts if "=" in part}
-    if kind == "unix" and not any(positional) and "path" not in keys:
-        return "no socket path; write unix:PATH"
-    if kind in ("tcp", "tcp6"):
-        if not any(positional) and "host" not in keys:
-            return f"no host; write {kind}:HOST:PORT"
-        if len(positional) + len(keys & {"host", "port"}) < 2:
-            return f"no port; write {kind}:HOST:PORT"
-    return None
-
-
-def _tls_endpoint(reactor: Any, description: str, timeout: float) -> IStreamClientEndpoint:
-    from twisted.internet import ssl
-
-    def bad(why: str) -> ClientError:
-        return ClientError(f"--connect {description!r}: {why}", EXIT_USAGE)
-
-    try:
-        tls: TLSClient = parse(description, CLIENT_KINDS)
-    except DescriptionError as e:
-        raise bad(f"{e}; write {CONNECT_FORMS}") from None
-    trust = _trust_roots(tls.trustRoots, bad) if tls.trustRoots is not None else None
-    client_certificate = None
-    if tls.certificate is not None:
-        pem = _read(tls.certificate, "certificate", bad)
-        if tls.privateKey is not None:
-            pem += b"\n" + _read(tls.privateKey, "privateKey", bad)
-        try:
-            client_certificate = ssl.PrivateCertificate.loadPEM(pem)
-        except Exception:
-            raise bad("certificate/privateKey: not a PEM certificate and private key") from None
-    options = ssl.optionsForClientTLS(tls.host, trustRoot=trust, clientCertificate=client_certificate)
-    bind = (tls.bindAddress, 0) if tls.bindAddress is not None else None
-    seconds = tls.timeout or timeout
-    inner = endpoints.HostnameEndpoint(reactor, tls.host, tls.port, timeout=seconds, bindAddress=bind)
-    return endpoints.wrapClientTLS(options, inner)
-
-
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def _read(path: str, what: str, bad: Any) -> bytes:
+def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise bad(f"{what}={path}: cannot read it ({e.strerror})") from None
+        raise DescriptionError(f"{what}={path}: cannot read it ({e.strerror})") from None
 
 
-def _trust_roots(path: str, bad: Any) -> Any:
-    """
-    The certificate authorities in a PEM file, or in the PEM files of a
-    folder, as a trust root.
-    """
+def _trust_roots(path: str) -> Any:
+    """The certificate authorities in a PEM file, or in the files of a folder, as a trust root."""
     from twisted.internet import ssl
 
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, name) for name in os.listdir(path))
-        files = [name for name in files if os.path.isfile(name)]
+        files = [name for name in sorted(os.path.join(path, n) for n in os.listdir(path)) if os.path.isfile(name)]
     elif os.path.isfile(path):
         files = [path]
     else:
-        raise bad(f"trustRoots={path}: no such file or folder")
+        raise DescriptionError(f"trustRoots={path}: no such file or folder")
     certificates = []
     for name in files:
-        for block in _PEM_CERTIFICATE.findall(_read(name, "trustRoots", bad)):
+        for block in _PEM_CERTIFICATE.findall(_read(name, "trustRoots")):
             try:
                 certificates.append(ssl.Certificate.loadPEM(block))
             except Exception:
-                raise bad(f"trustRoots={path}: {name} holds a certificate that cannot be read") from None
+                raise DescriptionError(f"trustRoots={path}: {name} holds a certificate that cannot be read") from None
     if not certificates:
-        raise bad(f"trustRoots={path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+        raise DescriptionError(f"trustRoots={path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
     return ssl.trustRootFromCertificates(certificates)
 
 
-def _target(options: ClientOptions) -> str:
+def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
+    seconds = options["timeout"] * 10
     if options["connect"]:
-        return str(options["connect"])
-    host = options["host"]
-    return f"[{host}]:{options['port']}" if ":" in host else f"{host}:{options['port']}"
+        return connect_endpoint(reactor, options["connect"], seconds)
+    return endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=seconds)
 
 
 def _one_message(reactor: Any, options: ClientOptions, message: bytes) -> Deferred[bytes]:
     if options["udp"]:
         return udp_request(reactor, options["host"], options["port"], message, options["timeout"], options["retries"])
     seconds = options["timeout"] * 10
-    endpoint = _endpoint(reactor, options)
-    return tcp_request(endpoint, message, reactor, seconds, bool(options["ascii"]), timeout=seconds)
-
-
-def _write_stdout(data: bytes) -> None:
-    try:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    except OSError as e:
-        raise stdout_error(e) from None
+    return tcp_request(_endpoint(reactor, options), message, reactor, seconds, options["ascii"], timeout=seconds)
 
 
 @inlineCallbacks
 def _run(reactor: Any, options: ClientOptions) -> Any:
     from twisted.internet.stdio import StandardIO
 
-    words = options["words"]
-    if words:
-        reply = yield _one_message(reactor, options, " ".join(words).encode("utf-8", "surrogateescape"))
-        _write_stdout(reply + b"\n")
+    if options["words"]:
+        reply = yield _one_message(reactor, options, " ".join(options["words"]).encode("utf-8", "surrogateescape"))
+        try:
+            sys.stdout.buffer.write(reply + b"\n")
+            sys.stdout.buffer.flush()
+        except OSError as e:
+            raise stdout_error(e) from None
         return
     done: Deferred[None] = Deferred()
-    interactive = os.isatty(0)
-    if interactive or options["udp"]:
-        prompt = PROMPT if interactive else None
+    if os.isatty(0) or options["udp"]:
+        prompt = PROMPT if os.isatty(0) else None
         StandardIO(LineByLine(lambda line: _one_message(reactor, options, line), prompt, done), reactor=reactor)
         yield done
         return
     seconds = options["timeout"] * 10
     endpoint = _endpoint(reactor, options)
-    session = yield open_stream(
-        endpoint,
-        lambda data: None,
-        reactor,
-        seconds,
-        bool(options["ascii"]),
-        reply_timeout=seconds,
-    )
+    session = yield open_stream(endpoint, lambda data: None, reactor, seconds, options["ascii"], reply_timeout=seconds)
     done = Deferred(lambda _: session.abort())
     StandardIO(StdinToStream(session, done), reactor=reactor)
     yield done
@@ -417,17 +301,16 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
         reactor.callFromThread(running.cancel)
 
     def report(failure: Failure) -> None:
+        host = options["host"]
+        target = options["connect"] or (f"[{host}]" if ":" in host else host) + f":{options['port']}"
         if interrupted and failure.check(CancelledError):
             code, message = EXIT_INTERRUPTED, "interrupted"
         elif failure.check(ClientError):
-            code = failure.value.code  # type: ignore[union-attr]
-            message = str(failure.value)
+            code, message = failure.value.code, str(failure.value)  # type: ignore[union-attr]
         elif failure.check(MessageTooLongError):
-            code = EXIT_USAGE
-            message = f"{_target(options)}: {failure.value}"
+            code, message = EXIT_USAGE, f"{target}: {failure.value}"
         else:
-            code = EXIT_NETWORK
-            message = f"{_target(options)}: {describe_failure(failure)}"
+            code, message = EXIT_NETWORK, f"{target}: {describe_failure(failure)}"
         if code == EXIT_LOCAL:
             silence_stdout()
         sys.stderr.write(f"capserv-client: {message}\n")
@@ -439,9 +322,7 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """
-    Entry point of the ``capserv-client`` console script.
-    """
+    """Entry point of the ``capserv-client`` console script."""
     options = ClientOptions()  # type: ignore[no-untyped-call]
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

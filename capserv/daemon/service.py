@@ -188,7 +188,7 @@ class CapservService(MultiService):
         return stopped.addCallback(self._wait_for_connections)
 
     def _wait_for_connections(self, _: object) -> Deferred[None]:
-        open_now = len(self.factory.connections) - self.factory.abort_reset()
+        open_now = len(self.factory.connections) - self.factory.connections.abort_reset()
         if open_now:
             timeout, them = self.config.shutdown_timeout, "it" if open_now == 1 else "them"
             _log.info(

@@ -1,15 +1,8 @@
 """
-Endpoint description strings: one tokenizer, and one declared shape per kind.
-
-Descriptions split as Twisted splits them: parts at unescaped colons, a
-part's ``key=value`` at its first unescaped ``=``, a backslash escaping the
-next character (``tcp6:50007:interface=\\:\\:1``).  Each kind is a function
-whose signature is its schema, as in Twisted's ``_parseTCP(factory, port,
-interface="", backlog=50)``: which parameters it takes, in which positional
-order, which are required and their defaults.  A parameter's name decides
-how its value is checked (`_VALUES`), so ``port`` means the same for every
-kind.  The daemon's ``--listen``, `capserv.endpoints.native.native_endpoint`
-and ``capserv-client``'s ``tls:`` all read descriptions through `parse`.
+Endpoint descriptions: one tokenizer (Twisted's splitting and escapes), and one
+shape per kind: a function whose signature is its schema, as in Twisted's
+``_parseTCP(factory, port, interface="", backlog=50)``.  A parameter's name
+decides how its value is checked (`_VALUES`), the same for every kind.
 """
 
 from __future__ import annotations
@@ -27,30 +20,23 @@ from capserv.native import DEFAULT_BACKLOG
 from capserv.protocols._twisted import systemd_descriptors, systemd_names
 
 __all__ = [
-    "CLIENT_KINDS",
     "DEFAULT_BACKLOG",
     "SERVER_KINDS",
     "Adopted",
     "DescriptionError",
     "Inet",
     "Proxy",
-    "TLSClient",
     "Twisted",
     "Unix",
-    "escape",
     "form",
     "kinds_hint",
     "parse",
-    "split_description",
     "twisted_description",
 ]
 
 
 class DescriptionError(ValueError):
     """A description that cannot be used; the text says what is wrong and what to write."""
-
-
-# -- the tokenizer --------------------------------------------------------------
 
 
 def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
@@ -71,19 +57,6 @@ def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
     yield key, "".join(text)
 
 
-def split_description(description: str) -> list[str]:
-    """The parts of a description, unescaped: ``tls:\\:\\:1:443`` is ``["tls", "::1", "443"]``."""
-    return [value if key is None else f"{key}={value}" for key, value in _tokens(description)]
-
-
-def escape(value: str) -> str:
-    """A value written into a description: its colons escaped."""
-    return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
-# -- what the shapes give -------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Inet:
     """``tcp:``, ``tcp6:`` or ``udp:``: an IP address and port capserv binds."""
@@ -102,7 +75,6 @@ class Inet:
         return self.kind == "udp"
 
     def where(self) -> str:
-        """The address as an operator would write it, for messages."""
         host = self.host or "0.0.0.0"
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
@@ -141,47 +113,36 @@ class Proxy:
 
 @dataclass(frozen=True)
 class Twisted:
-    """A description Twisted serves (``ssl:``, endpoint plugins), checked as far as its shape goes."""
+    """A description Twisted serves (``ssl:``, plugins), checked as far as its shape goes."""
 
     description: str
     port: int = 0
     interface: str = ""
 
 
-@dataclass(frozen=True)
-class TLSClient:
-    """``tls:`` for ``capserv-client``, its fields its shape: where to connect, and with what."""
+def _value(must: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A check: ``convert``'s result, or "``must``, not 'TEXT'" where it gives `None` or fails."""
 
-    host: str
-    port: int
-    timeout: float | None = None
-    bindAddress: str | None = None
-    certificate: str | None = None
-    privateKey: str | None = None
-    trustRoots: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.port == 0:
-            raise DescriptionError("port must be a number from 1 to 65535, not '0'")
-
-
-# -- values, checked by the parameter's name ------------------------------------
-
-
-def _whole(name: str, minimum: int) -> Callable[[str], int]:
-    def check(text: str) -> int:
-        value = int(text) if re.fullmatch(r"\d+", text) else minimum - 1
-        if value < minimum:
-            raise DescriptionError(f"{name} must be a whole number >= {minimum}, not {text!r}")
+    def check(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise DescriptionError(f"{must}, not {text!r}")
         return value
 
     return check
 
 
-def _port(text: str) -> int:
-    if not re.fullmatch(r"\d{1,5}", text) or int(text) > 65535:
-        raise DescriptionError(f"port must be a number from 0 to 65535, not {text!r}")
-    return int(text)
+def _whole(text: str, minimum: int = 0, maximum: float = float("inf")) -> int | None:
+    value = int(text) if text.isascii() and text.isdigit() else None
+    return value if value is not None and minimum <= value <= maximum else None
+
+
+def _seconds(text: str) -> float | None:
+    value = float(text)
+    return value if 0 < value < float("inf") else None
 
 
 def _interface(text: str) -> str:
@@ -196,83 +157,56 @@ def _interface(text: str) -> str:
     return text
 
 
-def _path(text: str) -> str:
+def _socket_path(text: str) -> str:
     if not text:
-        raise DescriptionError("no path given; write unix:/run/capserv.sock")
-    folder = os.path.dirname(os.path.abspath(text))
+        raise DescriptionError("no socket path; write unix:PATH")
+    return text
+
+
+def _path(text: str) -> str:
+    folder = os.path.dirname(os.path.abspath(_socket_path(text)))
     if not text.startswith("\0") and not os.path.isdir(folder):
         raise DescriptionError(f"folder {folder} does not exist; create it (mkdir -p {folder}) or choose another path")
     return text
 
 
-def _mode(text: str) -> int:
-    if not re.fullmatch(r"[0-7]{1,4}", text):
-        raise DescriptionError(f"mode must be octal permissions such as 660, not {text!r}")
-    return int(text, 8)
-
-
-def _flag(name: str) -> Callable[[str], bool]:
-    def check(text: str) -> bool:
-        if text not in ("0", "1"):
-            raise DescriptionError(f"{name} must be 0 or 1, not {text!r}")
-        return text == "1"
-
-    return check
-
-
-def _domain(text: str) -> str:
-    if text not in ("INET", "INET6", "UNIX"):
-        raise DescriptionError(f"domain must be INET, INET6 or UNIX, not {text!r}")
-    return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise DescriptionError(f"timeout must be a number of seconds more than 0, not {text!r}")
-    return value
-
-
 def _host(text: str) -> str:
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    if not host:
-        raise DescriptionError("host is empty; write a host name or IP address")
+    if not host or "[" in host or "]" in host or any(c.isspace() for c in host):
+        raise DescriptionError(
+            f"host must be a host name or IP address, not {text!r}; "
+            "escape an IPv6 address's colons (tcp6:\\:\\:1:50007)"
+        )
     return host
 
 
-#: How each parameter's value is checked and what the forms call it; a
-#: parameter not named here takes any text (a file name, say).
+_FLAG = {"0": False, "1": True}.get
+
+#: How each parameter's value is checked and what the forms call it; one not
+#: named here takes any text (a file name, say).
 _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
-    "port": (_port, "PORT"),
+    "port": (_value("port must be a number from 0 to 65535", lambda t: _whole(t, 0, 65535)), "PORT"),
     "interface": (_interface, "ADDRESS"),
-    "backlog": (_whole("backlog", 1), "N"),
+    "backlog": (_value("backlog must be a whole number >= 1", lambda t: _whole(t, 1)), "N"),
     "address": (_path, "PATH"),
-    "mode": (_mode, "OCTAL"),
-    "lockfile": (_flag("lockfile"), "0|1"),
-    "domain": (_domain, "INET"),
+    "path": (_socket_path, "PATH"),
+    "mode": (
+        _value("mode must be octal permissions such as 660", lambda t: re.fullmatch("[0-7]{1,4}", t) and int(t, 8)),
+        "OCTAL",
+    ),
+    "lockfile": (_value("lockfile must be 0 or 1", _FLAG), "0|1"),
+    "checkPID": (_value("checkPID must be 0 or 1", _FLAG), "0|1"),
+    "domain": (
+        _value("domain must be INET, INET6 or UNIX", lambda t: t if t in ("INET", "INET6", "UNIX") else None),
+        "INET",
+    ),
     "privateKey": (str, "KEY.pem"),
     "certKey": (str, "CERT.pem"),
-    "index": (_whole("index", 0), "N"),
-    "systemd": (_whole("systemd", 0), "N"),
+    "index": (_value("index must be a whole number >= 0", _whole), "N"),
+    "systemd": (_value("systemd must be a whole number >= 0", _whole), "N"),
     "host": (_host, "HOST"),
-    "timeout": (_seconds, "SECONDS"),
+    "timeout": (_value("timeout must be a number of seconds more than 0", _seconds), "SECONDS"),
 }
-
-#: What to write when a required parameter is missing.
-_MISSING = {
-    "port": "no port given; write a port number from 0 to 65535 after the kind",
-    "address": "no path given; write unix:/run/capserv.sock",
-    "privateKey": "ssl: needs privateKey=KEY.pem (and certKey=CERT.pem when the key file holds no certificate)",
-    "host": "no host given; write tls:HOST:PORT",
-}
-
-_REQUIRED = inspect.Parameter.empty
-
-
-# -- the shapes: each signature is the kind's schema ----------------------------
 
 
 def _tcp(port: int, interface: str = "", backlog: int = DEFAULT_BACKLOG) -> Inet:
@@ -295,7 +229,7 @@ def _udp(port: int | None = None, *, interface: str | None = None, systemd: int 
             raise DescriptionError("udp:systemd=INDEX takes no port or interface")
         return _adopted(systemd, socket.SOCK_DGRAM)
     if port is None:
-        raise DescriptionError(_MISSING["port"])
+        raise DescriptionError("no port; write udp:PORT")
     return Inet("udp", interface or "", port)
 
 
@@ -326,10 +260,7 @@ def _ssl(
 ) -> Twisted:
     from capserv.endpoints.tls import check_server_files
 
-    try:
-        check_server_files(privateKey, certKey, sslmethod, extraCertChain, dhParameters)
-    except ValueError as e:
-        raise DescriptionError(str(e)) from None
+    check_server_files(privateKey, certKey, sslmethod, extraCertChain, dhParameters)
     return Twisted("", port, interface)
 
 
@@ -342,11 +273,8 @@ def _adopted(index: int, kind: int) -> Adopted:
             "systemd socket activation: see docs/operations"
         )
     if index >= len(descriptors):
-        if len(descriptors) == 1:
-            raise DescriptionError("systemd passed 1 socket; write index 0")
-        raise DescriptionError(
-            f"systemd passed {len(descriptors)} sockets; write an index from 0 to {len(descriptors) - 1}"
-        )
+        last = len(descriptors) - 1
+        raise DescriptionError(f"systemd passed {last + 1} socket(s); write an index from 0 to {last}")
     with socket.socket(fileno=descriptors[index]) as probe:
         actual = probe.type
         probe.detach()
@@ -358,8 +286,7 @@ def _adopted(index: int, kind: int) -> Adopted:
     return Adopted(index, kind == socket.SOCK_DGRAM)
 
 
-#: The server kinds capserv reads (``haproxy:`` wraps one of the stream ones);
-#: ``ssl:`` is checked here and served by Twisted.
+#: The server kinds capserv reads (``haproxy:`` wraps a stream one; Twisted serves ``ssl:``).
 SERVER_KINDS: dict[str, Callable[..., Any]] = {
     "tcp": _tcp,
     "tcp6": _tcp6,
@@ -369,21 +296,12 @@ SERVER_KINDS: dict[str, Callable[..., Any]] = {
     "systemd": _systemd,
 }
 
-#: The client kinds capserv builds itself (the others are Twisted's).
-CLIENT_KINDS: dict[str, Callable[..., Any]] = {"tls": TLSClient}
-
-
-# -- reading a description against its shape -----------------------------------
-
 
 def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> Any:
     """
-    Read a description against its kind's shape.
+    Read a description against its kind's shape (`SERVER_KINDS`, or a client's kinds).
 
-    :param kinds: the shapes to read with: `SERVER_KINDS` or `CLIENT_KINDS`.
-    :return: an `Inet`, `Unix`, `Adopted`, `Proxy` or `Twisted` (or a
-        `TLSClient`); `Twisted` for a kind with no shape here (Twisted's
-        parser names any problem with it).
+    :return: what the shape makes, or `Twisted` for a kind with no shape here.
     :raises DescriptionError: naming what is wrong and what to write.
     """
     tokens = list(_tokens(description))
@@ -404,20 +322,17 @@ def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS)
             raise DescriptionError(f"unknown kind {kind!r}: kinds are lowercase, as in Twisted; write {kind.lower()}:")
         return Twisted(description)
     try:
-        made = shape(**_bind(shape, tokens[1:]))
+        made = shape(**_bind(kind, kinds, tokens[1:]))
     except DescriptionError as e:
         raise DescriptionError(_ipv6_hint(description) or str(e)) from None
-    if isinstance(made, Twisted):
-        return Twisted(description, made.port, made.interface)
-    return made
+    return Twisted(description, made.port, made.interface) if isinstance(made, Twisted) else made
 
 
 def twisted_description(description: str) -> str:
     """
-    The description to give Twisted's ``serverFromString``: with capserv's
-    backlog (`DEFAULT_BACKLOG`, not Twisted's 50) when the kind takes one
-    and the description gives none, so that a string listens alike
-    whichever of them binds it.
+    The description for Twisted's ``serverFromString``, with capserv's
+    backlog when the kind takes one and none is given, so that a string
+    listens alike whichever of them binds it.
     """
     kind, *tokens = _tokens(description)
     names = list(inspect.signature(SERVER_KINDS[kind[1]]).parameters) if kind[1] in SERVER_KINDS else []
@@ -425,15 +340,14 @@ def twisted_description(description: str) -> str:
     return f"{description}:backlog={DEFAULT_BACKLOG}" if "backlog" in set(names) - given else description
 
 
-def _bind(shape: Callable[..., Any], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
-    """The shape's keyword arguments from a description's parts, each value checked."""
-    parameters = inspect.signature(shape).parameters
+def _bind(kind: str, kinds: dict[str, Callable[..., Any]], tokens: list[tuple[str | None, str]]) -> dict[str, Any]:
+    """The shape's keyword arguments from a description's parts (an empty positional one is not given)."""
+    parameters = inspect.signature(kinds[kind]).parameters
     positional = [p.name for p in parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
-    texts: dict[str, str] = {}
     values = [value for key, value in tokens if key is None]
     if len(values) > len(positional):
         raise DescriptionError(f"too many values; write {positional[0]} once")
-    texts.update(zip(positional, values, strict=False))
+    texts = {name: value for name, value in zip(positional, values, strict=False) if value}
     for key, value in tokens:
         if key is None:
             continue
@@ -442,10 +356,12 @@ def _bind(shape: Callable[..., Any], tokens: list[tuple[str | None, str]]) -> di
         if key in texts:
             raise DescriptionError(f"too many values; write {key} once")
         texts[key] = value
+    checked = {name: _VALUES.get(name, (str, ""))[0](text) for name, text in texts.items()}
     for name, parameter in parameters.items():
-        if name not in texts and parameter.default is _REQUIRED:
-            raise DescriptionError(_MISSING.get(name, f"no {name} given"))
-    return {name: _VALUES.get(name, (str, ""))[0](text) for name, text in texts.items()}
+        if name not in texts and parameter.default is parameter.empty:
+            what = "socket path" if _VALUES.get(name, (None, ""))[1] == "PATH" else name
+            raise DescriptionError(f"no {what}; write {form(kind, kinds).split('[', 1)[0]}")
+    return checked
 
 
 _UNESCAPED_V6 = re.compile(r"interface=(\[?)((?:[0-9A-Fa-f]*:){2,}[0-9A-Fa-f.]*(?:%[\w.-]+)?)\]?")
@@ -456,39 +372,28 @@ def _ipv6_hint(description: str) -> str:
     match = _UNESCAPED_V6.search(description)
     if match is None or "\\" in match.group(2):
         return ""
+    escaped = match.group(2).replace(":", "\\:")
     if match.group(1):
-        return f"write an IPv6 address without brackets, its colons escaped: interface={escape(match.group(2))}"
-    return f"escape an IPv6 address's colons: write interface={escape(match.group(2))}"
-
-
-# -- the forms, for --help, the docs and the hints -------------------------------
+        return f"write an IPv6 address without brackets, its colons escaped: interface={escaped}"
+    return f"escape an IPv6 address's colons: write interface={escaped}"
 
 
 def form(kind: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> str:
     """The full form of a kind, from its shape: ``tcp:PORT[:interface=ADDRESS][:backlog=N]``."""
     parts = [kind]
     bare = True  # the leading checked values are written bare: tcp:PORT, not a file name
-    for index, parameter in enumerate(inspect.signature(kinds[kind]).parameters.values()):
-        check, metavar = _VALUES.get(parameter.name, (str, parameter.name.upper()))
-        required = parameter.default is _REQUIRED
-        bare = bare and check is not str and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
-        bare = bare and (required or index == 0)
-        if bare:
-            parts.append(f":{metavar}")
-        elif required:
-            parts.append(f":{parameter.name}={metavar}")
-        else:
-            parts.append(f"[:{parameter.name}={metavar}]")
+    for index, p in enumerate(inspect.signature(kinds[kind]).parameters.values()):
+        check, metavar = _VALUES.get(p.name, (str, p.name.upper()))
+        required = p.default is p.empty
+        bare = bare and check is not str and p.kind == p.POSITIONAL_OR_KEYWORD and (required or index == 0)
+        part = f":{metavar}" if bare else f":{p.name}={metavar}"
+        parts.append(part if bare or required else f"[{part}]")
     return "".join(parts)
 
 
 def kinds_hint(kinds: dict[str, Callable[..., Any]] = SERVER_KINDS, stream: bool = False) -> str:
-    """
-    What to write for a kind, every kind's required part (the stream kinds
-    only, with ``stream``): ``write tcp:PORT, ... or haproxy:tcp:PORT``.
-    """
-    shown = [kind for kind in kinds if not (stream and kind == "udp")]
-    forms = [form(kind, kinds).split("[", 1)[0] for kind in shown]
+    """What to write: every kind's required part (the stream kinds only, with ``stream``)."""
+    forms = [form(kind, kinds).split("[", 1)[0] for kind in kinds if not (stream and kind == "udp")]
     if kinds is SERVER_KINDS:
         forms.append("haproxy:tcp:PORT")
     return f"write {', '.join(forms[:-1])} or {forms[-1]}"

@@ -1,12 +1,7 @@
 """
-Twisted protocols served on the asyncio event loop's own transports (uvloop's,
-or asyncio's): any ``IProtocolFactory`` on a socket the loop reads and writes
-itself, with no Twisted transport in between.  See docs/development.rst
-("capserv.native") for how Twisted's interfaces map onto asyncio's, and
-docs/embedding.rst for what differs from Twisted's transports.
-
-Modules: `_stream` (one connection), `_tls` (``startTLS``), `_port` (the
-endpoint and its port), `_datagram` (UDP), `_common` (the loop, addresses).
+Twisted protocols served on the asyncio event loop's own transports (uvloop's
+or asyncio's), with no Twisted transport in between: docs/development.rst
+says how Twisted's interfaces map onto asyncio's, docs/embedding.rst what differs.
 """
 
 from capserv.native._common import DEFAULT_BACKLOG, asyncio_loop, native_datagrams_supported, native_supported

@@ -15,21 +15,12 @@ from twisted.logger import Logger
 
 _log = Logger(namespace="capserv.native")
 
-#: The listen backlog used when none is given.  The event loop calls
-#: ``listen()`` again on the socket it is handed, so the backlog the socket
-#: was made with is replaced by this one.
+#: The listen backlog when none is given (the event loop sets it again on the socket).
 DEFAULT_BACKLOG = 1024
 
 
 def asyncio_loop(reactor: Any) -> Any:
-    """
-    The asyncio event loop under Twisted's asyncio reactor, or `None` for
-    any other reactor.
-
-    ``AsyncioSelectorReactor`` keeps its loop in ``_asyncioEventloop`` and
-    offers no public accessor (twisted#9967 asks for asyncio's transports to
-    be used; nothing public exposes the loop yet).
-    """
+    """The asyncio loop under Twisted's asyncio reactor (no public accessor: ``_asyncioEventloop``), or `None`."""
     try:
         from twisted.internet.asyncioreactor import AsyncioSelectorReactor
     except ImportError:
@@ -40,38 +31,21 @@ def asyncio_loop(reactor: Any) -> Any:
 
 
 def native_supported(reactor: Any) -> bool:
-    """
-    Whether streams on ``reactor`` can be served by its event loop's own
-    transports: it is Twisted's asyncio reactor.  Whether they should be is
-    the caller's choice (capserv's daemon reads ``CAPSERV_NATIVE`` and
-    ``--no-native``).
-
-    :param reactor: the reactor connections would be served on.
-    :return: `True` if `NativeSocketEndpoint` can be used.
-    """
+    """Whether `NativeSocketEndpoint` can serve streams on ``reactor`` (Twisted's asyncio reactor)."""
     return asyncio_loop(reactor) is not None
 
 
 def native_datagrams_supported(reactor: Any) -> bool:
     """
-    Whether datagrams on ``reactor`` are worth serving on its event loop's
-    own datagram transport: Twisted's asyncio reactor on uvloop's loop.
-    uvloop's transport reads every datagram waiting; asyncio's reads one a
-    wake-up, and is several times slower than Twisted's UDP port.  Even on
-    uvloop it measured no faster than Twisted's port (docs/benchmarks), so
-    capserv uses it only when asked (``CAPSERV_NATIVE_UDP=1``, read by the
-    caller).
-
-    :param reactor: the reactor datagrams would be served on.
+    Whether datagrams on ``reactor`` can be worth the loop's own transport:
+    on uvloop's loop only (asyncio's reads one datagram a wake-up).
     """
     loop = asyncio_loop(reactor)
     return loop is not None and type(loop).__module__.split(".")[0] == "uvloop"
 
 
 def address(kind: int, name: Any, transport: str = "TCP") -> IAddress:
-    """
-    A Twisted address for a socket address of family ``kind``.
-    """
+    """A Twisted address for a socket address of family ``kind``."""
     if kind == socket.AF_INET:
         return IPv4Address(transport, name[0], name[1])  # type: ignore[arg-type]
     if kind == socket.AF_INET6:

@@ -29,21 +29,12 @@ __all__ = ["NativeDatagramPort", "listen_datagrams"]
 class NativeDatagramPort(asyncio.DatagramProtocol):
     """
     A UDP socket served by the event loop's datagram transport for a Twisted
-    ``DatagramProtocol``: the protocol's ``IUDPTransport`` and the listening
-    port in one.
+    ``DatagramProtocol``: its ``IUDPTransport`` and listening port in one.
 
-    ``write`` raises `OSError` (``ENOBUFS``) instead of queueing once the
-    transport holds ``write_limit`` bytes not yet sent, as Twisted's port
-    raises when the socket will not take a datagram, so replies are dropped
-    instead of piling up.  A send that fails later is reported by the event
-    loop, not by ``write``: it goes to ``send_error`` (or is logged), or,
-    once connected, a refused one to the protocol's ``connectionRefused``.
-
-    :param protocol: a Twisted ``DatagramProtocol``.
-    :param sock: the bound, non-blocking UDP socket.
-    :param loop: the event loop.
-    :param send_error: called with the error of each send that failed after
-        ``write`` returned.
+    ``write`` raises `OSError` (``ENOBUFS``) once ``write_limit`` bytes wait,
+    as Twisted's port raises when the socket is full, so replies are dropped,
+    not piled up.  A send failing later goes to ``send_error`` (or the log),
+    or, connected, a refused one to the protocol's ``connectionRefused``.
     """
 
     #: The largest datagram read whole: the event loops read up to 64 KiB.
@@ -64,13 +55,9 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
         self._host = sock.getsockname()
         self._transport: Any = None
         self._connected: tuple[str, int] | None = None
-        #: The socket, shared with the transport (for empty datagrams, and
-        #: the socket options).
-        self._sock = sock
+        self._sock = sock  # shared with the transport: empty datagrams, socket options
         self._stopped = False
-        # Both loops wait for connection_made: the transport is made on the
-        # loop's next turn (the socket is bound, so datagrams wait in its
-        # buffer meanwhile).
+        # The transport comes on the loop's next turn (datagrams wait in the bound socket).
         task = asyncio.ensure_future(loop.create_datagram_endpoint(lambda: self, sock=sock), loop=loop)
         task.add_done_callback(self._made)
 
@@ -84,9 +71,7 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
     # -- asyncio.DatagramProtocol ------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """
-        The event loop's datagram transport is ready: start the protocol.
-        """
+        """The event loop's datagram transport is ready: start the protocol."""
         self._transport = transport
         if self._stopped:
             transport.close()
@@ -94,9 +79,7 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
         self._protocol.makeConnection(self)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        """
-        A datagram arrived: the protocol's ``datagramReceived``.
-        """
+        """A datagram arrived: the protocol's ``datagramReceived``."""
         try:
             self._protocol.datagramReceived(data, addr)
         except Exception:
@@ -115,20 +98,13 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
             _log.warn("Datagram error on {address}: {error}", address=self.getHost(), error=exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """
-        The datagram transport is closed.
-        """
+        """The datagram transport is closed."""
         self._transport = None
 
     # -- IUDPTransport -----------------------------------------------------
 
     def write(self, packet: bytes, addr: Any = None) -> None:
-        """
-        Send ``packet`` to ``addr`` (an address tuple as
-        ``datagramReceived`` gives it), or to the connected address.
-
-        :raises OSError: with ``ENOBUFS`` when replies are piling up.
-        """
+        """Send ``packet`` to ``addr`` (or the connected address); `OSError` ``ENOBUFS`` when replies pile up."""
         transport = self._transport
         if transport is None:
             raise OSError(errno.ENOTCONN, "datagram port is not serving")
@@ -145,14 +121,7 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
         transport.sendto(packet, addr)
 
     def connect(self, host: str, port: int) -> None:
-        """
-        Talk to one peer only, as Twisted's UDP port does: datagrams come
-        only from it, ``write`` needs no address, and a refused send calls
-        the protocol's ``connectionRefused``.
-
-        :raises InvalidAddressError: if ``host`` is not an IP address.
-        :raises RuntimeError: if already connected.
-        """
+        """Talk to one peer only, as Twisted's UDP port does (``host`` an IP address; once)."""
         if self._connected is not None:
             raise RuntimeError("already connected, reconnecting is not currently supported")
         if not isIPAddress(host) and not isIPv6Address(host):
@@ -185,16 +154,10 @@ class NativeDatagramPort(asyncio.DatagramProtocol):
         return self._sock
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port listens from the moment it is made.
-        """
+        """Nothing to do: the port listens from the moment it is made."""
 
     def stopListening(self) -> Deferred[None]:
-        """
-        Close the socket and tell the protocol (``doStop``).
-
-        :return: a `Deferred` that has fired.
-        """
+        """Close the socket and tell the protocol (``doStop``); a fired `Deferred`."""
         if self._stopped:
             return succeed(None)
         self._stopped = True
@@ -215,16 +178,11 @@ def listen_datagrams(
 ) -> NativeDatagramPort:
     """
     Serve a bound UDP socket with the event loop's datagram transport (see
-    `native_datagrams_supported` for when that is worth it).
+    `native_datagrams_supported`); the protocol starts on the loop's next turn.
 
-    :param reactor: Twisted's asyncio reactor.
-    :param protocol: a Twisted ``DatagramProtocol``.
     :param make_socket: returns the bound socket, or raises `OSError`.
-    :param send_error: called with each send error the event loop reports
-        after ``write`` returned (capserv's protocol counts them); logged
-        if `None`.
-    :return: the port; the protocol starts (``startProtocol``) on the
-        loop's next turn.
+    :param send_error: called with each send error reported after ``write``
+        returned; logged if `None`.
     :raises CannotListenError: if the socket cannot be made.
     """
     loop = asyncio_loop(reactor)

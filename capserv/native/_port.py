@@ -1,8 +1,6 @@
 """
 Listening: `NativeSocketEndpoint` serves a listening socket with the event
-loop's server (``loop.create_server(sock=...)``), one `NativeTransport` a
-connection, and returns a `NativePort`, which drops its connections at the
-reactor's shutdown as Twisted's ports do.
+loop's server, one `NativeTransport` a connection, and gives a `NativePort`.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Coroutine
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 from typing import Any
 
@@ -27,16 +26,7 @@ __all__ = ["NativeConnections", "NativePort", "NativeSocketEndpoint"]
 
 
 class NativeConnections:
-    """
-    What every connection of one listening socket shares, and the set of
-    those open, which `disconnect_all` drops at the reactor's shutdown (as
-    Twisted's ``disconnectAll`` drops its own connections).
-
-    :param factory: builds each connection's Twisted protocol.
-    :param family: the sockets' address family.
-    :param loop: the event loop serving them.
-    :param reactor: the reactor, for the transports' ``reactor`` attribute.
-    """
+    """What the connections of one listening socket share, and the set of those open."""
 
     __slots__ = ("factory", "family", "loop", "open", "reactor", "sessions")
 
@@ -45,17 +35,11 @@ class NativeConnections:
         self.family = family
         self.loop = loop
         self.reactor = reactor
-        #: The connections whose protocol is connected.
-        self.open: set[NativeTransport] = set()
-        #: Connections accepted so far (Twisted's ``sessionno``).
-        self.sessions = 0
+        self.open: set[NativeTransport] = set()  # those whose protocol is connected
+        self.sessions = 0  # connections accepted so far (Twisted's sessionno)
 
     def disconnect_all(self) -> None:
-        """
-        Drop every open connection now: its protocol's ``connectionLost``
-        runs with `ConnectionLost` before this returns, as at Twisted's
-        reactor shutdown.
-        """
+        """Drop every open connection now, ``connectionLost`` with `ConnectionLost` (Twisted's ``disconnectAll``)."""
         for connection in list(self.open):
             connection._shut_down()
 
@@ -63,16 +47,9 @@ class NativeConnections:
 @implementer(IListeningPort)
 class NativePort:
     """
-    A listening socket served by the event loop: what
-    `NativeSocketEndpoint.listen` returns.
+    A listening socket served by the event loop (`NativeSocketEndpoint.listen`);
+    it stops and drops its connections at the reactor's shutdown, as Twisted's ports do.
 
-    It stops listening and drops its connections (``connectionLost`` with
-    `ConnectionLost`) during the reactor's shutdown, as Twisted's
-    ``disconnectAll`` does for its own ports and connections.
-
-    :param server: the event loop's server.
-    :param connections: the port's connections.
-    :param host: the address listened on.
     :param path: a UNIX socket's path and inode, to remove its file.
     :param cleanup: called once the port has stopped listening.
     """
@@ -99,18 +76,10 @@ class NativePort:
         self.connections.disconnect_all()
 
     def startListening(self) -> None:
-        """
-        Nothing to do: the port listens from the moment it is made.
-        """
+        """Nothing to do: the port listens from the moment it is made."""
 
     def stopListening(self) -> Deferred[None]:
-        """
-        Close the listening socket; open connections stay open (until they
-        close, or the reactor stops).
-
-        :return: a `Deferred` that has fired: the socket is closed when
-            this returns.
-        """
+        """Close the listening socket now (open connections stay open); a fired `Deferred`."""
         if self._trigger is not None and not self.connections.open:
             self.connections.reactor.removeSystemEventTrigger(self._trigger)
             self._trigger = None
@@ -133,22 +102,17 @@ class NativePort:
     loseConnection = stopListening
 
     def getHost(self) -> IAddress:
-        """
-        :return: the address listened on.
-        """
+        """:return: the address listened on."""
         return self._host
 
 
 def _run_now(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     """
-    Run a coroutine that never waits for anything but a bare ``yield`` (as
-    ``loop.create_server`` does: CPython's yields once, through
-    ``asyncio.sleep(0)``, after it has started serving; uvloop's not at
-    all) to its end, now, without the event loop running.
+    Run to its end now, without the loop running, a coroutine that waits for
+    nothing but a bare ``yield`` (``loop.create_server``: CPython's yields
+    once after it serves, uvloop's never), so ``listen`` fires at once.
 
-    :return: ``(True, result)``, or ``(False, task)`` when the coroutine
-        waits for a real future: then it goes on as a task on the loop, and
-        the task gives its result later.
+    :return: ``(True, result)``, or ``(False, task)`` if it awaits a real future.
     """
     for _ in range(100):
         try:
@@ -162,10 +126,7 @@ def _run_now(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any
 
 
 async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
-    """
-    Finish, as a task, a coroutine that `_run_now` started, from where it
-    waits (for ``waited``, a future, or for a bare ``yield``).
-    """
+    """Finish, as a task, a coroutine `_run_now` started, from where it waits (``waited``, or a bare ``yield``)."""
     while True:
         if waited is None:
             await asyncio.sleep(0)
@@ -179,81 +140,60 @@ async def _resume(coroutine: Coroutine[Any, Any, Any], waited: Any) -> Any:
 
 
 @implementer(IStreamServerEndpoint)
+@dataclass(frozen=True)
 class NativeSocketEndpoint:
     """
-    Serve a listening socket with the event loop's own server and
-    transports.
+    Serve a listening socket with the event loop's own server and transports.
 
     :param reactor: Twisted's asyncio reactor (see `native_supported`).
-    :param make_socket: returns a bound, listening, non-blocking stream
-        socket (TCP over IPv4 or IPv6, or UNIX), or raises `OSError` (or
-        `CannotListenError`) if it cannot.
-    :param backlog: the listen backlog; the event loop sets it again on the
-        socket it is given.
-    :param interface: the address, for the error message of a socket that
-        cannot be made.
-    :param port: the port or path, for the same message.
-    :param cleanup: called once the port has stopped listening (releases a
-        UNIX socket's lock file, say).
-    :param unlink: remove a UNIX socket's file when the port stops, as
-        Twisted's UNIX port does (`False` for a socket someone else owns,
-        such as one systemd passed).
+    :param make_socket: returns a bound, listening, non-blocking TCP or UNIX
+        stream socket, or raises `OSError` (or `CannotListenError`).
+    :param backlog: the listen backlog (the event loop sets it again).
+    :param interface: the address, for the error of a socket not made.
+    :param port: the port or path, for the same error.
+    :param cleanup: called once the port has stopped listening (a lock file's release).
+    :param unlink: remove a UNIX socket's file when the port stops, as Twisted
+        does (`False` for a socket someone else owns, such as systemd's).
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        make_socket: Callable[[], socket.socket],
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        interface: str = "",
-        port: int | str = 0,
-        cleanup: Callable[[], object] | None = None,
-        unlink: bool = True,
-    ) -> None:
-        self._reactor = reactor
-        self._make_socket = make_socket
-        self._backlog = backlog
-        self._interface = interface
-        self._port = port
-        self._cleanup = cleanup
-        self._unlink = unlink
+    reactor: Any
+    make_socket: Callable[[], socket.socket]
+    _: KW_ONLY
+    backlog: int = DEFAULT_BACKLOG
+    interface: str = ""
+    port: int | str = 0
+    cleanup: Callable[[], object] | None = None
+    unlink: bool = True
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:  # noqa: N803 (the interface's name)
-        """
-        Listen with ``protocolFactory``.
-
-        :return: a `Deferred` that has already fired, with a `NativePort`,
-            or with `CannotListenError` if the socket could not be made; it
-            fires before the reactor runs as well as while it runs.
-        """
-        loop = asyncio_loop(self._reactor)
+        """Listen: a `Deferred` already fired, with a `NativePort` or `CannotListenError` (reactor running or not)."""
+        loop = asyncio_loop(self.reactor)
         if loop is None:
-            return fail(CannotListenError(self._interface, self._port, OSError("not Twisted's asyncio reactor")))
+            return fail(CannotListenError(self.interface, self.port, OSError("not Twisted's asyncio reactor")))
         try:
-            sock = self._make_socket()
+            sock = self.make_socket()
         except CannotListenError:
             return fail()
         except OSError as e:
-            return fail(CannotListenError(self._interface, self._port, e))
+            return fail(CannotListenError(self.interface, self.port, e))
         try:
             sock = _as_tcp(sock)
             sock.setblocking(False)
             family = sock.family
             host = address(family, sock.getsockname())
-            path = _filesystem_path(sock) if self._unlink else None
-            connections = NativeConnections(protocolFactory, family, loop, self._reactor)
-            coroutine = loop.create_server(partial(NativeTransport, connections), sock=sock, backlog=self._backlog)
+            path = _filesystem_path(sock) if self.unlink else None
+            connections = NativeConnections(protocolFactory, family, loop, self.reactor)
+            coroutine = loop.create_server(partial(NativeTransport, connections), sock=sock, backlog=self.backlog)
             done, result = _run_now(loop, coroutine)
         except Exception as e:
             sock.close()
-            if self._cleanup is not None:
-                self._cleanup()
-            return fail(CannotListenError(self._interface, self._port, e))
+            if self.cleanup is not None:
+                self.cleanup()
+            return fail(CannotListenError(self.interface, self.port, e))
 
         def started(server: asyncio.AbstractServer) -> NativePort:
             protocolFactory.doStart()
-            return NativePort(server, connections, host, path, self._cleanup)
+            return NativePort(server, connections, host, path, self.cleanup)
 
         if done:
             return succeed(started(result))
@@ -263,21 +203,14 @@ class NativeSocketEndpoint:
 
 
 def _as_tcp(sock: socket.socket) -> socket.socket:
-    """
-    The same TCP socket, saying it is TCP (``proto`` ``IPPROTO_TCP``, not
-    0), so that asyncio's loop turns Nagle's algorithm off on the
-    connections it accepts, as uvloop's does (asyncio checks ``proto``).
-    """
+    """The socket with ``proto`` ``IPPROTO_TCP`` (not 0): asyncio's loop then turns Nagle off, as uvloop's does."""
     if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
         return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
     return sock
 
 
 def _filesystem_path(sock: socket.socket) -> tuple[str, int] | None:
-    """
-    A UNIX socket's path and inode, to remove the socket file when the port
-    stops (as Twisted's UNIX port does), or `None`.
-    """
+    """A UNIX socket's path and inode, to remove its file when the port stops (as Twisted does), or `None`."""
     if sock.family != socket.AF_UNIX:
         return None
     name = sock.getsockname()

@@ -1,18 +1,16 @@
 """
-One stream connection served by the event loop's own transport:
-`NativeTransport` is an asyncio protocol to the loop and a Twisted
-transport (``ITCPTransport``, ``ITLSTransport``) to the Twisted protocol
-built for the connection.
+One stream connection on the event loop's own transport: `NativeTransport`
+is an asyncio protocol to the loop and a Twisted transport (``ITCPTransport``,
+``ITLSTransport``) to the Twisted protocol built for the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from socket import AF_UNIX, SHUT_RDWR, fromfd
+from socket import AF_UNIX
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -38,46 +36,37 @@ if TYPE_CHECKING:
 __all__ = ["TURN_BYTES", "NativeTransport"]
 
 #: The most bytes one connection hands its protocol per turn of the event
-#: loop: what Twisted's own TCP transport reads at once.  The event loops read
-#: more (asyncio up to 256 KiB; uvloop 250 KB, and again, up to 32 times, while
-#: the socket has more), so the rest of a larger read waits for later turns,
-#: with reading paused meanwhile.
+#: loop (what Twisted's TCP transport reads at once); the rest of a larger
+#: read waits for later turns, with reading paused.
 TURN_BYTES = 65536
+
+_half_closeable = IHalfCloseableProtocol.providedBy
+
+
+def _half_close(protocol: object) -> Any:
+    """The protocol as an `IHalfCloseableProtocol`, or `None` (provided directly: no adapter lookup)."""
+    return protocol if _half_closeable(protocol) else IHalfCloseableProtocol(protocol, None)
 
 
 @implementer(ITLSTransport, IConsumer, IPushProducer, ISystemHandle, ILoggingContext)
-class NativeTransport(_SocketMixin, asyncio.Protocol):
+class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]  # getPeer: UNIXAddress too
     """
-    One connection: an asyncio protocol to the event loop, a Twisted
-    transport to the Twisted protocol the factory builds for it.
-
-    Built by the event loop's server for each accepted connection; the
-    Twisted protocol is built in `connection_made`, from the peer's
-    address, with ``factory.buildProtocol`` (`None` closes the connection
-    at once, as Twisted does).
-
-    :param connections: what the listening socket's connections share.
+    One connection: an asyncio protocol to the event loop, a Twisted transport
+    to the protocol ``factory.buildProtocol(peer)`` makes in `connection_made`
+    (`None` closes the connection at once, as Twisted does).
     """
 
     __slots__ = (
         "__provides__",
         "_aborted",
-        "_error",
         "_held",
         "_held_from",
-        "_listening",
         "_paused",
-        "_peer",
         "_producer",
-        "_protocol",
         "_read_eof",
         "_reading_paused",
-        "_session",
         "_slice_due",
         "_streaming",
-        "_tls",
-        "_transport",
-        "_write_open",
         "connected",
         "disconnecting",
     )
@@ -89,43 +78,30 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
         self._tls: Any = None
         self._peer: IAddress | None = None
         self._producer: IProducer | None = None
-        self._streaming = False
-        self._paused = False
-        self._read_eof = False
-        self._write_open = False
-        self._aborted = False
+        self._streaming = self._paused = self._read_eof = self._write_open = self._aborted = False
         self._error: Failure | None = None
         self._session = 0
-        #: Bytes read but not yet handed on (from ``_held_from``): the rest
-        #: of a read larger than ``TURN_BYTES``.
+        # The rest of a read larger than TURN_BYTES, from _held_from on.
         self._held = b""
         self._held_from = 0
-        #: Whether the next slice of ``_held`` is scheduled.
-        self._slice_due = False
-        #: Whether the Twisted side asked to stop reading (`pauseProducing`).
-        self._reading_paused = False
-        #: Whether the connection is open (Twisted's attribute).
+        self._slice_due = False  # the next slice of _held is scheduled
+        self._reading_paused = False  # the Twisted side called pauseProducing
         self.connected = False
-        #: Whether `loseConnection` or `abortConnection` was called.
         self.disconnecting = False
 
     # -- asyncio.Protocol: called by the event loop ----------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """
-        A connection was accepted: build its Twisted protocol and connect it.
-        """
+        """Build the connection's Twisted protocol and connect it."""
         self._transport = transport
         listening = self._listening
         peername = transport.get_extra_info("peername")
         if peername is None and listening.family != AF_UNIX:
-            # The peer reset the connection before it was handed over
-            # (uvloop then has no address): nothing to serve; close it, or
-            # the loop would keep the socket.
+            # Reset before it was handed over (uvloop has no address): close
+            # it, or the loop would keep the socket.
             transport.abort()  # type: ignore[attr-defined]
             return
-        peer = address(listening.family, peername)
-        self._peer = peer
+        peer = self._peer = address(listening.family, peername)
         try:
             protocol = listening.factory.buildProtocol(peer)
         except Exception:
@@ -137,8 +113,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
         self._session = listening.sessions
         listening.sessions += 1
         self._protocol = protocol
-        self.connected = True
-        self._write_open = True
+        self.connected = self._write_open = True
         listening.open.add(self)
         try:
             protocol.makeConnection(self)
@@ -146,18 +121,18 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             self._fail(Failure())
 
     def data_received(self, data: bytes) -> None:
-        """
-        Bytes arrived: the Twisted protocol's ``dataReceived``, at most
-        ``TURN_BYTES`` of them per turn of the event loop.
-        """
-        if self._protocol is None:
+        """``dataReceived``, at most ``TURN_BYTES`` per turn of the event loop."""
+        protocol = self._protocol
+        if protocol is None:
             return
         if len(data) <= TURN_BYTES and not self._held:
-            self._deliver(data)
+            try:
+                protocol.dataReceived(data)
+            except Exception:
+                self._fail(Failure())
             return
         # Too much for one turn: hold it, stop reading, and hand it on a
-        # slice a turn (the first one now), so other connections are served
-        # in between.
+        # slice a turn (the first now), so other connections are served between.
         if self._held:
             data = self._held[self._held_from :] + data
         self._held, self._held_from = data, 0
@@ -177,11 +152,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             self._fail(Failure())
 
     def _next_slice(self) -> None:
-        """
-        Hand the protocol the next slice of what is held, then schedule the
-        next one, or read again once all is handed on.  Nothing while the
-        Twisted side has paused reading (`resumeProducing` goes on).
-        """
+        """Hand on the next held slice and schedule the one after (or read again); nothing while paused."""
         self._slice_due = False
         if self._protocol is None or self.disconnecting:
             self._held = b""  # as Twisted's transports stop reading on loseConnection
@@ -199,26 +170,18 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
         else:
             self._held, self._held_from = b"", 0
             self._deliver(held[start:] if start else held)
-        # The next slice, or reading again, on the next turn (reading now
-        # would hand on a second slice in this one).
+        # The next slice (or reading again) on the next turn, not this one.
         self._slice_due = True
         self._listening.loop.call_soon(self._next_slice)
 
     def eof_received(self) -> bool:
-        """
-        The peer shut its sending side: ``readConnectionLost`` for an
-        `IHalfCloseableProtocol`, which then closes the connection itself
-        (as on Twisted's transport, even when its own side is shut too).
-
-        :return: whether the event loop should keep the connection open.
-        """
+        """The peer's end: ``readConnectionLost`` for a half-closeable protocol, which then closes itself."""
         self._read_eof = True
         if self._held:
-            # Not seen (reading is paused while bytes are held), but the
-            # order holds whatever a loop does: every byte before the end.
+            # Every byte before the end, whatever a loop does.
             held, self._held = self._held[self._held_from :], b""
             self._deliver(held)
-        half = IHalfCloseableProtocol(self._protocol, None)
+        half = _half_close(self._protocol)
         if half is None:
             return False  # the loop closes the connection
         try:
@@ -229,13 +192,8 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """
-        The connection is closed: stop the producer and tell the protocol,
-        with Twisted's reason (`ConnectionDone`, `ConnectionAborted`,
-        `ConnectionLost`, or the protocol's own error).
-        """
-        self.connected = False
-        self._write_open = False
+        """Stop the producer and tell the protocol, with Twisted's reason (or its own error)."""
+        self.connected = self._write_open = False
         self._held = b""
         producer, self._producer = self._producer, None
         protocol, self._protocol = self._protocol, None
@@ -255,19 +213,14 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
         protocol.connectionLost(reason)
 
     def pause_writing(self) -> None:
-        """
-        The write buffer passed its high-water mark: pause a streaming
-        producer.
-        """
+        """The write buffer passed its high-water mark: pause a streaming producer."""
         self._paused = True
         producer = self._producer
         if producer is not None and self._streaming:
             producer.pauseProducing()  # type: ignore[attr-defined]
 
     def resume_writing(self) -> None:
-        """
-        The write buffer drained to its low-water mark: resume the producer.
-        """
+        """The write buffer drained to its low-water mark: resume the producer."""
         self._paused = False
         producer = self._producer
         if producer is None:
@@ -278,46 +231,19 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             self._pull()
 
     def _fail(self, failure: Failure) -> None:
-        """
-        The Twisted protocol raised: log it and drop the connection, as
-        Twisted's own transports do, with the error as the reason.
-        """
+        """The protocol raised: log it and drop the connection with it as the reason, as Twisted does."""
         _log.failure("Unhandled error in protocol for {peer}", failure, peer=self._peer)
         if self._error is None:
             self._error = failure
-        self._aborted = True
-        self.disconnecting = True
+        self._aborted = self.disconnecting = True
         self._write_open = False
         if self._transport is not None:
             self._transport.abort()
 
-    def _shut_down(self) -> None:
-        """
-        The reactor is stopping: drop the connection and tell the protocol
-        now, with `ConnectionLost` (what Twisted's ``disconnectAll`` gives).
-        """
-        self._error = Failure(ConnectionLost())
-        self._write_open = False
-        handle = self._transport.get_extra_info("socket")
-        if handle is not None:
-            # The loop closes an aborted socket on its next turn, which a
-            # stopping reactor may not take: shut it down now, through a
-            # duplicate (the loops' socket objects refuse shutdown()).
-            try:
-                with fromfd(handle.fileno(), handle.family, handle.type) as duplicate:
-                    duplicate.shutdown(SHUT_RDWR)
-            except OSError:
-                pass
-        self._transport.abort()
-        self.connection_lost(None)
-
     # -- ITransport ------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """
-        Send ``data`` (at once if the socket takes it, else buffered).
-        Ignored once the write side is closed, as in Twisted.
-        """
+        """Send ``data`` (ignored once the write side is closed, as in Twisted)."""
         if self._tls is None:
             if self._write_open:
                 self._transport.write(data)
@@ -325,9 +251,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             self._tls.write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        """
-        Send each of ``data`` in order.
-        """
+        """Send each of ``data`` in order."""
         if self._tls is None:
             self._raw_write_sequence(data)
         elif self.connected:
@@ -342,15 +266,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             self._transport.writelines(data)
 
     def loseConnection(self) -> None:
-        """
-        Close once everything buffered is sent, and (as Twisted's transport)
-        once a registered pull producer, or a streaming one that is paused,
-        is unregistered.  Over TLS, the TLS layer shuts down first.
-
-        The sending side is shut down first (as Twisted's TCP transport
-        does), so a peer whose last bytes were never read sees the end of
-        the stream before the kernel resets the connection.
-        """
+        """Close once all is sent and (as Twisted) a pull or paused producer is unregistered."""
         if self._tls is None:
             self._lose()
         elif self.connected and not self.disconnecting:
@@ -368,27 +284,23 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
 
     def _close(self) -> None:
         transport = self._transport
-        if self._write_open and transport.can_write_eof():
+        # The sending side first (as Twisted's TCP transport), so a peer whose
+        # last bytes were never read sees the end of the stream before a
+        # reset; after the peer's end nothing is unread and close() says it.
+        if self._write_open and not self._read_eof and transport.can_write_eof():
             self._write_open = False
             transport.write_eof()
         transport.close()
 
     def abortConnection(self) -> None:
-        """
-        Close at once, dropping whatever is buffered.
-        """
+        """Close at once, dropping whatever is buffered."""
         if self.connected and not self._aborted:
-            self._aborted = True
-            self.disconnecting = True
+            self._aborted = self.disconnecting = True
             self._write_open = False
             self._transport.abort()
 
     def loseWriteConnection(self) -> None:
-        """
-        Half-close: send what is buffered, then shut down the sending side;
-        an `IHalfCloseableProtocol` hears ``writeConnectionLost``.  The
-        connection stays open until it is lost or the protocol loses it.
-        """
+        """Half-close once all is sent; a half-closeable protocol hears ``writeConnectionLost``."""
         if not self._write_open:
             return
         transport = self._transport
@@ -397,7 +309,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             return
         self._write_open = False
         transport.write_eof()
-        half = IHalfCloseableProtocol(self._protocol, None)
+        half = _half_close(self._protocol)
         if half is not None:
             self._listening.loop.call_soon(self._write_lost, half)
 
@@ -408,48 +320,10 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             except Exception:
                 self._fail(Failure())
 
-    def getPeer(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
-        """
-        :return: the peer's address (`IPv4Address`, `IPv6Address` or
-            `UNIXAddress`).
-        """
-        peer = self._peer
-        assert peer is not None
-        if isinstance(peer, UNIXAddress) and not peer.name:
-            return UNIXAddress(None)  # as Twisted's UNIX transport says
-        return peer
-
-    def getHost(self) -> IAddress:  # type: ignore[override]  # UNIXAddress too
-        """
-        :return: this side's address.
-        """
-        return address(self._listening.family, self._transport.get_extra_info("sockname"))
-
-    # -- ITLSTransport ---------------------------------------------------------
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:  # noqa: N803 (the interface's name)
-        """
-        Go on over TLS, as Twisted's TCP transport does: a
-        ``TLSMemoryBIOProtocol`` goes between this transport and the
-        protocol; bytes written from now on are encrypted.
-
-        :param contextFactory: the TLS settings (an
-            ``IOpenSSLServerConnectionCreator`` or a context factory).
-        :param normal: `True` for the server side of TLS, as this is the
-            server side of the connection; `False` for the client side.
-        """
-        from capserv.native._tls import start_tls
-
-        start_tls(self, contextFactory, normal)
-
     # -- IConsumer -------------------------------------------------------------
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """
-        Register a producer: a streaming one is paused while the write
-        buffer is over `bufferSize` and resumed once it drains; a pull one
-        is asked for more whenever the buffer has room.
-        """
+        """A streaming producer is paused while the buffer is over `bufferSize`; a pull one asked while under."""
         if self._tls is not None:
             self._tls.registerProducer(producer, streaming)
         else:
@@ -469,10 +343,7 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             producer.pauseProducing()  # type: ignore[attr-defined]
 
     def unregisterProducer(self) -> None:
-        """
-        Forget the registered producer (and close, if `loseConnection` was
-        waiting for it).
-        """
+        """Forget the producer (and close, if `loseConnection` was waiting for it)."""
         if self._tls is not None:
             self._tls.unregisterProducer()
         else:
@@ -499,18 +370,14 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
     # -- IPushProducer: the protocol throttling what it reads ------------------
 
     def pauseProducing(self) -> None:
-        """
-        Stop reading from the peer (and handing on bytes already read).
-        """
+        """Stop reading from the peer (and handing on bytes already read)."""
         self._reading_paused = True
         transport = self._transport
         if transport is not None and not transport.is_closing() and transport.is_reading():
             transport.pause_reading()
 
     def resumeProducing(self) -> None:
-        """
-        Read from the peer again, once the bytes already read are handed on.
-        """
+        """Read from the peer again, once the bytes already read are handed on."""
         self._reading_paused = False
         if self._held:
             if not self._slice_due:
@@ -522,7 +389,5 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):
             transport.resume_reading()
 
     def stopProducing(self) -> None:
-        """
-        Close the connection.
-        """
+        """Close the connection."""
         self.loseConnection()

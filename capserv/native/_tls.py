@@ -1,8 +1,4 @@
-"""
-``startTLS`` on a `NativeTransport`: Twisted's ``TLSMemoryBIOProtocol``
-layered under the connection's protocol, as Twisted's own TCP transport
-does (``twisted.internet._newtls``).
-"""
+"""``startTLS`` on a `NativeTransport`: a ``TLSMemoryBIOProtocol`` under its protocol, as in ``_newtls``."""
 
 from __future__ import annotations
 
@@ -17,11 +13,7 @@ if TYPE_CHECKING:
 
 
 class _Raw:
-    """
-    The transport under a TLS layer started by `NativeTransport.startTLS`:
-    the connection itself, but writing, closing and producers bypass TLS
-    (as Twisted's ``_BypassTLS``).
-    """
+    """The transport under `NativeTransport.startTLS`'s TLS layer: the connection, bypassing TLS (``_BypassTLS``)."""
 
     __slots__ = ("_connection",)
 
@@ -49,15 +41,9 @@ class _Raw:
 
 def start_tls(connection: NativeTransport, context_factory: Any, normal: bool) -> None:
     """
-    Put a TLS layer between ``connection`` and its protocol: the connection
-    hands what it reads to the layer, and what the protocol writes through
-    the connection to the layer, which writes the records through a
-    `_Raw` view of the connection.  A registered producer moves to the
-    layer.
-
-    :param connection: the server side of a connection.
-    :param context_factory: the TLS settings.
-    :param normal: `True` for TLS's server side, `False` for its client.
+    Put a TLS layer between ``connection`` and its protocol, writing its
+    records through a `_Raw` view of the connection; a registered producer
+    moves to the layer.  ``normal``: `True` for TLS's server side.
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory
 

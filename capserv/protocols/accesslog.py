@@ -1,40 +1,16 @@
 """
 The per-connection log line, made cheap.
 
-capserv logs one line when each connection closes (`ACCESS_FORMAT`: peer,
-duration, bytes in and out, reason) as a ``twisted.logger`` event, so every
-observer gets it with its fields.  Measured (``bench/log_cost.py``), what
-that line costs is not the file write but the observer's formatting:
-twisted.logger's text observer (``twistd --logfile``) spends about 20 µs an
-event on the time stamp (``formatTime``: a ``datetime`` and a time zone per
-event) and on the message (``string.Formatter``), then writes and flushes
-each line; its JSON observer flattens the event first and spends more.  On
-the connect-per-message workload that was a quarter of the daemon's CPU.
-
-This module gives observers that keep the same lines and fields and spend
-about a tenth of that:
-
-- `TextLogObserver` writes what ``textFileLogObserver`` writes (``TIME
-  [SYSTEM] MESSAGE``), with the time stamp formatted once a second and the
-  access line rendered from its fields with one ``%`` format; any other
-  event goes through Twisted's own formatting;
-- `JSONLogObserver` writes one JSON object a line: the rendered message as
-  ``text``, the level, time and namespace, and the event's plain-data
-  fields (`event_as_json`), the access line's built directly;
-- both write through a `BufferedWriter`: access lines are collected and
-  written together once a second (``flush_interval``), when 64 KiB are
-  waiting (``buffer_size``) and when capserv stops (`flush_all`), as
-  nginx's ``access_log ... buffer= flush=`` does.  Every other event (a
-  warning, an error, "listening on") is written at once, after the lines
-  before it, so order is kept and nothing but access lines waits.
-
-What a crash can lose: a process killed with SIGKILL (or the OOM killer)
-loses the access lines of at most the last flush interval -- at most one
-second, at most 64 KiB of lines.  Any other stop (SIGTERM, SIGINT, the
-reactor stopping, the interpreter exiting) writes them out.
-
-The daemon stops through `flush_all`, which flushes (and
-`close_all`, which also stops the timers of) every writer this module made.
+capserv logs one line when each connection closes (`ACCESS_FORMAT`) as a
+``twisted.logger`` event, so every observer gets its fields.  Its cost is
+the observer's formatting (docs/benchmarks), so `TextLogObserver` and
+`JSONLogObserver` write what Twisted's text observer and capserv's JSON lines
+would, rendering the access line from its fields with the time stamp
+formatted once a second, and write access lines in batches through a
+`BufferedWriter`: once a second, at 64 KiB and when capserv stops
+(`flush_all`), as nginx's ``access_log ... buffer= flush=``.  Every other
+event is written at once, after the lines before it.  A SIGKILL loses at
+most the last second of access lines.
 """
 
 from __future__ import annotations
@@ -67,7 +43,6 @@ __all__ = [
     "BufferedWriter",
     "JSONLogObserver",
     "TextLogObserver",
-    "close_all",
     "event_as_json",
     "flush_all",
     "log_connection",
@@ -97,47 +72,25 @@ class Writable(Protocol):
 
 def flush_all() -> None:
     """
-    Write out every access line waiting in any `BufferedWriter`.
-
-    The daemon calls this when it stops; it also runs when the interpreter
-    exits, once a writer has been made (importing capserv registers
-    nothing).
+    Write out every access line waiting in any `BufferedWriter`: the daemon
+    calls it when it stops, and so does the interpreter's exit once a writer
+    has been made.
     """
     for writer in list(_writers):
         writer.flush()
 
 
-def close_all() -> None:
-    """
-    Flush every `BufferedWriter` and cancel their timers (for a stop after
-    which the reactor will not run again).
-    """
-    for writer in list(_writers):
-        writer.close()
-
-
-#: The logger of the per-connection line, under the namespace it always had
-#: (the protocol's).  A module-level one: ``Logger`` as a class attribute
-#: builds a new ``Logger`` each time it is looked up on an instance.
+#: The per-connection line's logger, under the protocol's namespace.
 _connection_logger = Logger(namespace="capserv.tcp.UppercaseProtocol")
 
 
 def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, reason: str) -> None:
     """
     Log one connection's close line: the event ``Logger.info(ACCESS_FORMAT,
-    peer=..., ...)`` would publish (the same fields, level, namespace,
-    format and time), built directly.
-
-    ``Logger.info`` spends about 4 µs an event checking its level and
-    assembling the event; the observers are what the line is for.  The
-    event's ``log_source`` is `None` (it was the protocol object, which no
-    observer can write out).
+    peer=..., ...)`` would publish, built directly (``log_source`` `None`).
 
     :param peer: the peer, as `capserv.protocols.addresses.describe` writes it.
     :param duration: seconds the connection was open.
-    :param bytes_in: bytes read from the peer.
-    :param bytes_out: bytes written to it.
-    :param reason: why it ended.
     """
     logger = _connection_logger
     logger.observer(
@@ -158,10 +111,7 @@ def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, re
 
 
 def lost_reason(reason: Failure | None) -> str:
-    """
-    Why a connection ended that capserv did not close, in the access line's
-    words, from the failure its transport gave.
-    """
+    """Why a connection that capserv did not close ended, in the access line's words."""
     if reason is None or reason.check(ConnectionDone):
         return "closed by peer"
     if reason.check(ConnectionLost):
@@ -177,10 +127,7 @@ def lost_reason(reason: Failure | None) -> str:
 
 
 def render_access(event: LogEvent) -> str:
-    """
-    The message of an access event: what ``formatEvent`` gives for
-    `ACCESS_FORMAT`, from one ``%`` format.
-    """
+    """What ``formatEvent`` gives for an access event, from one ``%`` format."""
     return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % (  # noqa: UP031 (measured faster)
         event["peer"],
         event["duration"],
@@ -190,28 +137,12 @@ def render_access(event: LogEvent) -> str:
     )
 
 
-def is_access(event: LogEvent) -> bool:
-    """
-    Whether ``event`` is capserv's per-connection line (with its fields).
-    """
-    return event.get("log_format") is ACCESS_FORMAT
-
-
 class BufferedWriter:
     """
-    Collect text and write it to a file in batches.
-
-    ``write(text)`` keeps the text; it is written (and the file flushed)
-    once ``interval`` seconds have passed since the first text waiting,
-    once ``limit`` characters are waiting, on `flush`, and at once for
-    ``write(text, urgent=True)`` (after what was waiting).  Safe to call
-    from any thread; the timer runs on ``clock`` (the global reactor,
-    looked up when first needed, if `None`).
-
-    :param out: the file to write to.
-    :param clock: where the flush timer runs.
-    :param interval: the longest a text waits, in seconds (0: never wait).
-    :param limit: how many characters may wait.
+    Collect text and write it to a file in batches: ``interval`` seconds after
+    the first text waiting, once ``limit`` characters wait, on `flush`, and at
+    once for ``write(text, urgent=True)``.  Safe from any thread; the timer
+    runs on ``clock`` (the global reactor, looked up when needed, if `None`).
     """
 
     def __init__(
@@ -239,10 +170,7 @@ class BufferedWriter:
         _writers.add(self)
 
     def write(self, text: str, urgent: bool = False) -> None:
-        """
-        Keep ``text`` to write with the next batch, or write it and
-        everything before it now if ``urgent``.
-        """
+        """Keep ``text`` for the next batch, or write it and all before it now if ``urgent``."""
         with self._lock:
             self._buffer.append(text)
             self._size += len(text)
@@ -259,9 +187,8 @@ class BufferedWriter:
 
     def _write_out(self) -> None:
         """
-        Write what is waiting (with the lock held).  The buffer is swapped
-        out before it is written, so a call that interrupts this one (a
-        signal handler logging) writes only its own lines: none twice.
+        Write what is waiting (lock held); the buffer is swapped out first, so
+        a signal handler logging meanwhile writes only its own lines.
         """
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
@@ -279,24 +206,13 @@ class BufferedWriter:
             pass  # a closed or full log file must not break the service
 
     def flush(self) -> None:
-        """
-        Write everything waiting now.  Gives up after a second if another
-        thread holds the writer (so that stopping, or the interpreter
-        exiting, never hangs on a log).
-        """
+        """Write everything waiting now (giving up after a second if another thread holds the writer)."""
         if not self._lock.acquire(timeout=1.0):
             return
         try:
             self._write_out()
         finally:
             self._lock.release()
-
-    def close(self) -> None:
-        """
-        Write everything waiting and forget the timer; the writer can still
-        be used (and starts a new timer when needed).
-        """
-        self.flush()
 
     @property
     def waiting(self) -> int:
@@ -305,10 +221,7 @@ class BufferedWriter:
 
 
 class _TimeStamps:
-    """
-    ``formatTime`` with a cache: the default format has one-second
-    resolution, so the text is the same for every event in one second.
-    """
+    """``formatTime``, cached for the second (the default format's resolution)."""
 
     __slots__ = ("_format", "_second", "_text")
 
@@ -330,15 +243,10 @@ class _TimeStamps:
 @implementer(ILogObserver)
 class TextLogObserver:
     """
-    What ``textFileLogObserver`` writes, for less: access lines rendered
-    from their fields and written in batches, the time stamp formatted once
-    a second.
+    What ``textFileLogObserver`` writes, for less (see the module).
 
     :param out: the file (or a `BufferedWriter`).
-    :param time_format: ``strftime`` format for the time stamp (Twisted's
-        default: RFC 3339 to the second); `None` for no time stamp.
-    :param clock: where the flush timer runs (the global reactor if
-        `None`).
+    :param time_format: ``strftime`` format of the time stamp; `None` for none.
     :param interval: the longest an access line waits (0: never).
     """
 
@@ -353,7 +261,7 @@ class TextLogObserver:
         self._stamp = _TimeStamps(time_format)
 
     def __call__(self, event: LogEvent) -> None:
-        if is_access(event):
+        if event.get("log_format") is ACCESS_FORMAT:
             system = event.get("log_system")
             if system is None:
                 level = event.get("log_level")
@@ -381,14 +289,9 @@ def _plain(value: Any) -> bool:
 
 def event_as_json(event: LogEvent) -> str:
     """
-    One event as a line of JSON: its rendered text, level, time, namespace
-    and plain-data fields; a failure's traceback as ``failure``.
-
-    Twisted's own ``eventAsJSON`` keeps the format string but not the
-    message, and writes ``{"unpersistable": true}`` for every field it
-    cannot serialize (the reactor, the logging object, a protocol); a log
-    shipper can use neither.  This writes the text and leaves such fields
-    out.
+    One event as a line of JSON: its rendered text, level, time, namespace,
+    plain-data fields and a failure's traceback (Twisted's ``eventAsJSON``
+    keeps no text and writes ``{"unpersistable": true}`` for other fields).
     """
     record: dict[str, Any] = {"text": formatEvent(event)}
     level = event.get("log_level")
@@ -412,13 +315,10 @@ def event_as_json(event: LogEvent) -> str:
 @implementer(ILogObserver)
 class JSONLogObserver:
     """
-    One JSON object a line (no record separator): the rendered message as
-    ``text``, the level, time and namespace, and the event's plain-data
-    fields (`event_as_json`); access lines built directly and written in
-    batches.
+    One JSON object a line (`event_as_json`), access lines built directly and
+    written in batches.
 
     :param out: the file (or a `BufferedWriter`).
-    :param clock: where the flush timer runs (the global reactor if `None`).
     :param interval: the longest an access line waits (0: never).
     """
 
@@ -428,10 +328,7 @@ class JSONLogObserver:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
 
     def _access(self, event: LogEvent) -> str:
-        """
-        An access event as the JSON line `event_as_json` would write,
-        built with one format.
-        """
+        """An access event as the line `event_as_json` would write, from one format."""
         peer, duration, bytes_in, bytes_out, reason = (
             event["peer"],
             event["duration"],
@@ -456,7 +353,7 @@ class JSONLogObserver:
         )
 
     def __call__(self, event: LogEvent) -> None:
-        if is_access(event):
+        if event.get("log_format") is ACCESS_FORMAT:
             self.writer.write(self._access(event))
             return
         self.writer.write(event_as_json(event), urgent=True)

@@ -1,7 +1,4 @@
-"""
-The open connections of one stream factory: the set, the one idle sweep
-over them, and the graceful drain.
-"""
+"""The open connections of one stream factory: the set, the one idle sweep over them, and the drain."""
 
 from __future__ import annotations
 
@@ -21,23 +18,16 @@ __all__ = ["ConnectionSet"]
 
 class ConnectionSet(Set["UppercaseProtocol"]):
     """
-    The connections a factory serves now (a read-only set to everyone
-    else), closed when idle and closed in order when a stop asks.
-
-    One sweep closes every idle connection, every tenth of the idle
-    timeout: no timer per connection to create, reschedule or cancel, and
-    none at all while no connection is open.
+    The connections a factory serves now (a read-only set to others), closed
+    when idle and when a stop asks.  One sweep every tenth of the idle timeout
+    closes the idle ones: no timer per connection, none while none is open.
     """
 
     def __init__(self, state: SharedState) -> None:
-        """
-        :param state: the configuration and clock.
-        """
         self._state = state
         self._open: set[UppercaseProtocol] = set()
         self._sweep_call: IDelayedCall | None = None
         self._drained: list[Deferred[None]] = []
-        #: Seconds between two sweeps.
         self.sweep_interval = max(state.config.idle_timeout / 10, 0.05)
 
     def __contains__(self, protocol: object) -> bool:
@@ -56,12 +46,7 @@ class ConnectionSet(Set["UppercaseProtocol"]):
             self._sweep_call = self._state.clock.callLater(self.sweep_interval, self._sweep)
 
     def discard(self, protocol: UppercaseProtocol) -> bool:
-        """
-        Forget ``protocol``; when none is left, stop the sweep and fire
-        `drain`'s waiters.
-
-        :return: whether it was open.
-        """
+        """Forget ``protocol`` (whether it was open); when none is left, stop the sweep and fire `drain`'s waiters."""
         if protocol not in self._open:
             return False
         self._open.discard(protocol)
@@ -75,40 +60,28 @@ class ConnectionSet(Set["UppercaseProtocol"]):
         return True
 
     def _sweep(self) -> None:
-        """
-        Close connections idle for the idle timeout: each is closed between
-        the timeout and the timeout plus a tenth of it after its last
-        traffic.
-        """
+        """Close the connections idle for the idle timeout (to within a tenth of it)."""
         self._sweep_call = None
         clock = self._state.clock
         now = clock.seconds()
         for protocol in list(self._open):
-            protocol.check_idle(now)
+            protocol._check_idle(now)
         if self._open:
             self._sweep_call = clock.callLater(self.sweep_interval, self._sweep)
 
     def abort_all(self) -> None:
         """Abort every connection now (a stop forced by a second signal)."""
         for protocol in list(self._open):
-            protocol.abort_now()
+            protocol._abort_now()
 
     def abort_reset(self) -> int:
-        """
-        Abort every connection its peer has reset unnoticed
-        (`UppercaseProtocol.check_reset`), as a stop begins.
-
-        :return: how many.
-        """
-        return sum(protocol.check_reset() for protocol in list(self._open))
+        """Abort the connections reset unnoticed (`UppercaseProtocol._check_reset`) as a stop begins; how many."""
+        return sum(protocol._check_reset() for protocol in list(self._open))
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
-        Wait for the open connections to finish, closing those still open
-        after ``timeout`` seconds (0: at once): what is buffered is sent, and
-        those that will not take it are aborted after the configured grace.
-
-        :return: a `Deferred` that fires once every connection has closed.
+        Wait for the open connections to finish, closing those still open after
+        ``timeout`` seconds (0: at once); fires once every connection has closed.
         """
         self.abort_reset()
         if not self._open:
@@ -118,7 +91,7 @@ class ConnectionSet(Set["UppercaseProtocol"]):
 
         def close_the_rest() -> None:
             for protocol in list(self._open):
-                protocol.shutdown()
+                protocol._shutdown()
 
         if timeout > 0:
             call = self._state.clock.callLater(timeout, close_the_rest)

@@ -1,9 +1,8 @@
 """
-Admission: which connections a stream factory serves.
-
-None once a graceful stop has begun, at most ``max_connections`` at once,
-at most ``max_connections_per_ip`` from one source network.  Whatever is
-refused is counted by `Reason` and logged, one line per 10 seconds at most.
+Admission: which connections a stream factory serves.  None once a graceful
+stop has begun, at most ``max_connections`` at once and
+``max_connections_per_ip`` from one source network; refusals are counted by
+`Reason` and logged, one line per 10 seconds at most.
 """
 
 from __future__ import annotations
@@ -23,16 +22,9 @@ _log = Logger(namespace="capserv.tcp.UppercaseFactory")
 
 
 class Admission:
-    """
-    The connection limits of one factory, and the per-network counts the
-    per-IP limit keeps.
-    """
+    """The connection limits of one factory, and the per-network counts of the per-IP limit."""
 
     def __init__(self, state: SharedState, stats: TCPStats) -> None:
-        """
-        :param state: the configuration, clock and source networks.
-        :param stats: where refusals are counted.
-        """
         self._state = state
         self._stats = stats
         #: Whether new connections are served (a graceful stop clears it).
@@ -41,10 +33,7 @@ class Admission:
         self.held: dict[bytes, int] = {}
 
     def refusal(self, open_now: int) -> Reason | None:
-        """
-        Why a new connection may not be served with ``open_now`` open, or
-        `None` if it may (as far as the limits that need no address say).
-        """
+        """Why a new connection may not be served with ``open_now`` open (limits needing no address), or `None`."""
         if not self.accepting:
             return Reason.SHUTDOWN
         most = self._state.config.max_connections
@@ -55,10 +44,8 @@ class Admission:
     def take(self, address: IAddress | None) -> bytes | None:
         """
         Count a connection from ``address`` against its network's per-IP
-        limit, or refuse it (counted and logged) if the network is at it.
-
-        :return: the network to `release` when the connection closes (empty
-            for addresses without an IP address), or `None` if refused.
+        limit, or refuse it (counted and logged): the network to `release`
+        at the close (empty without an IP address), or `None` if refused.
         """
         key = self._state.networks.key(address)
         if key is None:
@@ -80,12 +67,7 @@ class Admission:
             self.held.pop(key, None)
 
     def count(self, address: IAddress | str) -> int:
-        """
-        How many connections the per-IP limit counts for ``address``: those
-        open from its whole source network.
-
-        :param address: an IP address as text, or a Twisted address.
-        """
+        """How many connections are open from the source network of ``address`` (text or a Twisted address)."""
         key = self._state.networks.key((address, 0) if isinstance(address, str) else address)
         return self.held.get(key, 0) if key is not None else 0
 
@@ -98,11 +80,10 @@ class Admission:
         what: str | None = None,
     ) -> None:
         """
-        Count a refusal and log it, unless a line was logged less than 10
-        seconds ago (the next line says how many were held back).
+        Count a refusal and log it, unless a line was logged less than 10 s
+        ago (the next says how many were held back).
 
-        :param what: what was wrong, for a refusal that is not a limit
-            reached (`Reason.PROXY_HEADER`).
+        :param what: what was wrong, for a refusal that is not a limit reached.
         """
         self._stats.connections_refused[reason] += 1
         if network is not None:

@@ -1,15 +1,7 @@
 """
-Per-source token buckets with a bounded table, for the UDP reflection guard.
-
-A UDP server answers whatever address a datagram claims to come from, so a
-spoofed flood turns it into a reflector aimed at a victim.  Each source
-(a network: `capserv.protocols.addresses.SourceNetworks`) gets two buckets in one
-table entry: ``burst`` datagram tokens refilled at ``rate`` per second, and
-``byte_burst`` byte tokens refilled at ``byte_rate`` per second.  A reply
-spends one datagram token and its size in byte tokens, or is dropped.  The
-table forgets the source seen least recently once it holds ``max_size``
-sources, so a flood from many (spoofed) sources cannot grow memory without
-bound.
+Per-source token buckets, the UDP reflection guard: a spoofed flood would aim
+replies at a victim, so each source network gets a budget of datagrams and one
+of reply bytes, in a table that forgets the least recently seen source once full.
 """
 
 from __future__ import annotations
@@ -26,26 +18,17 @@ _INF = float("inf")
 
 class TokenBuckets:
     """
-    A bounded, least-recently-seen table of token buckets keyed by source:
-    a datagram budget and a byte budget per entry.
-
-    A budget whose rate is 0 is off: its bucket holds infinitely many
-    tokens, so the per-datagram code has no branch for it.
+    A least-recently-seen table of (datagram, byte) token buckets by source.
+    A rate of 0 turns its budget off: that bucket holds infinitely many tokens.
     """
 
     __slots__ = ("_table", "burst", "byte_burst", "byte_rate", "evictions", "max_size", "rate")
 
     def __init__(self, rate: float, burst: int, max_size: int, byte_rate: float = 0, byte_burst: int = 0) -> None:
         """
-        :param rate: datagram tokens added per second to each source's
-            bucket; 0 turns the datagram budget off.
-        :param burst: the most datagram tokens a bucket holds (and a new one
-            starts with).
+        :param rate: datagram tokens added per second, up to ``burst`` (a new
+            source starts full); ``byte_rate`` and ``byte_burst`` likewise.
         :param max_size: the most sources remembered at once.
-        :param byte_rate: byte tokens added per second; 0 (the default)
-            turns the byte budget off.
-        :param byte_burst: the most byte tokens a bucket holds (and a new
-            one starts with).
         """
         self.rate = float(rate)
         self.burst = float(burst) if rate > 0 else _INF
@@ -54,13 +37,7 @@ class TokenBuckets:
         self.max_size = max_size
         #: How many sources were forgotten to keep the table bounded.
         self.evictions = 0
-        # Moving a key to the end on every hit makes the first key the least
-        # recently seen.  An OrderedDict, not a dict: a dict's first key is
-        # found by scanning past the slots of keys deleted before it, which
-        # made each eviction from a full 65,536-entry table cost 34 µs (a
-        # flood from many spoofed sources paid that per datagram); the
-        # OrderedDict evicts in constant time, for 35 ns more per hit.  An
-        # entry is (datagram tokens, byte tokens, time of the last refill).
+        # OrderedDict: a dict finds its first key by scanning past deleted slots; this evicts in O(1).
         self._table: OrderedDict[Hashable, tuple[float, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -69,20 +46,14 @@ class TokenBuckets:
     def spend(self, key: Hashable, now: float, size: int = 0) -> Reason | None:
         """
         Spend one datagram token and ``size`` byte tokens of ``key``'s
-        buckets if they hold that many; spend nothing otherwise.
+        buckets if both hold enough, else nothing.
 
-        :param key: the source.
-        :param now: the current time in seconds (from the injected clock).
-        :param size: the reply's size in bytes.
-        :return: `None` if the reply may be sent, else why not:
-            `Reason.RATE_LIMIT` (no datagram token) or `Reason.BYTE_RATE`
-            (too few byte tokens).
+        :return: `None` if the reply may go, else `Reason.RATE_LIMIT` or `Reason.BYTE_RATE`.
         """
         table = self._table
         entry = table.get(key)
         if entry is None:
-            tokens = self.burst
-            byte_tokens = self.byte_burst
+            tokens, byte_tokens = self.burst, self.byte_burst
             if len(table) >= self.max_size:
                 table.popitem(last=False)
                 self.evictions += 1
@@ -90,8 +61,8 @@ class TokenBuckets:
             table.move_to_end(key)
             tokens, byte_tokens, last = entry
             if now > last:
-                # Comparisons rather than min(): this runs for every datagram.
                 elapsed = now - last
+                # Comparisons rather than min(): this runs for every datagram.
                 tokens += elapsed * self.rate
                 if tokens > self.burst:
                     tokens = self.burst
@@ -99,9 +70,7 @@ class TokenBuckets:
                 if byte_tokens > self.byte_burst:
                     byte_tokens = self.byte_burst
             else:
-                # A clock that steps backwards refills nothing, and keeps
-                # the later stamp so that stepping forward again does not
-                # count the same time twice.
+                # A clock stepping back refills nothing; keeping the later stamp counts no time twice.
                 now = last
         if tokens < 1.0:
             table[key] = (tokens, byte_tokens, now)
@@ -112,25 +81,16 @@ class TokenBuckets:
         table[key] = (tokens - 1.0, byte_tokens - size, now)
         return None
 
-    def allow(self, key: Hashable, now: float, size: int = 0) -> bool:
-        """
-        `spend`, answering whether the reply may be sent.
-        """
-        return self.spend(key, now, size) is None
-
     def adjust(self, key: Hashable, change: int) -> bool:
         """
-        Change what a reply that `spend` let through costs in bytes, once
-        its real size is known (uppercasing can grow or shrink a text).
+        Spend ``change`` more byte tokens (or give back, if negative) for the
+        reply `spend` just let through, once uppercasing has set its size.
 
-        :param key: the source `spend` was just called for.
-        :param change: bytes to spend (positive) or give back (negative).
-        :return: whether the bucket held ``change`` more byte tokens (if
-            not, nothing is spent and the reply must not be sent).
+        :return: whether the bucket held them (if not, nothing is spent and the reply must not go).
         """
         entry = self._table.get(key)
         if entry is None:
-            return True  # forgotten meanwhile (cannot happen within one datagram)
+            return True
         tokens, byte_tokens, last = entry
         if byte_tokens < change:
             return False

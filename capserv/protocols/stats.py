@@ -1,9 +1,7 @@
 """
-Counters that the factories keep, for logs now and metrics later, and the
-one list of reasons a connection is refused or a datagram dropped.
-
-They are plain integers updated in place: cheap enough to keep on every
-connection and datagram, and read by whatever exports them.
+The counters the factories keep (plain integers updated in place, read by
+whatever exports them) and the one list of reasons a connection is refused
+or a datagram dropped.
 """
 
 from __future__ import annotations
@@ -16,9 +14,9 @@ __all__ = ["DROPS", "PER_SOURCE", "REFUSALS", "Reason", "TCPStats", "UDPStats", 
 
 class Reason(str, Enum):
     """
-    Why a connection was refused (closed unserved) or a datagram not answered.  The value is
-    the label counters, log lines and metrics use; a member is that text
-    (equal, same hash, formats as it), so a counter can be read with it too.
+    Why a connection was refused or a datagram not answered.  A member is its
+    value, the label of counters, log lines and metrics (equal, same hash,
+    formats as it).
     """
 
     __hash__ = str.__hash__
@@ -27,23 +25,14 @@ class Reason(str, Enum):
     def __format__(self, format_spec: str) -> str:
         return format(self.value, format_spec)
 
-    #: A graceful stop has begun.
-    SHUTDOWN = "shutdown"
-    #: ``max_connections`` connections are open.
+    SHUTDOWN = "shutdown"  # a graceful stop has begun
     MAX_CONNECTIONS = "max_connections"
-    #: The source network has ``max_connections_per_ip`` connections open.
     MAX_CONNECTIONS_PER_IP = "max_connections_per_ip"
-    #: Behind HAProxy (``haproxy:``), the connection brought no valid PROXY header.
-    PROXY_HEADER = "proxy_header"
-    #: The source network is out of datagram tokens (``udp_rate``).
-    RATE_LIMIT = "rate_limit"
-    #: The source network is out of reply-byte tokens (``udp_byte_rate``).
-    BYTE_RATE = "byte_rate"
-    #: The reply would not fit in one datagram.
-    OVERSIZE = "oversize"
-    #: The source port is below 1024 (``udp_allow_low_ports`` is off).
-    LOW_PORT = "low_port"
-    #: Sending the reply failed.
+    PROXY_HEADER = "proxy_header"  # behind HAProxy, no valid PROXY header
+    RATE_LIMIT = "rate_limit"  # the source network is out of datagram tokens (udp_rate)
+    BYTE_RATE = "byte_rate"  # ... out of reply-byte tokens (udp_byte_rate)
+    OVERSIZE = "oversize"  # the reply would not fit in one datagram
+    LOW_PORT = "low_port"  # source port below 1024 (udp_allow_low_ports off)
     SEND_ERROR = "send_error"
 
     @property
@@ -64,10 +53,9 @@ PER_SOURCE = (Reason.MAX_CONNECTIONS_PER_IP, Reason.RATE_LIMIT, Reason.BYTE_RATE
 
 class TCPStats:
     """
-    Totals for every connection one `UppercaseFactory` has served.
-
-    Byte totals of open connections are added when they close; call
-    `UppercaseFactory.snapshot` for figures that include them.
+    Totals for every connection one `UppercaseFactory` has served; byte totals
+    of open connections are added when they close (`UppercaseFactory.snapshot`
+    includes them).
     """
 
     __slots__ = (
@@ -82,29 +70,22 @@ class TCPStats:
     )
 
     def __init__(self) -> None:
-        #: Connections accepted and served.
         self.connections_total = 0
-        #: Connections closed at once, by the `Reason` (one of `REFUSALS`).
+        #: Connections closed unserved, by `Reason` (one of `REFUSALS`).
         self.connections_refused: Counter[Reason] = Counter()
-        #: Connections refused by the per-source limit, by the `Reason` and
-        #: the source network's family (``"ipv4"``, ``"ipv6"``).
+        #: Refusals by a per-source limit, by `Reason` and family (``"ipv4"``, ``"ipv6"``).
         self.limited: defaultdict[Reason, Counter[str]] = defaultdict(Counter)
-        #: Connections closed for being idle.
         self.idle_timeouts = 0
         #: Connections aborted because they would not take their last bytes.
         self.aborts = 0
-        #: Bytes read from closed connections.
         self.bytes_in = 0
-        #: Bytes written to closed connections.
         self.bytes_out = 0
         #: Times reading was paused because a reply backed up.
         self.pauses = 0
 
 
 class UDPStats:
-    """
-    Totals for the datagram ports sharing one `DatagramState`.
-    """
+    """Totals for the datagram ports sharing one `DatagramState`."""
 
     __slots__ = ("bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "drops", "limited")
 
@@ -113,10 +94,9 @@ class UDPStats:
         self.datagrams_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: Datagrams not answered, by the `Reason` (one of `DROPS`).
+        #: Datagrams not answered, by `Reason` (one of `DROPS`).
         self.drops: Counter[Reason] = Counter()
-        #: Datagrams dropped by a per-source budget, by the `Reason` and the
-        #: source network's family (``"ipv4"``, ``"ipv6"``).
+        #: Drops by a per-source budget, by `Reason` and family (``"ipv4"``, ``"ipv6"``).
         self.limited: defaultdict[Reason, Counter[str]] = defaultdict(Counter)
 
 

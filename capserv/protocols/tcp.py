@@ -1,13 +1,10 @@
 """
 The uppercase service over streams: a `Protocol` and its `Factory`.
 
-Whatever arrives is uppercased and written back as soon as it arrives, with
-no framing, so one-shot clients, interactive ones and bulk pipes all work.
-The factory holds the state shared by its connections: configuration,
-clock, counters and the connection limits.
-
-Data flows one way: transport -> `UppercaseProtocol.dataReceived` ->
-`Uppercaser` -> ``transport.write``.
+Whatever arrives is uppercased and written back at once, with no framing,
+so one-shot clients, interactive ones and bulk pipes all work.  Data flows
+one way: transport -> `UppercaseProtocol.dataReceived` -> `Uppercaser` ->
+``transport.write``.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
-    IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -36,7 +32,7 @@ from capserv.protocols._twisted import (
 )
 from capserv.protocols.accesslog import log_connection, lost_reason
 from capserv.protocols.addresses import describe
-from capserv.protocols.config import CapservConfig
+from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.connections import ConnectionSet
 from capserv.protocols.limits import Admission
 from capserv.protocols.state import SharedState
@@ -50,54 +46,34 @@ __all__ = ["UppercaseFactory", "UppercaseProtocol"]
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class UppercaseProtocol(Protocol):
     """
-    Uppercase one connection's byte stream, with backpressure, half-close
-    and an idle timeout.
+    Uppercase one connection's byte stream, with backpressure, half-close and
+    an idle timeout, and log one line when it closes (unless the config says
+    ``access_log=False``).
 
-    Backpressure: the protocol registers itself with its transport as a
-    streaming producer.  The transport calls `pauseProducing` when its
-    write buffer passes the high-water mark and `resumeProducing` once it
-    has drained, and the protocol turns those into "stop reading" and
-    "start reading" on the same transport, so a client that sends without
-    reading cannot make the server buffer without bound (and being its own
-    producer costs a connection no extra object).
-
-    When a connection closes it logs one line with its peer, duration,
-    bytes in and out and reason (`capserv.protocols.accesslog.log_connection`),
-    unless the factory's config has ``access_log=False``.
-
-    `UppercaseFactory.buildProtocol` makes one as Twisted's factories do
-    (``factory.protocol()``, then sets ``factory`` and ``peer``), so a
-    subclass set as ``factory.protocol`` is used.
+    It is its own streaming producer: the transport pauses it when the reply
+    backs up and it stops reading, so a client that never reads cannot make
+    the server buffer without bound.
     """
 
     factory: UppercaseFactory
     transport: ITransport
     #: The peer's address, as the listening port gave it.
     peer: IAddress | None = None
-    #: The incremental codec, made when the first chunk that is not plain
-    #: ASCII arrives (most connections never see one; see
-    #: `UppercaseFactory.ascii_upper`).
+    #: Made at the first chunk that is not plain ASCII (`UppercaseFactory.ascii_upper`).
     _codec: Uppercaser | None = None
     #: Whether reading is paused because the reply backed up.
     reading_paused = False
     _abort_call: IDelayedCall | None = None
-    #: Set once the connection is on its way out: after end of input, an
-    #: idle timeout or a shutdown.
+    #: Set once the connection is on its way out (end of input, idle, shutdown).
     closing = False
     _close_when_drained = False
-    #: Set by ``connectionLost``: from then on nothing is scheduled.
-    _lost = False
-    #: Why the connection ended, if capserv knows (else `lost_reason` says at the end).
-    _reason = ""
-    #: Behind HAProxy: set until the PROXY header has been read.
-    _awaiting_header = False
-    #: The source network this connection is counted in for the per-IP
-    #: limit; set and cleared by the factory's `UppercaseFactory.admit` and
-    #: `UppercaseFactory.unregister`.
-    counted_host: bytes | None = None
+    _lost = False  # connectionLost ran: nothing is scheduled from then on
+    _reason = ""  # why it ended, if capserv knows (else lost_reason says)
+    _awaiting_header = False  # behind HAProxy, until the PROXY header is read
+    #: The source network counted for the per-IP limit (`UppercaseFactory._admit`).
+    _counted_host: bytes | None = None
     _is_refused = False
-    #: Whether the protocol is registered as its transport's producer.
-    _registered = False
+    _registered = False  # registered as the transport's producer
     bytes_in = 0
     bytes_out = 0
     started = 0.0
@@ -109,27 +85,23 @@ class UppercaseProtocol(Protocol):
         lend_half_close(self)
         factory = self.factory
         transport = self.transport
-        self._clock: IReactorTime = factory.clock
-        self._idle_timeout = factory.config.idle_timeout
+        clock = self._clock = factory.clock
+        config = factory.config
+        self._idle_timeout = config.idle_timeout
         proxied = is_proxy_protocol(transport)
-        if not proxied and not factory.admit(self, self.peer):
+        if not proxied and not factory._admit(self, self.peer):
             self._refused()
             return
-        factory.register(self)
-        now = self._clock.seconds()
-        self.started = self._last_activity = now
-        high_water = factory.config.high_water
+        factory.connections.add(self)
+        self.started = self._last_activity = clock.seconds()
         if isinstance(getattr(transport, "bufferSize", None), int):
-            # The transport pauses its producer once this many bytes are
-            # waiting to be sent.
-            transport.bufferSize = high_water  # type: ignore[attr-defined]
+            transport.bufferSize = config.high_water  # type: ignore[attr-defined]
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
-        self._write = stream_writer(transport, factory.config.fast_paths)
+        self._write = stream_writer(transport, config.fast_paths)
         if proxied:
-            # Behind HAProxy the client's address arrives in the PROXY
-            # header, read before the first data is passed on: count and
-            # limit by it then.  Plain connections pay nothing for this.
+            # The client's address arrives in the PROXY header: count and
+            # limit by it at the first data.
             self._awaiting_header = True
             self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
 
@@ -152,9 +124,8 @@ class UppercaseProtocol(Protocol):
     def _first_proxied_data(self, data: bytes) -> None:
         del self.dataReceived  # back to the class's method
         self._awaiting_header = False
-        real = self.transport.getPeer()
-        self.peer = real
-        if not self.factory.admit(self, real):
+        real = self.peer = self.transport.getPeer()
+        if not self.factory._admit(self, real):
             self._refused()
             return
         self.dataReceived(data)
@@ -164,8 +135,7 @@ class UppercaseProtocol(Protocol):
 
     def _refused(self) -> None:
         """Over the per-IP limit: close at once, serving nothing."""
-        self.closing = True
-        self._is_refused = True
+        self.closing = self._is_refused = True
         self.dataReceived = self._ignore  # type: ignore[method-assign]
         self._reason = "refused"
         self._unregister_throttle()
@@ -189,10 +159,11 @@ class UppercaseProtocol(Protocol):
             if self._is_refused:
                 return
         self._last_activity = self._clock.seconds()
-        tail = self._codec.flush() if self._codec is not None else b""
-        if tail:
-            self.bytes_out += len(tail)
-            self.transport.write(tail)
+        if self._codec is not None:
+            tail = self._codec.flush()
+            if tail:
+                self.bytes_out += len(tail)
+                self.transport.write(tail)
         self._reason = "end of input"
         self._finish(drain=True)
 
@@ -205,14 +176,15 @@ class UppercaseProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         call = self._abort_call
-        if call is not None and call.active():
-            call.cancel()
-        self._abort_call = None
-        self.stopProducing()
+        if call is not None:
+            if call.active():
+                call.cancel()
+            self._abort_call = None
+        self.reading_paused = False
         if self._awaiting_header and not self.closing and getattr(self.transport, "disconnecting", False):
             self._header_failed()  # Twisted's PROXY wrapper closed it
         factory = self.factory
-        factory.unregister(self)
+        factory._unregister(self)
         if self._is_refused or not factory.config.access_log:
             return  # a refusal was logged (throttled); no line per refusal
         # Never negative, even if the wall clock was stepped back meanwhile.
@@ -248,11 +220,7 @@ class UppercaseProtocol(Protocol):
     # -- closing ---------------------------------------------------------------
 
     def _finish(self, drain: bool) -> None:
-        """
-        Close once what is owed is sent.  If reading is paused because the
-        reply backed up, wait for it to drain first (the transport will not
-        close while a producer is registered).
-        """
+        """Close once what is owed is sent; if the reply backed up, once it has drained."""
         if self.closing:
             return
         self.closing = True
@@ -271,9 +239,8 @@ class UppercaseProtocol(Protocol):
         self._unregister_throttle()
         transport = self.transport
         transport.loseConnection()
-        # With nothing left to send the close cannot stall: no abort timer
-        # to schedule and cancel (transports that cannot tell get one); a
-        # transport that closed at once has called connectionLost already.
+        # Nothing left to send cannot stall: no abort timer (a transport
+        # that closed at once has called connectionLost already).
         if grace > 0 and self._abort_call is None and not self._lost and unsent_bytes(transport) != 0:
             self._abort_call = self._clock.callLater(grace, self._abort)
 
@@ -290,29 +257,24 @@ class UppercaseProtocol(Protocol):
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def check_idle(self, now: float) -> None:
-        """
-        Close the connection if it has been idle for the idle timeout
-        (called by the factory's sweep).
-        """
+    # -- what the factory's connection set asks --------------------------------
+
+    def _check_idle(self, now: float) -> None:
+        """Close the connection if it has been idle for the idle timeout (the sweep)."""
         if now - self._last_activity < self._idle_timeout:
-            self.check_reset()
+            self._check_reset()
             return
         if self.closing and not self._close_when_drained:
-            # Already closing and still silent: the abort timer handles it.
-            return
+            return  # already closing and still silent: the abort timer handles it
         self.factory.stats.idle_timeouts += 1
         self._reason = f"idle for {self._idle_timeout:g}s"
         self._close_now(self.factory.config.abort_grace or 0.001)
 
-    def check_reset(self) -> bool:
+    def _check_reset(self) -> bool:
         """
-        Abort the connection if the peer reset it unnoticed (a Twisted
-        transport on uvloop: `capserv.protocols._twisted.reset_unnoticed`), so it
-        neither holds a descriptor and a per-IP slot until the idle timeout
-        nor makes a graceful stop wait for it.
-
-        :return: whether it was.
+        Abort the connection if its peer reset it unnoticed
+        (`capserv.protocols._twisted.reset_unnoticed`), so it holds no
+        descriptor or per-IP slot until the idle timeout; whether it was.
         """
         if self.transport is None or not reset_unnoticed(self.transport):
             return False
@@ -322,21 +284,15 @@ class UppercaseProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[attr-defined]
         return True
 
-    def shutdown(self) -> None:
-        """
-        Close now, as a graceful stop does once its time is up: send what is
-        buffered and abort after the configured grace.
-        """
+    def _shutdown(self) -> None:
+        """A graceful stop's time is up: send what is buffered, abort after the configured grace."""
         if self._abort_call is not None:
             return  # an abort is scheduled or done
         self._reason = "server shutting down"
         self._close_now(self.factory.config.abort_grace or 0.001)
 
-    def abort_now(self) -> None:
-        """
-        Abort at once, unsent bytes and all: a stop forced by a second
-        signal.
-        """
+    def _abort_now(self) -> None:
+        """Abort at once, unsent bytes and all: a stop forced by a second signal."""
         call = self._abort_call
         if call is not None and call.active():
             call.cancel()
@@ -356,39 +312,32 @@ class _Refused(Protocol):
 
 class UppercaseFactory(ServerFactory, SharedState):
     """
-    Build `UppercaseProtocol` connections that share one configuration,
-    one clock, one set of counters and the connection limits.
+    Build `UppercaseProtocol` connections that share one configuration, one
+    clock, the counters (`stats`), the limits (`limits`) and the open
+    connections (`connections`: the idle sweep and the drain).
 
     Listen with it on any stream endpoint::
 
         from twisted.internet.endpoints import serverFromString
         serverFromString(reactor, "tcp:50007").listen(UppercaseFactory())
-
-    It holds the pieces its connections share: `limits` (who is served),
-    `connections` (the open ones, their idle sweep and the drain) and
-    `stats`.  A connection over a limit gets a protocol that closes it at
-    once (not `None`: Twisted's wrapping factories, TLS and PROXY
-    included, cannot wrap `None`).
     """
 
     protocol = UppercaseProtocol  # type: ignore[assignment]
     #: capserv logs its own listening and connection lines.
     noisy = False
 
-    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
         """
         :param config: the behaviour; the daemon's defaults if `None`.
-        :param clock: where time comes from (timeouts, durations); the global
-            reactor if `None`, looked up when time is first needed.
+        :param clock: where time comes from; the global reactor, looked up
+            when time is first needed, if `None`.
         """
         SharedState.__init__(self, config, clock)
         self.stats = TCPStats()
         self.limits = Admission(self, self.stats)
-        #: Open connections.
         self.connections = ConnectionSet(self)
-        #: Whether an ASCII chunk is uppercased by `bytes.upper` alone with
-        #: nothing pending (the encoding maps ASCII to ASCII one to one),
-        #: so a connection needs no codec until other bytes arrive.
+        #: Whether ASCII is uppercased by `bytes.upper` alone (the encoding
+        #: maps ASCII to itself), so a connection needs no codec until other bytes.
         self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
 
     def codec(self) -> Uppercaser:
@@ -397,10 +346,10 @@ class UppercaseFactory(ServerFactory, SharedState):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
-        Build a `protocol` for a new connection (``factory.protocol`` may be
-        a subclass of `UppercaseProtocol`), or a refusal if a limit says no.
-        The per-IP limit is applied once the client's address is certain:
-        at ``connectionMade``, or behind HAProxy at the first data.
+        A `protocol` for a new connection, or one that closes it at once if a
+        limit says no (not `None`: Twisted's wrapping factories cannot wrap
+        `None`).  The per-IP limit waits for a certain address: at
+        ``connectionMade``, or behind HAProxy at the first data.
         """
         refusal = self.limits.refusal(len(self.connections))
         if refusal is not None:
@@ -413,46 +362,28 @@ class UppercaseFactory(ServerFactory, SharedState):
 
     # -- what the protocol tells its factory ---------------------------------
 
-    def admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
-        """
-        Count ``protocol`` against the per-IP limit of ``address``'s network,
-        or refuse it (counted and logged) if that network is at the limit;
-        count it as served if not.
-
-        :return: whether the connection may go on.
-        """
+    def _admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
+        """Count ``protocol`` against its network's per-IP limit and as served; `False` if refused."""
         key = self.limits.take(address)
         if key is None:
             return False
-        protocol.counted_host = key
+        protocol._counted_host = key
         self.stats.connections_total += 1
         return True
 
-    def register(self, protocol: UppercaseProtocol) -> None:
-        """
-        Count ``protocol`` as open: admitted, or behind HAProxy waiting for
-        its PROXY header (to be admitted by the address in it).
-        """
-        self.connections.add(protocol)
-
-    def unregister(self, protocol: UppercaseProtocol) -> None:
-        """
-        Forget a connection that has closed (or was refused): release its
-        per-IP count and add its bytes to the totals.  Safe to call twice.
-        """
-        key, protocol.counted_host = protocol.counted_host, None
+    def _unregister(self, protocol: UppercaseProtocol) -> None:
+        """Forget a closed (or refused) connection: its per-IP count, its bytes to the totals; idempotent."""
+        key, protocol._counted_host = protocol._counted_host, None
         if key is not None:
             self.limits.release(key)
-        if protocol in self.connections:
-            self.stats.bytes_in += protocol.bytes_in
-            self.stats.bytes_out += protocol.bytes_out
-            self.connections.discard(protocol)
+        connections = self.connections
+        if protocol in connections:  # the totals first: discarding the last fires drain's waiters
+            stats = self.stats
+            stats.bytes_in += protocol.bytes_in
+            stats.bytes_out += protocol.bytes_out
+            connections.discard(protocol)
 
     # -- what the service asks -------------------------------------------------
-
-    def connections_from(self, address: IAddress | str) -> int:
-        """How many connections the per-IP limit counts for ``address`` (`Admission.count`)."""
-        return self.limits.count(address)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a dict, byte totals including open connections."""
@@ -477,18 +408,12 @@ class UppercaseFactory(ServerFactory, SharedState):
         """Abort every open connection now (`ConnectionSet.abort_all`)."""
         self.connections.abort_all()
 
-    def abort_reset(self) -> int:
-        """Abort the connections reset unnoticed; how many (`ConnectionSet.abort_reset`)."""
-        return self.connections.abort_reset()
-
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
-        Stop accepting connections and wait for the open ones to finish.
-
-        New connections are refused from now on.  After ``timeout`` seconds
-        (the configured ``shutdown_timeout`` if `None`; 0 means at once) the
-        connections still open are closed: what is buffered is sent, and
-        those that will not take it are aborted after the configured grace.
+        Refuse new connections and wait for the open ones to finish; after
+        ``timeout`` seconds (the configured ``shutdown_timeout`` if `None`; 0:
+        at once) close those still open, aborting after the configured grace
+        those that will not take what is buffered.
 
         :return: a `Deferred` that fires once every connection has closed.
         """

@@ -1,11 +1,7 @@
 """
-The uppercase service over datagrams: one reply datagram per datagram.
-
-Besides uppercasing, this is where capserv keeps a UDP service from being
-abused: per-source budgets of datagrams and of reply bytes, a source being
-a network (reflection), no answers to low source ports
-(loops between servers), a size check on replies, and send errors counted
-rather than raised.
+The uppercase service over datagrams, one reply per datagram, kept from
+abuse: per-source-network budgets of datagrams and reply bytes (reflection),
+no answers to low source ports (loops between servers), replies sized.
 """
 
 from __future__ import annotations
@@ -18,8 +14,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from capserv.protocols._twisted import datagram_sender
-from capserv.protocols.addresses import family, host_key, is_loopback
-from capserv.protocols.config import CapservConfig
+from capserv.protocols.addresses import describe, family, host_key, is_loopback
+from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.logthrottle import literal
 from capserv.protocols.ratelimit import TokenBuckets
 from capserv.protocols.state import SharedState
@@ -40,44 +36,25 @@ _SOURCES_REMEMBERED = 4096
 
 
 class DatagramState(SharedState):
-    """
-    What every datagram port of one capserv shares (`SharedState`), with
-    the UDP counters and the per-source budgets (datagrams and bytes, by
-    source network).
-    """
+    """What every datagram port of one capserv shares (`SharedState`), with UDP counters and per-source budgets."""
 
-    def __init__(self, config: CapservConfig | None = None, clock: IReactorTime | None = None) -> None:
-        """
-        :param config: the behaviour; the daemon's defaults if `None`.
-        :param clock: where time comes from (rate limit, log throttling);
-            the global reactor if `None`, looked up when first needed.
-        """
+    def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
+        """:param clock: time for the budgets and log throttling; the global reactor, when first needed, if `None`."""
         super().__init__(config, clock)
         self.stats = UDPStats()
-        config = self.config
+        c = self.config
         self.buckets: TokenBuckets | None = None
-        if config.udp_rate > 0 or config.udp_byte_rate > 0:
+        if c.udp_rate > 0 or c.udp_byte_rate > 0:
             self.buckets = TokenBuckets(
-                config.udp_rate,
-                config.udp_burst,
-                config.udp_rate_table_size,
-                config.udp_byte_rate,
-                config.udp_byte_burst,
+                c.udp_rate, c.udp_burst, c.udp_rate_table_size, c.udp_byte_rate, c.udp_byte_burst
             )
-        # What `source` answered for recent source hosts: most traffic comes
-        # from hosts seen a moment ago, and a lookup here costs less than
-        # parsing the address again.  Emptied when full, so it stays small
-        # whatever a flood from many sources does.
+        # Most traffic comes from hosts seen a moment ago; emptied when full, so a many-source flood keeps it small.
         self._sources: dict[str, bytes] = {}
 
     def source(self, host: str) -> bytes:
         """
-        The network whose budgets a datagram from ``host`` spends, or
-        ``b""`` if it spends none (a loopback source, unless
-        ``udp_rate_loopback``; a source without an IP address).
-
-        :param host: the source host as the transport gives it (the first
-            item of the address tuple).
+        The network whose budgets a datagram from ``host`` (the transport's)
+        spends, or ``b""`` for none (loopback unless ``udp_rate_loopback``).
         """
         sources = self._sources
         network = sources.get(host)
@@ -93,15 +70,11 @@ class DatagramState(SharedState):
         return network
 
     def protocol(self) -> UppercaseDatagramProtocol:
-        """
-        A new protocol for one more port, sharing this state.
-        """
+        """A new protocol for one more port, sharing this state."""
         return UppercaseDatagramProtocol(state=self)
 
     def snapshot(self) -> dict[str, Any]:
-        """
-        The counters as a dict.
-        """
+        """The counters as a dict."""
         stats = self.stats
         return {
             "datagrams_in": stats.datagrams_in,
@@ -120,18 +93,10 @@ _log = Logger(namespace="capserv.udp.UppercaseDatagramProtocol")
 
 class UppercaseDatagramProtocol(DatagramProtocol):
     """
-    Answer each datagram with its uppercase text, sent to its source.
-
-    Listen with it like any Twisted datagram protocol, asking for whole
-    datagrams::
-
-        reactor.listenUDP(50007, UppercaseDatagramProtocol(),
-                          interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
-
-    (`startProtocol` raises a smaller ``maxPacketSize`` it finds on its
-    transport, so a plain ``listenUDP`` works too.)  To serve several ports
-    with shared limits and counters, build each port's protocol from one
-    `DatagramState` (`DatagramState.protocol`).
+    Answer each datagram with its uppercase text, sent to its source:
+    ``reactor.listenUDP(50007, UppercaseDatagramProtocol())`` (`startProtocol`
+    raises the port's ``maxPacketSize`` to `MAX_DATAGRAM`).  Several ports
+    share limits and counters through one `DatagramState` (`DatagramState.protocol`).
     """
 
     #: The listener logs the address; Twisted's start/stop lines add nothing.
@@ -140,16 +105,10 @@ class UppercaseDatagramProtocol(DatagramProtocol):
     def __init__(
         self,
         config: CapservConfig | None = None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         state: DatagramState | None = None,
     ) -> None:
-        """
-        :param config: the behaviour; the daemon's defaults if `None`.
-        :param clock: where time comes from (rate limit, log throttling);
-            the global reactor if `None`, looked up when first needed.
-        :param state: state shared with other ports' protocols; when given,
-            ``config`` and ``clock`` are taken from it.
-        """
+        """:param state: shared with other ports' protocols; if given, ``config`` and ``clock`` come from it."""
         if state is None:
             state = DatagramState(config, clock)
         self.state = state
@@ -157,7 +116,6 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         self.stats = state.stats
         self.buckets = state.buckets
         self._source = state.source
-        # ASCII input can be uppercased with bytes.upper() in this encoding.
         self._ascii = self.config.ascii_only
         self._fast = is_ascii_compatible(self.config.encoding)
         self._send: Any = None
@@ -188,9 +146,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if buckets is not None:
             network = self._source(host)
             if network:
-                # Charged before uppercasing, so a flood over its budget
-                # costs no uppercasing: ASCII replies have the request's
-                # size; others are charged the difference below.
+                # Charged the request's size before uppercasing (a flood costs none), the difference below.
                 refused = buckets.spend(network, self.state.clock.seconds(), size)
                 if refused is not None:
                     self._drop(refused, addr, size, network=network)
@@ -217,11 +173,7 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         stats.bytes_out += len(reply)
 
     def send_error(self, error: Exception) -> None:
-        """
-        A reply that the transport queued failed to go out later (the event
-        loop's datagram transports report send errors this way, not from
-        ``write``): counted and logged once in a while like any failed send.
-        """
+        """A queued reply failed to go out (how the event loop's transports report it): counted as any failed send."""
         self._drop(Reason.SEND_ERROR, ("?", 0), 0, str(error))
 
     def _drop(self, reason: Reason, addr: Any, size: int, detail: str = "", network: bytes | None = None) -> None:
@@ -230,29 +182,27 @@ class UppercaseDatagramProtocol(DatagramProtocol):
         if network is not None:
             stats.limited[reason][family(network)] += 1
         held = self.state.throttled()
-        if held is not None:
-            text = None
-            if network is not None:
-                text = self.state.networks.text(network)
-                detail = f"{text} over {reason.field}"
-            peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-            drops = counts(stats.drops)
-            totals = ", ".join(f"{name} {count}" for name, count in sorted(drops.items()))
-            said = f": {detail}" if detail else ""
-            _log.warn(
-                literal(f"Dropped a datagram for {peer} ({reason.value}, {size} bytes{said}); ")
-                + "{held} more drops since the last report; "
-                + literal(f"totals: {totals}"),
-                peer=peer,
-                reason=reason.value,
-                size=size,
-                network=text,
-                held=held,
-                drops=drops,
-            )
+        if held is None:
+            return
+        text = None if network is None else self.state.networks.text(network)
+        if text is not None:
+            detail = f"{text} over {reason.field}"
+        peer = describe(addr)
+        drops = counts(stats.drops)
+        totals = ", ".join(f"{name} {count}" for name, count in sorted(drops.items()))
+        said = f": {detail}" if detail else ""
+        _log.warn(
+            literal(f"Dropped a datagram for {peer} ({reason.value}, {size} bytes{said}); ")
+            + "{held} more drops since the last report; "
+            + literal(f"totals: {totals}"),
+            peer=peer,
+            reason=reason.value,
+            size=size,
+            network=text,
+            held=held,
+            drops=drops,
+        )
 
     def snapshot(self) -> dict[str, Any]:
-        """
-        The shared state's counters as a dict.
-        """
+        """The shared state's counters as a dict."""
         return self.state.snapshot()

@@ -1,13 +1,8 @@
 """
-The half-close contract behind Twisted's wrapper factories.
-
-``TimeoutFactory``, ``ThrottlingFactory``, ``proxyEndpoint`` and
-``haproxy:`` descriptions put a ``ProtocolWrapper`` between the transport and
-capserv's protocol.  A ``ProtocolWrapper`` does not provide
-``IHalfCloseableProtocol``, so when a client ends its input Twisted closes the
-whole connection and drops the reply still buffered.  `lend_half_close` makes
-each wrapper on the way pass the half-close on, for that connection only: no
-subclass, no global adapter, whatever wrapper a program uses.
+The half-close contract behind Twisted's wrapper factories: a
+``ProtocolWrapper`` (``TimeoutFactory``, ``ThrottlingFactory``, ``haproxy:``,
+TLS) is not ``IHalfCloseableProtocol``, so at a client's end of input Twisted
+would close the whole connection and drop the reply still owed.
 """
 
 from __future__ import annotations
@@ -22,35 +17,43 @@ from zope.interface import alsoProvides
 __all__ = ["lend_half_close"]
 
 
-def _is_tls(wrapper: ProtocolWrapper) -> bool:
+def _lend_to_tls(tls: ProtocolWrapper, inner: IHalfCloseableProtocol) -> None:
     """
-    Whether the wrapper is Twisted's TLS layer.  Only a program that imported
-    ``twisted.protocols.tls`` can have one, so nothing is imported here (on a
-    machine without the TLS extra a failed import would be retried for every
-    wrapped connection).
+    After the peer's TCP FIN no close_notify can come, so closing sends ours and
+    closes TCP beneath rather than wait for ever (the caller has unregistered
+    its producer, so TLS has passed every byte down).
     """
-    tls = sys.modules.get("twisted.protocols.tls")
-    return tls is not None and isinstance(wrapper, tls.TLSMemoryBIOProtocol)
+    ended = False
+
+    def read_lost() -> None:
+        nonlocal ended
+        ended = True
+        inner.readConnectionLost()
+
+    def lose() -> None:
+        type(tls).loseConnection(tls)
+        if ended and tls.transport is not None:
+            tls.transport.loseConnection()
+
+    tls.readConnectionLost = read_lost  # type: ignore[attr-defined]
+    tls.loseConnection = lose  # type: ignore[method-assign]
 
 
 def lend_half_close(protocol: Protocol) -> None:
     """
-    Let every ``ProtocolWrapper`` between ``protocol`` and the real transport
-    deliver ``readConnectionLost`` and ``writeConnectionLost`` to it.
-
-    Call it from ``connectionMade`` of a protocol that provides
-    ``IHalfCloseableProtocol``.  A wrapper that is half-closeable already
-    (capserv's own, a future Twisted's) is left as it is.
+    Let every ``ProtocolWrapper`` between ``protocol`` and the transport pass
+    ``readConnectionLost`` and ``writeConnectionLost`` on, for this connection
+    only; call it from ``connectionMade``.  Half-closeable wrappers are left alone.
     """
     inner: object = protocol
     transport = protocol.transport
+    # By sys.modules: without the TLS extra, importing it would fail for every connection.
+    tls = sys.modules.get("twisted.protocols.tls")
     while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:
-        if _is_tls(transport):
-            # TLS has its own end (close_notify), and its shutdown waits for
-            # the peer's: a half-close beneath it is left to Twisted.
-            break
         if not IHalfCloseableProtocol.providedBy(transport):
             alsoProvides(transport, IHalfCloseableProtocol)
             transport.readConnectionLost = inner.readConnectionLost
             transport.writeConnectionLost = inner.writeConnectionLost
+            if tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol):
+                _lend_to_tls(transport, inner)
         inner, transport = transport, transport.transport

@@ -11,15 +11,18 @@ cannot be taken, says so in one line and exits with status 1.
 import asyncio
 import sys
 
-from twisted.internet import asyncioreactor
+from twisted.internet import endpoints
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.main import installReactor
+from twisted.internet.tcp import Port
+from twisted.python.failure import Failure
+
+from capserv import UppercaseFactory
 
 # Install the asyncio reactor before anything imports the default one.
-asyncioreactor.install(asyncio.new_event_loop())
-
-from twisted.internet import endpoints, reactor  # noqa: E402
-from twisted.internet.error import CannotListenError  # noqa: E402
-
-from capserv import UppercaseFactory  # noqa: E402
+reactor = AsyncioSelectorReactor(asyncio.new_event_loop())
+installReactor(reactor)
 
 
 def main() -> int:
@@ -27,18 +30,21 @@ def main() -> int:
     endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
     status = 0
 
-    def listening(listening_port):
+    def listening(listening_port: object) -> None:
+        assert isinstance(listening_port, Port)
         print(f"serving on 127.0.0.1:{listening_port.getHost().port}", flush=True)
 
-    def failed(failure):
+    def failed(failure: Failure) -> None:
         nonlocal status
         failure.trap(CannotListenError)
-        reason = failure.value.socketError
+        error = failure.value
+        assert isinstance(error, CannotListenError)
+        reason = error.socketError
         print(f"cannot listen on 127.0.0.1:{port}: {getattr(reason, 'strerror', None) or reason}", file=sys.stderr)
         status = 1
         reactor.stop()
 
-    def start():
+    def start() -> None:
         endpoint.listen(UppercaseFactory(clock=reactor)).addCallbacks(listening, failed)
 
     reactor.callWhenRunning(start)

@@ -10,10 +10,10 @@ import sys
 
 from twisted.internet import defer, endpoints, task
 
-from capserv.client import open_stream, tcp_request, udp_request
+from capserv.client import ClientReactor, open_stream, tcp_request, udp_request
 
 
-async def main(reactor, port=50007):
+async def main(reactor: ClientReactor, port: int = 50007) -> None:
     endpoint = endpoints.HostnameEndpoint(reactor, "127.0.0.1", port)
 
     # One request: connect, send, half-close, collect the whole reply.

@@ -21,7 +21,7 @@ from twisted.internet import defer, endpoints, reactor, task  # noqa: E402
 from capserv.client import tcp_request  # noqa: E402
 
 
-async def main(port):
+async def main(port: int) -> None:
     endpoint = endpoints.HostnameEndpoint(reactor, "127.0.0.1", port)
     print(await tcp_request(endpoint, b"from asyncio").asFuture(loop))
     try:

@@ -16,7 +16,7 @@ from capserv.client import tcp_request
 
 
 class InMemoryTests(SynchronousTestCase):
-    def test_request_and_reply(self):
+    def test_request_and_reply(self) -> None:
         reactor = MemoryReactorClock()
         TCP4ServerEndpoint(reactor, 50007).listen(UppercaseFactory(clock=reactor))
         client = TCP4ClientEndpoint(reactor, "127.0.0.1", 50007)
@@ -25,6 +25,7 @@ class InMemoryTests(SynchronousTestCase):
         # the reply's predicted length has arrived.
         reply = tcp_request(client, "straße".encode(), clock=reactor, half_close=False)
         pump = ConnectionCompleter(reactor).succeedOnce()
+        assert pump is not None
         pump.flush()
 
-        self.assertEqual(self.successResultOf(reply), b"STRASSE")
+        assert self.successResultOf(reply) == b"STRASSE"

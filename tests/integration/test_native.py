@@ -65,86 +65,10 @@ from capserv.native import (
 )
 from capserv.native._port import _run_now
 
+from ..support.fake_loop import FakeLoop, FakeLoopTransport
 from ..support.loopback import HOSTS, udp_exchange
 
 # -- in memory -----------------------------------------------------------------
-
-
-class FakeLoopTransport:
-    """
-    The part of an asyncio transport the adapter uses, recording calls.
-    """
-
-    def __init__(self, peername: Any = ("192.0.2.1", 40000), sockname: Any = ("127.0.0.1", 50007)) -> None:
-        self.extra = {"peername": peername, "sockname": sockname, "socket": None}
-        self.written: list[bytes] = []
-        self.closed = self.aborted = self.eof = False
-        self.reading = True
-        self.limits = (16384, 65536)
-        self.buffered = 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.extra.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        assert not self.eof, "write after write_eof raises in asyncio"
-        self.written.append(data)
-
-    def writelines(self, data: Any) -> None:
-        for chunk in data:
-            self.write(chunk)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self.limits
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        assert high is not None
-        self.limits = (high // 4 if low is None else low, high)
-
-    def value(self) -> bytes:
-        return b"".join(self.written)
-
-
-class FakeLoop:
-    """``call_soon`` that runs only when the test says so."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
-
-    def call_soon(self, f: Callable[..., object], *args: object) -> None:
-        self.calls.append((f, args))
-
-    def run(self) -> None:
-        calls, self.calls = self.calls, []
-        for f, args in calls:
-            f(*args)
 
 
 def connect(
@@ -210,7 +134,8 @@ def test_memory_half_close_sends_the_rest_then_closes() -> None:
     adapter.data_received(b"hi " + "ß".encode()[:1])
     assert adapter.eof_received() is True
     assert tr.value() == b"HI " + "ß".encode()[:1]  # the partial character is flushed unchanged
-    assert tr.eof and tr.closed  # sending side shut down, then closed
+    # After the peer's end nothing is left unread, so close() alone sends the end (no shutdown call first).
+    assert tr.closed and not tr.eof
     adapter.connection_lost(None)
     assert not factory.connections
 
@@ -666,8 +591,19 @@ def listen(reactor: AsyncioSelectorReactor, factory: Any, make: Callable[[], soc
     return results[0]
 
 
-async def read_to_end(reader: asyncio.StreamReader) -> bytes:
-    return await reader.read()
+async def exchange(address: tuple[str, int] | str, data: bytes | None = None) -> bytes:
+    """Connect (a TCP address or a UNIX path), send ``data`` and end the input if given, read to the end, close."""
+    if isinstance(address, str):
+        reader, writer = await asyncio.open_unix_connection(address)
+    else:
+        reader, writer = await asyncio.open_connection(*address)
+    try:
+        if data is not None:
+            writer.write(data)
+            writer.write_eof()
+        return await reader.read()
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -688,7 +624,7 @@ def test_loopback_round_trip_split_character_and_half_close(reactor: AsyncioSele
         await asyncio.sleep(0.01)
         writer.write(eszett[1:] + b"e " + "ǆ".encode() * 10000)
         writer.write_eof()
-        reply = await read_to_end(reader)
+        reply = await reader.read()
         writer.close()
         return reply
 
@@ -720,7 +656,7 @@ def test_loopback_addresses_of_the_connection(reactor: AsyncioSelectorReactor, h
     async def client() -> tuple[Any, bytes]:
         reader, writer = await asyncio.open_connection(host, port.getHost().port)
         local = writer.get_extra_info("sockname")
-        data = await read_to_end(reader)
+        data = await reader.read()
         writer.close()
         return local, data
 
@@ -753,16 +689,8 @@ def test_loopback_unix_socket_addresses_and_cleanup(reactor: AsyncioSelectorReac
     port = listen(reactor, factory, make)
     assert port.getHost() == UNIXAddress(path)
 
-    async def client() -> bytes:
-        reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(b"unix")
-        writer.write_eof()
-        reply = await read_to_end(reader)
-        writer.close()
-        return reply
-
     try:
-        assert run(reactor, client()) == b"UNIX"
+        assert run(reactor, exchange(path, b"unix")) == b"UNIX"
     finally:
         run(reactor, wait(port.stopListening(), reactor))
         run(reactor, wait(factory.drain(timeout=0), reactor))
@@ -901,7 +829,7 @@ def test_loopback_abort_resets_the_client(reactor: AsyncioSelectorReactor) -> No
         proto.transport.write(b"never mind")  # type: ignore[union-attr]
         proto.transport.abortConnection()  # type: ignore[union-attr]
         try:
-            data = await read_to_end(reader)
+            data = await reader.read()
         except ConnectionResetError:
             data = b"reset"
         while not proto.reasons:
@@ -931,7 +859,7 @@ def test_loopback_limits_drain_and_stop_listening(reactor: AsyncioSelectorReacto
         writer.write(b"first")
         first = await reader.readexactly(5)
         r2, w2 = await asyncio.open_connection("127.0.0.1", number)
-        over = await read_to_end(r2)  # closed at once, nothing served
+        over = await r2.read()  # closed at once, nothing served
         w2.close()
         await wait(port.stopListening(), reactor)
         try:
@@ -943,7 +871,7 @@ def test_loopback_limits_drain_and_stop_listening(reactor: AsyncioSelectorReacto
         writer.write(b"still")
         assert await reader.readexactly(5) == b"STILL"
         drained = wait(factory.drain(timeout=0.05), reactor)
-        rest = await read_to_end(reader)
+        rest = await reader.read()
         await drained
         writer.close()
         return first + rest, over, refused
@@ -961,14 +889,8 @@ def test_loopback_idle_timeout(reactor: AsyncioSelectorReactor) -> None:
     factory = UppercaseFactory(CapservConfig(idle_timeout=0.2), clock=reactor)
     port = listen(reactor, factory)
 
-    async def client() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
-        data = await read_to_end(reader)
-        writer.close()
-        return data
-
     try:
-        assert run(reactor, client()) == b""
+        assert run(reactor, exchange(("127.0.0.1", port.getHost().port))) == b""
     finally:
         port.stopListening()
     assert factory.stats.idle_timeouts == 1
@@ -1260,11 +1182,7 @@ def test_reuse_port_sockets_and_an_inherited_descriptor(reactor: AsyncioSelector
     async def clients() -> list[bytes]:
         replies = []
         for port_number in [number] * 20 + [third.getHost().port]:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port_number)
-            writer.write(b"shared")
-            writer.write_eof()
-            replies.append(await read_to_end(reader))
-            writer.close()
+            replies.append(await exchange(("127.0.0.1", port_number), b"shared"))
         return replies
 
     try:
@@ -1375,14 +1293,8 @@ def test_tcp_options_nagle_off_on_both_loops(reactor: AsyncioSelectorReactor) ->
 
     port = listen(reactor, Factory.forProtocol(Options))
 
-    async def client() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
-        data = await read_to_end(reader)
-        writer.close()
-        return data
-
     try:
-        assert run(reactor, client()) == b""
+        assert run(reactor, exchange(("127.0.0.1", port.getHost().port))) == b""
     finally:
         port.stopListening()
     assert seen == [(True, False, True, True)]

@@ -3,14 +3,17 @@ The half-close contract behind Twisted's own wrapper factories.
 
 A client that sends its request and then ends its input gets the whole reply
 back when capserv's factory is wrapped by ``TimeoutFactory``,
-``ThrottlingFactory``, ``proxyEndpoint`` or a
+``ThrottlingFactory``, ``TLSMemoryBIOFactory``, ``proxyEndpoint`` or a
 ``haproxy:`` description, small and 2 MB, on whichever reactor the run uses;
-and the access line counts the bytes that really left.
+and the access line counts the bytes that really left.  Under TLS the client
+ends its input with a TCP half-close (no close_notify), as ``nc -N`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +23,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.protocols import policies
 from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from capserv import UppercaseFactory
 
@@ -33,10 +37,25 @@ def _tcp(reactor: Any) -> TCP4ServerEndpoint:
     return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
 
 
+@functools.cache
+def _ca() -> Any:
+    return pytest.importorskip("trustme").CA()
+
+
+def _tls(factory: IProtocolFactory) -> TLSMemoryBIOFactory:
+    from twisted.internet.ssl import PrivateCertificate
+
+    pem = _ca().issue_cert("localhost").private_key_and_cert_chain_pem.bytes()
+    options = PrivateCertificate.loadPEM(pem).options()
+    return TLSMemoryBIOFactory(options, False, factory)
+
+
 #: Each wrapper: how it listens, and whether the client sends a PROXY header first.
 WRAPPERS: dict[str, tuple[Callable[[Any, IProtocolFactory], Any], str]] = {
     "TimeoutFactory": (lambda r, f: _tcp(r).listen(policies.TimeoutFactory(f, 60)), ""),
     "ThrottlingFactory": (lambda r, f: _tcp(r).listen(policies.ThrottlingFactory(f)), ""),
+    "TLSMemoryBIOFactory": (lambda r, f: _tcp(r).listen(_tls(f)), "tls"),
+    "TimeoutFactory under TLS": (lambda r, f: _tcp(r).listen(_tls(policies.TimeoutFactory(f, 60))), "tls"),
     "proxyEndpoint": (lambda r, f: proxyEndpoint(_tcp(r)).listen(f), "proxy"),
     "haproxy:": (lambda r, f: serverFromString(r, "haproxy:tcp:0:interface=127.0.0.1").listen(f), "proxy"),
     "TimeoutFactory over haproxy:": (
@@ -50,11 +69,28 @@ def _exchange(port: int, payload: bytes, first: str) -> bytes:
     """Send (after a PROXY header if asked), half-close, read to the end."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     with raw:
+        if first == "tls":
+            return _tls_exchange(raw, payload)
         if first == "proxy":
             raw.sendall(PROXY_HEADER)
         raw.sendall(payload)
         raw.shutdown(socket.SHUT_WR)
         return read_all(raw)
+
+
+def _tls_exchange(raw: socket.socket, payload: bytes) -> bytes:
+    """
+    Over TLS: send, half-close TCP beneath TLS, read to the server's
+    close_notify, then see the server close TCP too (not wait for ours).
+    """
+    context = ssl.create_default_context()
+    _ca().configure_trust(context)
+    with context.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(payload)
+        socket.socket.shutdown(s, socket.SHUT_WR)  # SSLSocket.shutdown would drop TLS
+        reply = read_all(s)
+        assert socket.socket.recv(s, 1) == b"", "the server closed TCP after its close_notify"
+        return reply
 
 
 @pytest.mark.parametrize("size", SIZES)

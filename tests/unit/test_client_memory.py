@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from capserv.client import ReplyTimeoutError, StreamSession, tcp_request, udp_request
-from capserv.client._udp import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
-from capserv.client.command import ClientOptions, split_description, usage_message
+from capserv.client.command import ClientOptions, usage_message
+from capserv.client.datagram import MAX_UDP_REPLY, NoReplyError, ReplyTooLongError, _UDPRequest, max_udp_message
 
 SERVER = ("192.0.2.10", 50007)
 
@@ -229,22 +229,6 @@ class ClientOptionsTests(SynchronousTestCase):
         error.
         """
         self.assertIn("--connect takes stream endpoints", usage_error("--udp", "--connect", "tcp:localhost:1"))
-
-
-class SplitDescriptionTests(SynchronousTestCase):
-    """
-    Endpoint strings are split as Twisted splits them.
-    """
-
-    def test_escaped_colons(self) -> None:
-        """
-        Colons escaped with a backslash stay in their part; the
-        backslashes go.
-        """
-        self.assertEqual(split_description("tls:\\:\\:1:443"), ["tls", "::1", "443"])
-        self.assertEqual(
-            split_description("tls:host=h:port=1:trustRoots=/a\\:b"), ["tls", "host=h", "port=1", "trustRoots=/a:b"]
-        )
 
 
 class DescribeFailureTests(SynchronousTestCase):

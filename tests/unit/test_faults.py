@@ -37,6 +37,7 @@ from capserv import CapservConfig, UppercaseDatagramProtocol, UppercaseFactory, 
 from capserv.native import NativeConnections, NativeTransport
 
 from ..support.contract import reference
+from ..support.fake_loop import FakeLoop, FakeLoopTransport
 
 
 class WriteFailedError(OSError):
@@ -389,37 +390,29 @@ class ConnectionLifeTests(SynchronousTestCase):
 # -- the same life through capserv.native's adapter ---------------------------
 
 
-class LoopTransportModel:
+class LoopTransportModel(FakeLoopTransport):
     """
     An asyncio transport as the event loops behave towards their protocol
     (here `capserv.native.NativeTransport`): writes buffer until the peer
     reads, ``pause_writing`` past the high-water mark and ``resume_writing``
-    at the low one, ``close`` once the buffer is sent, ``write_eof`` after
-    it, ``abort`` at once, a send error reported as a loss (not raised), and
-    ``connection_lost`` on a later turn of the loop (`turn`).
+    at the low one, ``close`` once the buffer is sent, ``abort`` at once, a
+    send error reported as a loss (not raised), and ``connection_lost`` on a
+    later turn of the loop (`turn`).
     """
 
     def __init__(self, address: IPv4Address) -> None:
-        self.address = address
+        super().__init__(peername=(address.host, address.port), sockname=None)
         self.protocol: Any = None
-        self.written: list[bytes] = []
         self.owed = 0
-        self.limits = (16384, 65536)
         self.writing_paused = False
-        self.reading = True
         self.closing = False
-        self.eof = False
         self.failWrites = False
         self.pendingLoss: list[Exception | None] | None = None
         self.lostWith: object = None
         self.writesAfterLoss = 0
         self.writesAfterEOF = 0
         self.peer: Peer | None = None
-        self.loop: LoopModel | None = None
-
-    # what the adapter calls
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return (self.address.host, self.address.port) if name == "peername" else default
+        self.loop: FakeLoop | None = None
 
     def write(self, data: bytes) -> None:
         if self.lostWith is not None:
@@ -429,8 +422,7 @@ class LoopTransportModel:
             self.writesAfterEOF += 1
             raise RuntimeError("Cannot call write() after write_eof()")
         if self.failWrites:
-            # The loop reports a failed send as a loss, later; the bytes
-            # are gone.
+            # The loop reports a failed send as a loss, later; the bytes are gone.
             if self.peer is not None:
                 self.peer.writeFailed = True  # not raised: the test must know
             self._lose(BrokenPipeError(errno.EPIPE, "write failed (injected)"))
@@ -440,16 +432,6 @@ class LoopTransportModel:
         if self.owed > self.limits[1] and not self.writing_paused:
             self.writing_paused = True
             self.protocol.pause_writing()
-
-    def writelines(self, data: list[bytes]) -> None:
-        for chunk in data:
-            self.write(chunk)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
 
     def close(self) -> None:
         if not self.closing:
@@ -466,29 +448,10 @@ class LoopTransportModel:
     def is_closing(self) -> bool:
         return self.closing
 
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
     def get_write_buffer_size(self) -> int:
         return self.owed
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self.limits
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        assert high is not None
-        self.limits = (high // 4 if low is None else low, high)
-
     # what the test does
-    def value(self) -> bytes:
-        return b"".join(self.written)
-
     @property
     def disconnecting(self) -> bool:
         return self.closing or self.pendingLoss is not None
@@ -526,21 +489,6 @@ class LoopTransportModel:
         return True
 
 
-class LoopModel:
-    """An event loop's ``call_soon``: callbacks wait for the next turn (`run`)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def call_soon(self, f: Any, *args: Any) -> None:
-        self.calls.append((f, args))
-
-    def run(self) -> None:
-        calls, self.calls = self.calls, []
-        for f, args in calls:
-            f(*args)
-
-
 class NativeConnectionLife(ConnectionLife):
     """
     The same events and the same books, with every connection served
@@ -552,7 +500,7 @@ class NativeConnectionLife(ConnectionLife):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = LoopModel()
+        self.loop = FakeLoop()
 
     @rule(host=st.sampled_from(HOSTS), port=st.integers(1024, 65535))
     @precondition(lambda self: hasattr(self, "factory") and len(self.peers) < 6)

@@ -26,7 +26,7 @@ from capserv.daemon.listen import (
     parse_listen,
 )
 from capserv.endpoints import grammar
-from capserv.endpoints.grammar import SERVER_KINDS, DescriptionError, form, parse, split_description
+from capserv.endpoints.grammar import SERVER_KINDS, DescriptionError, form, parse
 from capserv.tap import Options
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -72,13 +72,14 @@ class ListenParsingTests(SynchronousTestCase):
             ("tcp:-1", "port must be a number from 0 to 65535"),
             ("udp:99999", "port must be a number from 0 to 65535"),
             ("tcp:notaport", "port must be a number"),
-            ("tcp", "no port given"),
-            ("udp:", "port must be a number"),
+            ("tcp", "no port; write tcp:PORT"),
+            ("udp:", "no port; write udp:PORT"),
+            ("unix:", "no socket path; write unix:PATH"),
             ("udp:1:2", "too many values"),
             ("tcp6:5000:interface=::1", "escape an IPv6 address's colons: write interface=\\:\\:1"),
             ("udp:5000:interface=", "interface is empty"),
             ("tcp:5000:interface=", "interface is empty"),
-            ("ssl:5000", "ssl: needs privateKey=KEY.pem"),
+            ("ssl:5000", "no privateKey; write ssl:PORT:privateKey=KEY.pem"),
             ("tcp:5000:interface=foo", "interface must be an IP address"),
             ("tcp6:5000:interface=127.0.0.1", "use tcp: for IPv4"),
             ("tcp:5000:backlog=0", "backlog must be a whole number >= 1"),
@@ -124,10 +125,6 @@ class TokenizerTests(SynchronousTestCase):
             self.assertEqual([value for key, value in tokens if key is None], args, description)
             self.assertEqual({key: value for key, value in tokens if key is not None}, kwargs, description)
 
-    def test_split_description(self) -> None:
-        """The parts, unescaped, in order."""
-        self.assertEqual(split_description("tls:\\:\\:1:443"), ["tls", "::1", "443"])
-
 
 class ShapeTests(SynchronousTestCase):
     """One declared shape per kind: it parses, validates and documents."""
@@ -142,7 +139,6 @@ class ShapeTests(SynchronousTestCase):
         """A kind's written form is its shape's signature."""
         self.assertEqual(form("tcp"), "tcp:PORT[:interface=ADDRESS][:backlog=N]")
         self.assertEqual(form("unix"), "unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]")
-        self.assertEqual(form("tls", grammar.CLIENT_KINDS)[:13], "tls:HOST:PORT")
 
     def test_every_kind_is_documented(self) -> None:
         """--help and docs/operations.rst name every kind the grammar reads."""
@@ -185,21 +181,6 @@ class ShapeTests(SynchronousTestCase):
         self.assertEqual(grammar.twisted_description("ssl:5:privateKey=k"), "ssl:5:privateKey=k:backlog=1024")
         self.assertEqual(grammar.twisted_description("ssl:5:backlog=3:privateKey=k"), "ssl:5:backlog=3:privateKey=k")
         self.assertEqual(grammar.twisted_description("bogus:1"), "bogus:1")
-
-    def test_client_tls_shape(self) -> None:
-        """capserv-client's tls: is read by the same binder, with its own shape."""
-        tls = parse("tls:\\:\\:1:443:timeout=5", grammar.CLIENT_KINDS)
-        self.assertEqual((tls.host, tls.port, tls.timeout), ("::1", 443, 5.0))
-        self.assertEqual(parse("tls:[127.0.0.1]:443", grammar.CLIENT_KINDS).host, "127.0.0.1")
-        for bad, expected in [
-            ("tls:h:0", "port must be a number from 1"),
-            ("tls:h:1:bogus=1", "unknown parameter 'bogus'"),
-            ("tls:h", "no port given"),
-            ("tls:h:1:timeout=0", "timeout must be a number of seconds"),
-        ]:
-            with self.assertRaises(DescriptionError, msg=bad) as caught:
-                parse(bad, grammar.CLIENT_KINDS)
-            self.assertIn(expected, str(caught.exception), bad)
 
 
 class SystemdNameTests(SynchronousTestCase):

@@ -247,7 +247,7 @@ class FastPathTests(SynchronousTestCase):
             connection = tcp.Connection(a, protocol)
             protocol.makeConnection(connection)
             self.assertEqual(protocol._write == connection.write, not fast)
-            factory.unregister(protocol)
+            factory._unregister(protocol)
         os.environ["CAPSERV_NO_FASTPATH"] = "1"
         protocol = UppercaseFactory(clock=Clock()).buildProtocol(peer())
         assert isinstance(protocol, UppercaseProtocol)
@@ -393,7 +393,7 @@ class LimitTests(SynchronousTestCase):
         _, other = h.connect("192.0.2.2", 3)
         self.assertFalse(other.disconnecting)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 1)
-        self.assertEqual(h.factory.connections_from("192.0.2.1"), 2)
+        self.assertEqual(h.factory.limits.count("192.0.2.1"), 2)
 
     def test_ipv4_mapped_counts_as_ipv4(self) -> None:
         """
@@ -402,7 +402,7 @@ class LimitTests(SynchronousTestCase):
         h = Harness(max_connections_per_ip=1)
         h.connect("192.0.2.7", 1)
         self.assertRefused(h, "::ffff:192.0.2.7", 2)
-        self.assertEqual(h.factory.connections_from("192.0.2.7"), 1)
+        self.assertEqual(h.factory.limits.count("192.0.2.7"), 1)
 
     def test_per_ip_count_released_on_close(self) -> None:
         """
@@ -412,7 +412,7 @@ class LimitTests(SynchronousTestCase):
         h = Harness(max_connections_per_ip=1)
         proto, _ = h.connect("2001:db8::1", 1)
         h.lose(proto)
-        self.assertEqual(h.factory.connections_from("2001:db8::1"), 0)
+        self.assertEqual(h.factory.limits.count("2001:db8::1"), 0)
         _, tr = h.connect("2001:db8::1", 2)
         self.assertFalse(tr.disconnecting)
 
@@ -463,8 +463,8 @@ class NetworkLimitTests(SynchronousTestCase):
         self.assertRefused(h, "2001:db8:0:1::7", 3)
         _, other = h.connect("2001:db8:0:2::5", 4)
         self.assertFalse(other.disconnecting)
-        self.assertEqual(h.factory.connections_from("2001:db8:0:1::99"), 2)
-        self.assertEqual(h.factory.connections_from("2001:db8:0:2::5"), 1)
+        self.assertEqual(h.factory.limits.count("2001:db8:0:1::99"), 2)
+        self.assertEqual(h.factory.limits.count("2001:db8:0:2::5"), 1)
 
     def test_shorter_ipv6_prefix_merges_more(self) -> None:
         """
@@ -487,7 +487,7 @@ class NetworkLimitTests(SynchronousTestCase):
         self.assertRefused(h, "198.51.100.7", 3)
         _, other = h.connect("198.51.101.1", 4)
         self.assertFalse(other.disconnecting)
-        self.assertEqual(h.factory.connections_from("198.51.100.50"), 2)
+        self.assertEqual(h.factory.limits.count("198.51.100.50"), 2)
 
     def test_closing_releases_the_networks_slot(self) -> None:
         """
@@ -634,8 +634,8 @@ class ProxyProtocolTests(SynchronousTestCase):
         h = Harness(max_connections_per_ip=1)
         _wrapper, transport = self.connect_via_proxy(h, "192.0.2.9", 5555)
         self.assertEqual(transport.value(), b"HELLO")
-        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
-        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
+        self.assertEqual(h.factory.limits.count("192.0.2.9"), 1)
+        self.assertEqual(h.factory.limits.count("127.0.0.1"), 0)
         (protocol,) = h.factory.connections
         self.assertEqual(protocol.peer, IPv4Address("TCP", "192.0.2.9", 5555))
 
@@ -662,14 +662,14 @@ class ProxyProtocolTests(SynchronousTestCase):
         self.connect_via_proxy(h, "192.0.2.9", 1)
         wrapper, _ = self.connect_via_proxy(h, "192.0.2.9", 2)
         wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
-        self.assertEqual(h.factory.connections_from("192.0.2.9"), 1)
+        self.assertEqual(h.factory.limits.count("192.0.2.9"), 1)
 
     def test_proxy_address_never_counted(self) -> None:
         """Health checks and slow PROXY headers do not use up the proxy's share."""
         h = Harness(max_connections_per_ip=1)
         for port in range(1, 4):
             self.connect_via_proxy(h, f"192.0.2.{port}", port)
-        self.assertEqual(h.factory.connections_from("127.0.0.1"), 0)
+        self.assertEqual(h.factory.limits.count("127.0.0.1"), 0)
         self.assertEqual(h.factory.stats.connections_refused["max_connections_per_ip"], 0)
 
 
@@ -712,7 +712,7 @@ class CloseReasonTests(SynchronousTestCase):
         h.clock.advance(31)
         h.lose(proto)
         forced, _ = h.connect(port=2)
-        forced.abort_now()
+        forced._abort_now()
         h.lose(forced)
         self.assertEqual(
             self.reasons(),

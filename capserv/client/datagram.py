@@ -1,20 +1,10 @@
 """
 UDP requests for Twisted programs, with a timeout and retries.
 
-How UDP replies are matched
-    Each request gets its own local port, and every try of that request is
-    sent from it.  A reply that arrives late, after its request was answered
-    or given up, reaches a closed port and can never be taken for the answer
-    to a later request.  Replies from any address other than the server's
-    are ignored.
-
-How big a UDP reply may be
-    Replies are read whole up to 65,535 bytes, the most a UDP datagram can
-    carry (65,507 bytes of payload over IPv4, 65,527 over IPv6).  The
-    client's port reads one byte more than that, so a longer datagram (an
-    IPv6 jumbogram) fails the request with `ReplyTooLongError` instead of
-    arriving cut short.  A message too long for one datagram fails with
-    `MessageTooLongError` before anything is sent.
+Each request sends every try from its own local port, so a late reply reaches
+a closed port and is never taken for the answer to a later request; replies
+from other addresses are ignored.  Replies are read whole up to 65,535 bytes
+(the port reads one byte more, so a longer one fails instead of arriving cut).
 """
 
 from __future__ import annotations
@@ -23,28 +13,20 @@ import socket
 from typing import Any, cast
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
-from twisted.python.failure import Failure
 
-from capserv.client.api import CapservClientError, ClientReactor
+from capserv.client.stream import CapservClientError, ClientReactor
 from capserv.protocols.udp import MAX_DATAGRAM, MAX_REPLY_IPV4, MAX_REPLY_IPV6
 
-__all__ = [
-    "MAX_UDP_REPLY",
-    "MessageTooLongError",
-    "NoReplyError",
-    "ReplyTooLongError",
-    "resolve_udp",
-    "udp_request",
-]
+#: The longest UDP reply the client reads whole.
+MAX_UDP_REPLY = MAX_DATAGRAM
 
 
 class NoReplyError(CapservClientError):
-    """
-    A UDP request got no reply after every try.
-    """
+    """A UDP request got no reply after every try."""
 
     def __init__(self, address: tuple[str, int], tries: int, timeout: float) -> None:
         #: What happened, without the address (for a caller that names it).
@@ -55,22 +37,12 @@ class NoReplyError(CapservClientError):
         self.timeout = timeout
 
 
-#: The longest UDP reply the client reads whole.
-MAX_UDP_REPLY = MAX_DATAGRAM
-
-
 class ReplyTooLongError(CapservClientError):
-    """
-    A UDP reply was longer than `MAX_UDP_REPLY` bytes and could not be read
-    whole.
-    """
+    """A UDP reply was longer than `MAX_UDP_REPLY` bytes and could not be read whole."""
 
 
 class MessageTooLongError(CapservClientError, ValueError):
-    """
-    A UDP message is longer than one datagram can carry to its address
-    (65,507 bytes over IPv4, 65,527 over IPv6).
-    """
+    """A UDP message is longer than one datagram carries to its address (65,507 bytes over IPv4, 65,527 over IPv6)."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"message too long for one datagram ({size} bytes; at most {limit} bytes to this address)")
@@ -79,10 +51,7 @@ class MessageTooLongError(CapservClientError, ValueError):
 
 
 def max_udp_message(host: str) -> int:
-    """
-    The longest message one datagram carries to ``host``, an IP address:
-    65,507 bytes over IPv4, 65,527 over IPv6.
-    """
+    """The longest message one datagram carries to ``host``, an IP address."""
     return MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
 
 
@@ -91,10 +60,14 @@ def _show(address: tuple[Any, ...]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _normal(address: tuple[Any, ...]) -> tuple[str, int]:
+    """The address with an IPv4-mapped IPv6 host written as IPv4."""
+    host = address[0]
+    return (host[7:] if host.startswith("::ffff:") and "." in host else host), address[1]
+
+
 class _UDPRequest(DatagramProtocol):
-    """
-    One UDP request from its own port: send, wait, retry, give up.
-    """
+    """One UDP request from its own port: send, wait, retry, give up."""
 
     noisy = False
 
@@ -106,7 +79,7 @@ class _UDPRequest(DatagramProtocol):
         self.tries = tries
         self.sent = 0
         #: Cancelling it stops the retries (udp_request then closes the port).
-        self.result: Deferred[bytes] = Deferred(lambda _: self._finish())
+        self.result: Deferred[bytes] = Deferred(lambda _: self._stopTimer())
         self._timer: IDelayedCall | None = None
 
     def startProtocol(self) -> None:
@@ -119,7 +92,7 @@ class _UDPRequest(DatagramProtocol):
         try:
             self.transport.write(self.data, self.address)  # type: ignore[union-attr]
         except OSError as e:
-            self._fail(Failure(e))
+            self._done(e)
             return
         self._timer = self.clock.callLater(self.timeout, self._timedOut)
 
@@ -128,50 +101,41 @@ class _UDPRequest(DatagramProtocol):
         if self.sent < self.tries:
             self._send()
         else:
-            self._fail(Failure(NoReplyError(self.address, self.sent, self.timeout)))
+            self._done(NoReplyError(self.address, self.sent, self.timeout))
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if (_normal(addr[0]), addr[1]) != (_normal(self.address[0]), self.address[1]) or self.result.called:
+        if _normal(addr) != _normal(self.address):
             return
-        self._finish()
         if len(data) > MAX_UDP_REPLY:
-            self.result.errback(
-                Failure(ReplyTooLongError(f"the reply from {_show(addr)} was longer than {MAX_UDP_REPLY} bytes"))
-            )
-            return
-        self.result.callback(data)
+            self._done(ReplyTooLongError(f"the reply from {_show(addr)} was longer than {MAX_UDP_REPLY} bytes"))
+        else:
+            self._done(data)
 
     def connectionRefused(self) -> None:
-        # ICMP port unreachable: keep trying; the server may be starting.
-        pass
+        pass  # ICMP port unreachable: keep trying; the server may be starting
 
-    def _fail(self, failure: Failure) -> None:
-        if not self.result.called:
-            self._finish()
-            self.result.errback(failure)
+    def _done(self, outcome: bytes | Exception) -> None:
+        if self.result.called:
+            return
+        self._stopTimer()
+        if isinstance(outcome, bytes):
+            self.result.callback(outcome)
+        else:
+            self.result.errback(outcome)
 
-    def _finish(self) -> None:
+    def _stopTimer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
 
-def _normal(host: str) -> str:
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
-
-
 def resolve_udp(reactor: ClientReactor, host: str, port: int) -> Deferred[tuple[str, int]]:
-    """
-    Resolve a host name (or IP literal) for UDP, IPv4 or IPv6.
-    """
-    from twisted.internet.abstract import isIPAddress, isIPv6Address
-
+    """Resolve a host name (or IP literal) for UDP, IPv4 or IPv6."""
     if isIPAddress(host) or isIPv6Address(host):
         return succeed((host, port))
 
     def lookup() -> tuple[str, int]:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        return str(infos[0][4][0]), port
+        return str(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]), port
 
     return threads.deferToThreadPool(cast(IReactorFromThreads, reactor), reactor.getThreadPool(), lookup)
 
@@ -180,15 +144,14 @@ def udp_request(
     reactor: ClientReactor, host: str, port: int, data: bytes, timeout: float = 1.0, retries: int = 3
 ) -> Deferred[bytes]:
     """
-    Send one datagram and return the reply, retrying after ``timeout``
-    seconds up to ``retries`` more times.
+    Send one datagram and fire with the reply, trying again after ``timeout``
+    seconds up to ``retries`` more times.  Cancelling it stops the retries
+    and closes the port.
 
     :param host: an IP address or a name (resolved first).
-    :return: a `Deferred` firing with the whole reply (up to
-        `MAX_UDP_REPLY` bytes), or failing with `NoReplyError` after the
-        last try, `MessageTooLongError` if ``data`` does not fit in one
-        datagram, or `ReplyTooLongError` if the reply could not be read
-        whole.  Cancelling it stops the retries and closes the port.
+    :return: a `Deferred` firing with the whole reply, or failing with
+        `NoReplyError` after the last try, `MessageTooLongError` if ``data``
+        does not fit in one datagram, or `ReplyTooLongError`.
     """
 
     def send(address: tuple[str, int]) -> Deferred[bytes]:
@@ -197,14 +160,10 @@ def udp_request(
             return fail(MessageTooLongError(len(data), limit))
         request = _UDPRequest(cast(IReactorTime, reactor), address, data, timeout, retries + 1)
         interface = "::" if ":" in address[0] else "0.0.0.0"
-        # One byte more than the longest reply: a longer one is then seen
-        # as too long instead of arriving cut to the buffer's size.
         listening = reactor.listenUDP(0, request, interface=interface, maxPacketSize=MAX_UDP_REPLY + 1)
 
-        def cleanup(result: object) -> Any:
-            d = listening.stopListening()
-            return (d if d is not None else succeed(None)).addCallback(lambda _: result)
-
-        return request.result.addBoth(cleanup)
+        return request.result.addBoth(
+            lambda result: maybeDeferred(listening.stopListening).addCallback(lambda _: result)
+        )
 
     return resolve_udp(reactor, host, port).addCallback(send)

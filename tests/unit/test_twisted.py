@@ -1,8 +1,10 @@
 """
-Every private Twisted attribute capserv relies on, exercised on the Twisted
-the tox env installs (the matrix runs the oldest and the newest): each
-helper in `capserv.protocols._twisted` does its job when the internals are as
-expected and falls back to public behaviour when they are not.
+Tests for `capserv.protocols._twisted`: every private Twisted attribute capserv
+relies on, exercised on the Twisted the tox env installs (the matrix runs the
+oldest and the newest): each helper does its job when the internals are as
+expected and falls back to public behaviour when they are not.  Also the one
+exception, ``capserv.native``'s asyncio loop, and that importing capserv and
+building its protocols looks up no reactor (`global_reactor` is lazy).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from capserv.protocols._twisted import (
     reset_unnoticed,
     stream_writer,
     systemd_descriptors,
+    unsent_bytes,
 )
 
 
@@ -105,6 +108,23 @@ class InternalsTests(SynchronousTestCase):
         """A transport that is not Twisted's TCP connection gets its own write."""
         transport = StringTransport()
         self.assertEqual(stream_writer(transport), transport.write)
+
+    def test_unsent_bytes(self) -> None:
+        """
+        A native transport's write_buffer_size is read; Twisted TCP's two buffers
+        are added up; a transport without them, or another transport, cannot tell.
+        """
+        from twisted.internet import tcp
+
+        class Native:
+            write_buffer_size = 7
+
+        self.assertEqual(unsent_bytes(Native()), 7)
+        self.assertIsNone(unsent_bytes(StringTransport()))
+        connection = tcp.Connection.__new__(tcp.Connection)
+        self.assertIsNone(unsent_bytes(connection))  # no _tempDataLen: internals changed
+        connection.dataBuffer, connection.offset, connection._tempDataLen = b"abcdef", 2, 5
+        self.assertEqual(unsent_bytes(connection), 9)
 
     def test_systemd_descriptors_without_systemd(self) -> None:
         """Outside socket activation there are no inherited sockets."""

@@ -9,7 +9,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.endpoints.tls import TLS_INSTALL_HINT, tls_available, tls_problem, tls_unavailable_message
+from capserv.endpoints.tls import TLS_INSTALL_HINT, tls_problem, tls_unavailable_message
 
 
 class TLSDependencyTests(SynchronousTestCase):
@@ -27,7 +27,6 @@ class TLSDependencyTests(SynchronousTestCase):
         With pyOpenSSL and service-identity installed there is no problem
         and no message.
         """
-        self.assertTrue(tls_available())
         self.assertIsNone(tls_problem())
         self.assertIsNone(tls_unavailable_message("--listen 'ssl:1'"))
 
@@ -37,7 +36,6 @@ class TLSDependencyTests(SynchronousTestCase):
         what is missing, and the install command.
         """
         self.hide("OpenSSL.SSL")
-        self.assertFalse(tls_available())
         self.assertEqual(tls_problem(), "pyOpenSSL is not installed")
         self.assertEqual(
             tls_unavailable_message("--listen 'ssl:50443'"),
@@ -66,7 +64,7 @@ class TLSDependencyTests(SynchronousTestCase):
         """
         import importlib
 
-        from capserv.endpoints import tls as tlsdeps
+        from capserv.endpoints import tls
 
         real = importlib.import_module
 
@@ -75,5 +73,5 @@ class TLSDependencyTests(SynchronousTestCase):
                 raise AttributeError("module 'lib' has no attribute 'X509_V_FLAG_NOTIFY_POLICY'")
             return real(name)
 
-        self.patch(tlsdeps.importlib, "import_module", import_module)
+        self.patch(tls.importlib, "import_module", import_module)
         self.assertEqual(tls_problem(), "pyOpenSSL is installed but does not import")

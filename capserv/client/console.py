@@ -1,7 +1,6 @@
 """
-What ``capserv-client`` says and how it uses stdin/stdout: its exit
-statuses, one line for each failure (the server's, or local: stdout closed
-or full), a piped TCP stream, and the line by line loop (prompt or UDP).
+``capserv-client`` on stdin and stdout: its exit statuses, one line for each
+failure, a piped TCP stream, and the line by line loop (prompt or UDP).
 """
 
 from __future__ import annotations
@@ -9,9 +8,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -21,8 +22,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv.client._udp import NoReplyError, ReplyTooLongError
-from capserv.client.api import CapservClientError, ReplyTimeoutError, StreamSession
+from capserv.client.datagram import NoReplyError
+from capserv.client.stream import CapservClientError, ReplyTimeoutError, StreamSession
 
 EXIT_NETWORK = 1
 EXIT_USAGE = 2
@@ -31,50 +32,39 @@ EXIT_INTERRUPTED = 130
 
 
 class ClientError(CapservClientError):
-    """
-    A failure to report in one line, with an exit status.
-    """
+    """A failure to report in one line, with an exit status."""
 
     def __init__(self, message: str, code: int = EXIT_NETWORK) -> None:
         super().__init__(message)
         self.code = code
 
 
-def stdout_error(error: OSError | None = None) -> ClientError:
-    """
-    The local failure of writing to stdout: ``error`` if known, else what
-    stdout is (the writer of a pipe only fails when its reader went away).
-    """
-    if error is None:
+def stdout_error(problem: OSError | None = None) -> ClientError:
+    """Writing to stdout failed: why, from ``error`` or else from what stdout is (a pipe: its reader left)."""
+    if problem is None:
         try:
             mode = os.fstat(1).st_mode
         except OSError:
             mode = 0
         broken = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
     else:
-        broken = error.errno == errno.EPIPE
+        broken = problem.errno == errno.EPIPE
     if broken:
         return ClientError("stdout was closed before the whole reply was written (broken pipe)", EXIT_LOCAL)
-    why = f": {error.strerror}" if error is not None else " (disk full or device error?)"
+    why = f": {problem.strerror}" if problem is not None else " (disk full or device error?)"
     return ClientError(f"cannot write to stdout{why}", EXIT_LOCAL)
 
 
 def silence_stdout() -> None:
-    """
-    Point stdout at /dev/null, so that Python's flush at exit does not fail
-    again with a traceback on what could not be written.
-    """
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again with a traceback."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
 
 
-def usage_message(error: usage.UsageError) -> str:
-    """
-    A usage error in capserv's words, one line.
-    """
-    message = str(error)
-    message = message.removeprefix("Parameter type enforcement failed: ")
+def usage_message(problem: usage.UsageError) -> str:
+    """A usage error in capserv's words, one line."""
+    message = str(problem).removeprefix("Parameter type enforcement failed: ")
     unknown = re.fullmatch(r"option (-\S*) not recognized", message)
     if unknown:
         return f"unknown option {unknown.group(1)} (a word that starts with '-' goes after '--')"
@@ -85,64 +75,50 @@ def usage_message(error: usage.UsageError) -> str:
 
 
 def describe_failure(failure: Failure) -> str:
-    """
-    One line saying what went wrong, for a person.
-    """
-    from twisted.internet import error
-
+    """One line saying what went wrong, for a person."""
     value = failure.value
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.DNSLookupError):
         return f"cannot resolve the host name ({failure.getErrorMessage().strip()})"
+    if isinstance(value, socket.gaierror):
+        return f"cannot resolve the host name ({value.strerror})"
     if failure.check(error.TimeoutError):
         return "timed out connecting"
-    if failure.check(error.NoRouteError, error.ConnectError):
+    if failure.check(error.ConnectError):  # NoRouteError among them
         os_error = getattr(value, "osError", None)
         code = os_error if isinstance(os_error, int) else getattr(os_error, "errno", None)
-        if code == errno.ENOENT:
-            return "no such socket file (is capserv listening on that path?)"
-        if code == errno.EACCES:
-            return "permission denied"
         if isinstance(code, int):
-            return f"cannot connect: {os.strerror(code)}"
+            return _CONNECT_ERRNO.get(code) or f"cannot connect: {os.strerror(code)}"
         return f"cannot connect: {failure.getErrorMessage().strip()}"
     if failure.check(error.ConnectionLost):
         return "connection lost"
-    if failure.check(ReplyTooLongError):
-        return str(value)
     if failure.check(NoReplyError):
         return value.reason  # type: ignore[union-attr,no-any-return]
     if failure.check(ReplyTimeoutError):
         return f"{value}; giving up (--timeout sets it: 10x over TCP)"
-    try:
-        from OpenSSL.SSL import Error as TLSError
-
-        if failure.check(TLSError):
-            text = str(value)
-            if "certificate verify failed" in text:
-                return (
-                    "the server's TLS certificate is not trusted here; give its CA with "
-                    "trustRoots=PEM_FILE_OR_FOLDER in --connect (see capserv-client --help)"
-                )
-            if "wrong version number" in text or "unexpected eof" in text.lower():
-                return "the server did not answer in TLS (is it a tls:/ssl: listener?)"
-            return f"TLS failure: {text}"
-    except ImportError:
-        pass
-    import socket
-
-    if isinstance(value, socket.gaierror):
-        return f"cannot resolve the host name ({value.strerror})"
+    if type(value).__module__.startswith("OpenSSL"):
+        text = str(value)
+        if "certificate verify failed" in text:
+            return (
+                "the server's TLS certificate is not trusted here; give its CA with "
+                "trustRoots=PEM_FILE_OR_FOLDER in --connect (see capserv-client --help)"
+            )
+        if "wrong version number" in text or "unexpected eof" in text.lower():
+            return "the server did not answer in TLS (is it a tls:/ssl: listener?)"
+        return f"TLS failure: {text}"
     return failure.getErrorMessage() or type(value).__name__
+
+
+_CONNECT_ERRNO = {
+    errno.ENOENT: "no such socket file (is capserv listening on that path?)",
+    errno.EACCES: "permission denied",
+}
 
 
 @implementer(IHalfCloseableProtocol)
 class StdinToStream(Protocol):
-    """
-    stdin/stdout side of a piped TCP session: bytes from stdin go to the
-    server, the reply goes to stdout, each side pausing the other.
-    """
+    """A piped TCP session: stdin to the server, the reply to stdout, each side pausing the other."""
 
     def __init__(self, session: StreamSession, done: Deferred[None]) -> None:
         self.session = session
@@ -155,7 +131,7 @@ class StdinToStream(Protocol):
         # stdout full -> stop reading the socket (and counting silence); socket full -> stop reading stdin.
         self.transport.registerProducer(session, True)  # type: ignore[union-attr]
         session.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-        session.done.addCallbacks(self._serverDone, self._serverFailed)
+        session.done.addBoth(self._serverDone)
 
     def dataReceived(self, data: bytes) -> None:
         self.session.write(data)
@@ -169,15 +145,11 @@ class StdinToStream(Protocol):
         self.failure = Failure(stdout_error())
         self.session.abort()
 
-    def _serverDone(self, _: object) -> None:
+    def _serverDone(self, result: Failure | None) -> None:
         self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def _serverFailed(self, failure: Failure) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        if not self.done.called:
-            self.done.errback(self.failure or failure)
+        if isinstance(result, Failure) and not self.done.called:
+            self.done.errback(self.failure or result)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
@@ -191,19 +163,15 @@ class StdinToStream(Protocol):
 @implementer(IHalfCloseableProtocol)
 class LineByLine(LineReceiver):
     """
-    Read lines from stdin; send each as one request, in order, and print
-    each reply on its own line.  With a prompt, the lesson's interactive
-    loop.  stdin is paused while a request is in flight, so memory stays
-    bounded however much is piped in.
+    Each line of stdin as one request, in order, each reply on its own line;
+    with a prompt, the lesson's loop.  stdin pauses while a request is in
+    flight, so memory stays bounded.
     """
 
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
     def __init__(self, request: Callable[[bytes], Deferred[bytes]], prompt: bytes | None, done: Deferred[None]) -> None:
-        """
-        :param request: sends one line and returns its reply.
-        """
         self.request = request
         self.prompt = prompt
         self.done = done
@@ -227,9 +195,6 @@ class LineByLine(LineReceiver):
         self._fail(Failure(ClientError(f"a line longer than {self.MAX_LENGTH} bytes", EXIT_USAGE)))
 
     def readConnectionLost(self) -> None:
-        """
-        End of input: answer what is left, then close stdout.
-        """
         self.ended = True
         rest = self.clearLineBuffer()  # type: ignore[no-untyped-call,unused-ignore]  # a last line without a newline
         if rest:

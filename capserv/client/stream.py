@@ -1,0 +1,277 @@
+"""
+TCP requests and streaming sessions for Twisted programs, on any reactor.
+
+A reply is complete when the server closes after the client half-closed.
+TLS has no half-close in Twisted (``close_notify`` ends the session), so
+there the client predicts the reply's length with capserv's own codec and
+closes when that much has arrived, or after ``idle_timeout`` seconds of
+silence if the server uppercases differently.  Cancelling a returned
+Deferred closes the connection and stops every timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, cast
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IConnector,
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ISSLTransport,
+)
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from capserv.protocols._twisted import global_reactor
+from capserv.protocols.config import Clock
+from capserv.protocols.text import Uppercaser
+
+_P = ParamSpec("_P")
+
+
+class StreamClientEndpoint(TypingProtocol):
+    """Any Twisted ``IStreamClientEndpoint``, by shape (no zope plugin needed)."""
+
+    def connect(self, protocolFactory: IProtocolFactory, /) -> Deferred[IProtocol]: ...  # noqa: N803
+
+
+class ClientReactor(TypingProtocol):
+    """What the client needs of a reactor, checked by its shape: every Twisted reactor has it."""
+
+    def connectTCP(self, host: str, port: int, factory: ClientFactory, timeout: float = ...) -> IConnector: ...
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = ...,
+        maxPacketSize: int = ...,  # noqa: N803
+    ) -> IListeningPort: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall: ...
+
+    def getThreadPool(self) -> ThreadPool: ...
+
+
+class CapservClientError(Exception):
+    """The base of every error the client raises, for what happened on the wire or a message it cannot send."""
+
+
+class ReplyTimeoutError(CapservClientError):
+    """A reply did not arrive whole in time; the connection was closed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no whole reply within {seconds:g}s")
+        self.seconds = seconds
+
+
+class ServerClosedError(CapservClientError):
+    """The server ended a TCP session before it was complete."""
+
+
+class StreamSession(Protocol):
+    """
+    A streaming TCP session: `write` bytes, receive the uppercase bytes through
+    ``on_data``, `finish` to end the input, and wait for `done` (cancelling it
+    aborts the connection).  Flow control is the transport's: register a
+    producer with ``session.transport``, and pause the session to stop reading.
+
+    :param clock: for the timeouts; the global reactor if `None`.
+    :param idle_timeout: without half-close (TLS): seconds of silence after
+        `finish` before taking what arrived as the whole reply.
+    :param ascii_only: the server runs with ``--ascii``.
+    :param half_close: end the input by half-closing; `None` decides from the
+        transport (not over TLS); `False` for transports that accept
+        ``loseWriteConnection`` but do not deliver it (``twisted.test.iosim``).
+    :param reply_timeout: seconds of unpaused silence after `finish` before
+        `done` fails with `ReplyTimeoutError`; `None` waits for the connection.
+    """
+
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        clock: Clock | None = None,
+        idle_timeout: float = 5.0,
+        ascii_only: bool = False,
+        half_close: bool | None = None,
+        reply_timeout: float | None = None,
+    ) -> None:
+        self.on_data = on_data
+        #: Fires with `None` once the server closed after sending everything.
+        self.done: Deferred[None] = Deferred(lambda _: self.abort())
+        self._clock, self._halfClose = cast("IReactorTime | None", clock), half_close
+        self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._predictor = Uppercaser(ascii_only=ascii_only)
+        self._expected = 0
+        self._finished = False
+        self._paused = False
+        self._timer: IDelayedCall | None = None
+        self._closedByUs = False
+        self._failure: Failure | None = None
+        #: Whether the input ends by half-closing (known once connected).
+        self.half_closes = False
+
+    def connectionMade(self) -> None:
+        half_close = self._halfClose
+        if half_close is None:
+            half_close = hasattr(self.transport, "loseWriteConnection") and not ISSLTransport.providedBy(self.transport)
+        self.half_closes = half_close
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to be uppercased."""
+        self.bytes_sent += len(data)
+        if not self.half_closes:
+            self._expected += len(self._predictor.feed(data))
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def finish(self) -> None:
+        """End the input, so that the server sends what it owes and closes."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.half_closes:
+            self.transport.loseWriteConnection()  # type: ignore[union-attr]
+        else:
+            self._expected += len(self._predictor.flush())
+        self._progress()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.on_data(data)
+        if self._finished:
+            self._progress()
+
+    def pauseProducing(self) -> None:
+        """Stop reading replies (silence then is not the server's)."""
+        self._paused = True
+        self._stopTimer()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._finished:
+            self._progress()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection at once and stop the timers; `done` fails."""
+        self._stopTimer()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _progress(self) -> None:
+        """After `finish`: close once the predicted reply is here, else (re)start the silence timer."""
+        if not self.half_closes and self.bytes_received >= self._expected:
+            self._closeFromHere()
+            return
+        seconds = self._replyTimeout
+        if seconds is None and not self.half_closes:
+            seconds = self._idleTimeout
+        if seconds is None or self._paused or self._closedByUs:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+            return
+        if self._clock is None:
+            self._clock = global_reactor()
+        self._timer = self._clock.callLater(seconds, self._silent, seconds)
+
+    def _silent(self, seconds: float) -> None:
+        self._timer = None
+        if not self.half_closes and self.bytes_received:
+            self._closeFromHere()  # some reply came, shorter than predicted: take it as whole
+            return
+        self._failure = Failure(ReplyTimeoutError(seconds))
+        self.abort()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopTimer()
+        if self.done.called:  # cancelled
+            return
+        if self._failure is not None:
+            self.done.errback(self._failure)
+        elif reason.check(ConnectionDone) is None and not self._closedByUs:
+            self.done.errback(reason)
+        elif not self._finished:
+            self.done.errback(ServerClosedError("the server closed the connection before the input ended"))
+        elif self.bytes_sent and not self.bytes_received:  # capserv answers every byte: it refused us
+            self.done.errback(
+                ServerClosedError(
+                    "the server closed the connection without replying "
+                    "(over a limit, or a haproxy: port that wants a PROXY header?)"
+                )
+            )
+        else:
+            self.done.callback(None)
+
+    def _closeFromHere(self) -> None:
+        self._stopTimer()
+        self._closedByUs = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _connecting(
+    session: Callable[_P, StreamSession],
+) -> Callable[Concatenate[StreamClientEndpoint, _P], Deferred[StreamSession]]:
+    def open_stream(endpoint: StreamClientEndpoint, /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[StreamSession]:
+        """
+        Connect a `StreamSession` (made with the other arguments) and fire with
+        it once connected; cancelling before then stops connecting.
+        """
+        return endpoint.connect(Factory.forProtocol(lambda: session(*args, **kwargs)))  # type: ignore[return-value]
+
+    return open_stream
+
+
+open_stream = _connecting(StreamSession)
+
+
+def tcp_request(
+    endpoint: StreamClientEndpoint,
+    data: bytes,
+    clock: Clock | None = None,
+    idle_timeout: float = 5.0,
+    ascii_only: bool = False,
+    timeout: float | None = None,
+    half_close: bool | None = None,
+) -> Deferred[bytes]:
+    """
+    Send one message over a new connection and fire with the whole reply.
+
+    :param timeout: seconds for connecting and the whole reply, after which
+        the connection is aborted with `ReplyTimeoutError`; `None`: no limit.
+    :param half_close: see `StreamSession`; `False` under ``twisted.test.iosim``.
+    """
+    received: list[bytes] = []
+
+    def connected(session: StreamSession) -> Deferred[None]:
+        session.write(data)
+        session.finish()
+        return session.done
+
+    def timed_out(result: object, seconds: float) -> bytes:
+        raise ReplyTimeoutError(seconds)
+
+    reply = open_stream(endpoint, received.append, clock, idle_timeout, ascii_only, half_close)
+    reply.addCallback(connected).addCallback(lambda _: b"".join(received))
+    if timeout is not None:
+        reply.addTimeout(timeout, cast(IReactorTime, clock or global_reactor()), onTimeoutCancel=timed_out)
+    return reply  # type: ignore[return-value]
