@@ -1,7 +1,6 @@
 """
 Coercers for numeric command-line options, shared by ``twistd capserv`` and
-``capserv-client``: a bad value's error names the option (Twisted's
-``usage.Options`` message does not).
+``capserv-client``: a bad value's error names the option (Twisted's does not).
 """
 
 from __future__ import annotations
@@ -13,12 +12,7 @@ __all__ = ["number"]
 
 
 def number(option: str, kind: type, minimum: float = 0, maximum: float | None = None) -> Callable[[str], Any]:
-    """
-    A coercer turning an option's text into ``kind`` (``int`` or ``float``),
-    at least ``minimum`` (and at most ``maximum``, if given).
-
-    :param option: the option's long name, for the error message.
-    """
+    """A coercer of ``--option``'s text to ``kind`` (``int`` or ``float``), from ``minimum`` to ``maximum``."""
 
     def coerce(value: str) -> Any:
         try:

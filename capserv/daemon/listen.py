@@ -1,33 +1,28 @@
 """
-What ``--listen`` says, parsed once into listener objects.
-
-`parse_listen` turns each description into a typed `Listener`, checking
-everything that can be checked without touching the network: the kind, the
-port range, the interface address, the UNIX path's folder, the sockets
-systemd passed, IPv6 escaping, TLS files.  `Listener.bind` then takes the
-address (the daemon binds every listener before it daemonizes, so a port
-that is taken is reported on the terminal at once and nothing listens), and
-`Listener.service` wires the bound socket to a factory or datagram protocol
-as a Twisted service.
-
-Descriptions are Twisted's endpoint strings (``tcp:``, ``tcp6:``, ``unix:``,
-``ssl:``, ``systemd:``, ``haproxy:``, and any endpoint plugin) plus
-capserv's own ``udp:PORT[:interface=ADDRESS]`` (Twisted has none for UDP).
-Every error is a `ListenError` whose text names the description and says
-what to write instead.
+What ``--listen`` says, parsed once into listener objects: `parse_listen`
+checks all it can without the network, `Listener.bind` takes the address
+(before twistd daemonizes, so a taken port is told on the terminal), and
+`Listener.service` serves it. Descriptions are Twisted's endpoint strings
+plus capserv's ``udp:``; every error is a `ListenError` naming the
+description and what to write instead.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from capserv.daemon.serving import ListenError, SocketEndpoint, _bind_error, _DatagramService, _Logged, _RemoveOnStop
 from capserv.endpoints.grammar import (
     DEFAULT_BACKLOG,
     Adopted,
@@ -42,44 +37,30 @@ from capserv.endpoints.grammar import (
 )
 from capserv.endpoints.sockets import make_socket, release
 from capserv.protocols._twisted import endpoint_service, proxy_protocol_factory
+from capserv.protocols.addresses import describe
+from capserv.protocols.udp import MAX_DATAGRAM
 
-__all__ = [
-    "DEFAULT_BACKLOG",
-    "DEFAULT_LISTEN",
-    "DatagramListener",
-    "EndpointListener",
-    "ListenError",
-    "Listener",
-    "ProxyListener",
-    "SocketEndpoint",
-    "StreamListener",
-    "SystemdStreamListener",
-    "UnixListener",
-    "parse_listen",
-]
+__all__ = ["DEFAULT_LISTEN", "ListenError", "Listener", "parse_listen"]
 
-#: What the daemon serves with no ``--listen``: the lesson's port, on
-#: loopback only (an open UDP service on a public address is an amplifier
-#: until the operator decides otherwise).
+#: With no ``--listen``: loopback only (an open UDP service on a public address is an amplifier).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
 
-#: Listening lines, under the module's name (a ``Logger`` class attribute
-#: would name the private class that logs).
 _log = Logger(namespace="capserv.listen")
 
-#: What to write for a listener's kind: every kind, then the stream kinds
-#: only (``--metrics`` serves HTTP, so it takes no ``udp:``).
 KINDS_HINT = kinds_hint()
 STREAM_KINDS_HINT = kinds_hint(stream=True)
 
 
-def parse_listen(description: str) -> Listener:
-    """
-    Parse one ``--listen`` description into a listener, checked as far as
-    can be without binding (`capserv.endpoints.grammar` reads it).
+class ListenError(Exception):
+    """A description is wrong or its address cannot be taken; ``errno`` is the bind's, if any."""
 
-    :raises ListenError: naming what is wrong and what to write instead.
-    """
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def parse_listen(description: str) -> Listener:
+    """Parse one ``--listen`` description, checked as far as can be without binding."""
     try:
         address = parse(description)
     except DescriptionError as e:
@@ -101,72 +82,120 @@ def _listener(description: str, address: Inet | Unix | Adopted | Proxy) -> Liste
     return StreamListener(description, address)
 
 
-# -- listeners -------------------------------------------------------------------
+def _bind_error(description: str, e: OSError, address: str, stream: bool = True) -> ListenError:
+    """A failed bind as one line that says what to do (TIME_WAIT is a TCP state only)."""
+    if isinstance(e.filename, str) or address.startswith(("/", ".")) or "systemd" in address:
+        reasons = {
+            errno.EADDRINUSE: f"{address} is in use by a running server; stop it or choose another path",
+            errno.EACCES: f"no permission to create {address}; choose a folder this user may write to",
+            errno.EEXIST: f"{address} exists and is not a socket; remove it or choose another path",
+        }
+    else:
+        in_use = f"{address} is already in use; stop what listens there or choose another port"
+        if e.errno == errno.EADDRINUSE and stream and _only_time_wait(address):
+            in_use = (
+                f"{address} still has connections closing (TIME_WAIT) from a program that did not set "
+                "SO_REUSEADDR; wait a minute or choose another port"
+            )
+        reasons = {
+            errno.EADDRINUSE: in_use,
+            errno.EADDRNOTAVAIL: f"{address} is not an address of this host; choose one it has (ip address shows them)",
+            errno.EACCES: f"{address} needs privileges; choose a port >= 1024 or run with CAP_NET_BIND_SERVICE",
+            errno.ENOENT: f"the folder of {address} does not exist; create it or choose another path",
+        }
+    reason = reasons.get(e.errno or 0, f"{address}: {e.strerror or e}")
+    return ListenError(f"cannot listen on '{description}': {reason}", e.errno)
 
 
-# -- listeners -------------------------------------------------------------------
+def _only_time_wait(address: str) -> bool:
+    """Whether a TCP port has only connections in TIME_WAIT on this host, no listener (Linux's /proc)."""
+    try:
+        port = int(address.rsplit(":", 1)[1])
+        states = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as rows:
+                next(rows, None)
+                for fields in map(str.split, rows):
+                    if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        states.add(fields[3])
+    except (IndexError, ValueError, OSError):
+        return False
+    return states == {"06"}
+
+
+@implementer(IStreamServerEndpoint)
+class _Logged:
+    """An endpoint that logs where it listens, with the operator's description."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, description: str, what: str) -> None:
+        self.endpoint, self.description, self.what = endpoint, description, what
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self.endpoint.listen(factory).addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        address = describe(port.getHost())
+        _log.info(
+            "Listening for {what} on {address} ({description})",
+            what=self.what,
+            address=address,
+            description=self.description,
+        )
+        return port
+
+
+@implementer(IStreamServerEndpoint)
+class SocketEndpoint:
+    """
+    Serve the bound socket ``make_socket`` returns on Twisted's transports
+    (``adoptStreamPort``, or ``adoptDatagramPort`` with a datagram protocol).
+    """
+
+    def __init__(self, reactor: Any, make_socket: Callable[[], socket.socket], datagram: bool = False) -> None:
+        self.reactor, self.make_socket, self.datagram = reactor, make_socket, datagram
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        try:
+            sock = self.make_socket()
+        except (OSError, ListenError) as e:
+            return fail(CannotListenError(None, None, e))
+        with sock:  # Twisted holds its own duplicate
+            if self.datagram:
+                return succeed(self.reactor.adoptDatagramPort(sock.fileno(), sock.family, factory, MAX_DATAGRAM))
+            return succeed(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
 
 
 class Listener:
     """
-    One parsed ``--listen``: what to bind, and the service that serves it.
-
-    Subclasses set `datagram` (whether it takes the datagram protocol
-    rather than the stream factory) and `shareable` (whether ``--workers``
-    processes can bind it together with ``SO_REUSEPORT``).
+    One parsed ``--listen``. ``datagram``: served by the datagram protocol;
+    ``shareable``: ``--workers`` can inherit it.
     """
 
     datagram = False
     shareable = False
-    #: What the listening log line says it serves.
     what = "streams"
+    #: `shareable` ones only: a duplicate of the bound socket for a worker; serve one inherited instead of binding.
+    share: Callable[[], int]
+    inherit: Callable[[int], None]
 
     def __init__(self, description: str) -> None:
         self.description = description
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.description!r}>"
-
-    def bind(self, reuse_port: bool = False) -> None:
-        """
-        Take the address now (nothing is served until the service starts).
-
-        :raises ListenError: if it cannot be taken.
-        """
-
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        """
-        The Twisted service that serves the bound address with ``handler``
-        (a stream `Factory`, or a `DatagramProtocol` if `datagram`).
-
-        :param native: serve streams on the event loop's own transports
-            (`capserv.native`) instead of Twisted's.
-        """
-        raise NotImplementedError
+    def bind(self) -> None:
+        """Take the address now; raise `ListenError` if it cannot be taken."""
 
     def close(self) -> None:
-        """
-        Let go of a bound address that will not be served (another listener
-        failed to bind).
-        """
+        """Let go of a bound address that will not be served."""
 
-    def share(self) -> int:
-        """
-        A duplicate of the bound socket's descriptor, for a ``--workers``
-        worker to inherit.
-        """
-        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
-
-    def inherit(self, fd: int) -> None:
-        """Serve a bound socket this process inherited (a worker's), instead of binding."""
-        raise ListenError(f"--listen '{self.description}': --workers cannot share this listener")
+    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
+        """Serve the address with ``handler`` (a Factory, or a DatagramProtocol); ``native``: asyncio's transports."""
+        raise NotImplementedError
 
 
 class _SocketListener(Listener):
-    """A listener that binds its own socket and hands it to the reactor."""
+    """A listener that binds its own socket (`capserv.endpoints.sockets`) and hands it to the reactor."""
 
     _socket: socket.socket | None = None
-    what = "streams"
 
     def __init__(self, description: str, address: Inet | Unix | Adopted) -> None:
         super().__init__(description)
@@ -178,20 +207,12 @@ class _SocketListener(Listener):
             raise AttributeError(name)
         return getattr(self.address, name)
 
-    def _make(self, reuse_port: bool) -> socket.socket:
-        return make_socket(self.address, reuse_port)
-
-    def where(self) -> str:
-        """The address as an operator would write it, for messages."""
-        return self.address.where()
-
-    def bind(self, reuse_port: bool = False) -> None:
-        if self._socket is not None:
-            return
-        try:
-            self._socket = self._make(reuse_port)
-        except OSError as e:
-            raise _bind_error(self.description, e, self.where(), self.what == "streams") from None
+    def bind(self) -> None:
+        if self._socket is None:
+            try:
+                self._socket = make_socket(self.address)
+            except OSError as e:
+                raise _bind_error(self.description, e, self.address.where(), not self.datagram) from None
 
     def close(self) -> None:
         if self._socket is not None:
@@ -204,39 +225,28 @@ class _SocketListener(Listener):
         return self._socket is not None
 
     def share(self) -> int:
-        """A duplicate of the bound socket's descriptor, for a ``--workers`` worker to inherit."""
         assert self._socket is not None, "bind() first"
         return os.dup(self._socket.fileno())
 
     def inherit(self, fd: int) -> None:
-        """Serve a bound socket this process inherited (a worker's), instead of binding."""
         self._socket = socket.socket(fileno=fd)
         self._socket.setblocking(False)
 
     def take_socket(self) -> socket.socket:
-        """
-        Hand over the bound socket (binding now if `bind` was not called).
-
-        :raises OSError: if it cannot be bound.
-        """
-        if self._socket is None:
-            self._socket = self._make(False)
+        """Hand over the bound socket, binding now if not bound (`ListenError`)."""
+        self.bind()
         sock, self._socket = self._socket, None
-        return sock
+        return sock  # type: ignore[return-value]
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        if native:
+        endpoint: IStreamServerEndpoint = SocketEndpoint(reactor, self.take_socket, self.datagram)
+        if native and not self.datagram:
             from capserv.native import NativeSocketEndpoint
 
-            # A UNIX socket's file is removed by UnixListener itself (and a
-            # systemd socket's file is systemd's).
-            endpoint: IStreamServerEndpoint = NativeSocketEndpoint(
-                reactor, self.take_socket, backlog=getattr(self.address, "backlog", DEFAULT_BACKLOG), unlink=False
-            )
-        else:
-            endpoint = SocketEndpoint(reactor, self.take_socket)
-        service: IService = endpoint_service(_Logged(endpoint, self.description, self.what), handler)
-        return service
+            # A UNIX socket's file is UnixListener's to remove (a systemd socket's, systemd's).
+            backlog = getattr(self.address, "backlog", DEFAULT_BACKLOG)
+            endpoint = NativeSocketEndpoint(reactor, self.take_socket, backlog=backlog, unlink=False)
+        return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
 
 
 class StreamListener(_SocketListener):
@@ -245,12 +255,12 @@ class StreamListener(_SocketListener):
     shareable = True
 
 
+class SystemdStreamListener(_SocketListener):
+    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
+
+
 class UnixListener(_SocketListener):
-    """
-    ``unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]``: a socket file left
-    by a server that is gone is replaced; one that a running server still
-    answers on, or whose lock file it holds, is "in use".
-    """
+    """``unix:PATH``: a stale socket file is replaced; its file and lock go when it stops."""
 
     def close(self) -> None:
         super().close()
@@ -263,12 +273,22 @@ class UnixListener(_SocketListener):
         return served
 
 
-class SystemdStreamListener(_SocketListener):
-    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
+class _RemoveOnStop(Service):
+    def __init__(self, address: Unix) -> None:
+        self.address = address
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        try:
+            if stat.S_ISSOCK(os.stat(self.address.path).st_mode):
+                os.unlink(self.address.path)
+        except OSError:
+            pass
+        release(self.address)
 
 
 class DatagramListener(_SocketListener):
-    """``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N`` for a datagram socket systemd passed."""
+    """``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N``: a datagram socket systemd passed."""
 
     datagram = True
     what = "datagrams"
@@ -276,24 +296,13 @@ class DatagramListener(_SocketListener):
     def __init__(self, description: str, address: Inet | Adopted) -> None:
         super().__init__(description, address)
         self.shareable = isinstance(address, Inet)
-        self.systemd = address.index if isinstance(address, Adopted) else None
-
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        return _DatagramService(self, handler, reactor)
 
 
 class ProxyListener(Listener):
     """
-    ``haproxy:INNER``: connections through a PROXY-protocol load balancer,
-    served with the client's real address.
-
-    Twisted's PROXY wrapper runs on whichever transport the inner listener
-    has, the event loop's own included (`capserv.native`).  On uvloop that
-    matters for more than speed: a Twisted transport there never learns
-    of a reset that arrives while it waits to read (libuv reports it as a
-    poll error, and uvloop drops it), and HAProxy ends every
-    ``check-send-proxy`` health check with exactly that: a PROXY header,
-    then a reset.
+    ``haproxy:INNER``: served with the client's real address, on whichever
+    transport the inner listener has (on uvloop the native one also sees the
+    reset that ends every HAProxy ``check-send-proxy`` health check).
     """
 
     def __init__(self, description: str, inner: StreamListener | UnixListener | SystemdStreamListener) -> None:
@@ -301,49 +310,23 @@ class ProxyListener(Listener):
         self.inner = inner
         self.shareable = inner.shareable
         inner.description = description
-
-    def bind(self, reuse_port: bool = False) -> None:
-        self.inner.bind(reuse_port)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def share(self) -> int:
-        return self.inner.share()
-
-    def inherit(self, fd: int) -> None:
-        self.inner.inherit(fd)
+        self.bind, self.close = inner.bind, inner.close  # type: ignore[method-assign]
+        self.share, self.inherit = inner.share, inner.inherit
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
         return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)
 
 
-class _ReactorSlot:
+class EndpointListener(_SocketListener):
     """
-    The reactor an endpoint parsed before any reactor is chosen will use:
-    filled in when the service is built.
-    """
-
-    reactor: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self.reactor is None:
-            raise AttributeError(name)
-        return getattr(self.reactor, name)
-
-
-class EndpointListener(Listener):
-    """
-    A description Twisted serves (``ssl:``, endpoint plugins), through
-    Twisted's own endpoint; it binds when the service starts.
+    A description Twisted serves (``ssl:``, endpoint plugins) through its own
+    endpoint; an ``ssl:`` port is held from `bind` until then, so a taken one
+    is told before daemonizing like any other.
     """
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint, slot: _ReactorSlot) -> None:
-        super().__init__(description)
-        self.endpoint = endpoint
-        self._slot = slot
-        self._probe = Inet("tcp", "", 0)
-        self._held: StreamListener | None = None
+    def bind(self) -> None:
+        if self.port:  # a plugin's has none to hold
+            super().bind()
 
     @classmethod
     def parse(cls, description: str, address: Twisted) -> EndpointListener:
@@ -351,62 +334,30 @@ class EndpointListener(Listener):
 
         kind = description.split(":", 1)[0]
         if kind == "ssl":
-            _require_tls(description)
-        slot = _ReactorSlot()
+            from capserv.endpoints.tls import tls_unavailable_message
+
+            message = tls_unavailable_message(f"--listen '{description}'")
+            if message is not None:
+                raise ListenError(message)
         try:
-            endpoint = serverFromString(slot, twisted_description(description))
+            serverFromString(None, twisted_description(description))  # read now: the reactor is not chosen yet
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
             raise ListenError(f"--listen '{description}': cannot read{where}: {e.strerror or e}") from None
-        except ValueError as e:
-            if str(e).startswith("Unknown endpoint type"):
-                raise ListenError(f"--listen '{description}': unknown kind {kind!r}; {KINDS_HINT}") from None
-            raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
         except Exception as e:  # endpoint parsers (plugins too) raise many kinds
+            if isinstance(e, ValueError) and str(e).startswith("Unknown endpoint type"):
+                raise ListenError(f"--listen '{description}': unknown kind {kind!r}; {KINDS_HINT}") from None
             if type(e).__module__.startswith("OpenSSL"):
                 raise ListenError(
                     f"--listen '{description}': the key or certificate is not usable PEM "
                     "(a PEM private key in privateKey=, its certificate there or in certKey=)"
                 ) from None
             raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
-        listener = cls(description, endpoint, slot)
-        listener._probe = Inet("tcp", address.interface, address.port, 1)
-        return listener
-
-    @property
-    def port(self) -> int:
-        """The ``ssl:`` port asked for (0 for a plugin's), for naming a clash."""
-        return self._probe.port
-
-    @property
-    def host(self) -> str:
-        return self._probe.host
-
-    def bind(self, reuse_port: bool = False) -> None:
-        """
-        Hold an ``ssl:`` port until the service starts (Twisted binds it only
-        then, after twistd has daemonized): taken, or taken twice by this
-        command, it is reported now, like any other listener's.
-        """
-        if self._probe.port and self._held is None:
-            self._held = StreamListener(self.description, self._probe)
-            self._held.bind()
-
-    def close(self) -> None:
-        if self._held is not None:
-            self._held.close()
-            self._held = None
+        return cls(description, Inet("tcp", address.interface, address.port, 1))
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        self._slot.reactor = reactor
+        from twisted.internet.endpoints import serverFromString
+
         self.close()  # Twisted binds the port itself
-        service: IService = endpoint_service(_Logged(self.endpoint, self.description, self.what), handler)
-        return service
-
-
-def _require_tls(description: str) -> None:
-    from capserv.endpoints.tls import tls_unavailable_message
-
-    message = tls_unavailable_message(f"--listen '{description}'")
-    if message is not None:
-        raise ListenError(message)
+        endpoint = serverFromString(reactor, twisted_description(self.description))
+        return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]

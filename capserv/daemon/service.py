@@ -1,19 +1,8 @@
 """
 The daemon's service: every listener of one capserv, its readiness, and its
-graceful stop.
-
-`CapservService` is a `MultiService` of listener services (and, with
-``--workers``, the worker supervisor).  Stopping it first drains, if asked
-to (``drain_delay``: readiness turns "not ready" while every listener goes
-on accepting and serving, so that a load balancer takes the instance out
-before it stops listening), then stops every listener at once (new
-connections are refused), lets open connections finish for up to
-``shutdown_timeout`` seconds, and closes the rest.  A second SIGINT or
-SIGTERM during the drain or that wait aborts what is left at once.
-
-Its `CapservService.state` is what ``/readyz`` reports
-(`capserv.site.health`, loaded only with ``--metrics``), and under systemd it tells the service manager when it
-is ready and when it stops (`capserv.daemon.sdnotify`).
+stop: drain (``--drain-delay``: not ready, still serving), stop listening,
+let open connections finish for up to ``--shutdown-timeout``, close the
+rest. A second stop signal meanwhile aborts what is left at once.
 """
 
 from __future__ import annotations
@@ -33,10 +22,7 @@ from twisted.logger import Logger
 
 from capserv._version import __version__
 from capserv.daemon.listen import ListenError
-from capserv.daemon.reactor import describe_reactor
-from capserv.daemon.rlimits import raise_file_limit
-from capserv.daemon.sdnotify import Notifier, notify_address
-from capserv.daemon.workers import FORCE_SIGNAL
+from capserv.daemon.system import Notifier, describe_reactor, notify_address, raise_file_limit
 from capserv.protocols._twisted import clear_exit_signal, record_exit_signal
 from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
@@ -44,25 +30,17 @@ from capserv.protocols.logthrottle import literal
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
-__all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "StartError", "fatal", "plural"]
+__all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "fatal", "plural"]
 
-#: Listeners are bound; the reactor has not run yet.
-STARTING = "starting"
-#: Every listener is listening and no stop has begun.
-READY = "ready"
-#: A stop has begun: serving on, for ``--drain-delay``, while not ready.
-DRAINING = "draining"
-#: The graceful stop: listeners closed, open connections finishing.
-STOPPING = "stopping"
+#: What `CapservService.state` says, and ``/readyz`` answers with.
+STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping"
 
 #: The signals that ask for a stop; a second one during the stop forces it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: What the supervisor sends its workers when a second signal forces a stop.
+FORCE_SIGNAL = signal.SIGUSR2
 
-
-class StartError(Exception):
-    """
-    A listener could not start; the message is one line for the operator.
-    """
+_log = Logger(namespace="capserv.service.CapservService")
 
 
 def plural(count: int, noun: str) -> str:
@@ -70,14 +48,15 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-#: CapservService's logger, under the namespace operators filter on.
-_log = Logger(namespace="capserv.service.CapservService")
-
-
 class CapservService(MultiService):
     """
     Every listener of one capserv, sharing one stream factory and one
     datagram state, with a drain and a graceful stop.
+
+    :param notifier: tells systemd of readiness and the stop; by default
+        ``NOTIFY_SOCKET``'s, none in a worker (only the supervisor notifies).
+    :param worker: a worker of ``--workers``: its supervisor forces a stop
+        with `FORCE_SIGNAL`, and passes every other stop signal on.
     """
 
     def __init__(
@@ -90,68 +69,34 @@ class CapservService(MultiService):
         notifier: Notifier | None = None,
         worker: bool = False,
     ) -> None:
-        """
-        :param drain_delay: seconds a stop keeps accepting and serving,
-            while `state` says `DRAINING`, before it stops
-            listening (``--drain-delay``; 0: stop listening at once).
-        :param notifier: where to tell systemd of readiness and the stop;
-            by default the socket ``NOTIFY_SOCKET`` names, except in a
-            worker of ``--workers`` (only the main process notifies).
-        :param worker: a worker of ``--workers``: its supervisor forces a
-            stop with `capserv.daemon.workers.FORCE_SIGNAL`; stop signals it
-            gets directly as well as from the supervisor count once.
-        """
         super().__init__()  # type: ignore[no-untyped-call]
-        self.reactor = reactor
-        self.config = config
-        self.factory = factory
-        self.datagrams = datagrams
-        self.drain_delay = drain_delay
-        self.notifier = notifier
-        #: Called (no arguments) when a second signal forces the stop, after
-        #: this process's own connections are aborted: the worker
-        #: supervisor passes the signal on.
+        self.config, self.factory, self.datagrams, self.reactor = config, factory, datagrams, reactor
+        self.drain_delay, self.notifier, self.worker = drain_delay, notifier, worker
+        #: Called when a second signal forces the stop (the worker supervisor passes it on).
         self.on_force: list[Callable[[], None]] = []
-        #: Set once a second signal has forced the stop.
         self.forced = False
-        self.worker = worker
-        #: Whether the running service takes SIGHUP (a graceful stop) and
-        #: SIGUSR1 (rotation, ignored where there is no file to rotate):
-        #: the daemon's, not an embedding program's.
+        #: Whether to take SIGHUP (a graceful stop) and SIGUSR1: the daemon's, not an embedding program's.
         self.takes_signals = False
-        self._stopping = False
-        self._force_pending = False
-        self._listening = False
+        self._stopping = self._force_pending = self._listening = False
         self._drain_call: IDelayedCall | None = None
         self._drain_over: Deferred[None] | None = None
 
     @property
     def state(self) -> str:
-        """
-        Where the service is: `STARTING` until the reactor runs with every
-        listener listening, then `READY`; once a stop has begun `DRAINING`
-        for the drain delay, then `STOPPING`.
-        """
         if self._drain_call is not None:
             return DRAINING
         if self._stopping:
             return STOPPING
-        if self._listening and all(child.running for child in self):
-            return READY
-        return STARTING
+        return READY if self._listening and all(child.running for child in self) else STARTING
 
     @property
     def ready(self) -> bool:
-        """Whether `state` is `READY`: what ``/readyz`` answers 200 for."""
+        """What ``/readyz`` answers 200 for."""
         return self.state == READY
 
     def privilegedStartService(self) -> None:
-        """
-        Start every listener; if one fails, stop those started and exit
-        with one line (`fatal`).
-        """
-        wanted = self.config.max_connections + 256
-        limit = raise_file_limit(wanted)
+        """Start every listener, or exit with one line (`fatal`) having stopped those started."""
+        limit = raise_file_limit(self.config.max_connections + 256)
         if limit < self.config.max_connections:
             _log.warn(
                 "The open-file limit is {limit}: about {most} connections at once, below --max-connections "
@@ -165,17 +110,15 @@ class CapservService(MultiService):
             for child in self:
                 child.privilegedStartService()
                 started.append(child)
-        except (CannotListenError, ListenError, OSError, StartError) as e:
+        except (CannotListenError, ListenError, OSError) as e:
             for child in started:
                 child.stopService()
-            fatal(f"capserv: {_one_line(e)}")
+            if isinstance(e, CannotListenError) and isinstance(e.socketError, ListenError):
+                e = e.socketError
+            fatal("capserv: " + " ".join((str(e) or type(e).__name__).split()))
 
     def startService(self) -> None:
-        # Children are already listening; only mark them running.
-        Service.startService(self)
-        for child in self:
-            if not child.running:
-                child.startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.worker:
             self._install(FORCE_SIGNAL, self._forced_by_supervisor)
         if self.notifier is None:
@@ -183,11 +126,7 @@ class CapservService(MultiService):
         self.reactor.callWhenRunning(self._reactor_running)
 
     def _reactor_running(self) -> None:
-        """
-        The reactor runs, with every listener listening: log the start line
-        (from this line on, SIGTERM means a graceful stop: the reactor's
-        signal handlers are in place), and tell systemd.
-        """
+        """Every listener listens and the reactor's signal handlers are in: log the start, tell systemd."""
         _log.info(
             "capserv {version} started ({reactor}, pid {pid})",
             version=__version__,
@@ -199,56 +138,43 @@ class CapservService(MultiService):
         if self.takes_signals:
             self._take_signals()
         self._listening = True
+        self._notify(READY="1", STATUS=f"Serving (capserv {__version__}, pid {os.getpid()})")
+
+    def _notify(self, **fields: str) -> None:
         if self.notifier is not None:
-            self.notifier.notify(READY="1", STATUS=f"Serving (capserv {__version__}, pid {os.getpid()})")
+            self.notifier.notify(**fields)
 
     def stopService(self) -> Deferred[None]:
         """
-        Drain for the drain delay (not ready, still serving), then stop
-        listening, wait for open connections (up to the shutdown timeout)
-        and close the rest; a second stop signal meanwhile aborts them at
-        once.
-
-        :return: a `Deferred` that fires once all that is done: twistd
-            calls this from a "before shutdown" trigger, so the reactor
-            runs, and serves, until then.
+        Drain, stop listening, wait for open connections and close the rest;
+        the `Deferred` fires once done (twistd waits for it, serving meanwhile).
         """
         Service.stopService(self)
         self._stopping = True
         self._catch_second_signal()
-        children = list(self)
-        parallel = [c for c in children if getattr(c, "stops_in_parallel", False)]
-        # Those stop at once, alongside (the worker supervisor passes the
-        # stop on to its workers, which drain as this process does).
+        # The worker supervisor stops alongside: its workers drain as this process does.
+        parallel = [c for c in self if getattr(c, "stops_in_parallel", False)]
         others = [maybeDeferred(child.stopService) for child in parallel]
-        listeners = [child for child in reversed(children) if child not in parallel]
+        listeners = [child for child in reversed(list(self)) if child not in parallel]
         if self.drain_delay > 0:
-            own = self._drain_first().addCallback(lambda _: self._stop_listening(listeners))
+            _log.info(
+                "Draining: not ready; still serving for {delay:g}s (--drain-delay), then stopping",
+                delay=self.drain_delay,
+            )
+            self._notify(
+                STOPPING="1", STATUS=f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping"
+            )
+            self._drain_over = Deferred()
+            self._drain_call = self.reactor.callLater(self.drain_delay, self._end_drain)
+            own = self._drain_over.addCallback(lambda _: self._stop_listening(listeners))
         else:
-            self._notify_stopping("Stopping: waiting for open connections to finish")
+            self._notify(STOPPING="1", STATUS="Stopping: waiting for open connections to finish")
             own = self._stop_listening(listeners)
         if self._force_pending:
             self.force_stop()
         return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
-    def _drain_first(self) -> Deferred[None]:
-        """
-        Report "not ready" and keep serving for the drain delay.
-
-        :return: a `Deferred` that fires when the delay is over, or when a
-            second signal cuts it short (`force_stop`).
-        """
-        _log.info(
-            "Draining: not ready; still serving for {delay:g}s (--drain-delay), then stopping",
-            delay=self.drain_delay,
-        )
-        self._notify_stopping(f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping")
-        self._drain_over = Deferred()
-        self._drain_call = self.reactor.callLater(self.drain_delay, self._end_drain)
-        return self._drain_over
-
     def _end_drain(self) -> None:
-        """End the drain (its delay is over, or a stop is forced)."""
         call, self._drain_call = self._drain_call, None
         if call is not None and call.active():
             call.cancel()
@@ -256,14 +182,8 @@ class CapservService(MultiService):
         if over is not None:
             over.callback(None)
 
-    def _notify_stopping(self, status: str) -> None:
-        if self.notifier is not None:
-            self.notifier.notify(STOPPING="1", STATUS=status)
-
     def _stop_listening(self, listeners: list[Any]) -> Deferred[None]:
-        """Stop every listener, then wait for the open connections."""
-        # Refuse at once anything accepted before the listeners are closed.
-        self.factory.stop_accepting()
+        self.factory.stop_accepting()  # refuse anything accepted before the listeners close
         stopped = DeferredList([maybeDeferred(child.stopService) for child in listeners], consumeErrors=True)
         return stopped.addCallback(self._wait_for_connections)
 
@@ -283,57 +203,55 @@ class CapservService(MultiService):
 
     def _stopped(self, _: object) -> Deferred[None]:
         # One turn later, so the last connection's close line comes first.
-        def log() -> None:
-            if not self.forced:
-                clear_exit_signal(self.reactor)
-            refused = sum(self.factory.stats.connections_refused.values())
-            dropped = sum(self.datagrams.stats.drops.values())
-            turned_away = []
-            if refused:
-                turned_away.append(f"{plural(refused, 'connection')} refused")
-            if dropped:
-                turned_away.append(f"{plural(dropped, 'datagram')} dropped")
-            shared = self.worker or any(getattr(child, "stops_in_parallel", False) for child in self)
-            away = f", {' and '.join(turned_away)} (metrics say why)" if turned_away else ""
-            whose = " by this process" if shared else ""
-            how = " (forced by a second signal)" if self.forced else ""
-            served, answered = self.factory.stats.connections_total, self.datagrams.stats.datagrams_out
-            text = (
-                f"capserv stopped: {plural(served, 'TCP connection')} served and "
-                f"{plural(answered, 'datagram')} answered{away}{whose}{how}"
-            )
-            # The text goes in the format, the counts as fields: a field is a value, never a fragment.
-            _log.info(
-                literal(text),
-                tcp_connections=served,
-                datagrams_answered=answered,
-                connections_refused=refused,
-                datagrams_dropped=dropped,
-                forced=self.forced,
-            )
-            flush_all()
+        return deferLater(self.reactor, 0, self._log_stop)
 
-        return deferLater(self.reactor, 0, log)
+    def _log_stop(self) -> None:
+        if not self.forced:
+            clear_exit_signal(self.reactor)
+        refused = sum(self.factory.stats.connections_refused.values())
+        dropped = sum(self.datagrams.stats.drops.values())
+        served, answered = self.factory.stats.connections_total, self.datagrams.stats.datagrams_out
+        away = [f"{plural(refused, 'connection')} refused"] if refused else []
+        away += [f"{plural(dropped, 'datagram')} dropped"] if dropped else []
+        shared = self.worker or any(getattr(child, "stops_in_parallel", False) for child in self)
+        text = (
+            f"capserv stopped: {plural(served, 'TCP connection')} served and {plural(answered, 'datagram')} answered"
+            + (f", {' and '.join(away)} (metrics say why)" if away else "")
+            + (" by this process" if shared else "")
+            + (" (forced by a second signal)" if self.forced else "")
+        )
+        # The text goes in the format, the counts as fields: a field is a value, never a fragment.
+        _log.info(
+            literal(text),
+            tcp_connections=served,
+            datagrams_answered=answered,
+            connections_refused=refused,
+            datagrams_dropped=dropped,
+            forced=self.forced,
+        )
+        flush_all()
 
     def _take_signals(self) -> None:
         """
-        SIGHUP (a closed terminal, or an operator) stops gracefully, as
-        SIGTERM does; SIGUSR1 with no log file to rotate (standard output,
-        a worker's pipe) is ignored rather than ending the process.
+        SIGHUP stops gracefully as SIGTERM does; SIGUSR1 with no log file to
+        rotate is ignored. A worker stops quietly on SIGTERM (the supervisor
+        logs it) and takes SIGHUP only through its supervisor.
         """
         if not signal.getsignal(signal.SIGUSR1):
             self._install(signal.SIGUSR1, lambda: None)
         if self.worker:
-            # The supervisor passes a stop on; a hang-up reaches it too.
             self._install(signal.SIGHUP, lambda: None)
+            self._install(signal.SIGTERM, self._stop_reactor)
         else:
             self._install(signal.SIGHUP, self._hang_up)
 
     def _hang_up(self) -> None:
-        if self._stopping:
-            return
-        _log.info("Received SIGHUP, shutting down gracefully (as for SIGTERM)")
-        record_exit_signal(self.reactor, signal.SIGHUP)
+        if not self._stopping:
+            _log.info("Received SIGHUP, shutting down gracefully (as for SIGTERM)")
+            record_exit_signal(self.reactor, signal.SIGHUP)
+            self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
         try:
             self.reactor.stop()
         except ReactorNotRunning:
@@ -341,28 +259,17 @@ class CapservService(MultiService):
 
     def _catch_second_signal(self) -> None:
         """
-        From now on a stop signal forces the stop instead of reaching the
-        reactor, which is stopping already (and would log a
-        ``ReactorNotRunning`` traceback).
+        From now on a stop signal forces the stop (the reactor is stopping
+        already); in a worker only `FORCE_SIGNAL` does, as a stop signal sent
+        to every process of the service may follow the supervisor's.
         """
-
-        if self.worker:
-            # The supervisor's SIGTERM may follow one sent to every process
-            # of the service: only FORCE_SIGNAL forces a worker's stop.
-            for signum in STOP_SIGNALS:
-                self._install(signum, lambda: None)
-            return
         for signum in STOP_SIGNALS:
-            self._install(signum, self.force_stop)
+            self._install(signum, (lambda: None) if self.worker else self.force_stop)
 
     def _install(self, signum: int, action: Callable[[], None]) -> None:
         """Run ``action`` in the reactor's thread when ``signum`` arrives."""
-
-        def handler(number: int, frame: object) -> None:
-            self.reactor.callFromThread(action)
-
         try:
-            signal.signal(signum, handler)
+            signal.signal(signum, lambda number, frame: self.reactor.callFromThread(action))
         except (ValueError, OSError):  # not the main thread: embedding
             pass
 
@@ -370,31 +277,22 @@ class CapservService(MultiService):
         if self._stopping:
             self.force_stop()
         else:
-            # Force as soon as the stop begins.  The supervisor's SIGTERM
-            # came first and the reactor's own stop for it is normally
-            # queued already; stop here only if, a moment later, none has
-            # begun (stopping twice would log ReactorNotRunning).
+            # The supervisor's SIGTERM came first and the stop for it is normally queued:
+            # force as soon as it begins, and stop here only if none has begun a moment later.
             self._force_pending = True
-            self.reactor.callLater(0.5, self._stop_if_not_stopping)
+            self.reactor.callLater(0.5, self._stop_unless_stopping)
 
-    def _stop_if_not_stopping(self) -> None:
+    def _stop_unless_stopping(self) -> None:
         if not self._stopping:
-            try:
-                self.reactor.stop()
-            except ReactorNotRunning:
-                pass
+            self._stop_reactor()
 
     def force_stop(self) -> None:
-        """
-        Abort every open connection now, ending a drain or a graceful stop
-        at once.
-        """
+        """Abort every open connection now, ending a drain or a graceful stop at once."""
         if self.forced or not self._stopping:
             return
         self.forced = True
         open_now = len(self.factory.connections)
         _log.warn(literal(f"Second stop signal: aborting {plural(open_now, 'open connection')} now"), open=open_now)
-        # Stop listening first, so nothing new arrives once all is aborted.
         self._end_drain()
         for callback in self.on_force:
             callback()
@@ -403,22 +301,11 @@ class CapservService(MultiService):
 
 def fatal(message: str) -> NoReturn:
     """
-    End the program with one line for the person who started it.
-
-    Once twistd has started logging, ``sys.stderr`` goes to the log (with
-    ``--logfile``, only there): the line is written to the terminal's own
-    stderr as well, then `SystemExit` puts it in the log and exits with
-    status 1.
+    Exit with one line for the person who started the program: also on the
+    terminal's own stderr once twistd sends ``sys.stderr`` to the log.
     """
     real = sys.__stderr__
     if real is not None and sys.stderr is not real:
         real.write(message + "\n")
         real.flush()
     raise SystemExit(message)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, CannotListenError) and isinstance(e.socketError, ListenError):
-        return str(e.socketError)
-    text = str(e) or type(e).__name__
-    return " ".join(text.split())

@@ -1,12 +1,7 @@
 """
-Prometheus metrics for ``--metrics DESCRIPTION``.
-
-A collector reads capserv's own counters when scraped (nothing is updated
-per packet), and `MetricsResource` serves them in prometheus-client's text
-format on any stream endpoint, in the reactor's thread.  prometheus-client
-is an optional extra: ``pip install 'capserv[metrics]'``.  With
-``--workers``, the figures it reads are every process's, added up by the
-supervisor (`capserv.daemon.workers.WorkerPool.total`).
+Prometheus metrics for ``--metrics``: a collector reads capserv's counters
+at each scrape (nothing is updated per packet), every process's with
+``--workers``; prometheus-client is the optional extra ``capserv[metrics]``.
 """
 
 from __future__ import annotations
@@ -28,16 +23,12 @@ __all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
 
 class CapservCollector:
     """
-    Turn capserv's figures into metrics, read at each scrape.
+    capserv's figures as metrics: ``figures`` returns ``{"tcp": ..., "udp":
+    ..., "workers": N}`` (`capserv.daemon.workers.process_figures`, summed);
+    ``config``'s prefix lengths label the per-source figures.
     """
 
     def __init__(self, figures: Callable[[], Mapping[str, Any]], config: CapservConfig) -> None:
-        """
-        :param figures: returns ``{"tcp": UppercaseFactory.snapshot(), "udp":
-            DatagramState.snapshot(), "workers": N}`` for every process serving
-            (`capserv.daemon.workers.process_figures`, summed).
-        :param config: the limits whose prefix lengths label the per-source figures.
-        """
         self.figures = figures
         self.config = config
 
@@ -46,12 +37,16 @@ class CapservCollector:
 
         figures = self.figures()
         tcp, udp = figures["tcp"], figures["udp"]
-        yield GaugeMetricFamily(
-            "capserv_connections_active", "TCP connections open now.", value=tcp["connections_active"]
-        )
-        yield CounterMetricFamily(
-            "capserv_connections", "TCP connections accepted and served.", value=tcp["connections_total"]
-        )
+        for name, help, where, key in _PLAIN:
+            family = GaugeMetricFamily if name in _GAUGES else CounterMetricFamily
+            yield family(name, help, value=(figures if where == "all" else figures[where])[key])
+        transports = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
+        sent = CounterMetricFamily("capserv_sent_bytes", "Bytes sent.", labels=["transport"])
+        for transport in ("tcp", "udp"):
+            transports.add_metric([transport], figures[transport]["bytes_in"])
+            sent.add_metric([transport], figures[transport]["bytes_out"])
+        yield transports
+        yield sent
         refused = CounterMetricFamily(
             "capserv_connections_refused",
             "TCP connections closed at once, by limit (proxy_header: no valid PROXY header).",
@@ -60,27 +55,6 @@ class CapservCollector:
         for limit in REFUSALS:
             refused.add_metric([limit.value], tcp["connections_refused"].get(limit.value, 0))
         yield refused
-        yield CounterMetricFamily(
-            "capserv_idle_timeouts", "TCP connections closed for being idle.", value=tcp["idle_timeouts"]
-        )
-        yield CounterMetricFamily(
-            "capserv_read_pauses",
-            "Times reading from a TCP connection paused because its unsent reply passed --high-water.",
-            value=tcp["pauses"],
-        )
-        yield CounterMetricFamily(
-            "capserv_aborts", "TCP connections aborted for not taking their last bytes.", value=tcp["aborts"]
-        )
-        received = CounterMetricFamily("capserv_received_bytes", "Bytes received.", labels=["transport"])
-        received.add_metric(["tcp"], tcp["bytes_in"])
-        received.add_metric(["udp"], udp["bytes_in"])
-        yield received
-        sent = CounterMetricFamily("capserv_sent_bytes", "Bytes sent.", labels=["transport"])
-        sent.add_metric(["tcp"], tcp["bytes_out"])
-        sent.add_metric(["udp"], udp["bytes_out"])
-        yield sent
-        yield CounterMetricFamily("capserv_datagrams_received", "Datagrams received.", value=udp["datagrams_in"])
-        yield CounterMetricFamily("capserv_datagrams_sent", "Reply datagrams sent.", value=udp["datagrams_out"])
         drops = CounterMetricFamily(
             "capserv_datagrams_dropped", "Datagrams not answered, by reason.", labels=["reason"]
         )
@@ -93,18 +67,28 @@ class CapservCollector:
             "source network's family and prefix length (--ipv4-prefix, --ipv6-prefix).",
             labels=["limit", "family", "prefix"],
         )
-        config = self.config
         for limit in PER_SOURCE:
             counts = (tcp if limit is Reason.MAX_CONNECTIONS_PER_IP else udp)["limited"].get(limit.value, {})
-            limited.add_metric([limit.value, "ipv4", f"/{config.ipv4_prefix}"], counts.get("ipv4", 0))
-            limited.add_metric([limit.value, "ipv6", f"/{config.ipv6_prefix}"], counts.get("ipv6", 0))
+            for net, prefix in (("ipv4", self.config.ipv4_prefix), ("ipv6", self.config.ipv6_prefix)):
+                limited.add_metric([limit.value, net, f"/{prefix}"], counts.get(net, 0))
         yield limited
-        yield GaugeMetricFamily(
-            "capserv_udp_rate_sources",
-            "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size).",
-            value=udp["rate_table_size"],
-        )
-        yield GaugeMetricFamily("capserv_workers", "Worker processes serving the ports.", value=figures["workers"])
+
+
+_PAUSES = "Times reading from a TCP connection paused because its unsent reply passed --high-water."
+_SOURCES = "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size)."
+#: The metrics of one figure each: name, help, and where the figure is.
+_PLAIN = (
+    ("capserv_connections_active", "TCP connections open now.", "tcp", "connections_active"),
+    ("capserv_connections", "TCP connections accepted and served.", "tcp", "connections_total"),
+    ("capserv_idle_timeouts", "TCP connections closed for being idle.", "tcp", "idle_timeouts"),
+    ("capserv_read_pauses", _PAUSES, "tcp", "pauses"),
+    ("capserv_aborts", "TCP connections aborted for not taking their last bytes.", "tcp", "aborts"),
+    ("capserv_datagrams_received", "Datagrams received.", "udp", "datagrams_in"),
+    ("capserv_datagrams_sent", "Reply datagrams sent.", "udp", "datagrams_out"),
+    ("capserv_udp_rate_sources", _SOURCES, "udp", "rate_table_size"),
+    ("capserv_workers", "Worker processes serving the ports.", "all", "workers"),
+)
+_GAUGES = {"capserv_connections_active", "capserv_udp_rate_sources", "capserv_workers"}
 
 
 class _QuietSite(Site):
@@ -118,16 +102,9 @@ class _QuietSite(Site):
 
 class MetricsResource(Resource):
     """
-    ``/metrics``: the registry in Prometheus's text format (or OpenMetrics,
-    if the scraper asks for it), rendered in the reactor's thread.
-
-    prometheus-client's own Twisted resource is its WSGI app in a
-    ``WSGIResource``, which runs each scrape in the reactor's thread pool
-    and hands the answer back with ``blockingCallFromThread``.  A scrape in
-    flight when the reactor stops then waits for a reactor that waits for
-    the thread pool: twistd hung on SIGTERM (3 stops in 10 with scrapes
-    running).  Reading capserv's counters takes microseconds, so no thread
-    is needed.
+    ``/metrics`` in Prometheus's text format (or OpenMetrics if asked),
+    rendered in the reactor's thread: prometheus-client's own resource runs
+    a thread per scrape, and a scrape in flight at a stop hung twistd.
     """
 
     isLeaf = True
@@ -152,13 +129,8 @@ def metrics_site(
     children: Mapping[bytes, IResource] | None = None,
 ) -> Site:
     """
-    A web site serving the metrics at ``/metrics`` (a `CapservCollector` of
-    ``figures`` and ``config``), from its own registry (so an embedding
-    program's registry is not touched).
-
-    :param children: more resources to serve beside ``/metrics``, by path
-        segment (the daemon's ``/healthz`` and ``/readyz``,
-        `capserv.site.health.health_children`).
+    A site serving a `CapservCollector` at ``/metrics`` from its own registry
+    (an embedding program's is not touched), and ``children`` beside it.
     """
     from prometheus_client import CollectorRegistry
 

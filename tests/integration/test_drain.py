@@ -1,6 +1,6 @@
 """
 Tests for the drain before a stop (``--drain-delay``), the ``/healthz`` and
-``/readyz`` endpoints, and systemd's readiness protocol (`capserv.daemon.sdnotify`).
+``/readyz`` endpoints, and systemd's readiness protocol (`capserv.daemon.system`).
 
 The service's drain logic and the resources run in memory
 (``MemoryReactorClock``); a few daemon tests run the real ``twistd -n
@@ -34,8 +34,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from capserv.daemon.sdnotify import Notifier, notify_address
 from capserv.daemon.service import DRAINING, READY, STARTING, STOPPING, CapservService
+from capserv.daemon.system import Notifier, notify_address
 from capserv.protocols.tcp import UppercaseProtocol
 from capserv.site.health import HealthResource, ReadinessResource
 from capserv.tap import Options, makeService
@@ -306,7 +306,7 @@ class NotifyTests(ServiceTestCase):
 
 
 class NotifierTests(SynchronousTestCase):
-    """`capserv.daemon.sdnotify`: one datagram to the socket NOTIFY_SOCKET names."""
+    """`capserv.daemon.system`: one datagram to the socket NOTIFY_SOCKET names."""
 
     def test_addresses(self) -> None:
         """A path as it is, an abstract name's @ as a NUL byte; nothing else."""

@@ -374,6 +374,11 @@ def test_json_lines_logger() -> None:
         assert type(stop["tcp_connections"]) is int and type(stop["datagrams_answered"]) is int, stop
         assert stop["forced"] is False
     assert sum(stop["tcp_connections"] for stop in stops) == 1
+    # Only the supervisor logs Twisted's line for the signal; a worker stops quietly.
+    received = [e for e in events if e["text"].startswith("Received SIGTERM")]
+    assert len(received) == 1 and "worker" not in received[0], received
+    listening = [e for e in events if e["text"].startswith("Listening for ")]
+    assert {e["what"] for e in listening} == {"streams", "datagrams"}, listening
     if processes == 2:
         (started,) = [e for e in events if e["text"].startswith("Started 1 more worker: ")]
         assert started["workers"] == 1 and len(started["pids"]) == 1 and type(started["pids"][0]) is int

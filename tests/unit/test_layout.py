@@ -23,7 +23,7 @@ class PinnedNamesTests(SynchronousTestCase):
         Each logger's namespace is the one docs/operations and operators'
         filters use, not the module it happens to live in.
         """
-        from capserv.daemon import listen, rlimits, sdnotify, service, workers
+        from capserv.daemon import listen, service, system, workers
         from capserv.native import _common
         from capserv.protocols import accesslog, limits, udp
 
@@ -31,9 +31,9 @@ class PinnedNamesTests(SynchronousTestCase):
         self.assertEqual(udp._log.namespace, "capserv.udp.UppercaseDatagramProtocol")
         self.assertEqual(accesslog._connection_logger.namespace, "capserv.tcp.UppercaseProtocol")
         self.assertEqual(listen._log.namespace, "capserv.listen")
-        self.assertEqual(rlimits._log.namespace, "capserv.rlimits")
+        self.assertEqual(system._rlimit_log.namespace, "capserv.rlimits")
         self.assertEqual(service._log.namespace, "capserv.service.CapservService")
-        self.assertEqual(sdnotify._log.namespace, "capserv.sdnotify.Notifier")
+        self.assertEqual(system._notify_log.namespace, "capserv.sdnotify.Notifier")
         self.assertEqual(workers._pool_log.namespace, "capserv.workers.WorkerPool")
         self.assertEqual(workers._orphan_log.namespace, "capserv.workers.OrphanWatch")
         self.assertEqual(_common._log.namespace, "capserv.native")

@@ -9,7 +9,6 @@ is about binding.
 from __future__ import annotations
 
 import io
-import os
 import signal
 import socket
 from contextlib import redirect_stderr, redirect_stdout
@@ -251,6 +250,18 @@ class ServiceTests(SynchronousTestCase):
         self.assertIs(first.state, second.state)
         self.assertIs(first.state, service.datagrams)
         self.assertEqual({p[3] for p in datagram}, {65535})
+        service.stopService()
+
+    def test_listening_lines_say_what_each_serves(self) -> None:
+        """Each listener's "Listening" line carries ``what`` as a field,
+        datagrams as streams."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = started(parse("--listen", LOCAL, "--listen", LOCAL_UDP), MemoryReactorClock())
+        listening = [e for e in events if e.get("log_namespace") == "capserv.listen"]
+        self.assertEqual([e["what"] for e in listening], ["streams", "datagrams"])
+        self.assertTrue(formatEvent(listening[1]).startswith("Listening for datagrams on "))
         service.stopService()
 
     def test_one_bad_listener_means_none_listens(self) -> None:
@@ -581,51 +592,3 @@ class ImportTests(SynchronousTestCase):
         code = "import capserv.tap, sys; print('twisted.web' in sys.modules, 'prometheus_client' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
         self.assertEqual(out.stdout.split(), ["False", "False"])
-
-
-class TwistdOptionTests(SynchronousTestCase):
-    """twistd's own options, checked by capserv before anything starts (the system tests run real twistd)."""
-
-    def test_another_user_or_group_needs_root(self) -> None:
-        """--uid/--gid other than this user's are refused unless root, naming the option."""
-        import pwd
-
-        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
-
-        self.patch(pwd, "getpwuid", lambda uid: None)  # whichever users this machine has
-        self.patch(os, "geteuid", lambda: 1000)
-        self.patch(os, "getuid", lambda: 1000)
-        self.patch(os, "getgid", lambda: 1000)
-        check_twistd({"nodaemon": True, "uid": 1000, "gid": 1000})
-        for option, ids in (("--uid=0", {"uid": 0}), ("--gid=0", {"gid": 0})):
-            with self.assertRaises(TwistdOptionError) as caught:
-                check_twistd({"nodaemon": True, **ids})
-            self.assertTrue(str(caught.exception).startswith(f"{option}: only root can switch"))
-        self.patch(os, "geteuid", lambda: 0)
-        check_twistd({"nodaemon": True, "uid": 0, "gid": 0})
-
-    def test_uid_number_of_no_user_is_named(self) -> None:
-        """A --uid number no user has is one line before anything starts (twistd failed after binding)."""
-        import pwd
-
-        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
-
-        unused = next(n for n in range(54321, 60000) if n not in {entry.pw_uid for entry in pwd.getpwall()})
-        with self.assertRaises(TwistdOptionError) as caught:
-            check_twistd({"nodaemon": True, "uid": unused})
-        self.assertTrue(str(caught.exception).startswith(f"--uid={unused}: no user has this number"))
-        check_twistd({"nodaemon": True, "uid": os.getuid()})
-
-    def test_daemon_default_log_file_is_checked(self) -> None:
-        """Without --logfile a daemon logs to twistd.log here: a folder of that name is named."""
-        import tempfile
-
-        from capserv.daemon.twistd_checks import TwistdOptionError, check_twistd
-
-        with tempfile.TemporaryDirectory() as folder:
-            os.mkdir(os.path.join(folder, "twistd.log"))
-            self.patch(os, "getcwd", lambda: folder)
-            check_twistd({"nodaemon": True})
-            with self.assertRaises(TwistdOptionError) as caught:
-                check_twistd({"nodaemon": False})
-        self.assertIn("--logfile=twistd.log:", str(caught.exception))

@@ -1,0 +1,206 @@
+"""
+The daemon's glue to the system: the reactor's choice, the open-file limit,
+systemd's readiness notification, and twistd's own options checked early.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from capserv.native import asyncio_loop
+from capserv.protocols._twisted import global_reactor
+
+__all__ = [
+    "Notifier",
+    "TwistdOptionError",
+    "check_twistd",
+    "choose_reactor",
+    "describe_reactor",
+    "notify_address",
+    "raise_file_limit",
+]
+
+_rlimit_log = Logger(namespace="capserv.rlimits")
+_notify_log = Logger(namespace="capserv.sdnotify.Notifier")
+
+
+def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
+    """
+    Install the daemon's reactor unless twistd's ``--reactor`` installed one:
+    ``name`` (a worker runs its supervisor's), else asyncio on uvloop when
+    ``uvloop`` and importable, else twistd's default. Returns the reactor.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        if name:
+            from twisted.application.reactors import installReactor
+
+            installReactor(name)
+        elif uvloop:
+            try:
+                import uvloop as _uvloop
+            except ImportError:
+                pass
+            else:
+                from twisted.internet import asyncioreactor
+
+                # Handed to the reactor, not set through asyncio's policy system (deprecated in 3.14).
+                asyncioreactor.install(_uvloop.new_event_loop())
+    return global_reactor()
+
+
+def describe_reactor(reactor: Any) -> str:
+    """The reactor's class, and the asyncio one's loop: ``AsyncioSelectorReactor on uvloop.Loop``."""
+    loop = asyncio_loop(reactor)
+    where = f" on {type(loop).__module__}.{type(loop).__name__}" if loop is not None else ""
+    return type(reactor).__name__ + where
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise the soft open-file limit towards ``wanted`` (never past the hard one, never down); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        _rlimit_log.warn("Could not raise the open-file limit from {soft} to {target}", soft=soft, target=target)
+        return soft
+    return target
+
+
+def notify_address(environ: Mapping[str, str] | None = None) -> str | bytes | None:
+    """
+    The UNIX socket ``NOTIFY_SOCKET`` names, ready for ``sendto`` (``@name``:
+    abstract); `None` if unset or another kind (``vsock:``).
+    """
+    value = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode()
+    return value if value.startswith("/") else None
+
+
+class Notifier:
+    """
+    systemd's ``sd_notify`` protocol (a stable interface, sd_notify(3)): one
+    datagram of ``NAME=value`` lines; nothing when ``address`` is `None`.
+    """
+
+    def __init__(self, address: str | bytes | None) -> None:
+        self.address = address
+        #: Every message sent, in order.
+        self.sent: list[str] = []
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+        return cls(notify_address(environ))
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, **fields: str) -> bool:
+        """Send ``notify(READY="1", STATUS="...")``; a failure is logged, never raised. Returns whether sent."""
+        if self.address is None:
+            return False
+        message = "".join(f"{name}={value}\n" for name, value in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(1.0)
+                sock.sendto(message.encode(), self.address)
+        except OSError as e:
+            _notify_log.warn(
+                "Could not tell systemd {state} through NOTIFY_SOCKET: {error}",
+                state=" ".join(fields),
+                error=e.strerror or e,
+            )
+            return False
+        self.sent.append(message)
+        return True
+
+
+class TwistdOptionError(Exception):
+    """One of twistd's options cannot work; the text names it and what to write."""
+
+
+def check_twistd(parent: Mapping[str, Any]) -> None:
+    """
+    Check twistd's parsed options that twistd itself uses only later (some
+    after daemonizing, failing with a traceback): ``--logfile`` and
+    ``--pidfile`` folders, ``--uid``/``--gid``, ``--logger``.
+
+    :raises TwistdOptionError: naming the option and what to write instead.
+    """
+    if not parent.get("chroot"):  # paths inside a chroot are not ours to check
+        logfile = parent.get("logfile")
+        if logfile is None and not parent.get("nodaemon") and not parent.get("syslog"):
+            logfile = "twistd.log"
+        if logfile and logfile != "-":
+            _check_writable("--logfile", logfile, "a log file")
+        if parent.get("pidfile"):
+            _check_writable("--pidfile", parent["pidfile"], "the pid file", ", or --pidfile= for none")
+    _check_ids(parent.get("uid"), parent.get("gid"))
+    if parent.get("logger"):
+        _check_logger(parent["logger"])
+
+
+def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    instead = f"; write {option}=PATH naming {what} in a folder this user may write to{other}"
+    if os.path.isdir(full):
+        raise TwistdOptionError(f"{option}={path}: {full} is a folder{instead}")
+    if not os.path.isdir(folder):
+        raise TwistdOptionError(f"{option}={path}: folder {folder} does not exist (mkdir -p {folder}){instead}")
+    target = full if os.path.exists(full) else folder
+    if not os.access(target, os.W_OK):
+        raise TwistdOptionError(f"{option}={path}: no permission to write {target}{instead}")
+
+
+def _check_ids(uid: int | None, gid: int | None) -> None:
+    """twistd looks a uid number up only when it switches, after binding; only root may switch."""
+    if os.name != "posix":
+        return
+    if uid is not None:
+        import pwd
+
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            raise TwistdOptionError(
+                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
+            ) from None
+    if os.geteuid() == 0:
+        return
+    for option, wanted, mine, what in (("--uid", uid, os.getuid(), "user"), ("--gid", gid, os.getgid(), "group")):
+        if wanted is not None and wanted != mine:
+            raise TwistdOptionError(
+                f"{option}={wanted}: only root can switch to another {what}; start as root, or leave {option} out"
+            )
+
+
+def _check_logger(name: Any) -> None:
+    """``--logger`` names an importable, callable observer factory."""
+    target = name
+    if isinstance(name, str):
+        from twisted.python.reflect import namedAny
+
+        try:
+            target = namedAny(name)
+        except Exception as e:  # whatever importing the module raises
+            raise TwistdOptionError(
+                f"--logger={name}: cannot import it ({type(e).__name__}: {e}); "
+                "write module.function, such as capserv.logs.json_lines"
+            ) from None
+    if not callable(target):
+        raise TwistdOptionError(
+            f"--logger={name}: is not callable; write a function that makes a log observer, "
+            "such as capserv.logs.json_lines"
+        )
