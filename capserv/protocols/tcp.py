@@ -95,7 +95,8 @@ class UppercaseProtocol(Protocol):
             return
         factory.connections.add(self)
         self.started = self._last_activity = clock.seconds()
-        if isinstance(getattr(transport, "bufferSize", None), int):
+        size = getattr(transport, "bufferSize", None)
+        if isinstance(size, int) and size != config.high_water:
             transport.bufferSize = config.high_water  # type: ignore[attr-defined]
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
@@ -377,12 +378,11 @@ class UppercaseFactory(ServerFactory, SharedState):
         key, protocol._counted_host = protocol._counted_host, None
         if key is not None:
             self.limits.release(key)
-        connections = self.connections
-        if protocol in connections:  # the totals first: discarding the last fires drain's waiters
+        if protocol in self.connections._open:  # the totals first: discarding the last fires drain's waiters
             stats = self.stats
             stats.bytes_in += protocol.bytes_in
             stats.bytes_out += protocol.bytes_out
-            connections.discard(protocol)
+            self.connections.discard(protocol)
 
     # -- what the service asks -------------------------------------------------
 
