@@ -32,6 +32,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from capserv.protocols._twisted import global_reactor
+
 __all__ = [
     "ACCESS_FORMAT",
     "BufferedWriter",
@@ -129,10 +131,7 @@ class BufferedWriter:
         interval: float = FLUSH_INTERVAL,
         limit: int = BUFFER_SIZE,
     ) -> None:
-        self._out = out
-        self._clock = clock
-        self.interval = interval
-        self.limit = limit
+        self._out, self._clock, self.interval, self.limit = out, clock, interval, limit
         self._buffer: list[str] = []
         self._size = 0
         self._timer: IDelayedCall | None = None
@@ -153,12 +152,9 @@ class BufferedWriter:
                 self._write_out()
                 return
             if self._timer is None and threading.get_ident() == self._reactor_thread:
-                clock = self._clock
-                if clock is None:
-                    from capserv.protocols._twisted import global_reactor
-
-                    clock = self._clock = global_reactor()
-                self._timer = clock.callLater(self.interval, self.flush)
+                if self._clock is None:
+                    self._clock = global_reactor()
+                self._timer = self._clock.callLater(self.interval, self.flush)
 
     def _write_out(self) -> None:
         """Write what waits (lock held), swapped out first so a signal handler's line is written once."""
@@ -168,8 +164,7 @@ class BufferedWriter:
         buffer = self._buffer
         if not buffer:
             return
-        self._buffer = []
-        self._size = 0
+        self._buffer, self._size = [], 0
         text = "".join(buffer)
         try:
             self._out.write(text)
@@ -192,26 +187,6 @@ class BufferedWriter:
         return self._size
 
 
-class _TimeStamps:
-    """``formatTime``, cached for the second (the default format's resolution)."""
-
-    __slots__ = ("_format", "_second", "_text")
-
-    def __init__(self, time_format: str | None) -> None:
-        self._format = time_format
-        self._second = -1
-        self._text = ""
-
-    def __call__(self, when: float | None) -> str:
-        if when is None or self._format != timeFormatRFC3339:
-            return formatTime(when, self._format)
-        second = int(when)
-        if second != self._second:
-            self._text = formatTime(second, self._format)
-            self._second = second
-        return self._text
-
-
 @implementer(ILogObserver)
 class TextLogObserver:
     """
@@ -231,8 +206,16 @@ class TextLogObserver:
         drop: Callable[[LogEvent], bool] | None = None,
     ) -> None:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
-        self._stamp = _TimeStamps(time_format)
-        self._drop = drop
+        self._format, self._drop = time_format, drop
+        self._second, self._text = -1, ""  # the last time stamp, for its second (the default's resolution)
+
+    def _stamp(self, when: float | None) -> str:
+        if when is None or self._format != timeFormatRFC3339:
+            return formatTime(when, self._format)
+        second = int(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(second, self._format)
+        return self._text
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
@@ -337,4 +320,4 @@ class JSONLogObserver:
 
 
 #: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).
-_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_string: Callable[[str], str] = json.encoder.encode_basestring
