@@ -113,16 +113,13 @@ def main() -> None:
     json_observer = JSONLogObserver(BufferedWriter(capserv_json, clock=Clock()))
     results.append(("twisted.logger -> capserv JSONLogObserver (buffered)", per_event(n, logger_to([json_observer]))))
     results.append(("  of which: rendering the message (render_access)", per_event(n, lambda: render_access(event))))
-    # How capserv publishes the line: the event built directly.
-    accesslog._connection_logger = Logger(
-        namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(text_observer)
-    )
-    results.append(
-        (
-            "capserv log_connection -> capserv TextLogObserver",
-            per_event(n, lambda: log_connection("127.0.0.1:54321", 0.00123, 64, 64, "end of input")),
+    # How capserv publishes the line: the event built directly, to each of its observers.
+    for name, observer in (("TextLogObserver", text_observer), ("JSONLogObserver", json_observer)):
+        accesslog._connection_logger = Logger(
+            namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(observer)
         )
-    )
+        publish = lambda: log_connection("127.0.0.1:54321", 0.00123, 64, 64, "end of input")  # noqa: E731
+        results.append((f"capserv log_connection -> capserv {name}", per_event(n, publish)))
     flush_all()
 
     width = max(len(name) for name, _ in results)

@@ -6,8 +6,9 @@ One command (see bench/README.md)::
     python bench/run.py                 # full run, writes docs/benchmarks/
     python bench/run.py --smoke --out /tmp/bench   # seconds-long check
 
-Servers: capserv (the installed ``twistd -n capserv``, default options plus
-a per-IP limit so every limit is on), a plain asyncio Protocol server, the
+Servers: capserv (the installed ``twistd -n capserv`` as the shipped
+deployments run it: ``--logger=capserv.logs.json_lines``, default options
+plus a per-IP limit so every limit is on), a plain asyncio Protocol server, the
 same on uvloop, the tutorial-level Twisted server, and the lesson's iterative
 socket server where the workload allows.  Load comes from ``loadgen.c``,
 compiled here, which checks every reply byte for byte.  The server is pinned
@@ -78,19 +79,21 @@ IDLE_TARGET_KIB = 2.6
 #   -epoll      Twisted's epoll reactor (--no-uvloop): no event loop of asyncio's
 #   -asyncio    Twisted's asyncio reactor on asyncio's own loop, not uvloop's
 #   -twisted    Twisted's transports on the asyncio reactor (CAPSERV_NATIVE=0)
-#   -twistdlog  twisted.logger's own text observer for the log
-#               (--logger=capserv.logs.twisted_text)
-#   -fastlog    capserv's buffered observer for the log
-#               (--logger=capserv.daemon.logs.text_lines), whatever the daemon's default
+#   -twistdlog  twisted.logger's own text observer for the log instead of
+#               capserv's JSON lines (--logger=capserv.logs.twisted_text)
+#   -fastlog    capserv's buffered text observer instead of its JSON lines
+#               (--logger=capserv.logs.text_lines)
 #   -nofast     no write-now / direct sendto paths (CAPSERV_NO_FASTPATH=1)
 #   -nativeudp  UDP through uvloop's datagram transport (CAPSERV_NATIVE_UDP=1;
 #               off by default: not measured faster)
+# What docs/systemd/capserv.service, the Containerfile and docs/kubernetes run.
+DEPLOYED_LOGGER = "--logger=capserv.logs.json_lines"
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-epoll": (["--no-uvloop"], {}),
     "-asyncio": (["--reactor=asyncio"], {}),
     "-twisted": ([], {"CAPSERV_NATIVE": "0"}),
     "-twistdlog": (["--logger=capserv.logs.twisted_text"], {}),
-    "-fastlog": (["--logger=capserv.daemon.logs.text_lines"], {}),
+    "-fastlog": (["--logger=capserv.logs.text_lines"], {}),
     "-nofast": ([], {"CAPSERV_NO_FASTPATH": "1"}),
     "-nativeudp": ([], {"CAPSERV_NATIVE_UDP": "1"}),
 }
@@ -113,6 +116,8 @@ def variant(name: str) -> tuple[list[str], list[str], dict[str, str]]:
             env.update(variables)
     if rest:
         raise ValueError(f"unknown capserv variant {name!r} (suffixes: {', '.join(VARIANTS)})")
+    if not any(arg.startswith("--logger") for arg in twistd):
+        twistd.append(DEPLOYED_LOGGER)
     return twistd, capserv, env
 
 

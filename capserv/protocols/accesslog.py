@@ -1,16 +1,9 @@
 """
-The per-connection log line, made cheap.
-
-capserv logs one line when each connection closes (`ACCESS_FORMAT`) as a
-``twisted.logger`` event, so every observer gets its fields.  Its cost is
-the observer's formatting (docs/benchmarks), so `TextLogObserver` and
-`JSONLogObserver` write what Twisted's text observer and capserv's JSON lines
-would, rendering the access line from its fields with the time stamp
-formatted once a second, and write access lines in batches through a
-`BufferedWriter`: once a second, at 64 KiB and when capserv stops
-(`flush_all`), as nginx's ``access_log ... buffer= flush=``.  Every other
-event is written at once, after the lines before it.  A SIGKILL loses at
-most the last second of access lines.
+The per-connection log line, made cheap: a ``twisted.logger`` event (every
+observer gets its fields) that `TextLogObserver` and `JSONLogObserver` render
+from its fields in one format and write in batches (`BufferedWriter`: once a
+second, at 64 KiB and at stop, as nginx's ``access_log ... buffer= flush=``).
+Every other event is written at once, after the lines before it.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Protocol
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -38,6 +32,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from capserv.protocols._twisted import global_reactor
+
 __all__ = [
     "ACCESS_FORMAT",
     "BufferedWriter",
@@ -50,14 +46,11 @@ __all__ = [
     "render_access",
 ]
 
-#: The close line's format.  `UppercaseProtocol` logs it with exactly these
-#: fields; the observers here recognise it (by identity) to render it fast.
+#: The close line's format, recognised by identity by the observers here.
 ACCESS_FORMAT = "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({reason})"
 
-#: How long an access line may wait in a buffer, in seconds.
-FLUSH_INTERVAL = 1.0
-#: How many characters of access lines may wait before they are written.
-BUFFER_SIZE = 65536
+FLUSH_INTERVAL = 1.0  # seconds an access line may wait
+BUFFER_SIZE = 65536  # characters that may wait
 
 _writers: weakref.WeakSet[BufferedWriter] = weakref.WeakSet()
 
@@ -71,27 +64,16 @@ class Writable(Protocol):
 
 
 def flush_all() -> None:
-    """
-    Write out every access line waiting in any `BufferedWriter`: the daemon
-    calls it when it stops, and so does the interpreter's exit once a writer
-    has been made.
-    """
+    """Write out every waiting access line (at the daemon's stop, and at the interpreter's exit)."""
     for writer in list(_writers):
         writer.flush()
 
 
-#: The per-connection line's logger, under the protocol's namespace.
 _connection_logger = Logger(namespace="capserv.tcp.UppercaseProtocol")
 
 
 def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, reason: str) -> None:
-    """
-    Log one connection's close line: the event ``Logger.info(ACCESS_FORMAT,
-    peer=..., ...)`` would publish, built directly (``log_source`` `None`).
-
-    :param peer: the peer, as `capserv.protocols.addresses.describe` writes it.
-    :param duration: seconds the connection was open.
-    """
+    """Publish the event ``Logger.info(ACCESS_FORMAT, peer=..., ...)`` would, built directly."""
     logger = _connection_logger
     logger.observer(
         {
@@ -128,21 +110,18 @@ def lost_reason(reason: Failure | None) -> str:
 
 def render_access(event: LogEvent) -> str:
     """What ``formatEvent`` gives for an access event, from one ``%`` format."""
-    return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % (  # noqa: UP031 (measured faster)
-        event["peer"],
-        event["duration"],
-        event["bytes_in"],
-        event["bytes_out"],
-        event["reason"],
-    )
+    return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % _access_fields(event)  # noqa: UP031 (faster)
+
+
+_access_fields = itemgetter("peer", "duration", "bytes_in", "bytes_out", "reason")
 
 
 class BufferedWriter:
     """
-    Collect text and write it to a file in batches: ``interval`` seconds after
-    the first text waiting, once ``limit`` characters wait, on `flush`, and at
-    once for ``write(text, urgent=True)``.  Safe from any thread; the timer
-    runs on ``clock`` (the global reactor, looked up when needed, if `None`).
+    Write text to a file in batches: ``interval`` seconds after the first
+    text waits, at ``limit`` characters, on `flush`, and at once if
+    ``urgent``.  Safe from any thread; the timer runs on ``clock`` (default:
+    the global reactor, looked up when needed).
     """
 
     def __init__(
@@ -152,16 +131,11 @@ class BufferedWriter:
         interval: float = FLUSH_INTERVAL,
         limit: int = BUFFER_SIZE,
     ) -> None:
-        self._out = out
-        self._clock = clock
-        self.interval = interval
-        self.limit = limit
+        self._out, self._clock, self.interval, self.limit = out, clock, interval, limit
         self._buffer: list[str] = []
         self._size = 0
         self._timer: IDelayedCall | None = None
-        # Re-entrant: Twisted logs from its signal handlers ("Received
-        # SIGTERM"), which Python runs in the main thread between any two
-        # bytecodes -- also while this writer holds its lock.
+        # Re-entrant: Twisted's signal handlers log between any two bytecodes, also while this lock is held.
         self._lock = threading.RLock()
         self._reactor_thread = threading.get_ident()
         if not _writers:
@@ -178,26 +152,19 @@ class BufferedWriter:
                 self._write_out()
                 return
             if self._timer is None and threading.get_ident() == self._reactor_thread:
-                clock = self._clock
-                if clock is None:
-                    from capserv.protocols._twisted import global_reactor
-
-                    clock = self._clock = global_reactor()
-                self._timer = clock.callLater(self.interval, self.flush)
+                if self._clock is None:
+                    self._clock = global_reactor()
+                self._timer = self._clock.callLater(self.interval, self.flush)
 
     def _write_out(self) -> None:
-        """
-        Write what is waiting (lock held); the buffer is swapped out first, so
-        a signal handler logging meanwhile writes only its own lines.
-        """
+        """Write what waits (lock held), swapped out first so a signal handler's line is written once."""
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
         buffer = self._buffer
         if not buffer:
             return
-        self._buffer = []
-        self._size = 0
+        self._buffer, self._size = [], 0
         text = "".join(buffer)
         try:
             self._out.write(text)
@@ -220,34 +187,14 @@ class BufferedWriter:
         return self._size
 
 
-class _TimeStamps:
-    """``formatTime``, cached for the second (the default format's resolution)."""
-
-    __slots__ = ("_format", "_second", "_text")
-
-    def __init__(self, time_format: str | None) -> None:
-        self._format = time_format
-        self._second = -1
-        self._text = ""
-
-    def __call__(self, when: float | None) -> str:
-        if when is None or self._format != timeFormatRFC3339:
-            return formatTime(when, self._format)
-        second = int(when)
-        if second != self._second:
-            self._text = formatTime(second, self._format)
-            self._second = second
-        return self._text
-
-
 @implementer(ILogObserver)
 class TextLogObserver:
     """
-    What ``textFileLogObserver`` writes, for less (see the module).
+    What ``textFileLogObserver`` writes, for less.
 
-    :param out: the file (or a `BufferedWriter`).
     :param time_format: ``strftime`` format of the time stamp; `None` for none.
     :param interval: the longest an access line waits (0: never).
+    :param drop: events other than access lines to leave out.
     """
 
     def __init__(
@@ -256,9 +203,19 @@ class TextLogObserver:
         time_format: str | None = timeFormatRFC3339,
         clock: IReactorTime | None = None,
         interval: float = FLUSH_INTERVAL,
+        drop: Callable[[LogEvent], bool] | None = None,
     ) -> None:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
-        self._stamp = _TimeStamps(time_format)
+        self._format, self._drop = time_format, drop
+        self._second, self._text = -1, ""  # the last time stamp, for its second (the default's resolution)
+
+    def _stamp(self, when: float | None) -> str:
+        if when is None or self._format != timeFormatRFC3339:
+            return formatTime(when, self._format)
+        second = int(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(second, self._format)
+        return self._text
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
@@ -268,6 +225,8 @@ class TextLogObserver:
                 system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
             stamp = self._stamp(event.get("log_time"))
             self.writer.write(f"{stamp} [{system}] {render_access(event)}\n")
+            return
+        if self._drop is not None and self._drop(event):
             return
         text = formatEventAsClassicLogText(event, formatTime=self._stamp)
         if text:
@@ -289,9 +248,9 @@ def _plain(value: Any) -> bool:
 
 def event_as_json(event: LogEvent) -> str:
     """
-    One event as a line of JSON: its rendered text, level, time, namespace,
-    plain-data fields and a failure's traceback (Twisted's ``eventAsJSON``
-    keeps no text and writes ``{"unpersistable": true}`` for other fields).
+    One event as a line of JSON: its text, level, time, namespace, plain-data
+    fields and a failure's traceback (Twisted's ``eventAsJSON`` keeps no text,
+    and writes ``{"unpersistable": true}`` for other fields).
     """
     record: dict[str, Any] = {"text": formatEvent(event)}
     level = event.get("log_level")
@@ -312,52 +271,53 @@ def event_as_json(event: LogEvent) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+#: `event_as_json`'s object for an access event, in one ``%`` format: text
+#: (its peer and reason escaped as below), level, fields, namespace, time.
+_JSON_ACCESS = (
+    '{"text": "%s closed after %.3fs: %d bytes in, %d bytes out (%s)", "level": "%s", "peer": "%s", '
+    '"duration": %r, "bytes_in": %d, "bytes_out": %d, "reason": "%s", "namespace": %s, "time": %r}\n'
+)
+_ACCESS_TYPES = (str, float, int, int, str)
+
+
 @implementer(ILogObserver)
 class JSONLogObserver:
-    """
-    One JSON object a line (`event_as_json`), access lines built directly and
-    written in batches.
-
-    :param out: the file (or a `BufferedWriter`).
-    :param interval: the longest an access line waits (0: never).
-    """
+    """One JSON object a line (`event_as_json`); ``interval`` and ``drop`` as `TextLogObserver`'s."""
 
     def __init__(
-        self, out: Writable | BufferedWriter, clock: IReactorTime | None = None, interval: float = FLUSH_INTERVAL
+        self,
+        out: Writable | BufferedWriter,
+        clock: IReactorTime | None = None,
+        interval: float = FLUSH_INTERVAL,
+        drop: Callable[[LogEvent], bool] | None = None,
     ) -> None:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
-
-    def _access(self, event: LogEvent) -> str:
-        """An access event as the line `event_as_json` would write, from one format."""
-        peer, duration, bytes_in, bytes_out, reason = (
-            event["peer"],
-            event["duration"],
-            event["bytes_in"],
-            event["bytes_out"],
-            event["reason"],
-        )
-        if not (
-            type(peer) is str
-            and type(reason) is str
-            and type(duration) is float
-            and type(bytes_in) is int
-            and type(bytes_out) is int
-        ):
-            return event_as_json(event)
-        level = event.get("log_level")
-        return (
-            f'{{"text": {_string(render_access(event))}, "level": "{level.name if level else "info"}", '
-            f'"peer": {_string(peer)}, "duration": {duration!r}, "bytes_in": {bytes_in}, '
-            f'"bytes_out": {bytes_out}, "reason": {_string(reason)}, '
-            f'"namespace": {_string(event.get("log_namespace", ""))}, "time": {event.get("log_time", 0.0)!r}}}\n'
-        )
+        self._drop = drop
+        self._namespaces: dict[str, str] = {}
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_format") is ACCESS_FORMAT:
-            self.writer.write(self._access(event))
+        if event.get("log_format") is not ACCESS_FORMAT:
+            if self._drop is None or not self._drop(event):
+                self.writer.write(event_as_json(event), urgent=True)
             return
-        self.writer.write(event_as_json(event), urgent=True)
+        e = event
+        peer, duration, bytes_in, bytes_out, reason = (
+            e["peer"],
+            e["duration"],
+            e["bytes_in"],
+            e["bytes_out"],
+            e["reason"],
+        )
+        if (type(peer), type(duration), type(bytes_in), type(bytes_out), type(reason)) != _ACCESS_TYPES:
+            self.writer.write(event_as_json(event))
+            return
+        level, namespace = event.get("log_level"), event.get("log_namespace", "")
+        quoted = self._namespaces.get(namespace) or self._namespaces.setdefault(namespace, _string(namespace))
+        fields = (_string(peer)[1:-1], duration, bytes_in, bytes_out, _string(reason)[1:-1])
+        self.writer.write(
+            _JSON_ACCESS % (*fields, level.name if level else "info", *fields, quoted, event.get("log_time", 0.0))
+        )
 
 
-#: A JSON string literal for a str (the json module's own encoder).
-_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+#: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).
+_string: Callable[[str], str] = json.encoder.encode_basestring

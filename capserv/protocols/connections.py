@@ -18,16 +18,16 @@ __all__ = ["ConnectionSet"]
 
 class ConnectionSet(Set["UppercaseProtocol"]):
     """
-    The connections a factory serves now (a read-only set to others), closed
-    when idle and when a stop asks.  One sweep every tenth of the idle timeout
-    closes the idle ones: no timer per connection, none while none is open.
+    The connections a factory serves (read-only to others), closed when idle
+    by one sweep every tenth of the idle timeout (no timer per connection, none
+    while none is open) and when a stop asks.
     """
 
     def __init__(self, state: SharedState) -> None:
         self._state = state
         self._open: set[UppercaseProtocol] = set()
         self._sweep_call: IDelayedCall | None = None
-        self._drained: list[Deferred[None]] = []
+        self._drained: list[tuple[Deferred[None], IDelayedCall | None]] = []  # drain's waiters and timers
         self.sweep_interval = max(state.config.idle_timeout / 10, 0.05)
 
     def __contains__(self, protocol: object) -> bool:
@@ -55,7 +55,9 @@ class ConnectionSet(Set["UppercaseProtocol"]):
             if call is not None and call.active():
                 call.cancel()
             waiting, self._drained = self._drained, []
-            for d in waiting:
+            for d, timer in waiting:
+                if timer is not None and timer.active():
+                    timer.cancel()
                 d.callback(None)
         return True
 
@@ -79,29 +81,17 @@ class ConnectionSet(Set["UppercaseProtocol"]):
         return sum(protocol._check_reset() for protocol in list(self._open))
 
     def drain(self, timeout: float) -> Deferred[None]:
-        """
-        Wait for the open connections to finish, closing those still open after
-        ``timeout`` seconds (0: at once); fires once every connection has closed.
-        """
+        """Fire once every connection has closed, closing those still open after ``timeout`` s (0: now)."""
         self.abort_reset()
         if not self._open:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._drained.append(d)
-
-        def close_the_rest() -> None:
-            for protocol in list(self._open):
-                protocol._shutdown()
-
-        if timeout > 0:
-            call = self._state.clock.callLater(timeout, close_the_rest)
-
-            def cancel_timer(result: None) -> None:
-                if call.active():
-                    call.cancel()
-                return result
-
-            d.addCallback(cancel_timer)
-        else:
-            close_the_rest()
+        call = self._state.clock.callLater(timeout, self._shutdown) if timeout > 0 else None
+        self._drained.append((d, call))
+        if call is None:
+            self._shutdown()
         return d
+
+    def _shutdown(self) -> None:
+        for protocol in list(self._open):
+            protocol._shutdown()

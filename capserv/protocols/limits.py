@@ -1,8 +1,7 @@
 """
-Admission: which connections a stream factory serves.  None once a graceful
-stop has begun, at most ``max_connections`` at once and
-``max_connections_per_ip`` from one source network; refusals are counted by
-`Reason` and logged, one line per 10 seconds at most.
+Which connections a stream factory serves: none once a stop has begun, at most
+``max_connections`` at once and ``max_connections_per_ip`` from one source
+network; refusals are counted by `Reason` and logged at most once per 10 s.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from capserv.protocols.stats import Reason, TCPStats
 
 __all__ = ["Admission"]
 
-#: The refusal lines' logger, under the namespace operators filter on.
 _log = Logger(namespace="capserv.tcp.UppercaseFactory")
 
 
@@ -27,9 +25,7 @@ class Admission:
     def __init__(self, state: SharedState, stats: TCPStats) -> None:
         self._state = state
         self._stats = stats
-        #: Whether new connections are served (a graceful stop clears it).
-        self.accepting = True
-        #: Connections counted by the per-IP limit, by source network.
+        self.accepting = True  # a graceful stop clears it
         self.held: dict[bytes, int] = {}
 
     def refusal(self, open_now: int) -> Reason | None:
@@ -42,11 +38,7 @@ class Admission:
         return None
 
     def take(self, address: IAddress | None) -> bytes | None:
-        """
-        Count a connection from ``address`` against its network's per-IP
-        limit, or refuse it (counted and logged): the network to `release`
-        at the close (empty without an IP address), or `None` if refused.
-        """
+        """Count a connection against its network's per-IP limit: the key to `release`, or `None` if refused."""
         key = self._state.networks.key(address)
         if key is None:
             return b""
@@ -79,12 +71,7 @@ class Admission:
         count: int = 0,
         what: str | None = None,
     ) -> None:
-        """
-        Count a refusal and log it, unless a line was logged less than 10 s
-        ago (the next says how many were held back).
-
-        :param what: what was wrong, for a refusal that is not a limit reached.
-        """
+        """Count a refusal and log it (throttled); ``what``: what was wrong, if not a limit reached."""
         self._stats.connections_refused[reason] += 1
         if network is not None:
             self._stats.limited[reason][family(network)] += 1

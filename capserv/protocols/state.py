@@ -1,11 +1,8 @@
-"""
-What one capserv service's connections, or its datagram ports, share: TCP's
-`UppercaseFactory` and UDP's `DatagramState` are both a `SharedState`.
-"""
+"""What a service's connections or datagram ports share (`UppercaseFactory`, `DatagramState`)."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -19,19 +16,15 @@ __all__ = ["SharedState"]
 
 class SharedState:
     """
-    The configuration, the clock, the source networks per-source limits
-    count in, and the throttle of refusal and drop lines (one per 10 s).
-    Every UDP port of a service shares one (as ``twisted.names`` shares one
-    ``DNSServerFactory``), so limits and counters hold across listeners.
+    The configuration, the clock, the source networks per-source limits count
+    in, and the throttle of refusal and drop lines: shared by every listener
+    of a service, so limits and counters hold across them.
+
+    :param config: the behaviour; the daemon's defaults if `None`.
+    :param clock: the global reactor if `None`, looked up only when first needed.
     """
 
     def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
-        """
-        :param config: the behaviour; the daemon's defaults if `None`.
-        :param clock: where time comes from; the global reactor, looked up
-            only when time is first needed (so building this installs no
-            reactor), if `None`.
-        """
         self.config = config if config is not None else CapservConfig()
         self._clock = cast("IReactorTime | None", clock)
         self.networks = SourceNetworks(self.config.ipv4_prefix, self.config.ipv6_prefix)
@@ -47,7 +40,3 @@ class SharedState:
     def throttled(self) -> int | None:
         """`LogThrottle.check` now: `None` to log nothing, else how many lines were held back."""
         return self.log_throttle.check(self.clock.seconds())
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as a dict of plain data."""
-        raise NotImplementedError

@@ -1,23 +1,16 @@
-"""
-The counters the factories keep (plain integers updated in place, read by
-whatever exports them) and the one list of reasons a connection is refused
-or a datagram dropped.
-"""
+"""The factories' counters (plain integers, updated in place) and why a connection or datagram is refused."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = ["DROPS", "PER_SOURCE", "REFUSALS", "Reason", "TCPStats", "UDPStats", "counts"]
 
 
 class Reason(str, Enum):
-    """
-    Why a connection was refused or a datagram not answered.  A member is its
-    value, the label of counters, log lines and metrics (equal, same hash,
-    formats as it).
-    """
+    """Why a connection was refused or a datagram dropped; a member is its value (equal, same hash, same text)."""
 
     __hash__ = str.__hash__
     __str__ = str.__str__
@@ -43,45 +36,24 @@ class Reason(str, Enum):
 
 _FIELDS = {Reason.RATE_LIMIT: "udp_rate", Reason.BYTE_RATE: "udp_byte_rate", Reason.LOW_PORT: "udp_allow_low_ports"}
 
-#: Why TCP connections are refused.
 REFUSALS = (Reason.MAX_CONNECTIONS, Reason.MAX_CONNECTIONS_PER_IP, Reason.SHUTDOWN, Reason.PROXY_HEADER)
-#: Why datagrams are dropped.
 DROPS = (Reason.RATE_LIMIT, Reason.BYTE_RATE, Reason.OVERSIZE, Reason.LOW_PORT, Reason.SEND_ERROR)
-#: The per-source limits, each also counted by the source network's family.
+# The per-source limits, each also counted by the source network's family.
 PER_SOURCE = (Reason.MAX_CONNECTIONS_PER_IP, Reason.RATE_LIMIT, Reason.BYTE_RATE)
 
 
+@dataclass(slots=True, eq=False)
 class TCPStats:
-    """
-    Totals for every connection one `UppercaseFactory` has served; byte totals
-    of open connections are added when they close (`UppercaseFactory.snapshot`
-    includes them).
-    """
+    """Totals of one `UppercaseFactory`'s connections; open ones' bytes are added when they close."""
 
-    __slots__ = (
-        "aborts",
-        "bytes_in",
-        "bytes_out",
-        "connections_refused",
-        "connections_total",
-        "idle_timeouts",
-        "limited",
-        "pauses",
-    )
-
-    def __init__(self) -> None:
-        self.connections_total = 0
-        #: Connections closed unserved, by `Reason` (one of `REFUSALS`).
-        self.connections_refused: Counter[Reason] = Counter()
-        #: Refusals by a per-source limit, by `Reason` and family (``"ipv4"``, ``"ipv6"``).
-        self.limited: defaultdict[Reason, Counter[str]] = defaultdict(Counter)
-        self.idle_timeouts = 0
-        #: Connections aborted because they would not take their last bytes.
-        self.aborts = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        #: Times reading was paused because a reply backed up.
-        self.pauses = 0
+    connections_total: int = 0
+    connections_refused: Counter[Reason] = field(default_factory=Counter)  # by one of REFUSALS
+    limited: defaultdict[Reason, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # by family
+    idle_timeouts: int = 0
+    aborts: int = 0  # connections that would not take their last bytes
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pauses: int = 0  # times reading paused because a reply backed up
 
 
 class UDPStats:
@@ -90,13 +62,8 @@ class UDPStats:
     __slots__ = ("bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "drops", "limited")
 
     def __init__(self) -> None:
-        self.datagrams_in = 0
-        self.datagrams_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        #: Datagrams not answered, by `Reason` (one of `DROPS`).
-        self.drops: Counter[Reason] = Counter()
-        #: Drops by a per-source budget, by `Reason` and family (``"ipv4"``, ``"ipv6"``).
+        self.datagrams_in = self.datagrams_out = self.bytes_in = self.bytes_out = 0
+        self.drops: Counter[Reason] = Counter()  # by one of DROPS
         self.limited: defaultdict[Reason, Counter[str]] = defaultdict(Counter)
 
 

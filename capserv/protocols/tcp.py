@@ -1,10 +1,6 @@
 """
-The uppercase service over streams: a `Protocol` and its `Factory`.
-
-Whatever arrives is uppercased and written back at once, with no framing,
-so one-shot clients, interactive ones and bulk pipes all work.  Data flows
-one way: transport -> `UppercaseProtocol.dataReceived` -> `Uppercaser` ->
-``transport.write``.
+The uppercase service over streams: whatever arrives is uppercased and written
+back at once, with no framing, so one-shot, interactive and bulk clients all work.
 """
 
 from __future__ import annotations
@@ -12,13 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHalfCloseableProtocol,
-    IPushProducer,
-    ITransport,
-)
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,40 +36,30 @@ __all__ = ["UppercaseFactory", "UppercaseProtocol"]
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class UppercaseProtocol(Protocol):
     """
-    Uppercase one connection's byte stream, with backpressure, half-close and
-    an idle timeout, and log one line when it closes (unless the config says
-    ``access_log=False``).
-
-    It is its own streaming producer: the transport pauses it when the reply
-    backs up and it stops reading, so a client that never reads cannot make
-    the server buffer without bound.
+    Uppercase one connection's byte stream, with half-close and an idle
+    timeout, and log one line when it closes (unless ``access_log=False``).
+    It is its own streaming producer: a client that never reads makes it stop
+    reading, so the server cannot buffer without bound.
     """
 
     factory: UppercaseFactory
     transport: ITransport
-    #: The peer's address, as the listening port gave it.
-    peer: IAddress | None = None
-    #: Made at the first chunk that is not plain ASCII (`UppercaseFactory.ascii_upper`).
-    _codec: Uppercaser | None = None
-    #: Whether reading is paused because the reply backed up.
-    reading_paused = False
+    peer: IAddress | None = None  # as the listening port gave it
+    _codec: Uppercaser | None = None  # made at the first chunk that is not plain ASCII
+    reading_paused = False  # because the reply backed up
     _abort_call: IDelayedCall | None = None
-    #: Set once the connection is on its way out (end of input, idle, shutdown).
-    closing = False
+    closing = False  # on its way out (end of input, idle, shutdown)
     _close_when_drained = False
     _lost = False  # connectionLost ran: nothing is scheduled from then on
     _reason = ""  # why it ended, if capserv knows (else lost_reason says)
     _awaiting_header = False  # behind HAProxy, until the PROXY header is read
-    #: The source network counted for the per-IP limit (`UppercaseFactory._admit`).
-    _counted_host: bytes | None = None
+    _counted_host: bytes | None = None  # the source network the per-IP limit counted
     _is_refused = False
     _registered = False  # registered as the transport's producer
     bytes_in = 0
     bytes_out = 0
     started = 0.0
     _last_activity = 0.0
-
-    # -- connection lifetime -------------------------------------------------
 
     def connectionMade(self) -> None:
         lend_half_close(self)
@@ -94,14 +74,13 @@ class UppercaseProtocol(Protocol):
             return
         factory.connections.add(self)
         self.started = self._last_activity = clock.seconds()
-        if isinstance(getattr(transport, "bufferSize", None), int):
+        size = getattr(transport, "bufferSize", None)
+        if isinstance(size, int) and size != config.high_water:
             transport.bufferSize = config.high_water  # type: ignore[attr-defined]
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
         self._write = stream_writer(transport, config.fast_paths)
-        if proxied:
-            # The client's address arrives in the PROXY header: count and
-            # limit by it at the first data.
+        if proxied:  # the client's address comes in the PROXY header: count it at the first data
             self._awaiting_header = True
             self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
 
@@ -175,11 +154,9 @@ class UppercaseProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
-        call = self._abort_call
-        if call is not None:
-            if call.active():
-                call.cancel()
-            self._abort_call = None
+        call, self._abort_call = self._abort_call, None
+        if call is not None and call.active():
+            call.cancel()
         self.reading_paused = False
         if self._awaiting_header and not self.closing and getattr(self.transport, "disconnecting", False):
             self._header_failed()  # Twisted's PROXY wrapper closed it
@@ -192,8 +169,6 @@ class UppercaseProtocol(Protocol):
         if not self.closing or not self._reason:
             self._reason = lost_reason(reason)
         log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
-
-    # -- backpressure: IPushProducer, called by the transport ----------------
 
     def pauseProducing(self) -> None:
         """The reply backed up past the high-water mark: stop reading."""
@@ -217,8 +192,6 @@ class UppercaseProtocol(Protocol):
         """The connection is going away."""
         self.reading_paused = False
 
-    # -- closing ---------------------------------------------------------------
-
     def _finish(self, drain: bool) -> None:
         """Close once what is owed is sent; if the reply backed up, once it has drained."""
         if self.closing:
@@ -230,17 +203,13 @@ class UppercaseProtocol(Protocol):
             self._close_now(self._idle_timeout)
 
     def _close_now(self, grace: float) -> None:
-        """
-        Stop reading, send what is buffered and close; abort if the peer has
-        not taken it within ``grace`` seconds (0: wait as long as it takes).
-        """
+        """Stop reading, send what is buffered and close; abort after ``grace`` seconds (0: never)."""
         self.closing = True
         self._close_when_drained = False
         self._unregister_throttle()
         transport = self.transport
         transport.loseConnection()
-        # Nothing left to send cannot stall: no abort timer (a transport
-        # that closed at once has called connectionLost already).
+        # Nothing left to send cannot stall: no abort timer.
         if grace > 0 and self._abort_call is None and not self._lost and unsent_bytes(transport) != 0:
             self._abort_call = self._clock.callLater(grace, self._abort)
 
@@ -251,13 +220,10 @@ class UppercaseProtocol(Protocol):
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def _abort(self) -> None:
-        # The fired call stays in _abort_call: closing or shutting down again
-        # must not schedule another abort.
+        # The fired call stays in _abort_call, so no other abort is scheduled.
         self.factory.stats.aborts += 1
         self._reason += ", aborted: peer did not take its last bytes"
         self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    # -- what the factory's connection set asks --------------------------------
 
     def _check_idle(self, now: float) -> None:
         """Close the connection if it has been idle for the idle timeout (the sweep)."""
@@ -271,17 +237,10 @@ class UppercaseProtocol(Protocol):
         self._close_now(self.factory.config.abort_grace or 0.001)
 
     def _check_reset(self) -> bool:
-        """
-        Abort the connection if its peer reset it unnoticed
-        (`capserv.protocols._twisted.reset_unnoticed`), so it holds no
-        descriptor or per-IP slot until the idle timeout; whether it was.
-        """
+        """Abort the connection if its peer reset it unnoticed (`reset_unnoticed`); whether it was."""
         if self.transport is None or not reset_unnoticed(self.transport):
             return False
-        self._reason = "reset by peer"
-        self.closing = True
-        self._unregister_throttle()
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        self._abort_with("reset by peer")
         return True
 
     def _shutdown(self) -> None:
@@ -296,10 +255,12 @@ class UppercaseProtocol(Protocol):
         call = self._abort_call
         if call is not None and call.active():
             call.cancel()
-        self.closing = True
-        self._reason = "server stopping at once (second signal), aborted"
-        self._unregister_throttle()
         self.factory.stats.aborts += 1
+        self._abort_with("server stopping at once (second signal), aborted")
+
+    def _abort_with(self, reason: str) -> None:
+        self._reason, self.closing = reason, True
+        self._unregister_throttle()
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
@@ -312,32 +273,21 @@ class _Refused(Protocol):
 
 class UppercaseFactory(ServerFactory, SharedState):
     """
-    Build `UppercaseProtocol` connections that share one configuration, one
-    clock, the counters (`stats`), the limits (`limits`) and the open
-    connections (`connections`: the idle sweep and the drain).
+    `UppercaseProtocol` connections sharing one configuration, clock, `stats`,
+    `limits` and open `connections`; listen with it on any stream endpoint::
 
-    Listen with it on any stream endpoint::
-
-        from twisted.internet.endpoints import serverFromString
         serverFromString(reactor, "tcp:50007").listen(UppercaseFactory())
     """
 
     protocol = UppercaseProtocol  # type: ignore[assignment]
-    #: capserv logs its own listening and connection lines.
-    noisy = False
+    noisy = False  # capserv logs its own listening and connection lines
 
     def __init__(self, config: CapservConfig | None = None, clock: Clock | None = None) -> None:
-        """
-        :param config: the behaviour; the daemon's defaults if `None`.
-        :param clock: where time comes from; the global reactor, looked up
-            when time is first needed, if `None`.
-        """
         SharedState.__init__(self, config, clock)
         self.stats = TCPStats()
         self.limits = Admission(self, self.stats)
         self.connections = ConnectionSet(self)
-        #: Whether ASCII is uppercased by `bytes.upper` alone (the encoding
-        #: maps ASCII to itself), so a connection needs no codec until other bytes.
+        # bytes.upper alone serves ASCII (the encoding maps it to itself): no codec until other bytes.
         self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
 
     def codec(self) -> Uppercaser:
@@ -346,10 +296,8 @@ class UppercaseFactory(ServerFactory, SharedState):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """
-        A `protocol` for a new connection, or one that closes it at once if a
-        limit says no (not `None`: Twisted's wrapping factories cannot wrap
-        `None`).  The per-IP limit waits for a certain address: at
-        ``connectionMade``, or behind HAProxy at the first data.
+        A `protocol`, or one that closes at once if a limit says no (not `None`:
+        wrapping factories cannot wrap it); the per-IP limit waits for ``connectionMade``.
         """
         refusal = self.limits.refusal(len(self.connections))
         if refusal is not None:
@@ -359,8 +307,6 @@ class UppercaseFactory(ServerFactory, SharedState):
         protocol.factory = self
         protocol.peer = addr
         return protocol
-
-    # -- what the protocol tells its factory ---------------------------------
 
     def _admit(self, protocol: UppercaseProtocol, address: IAddress | None) -> bool:
         """Count ``protocol`` against its network's per-IP limit and as served; `False` if refused."""
@@ -376,14 +322,11 @@ class UppercaseFactory(ServerFactory, SharedState):
         key, protocol._counted_host = protocol._counted_host, None
         if key is not None:
             self.limits.release(key)
-        connections = self.connections
-        if protocol in connections:  # the totals first: discarding the last fires drain's waiters
+        if protocol in self.connections._open:  # the totals first: discarding the last fires drain's waiters
             stats = self.stats
             stats.bytes_in += protocol.bytes_in
             stats.bytes_out += protocol.bytes_out
-            connections.discard(protocol)
-
-    # -- what the service asks -------------------------------------------------
+            self.connections.discard(protocol)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a dict, byte totals including open connections."""
@@ -410,12 +353,9 @@ class UppercaseFactory(ServerFactory, SharedState):
 
     def drain(self, timeout: float | None = None) -> Deferred[None]:
         """
-        Refuse new connections and wait for the open ones to finish; after
-        ``timeout`` seconds (the configured ``shutdown_timeout`` if `None`; 0:
-        at once) close those still open, aborting after the configured grace
-        those that will not take what is buffered.
-
-        :return: a `Deferred` that fires once every connection has closed.
+        Refuse new connections and wait for the open ones; after ``timeout``
+        seconds (default ``shutdown_timeout``; 0: at once) close the rest,
+        aborting after the configured grace; fires once all have closed.
         """
         self.limits.accepting = False
         return self.connections.drain(self.config.shutdown_timeout if timeout is None else timeout)

@@ -1,5 +1,5 @@
 """
-The access line's reason over real loopback connections, in capserv's words
+Tests for `capserv.protocols.tcp` over real loopback connections: the access line's reason, in capserv's words
 (docs/operations.rst), not Twisted's exception text.
 """
 

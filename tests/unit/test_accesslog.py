@@ -1,0 +1,313 @@
+"""
+In-memory tests for `capserv.protocols.accesslog`: the per-connection line, the same text and
+fields as twisted.logger's own observers write, in batches.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+from capserv import CapservConfig, UppercaseFactory
+from capserv.daemon.logs import json_lines, text_lines
+from capserv.protocols.accesslog import (
+    ACCESS_FORMAT,
+    BufferedWriter,
+    JSONLogObserver,
+    TextLogObserver,
+    event_as_json,
+    flush_all,
+    render_access,
+)
+
+FIELDS: list[dict[str, Any]] = [
+    {"peer": "127.0.0.1:54321", "duration": 0.00123, "bytes_in": 64, "bytes_out": 64, "reason": "end of input"},
+    {
+        "peer": "[::1]:1",
+        "duration": 12345.6789,
+        "bytes_in": 0,
+        "bytes_out": 10**12,
+        "reason": 'idle for 300s, "quoted"',
+    },
+    {
+        "peer": "unix:/run/caps\u00e9rv.sock",
+        "duration": 0.0,
+        "bytes_in": 3,
+        "bytes_out": 9,
+        "reason": "caf\u00e9 \u2603",
+    },
+]
+
+
+def logged(observers: list[Any], fields: dict[str, Any], when: float = 1795822516.25) -> None:
+    """Log one access event, as UppercaseProtocol does, at a fixed time."""
+    log = Logger(namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(*observers))
+    log.emit(LogLevel.info, ACCESS_FORMAT, log_time=when, **fields)
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_render_access_is_twisteds_formatting(self) -> None:
+        """render_access gives exactly the text twisted.logger's formatEvent gives for the access format."""
+        for fields in FIELDS:
+            event = {"log_format": ACCESS_FORMAT, **fields}
+            assert render_access(event) == formatEvent(event)
+
+    def test_text_observer_writes_what_twisteds_writes(self) -> None:
+        """TextLogObserver's access line is byte for byte textFileLogObserver's (time stamp, system, message)."""
+        for fields in FIELDS:
+            ours, theirs = io.StringIO(), io.StringIO()
+            observer = TextLogObserver(ours, clock=Clock(), interval=0)
+            logged([observer, textFileLogObserver(theirs)], fields)
+            assert ours.getvalue() == theirs.getvalue()
+            assert ours.getvalue().endswith(f"[capserv.tcp.UppercaseProtocol#info] {render_access(fields)}\n")
+
+    def test_text_observer_other_events_and_cached_time_stamps(self) -> None:
+        """Other events are written as Twisted writes them; time stamps stay right across seconds (the cache)."""
+        ours, theirs = io.StringIO(), io.StringIO()
+        observer = TextLogObserver(ours, clock=Clock(), interval=0)
+        log = Logger(namespace="capserv.listen", observer=LogPublisher(observer, textFileLogObserver(theirs)))
+        for when in (100.2, 100.9, 101.0, 99.5, 86400 * 365.25 * 30):
+            log.emit(LogLevel.warn, "Listening on {address}", address="127.0.0.1:50007", log_time=when)
+            logged([observer, textFileLogObserver(theirs)], FIELDS[0], when=when)
+        assert ours.getvalue() == theirs.getvalue()
+        assert ours.getvalue().count("\n") == 10
+
+    def test_json_observer_access_line_is_event_as_json(self) -> None:
+        """
+        JSONLogObserver's fast access line is the object event_as_json writes
+        for the same event: the rendered text, level, namespace, time and the
+        fields, and nothing unpersistable.
+        """
+        for fields in FIELDS:
+            ours, reference = io.StringIO(), io.StringIO()
+            observer = JSONLogObserver(ours, clock=Clock(), interval=0)
+
+            logged([observer, lambda event, out=reference: out.write(event_as_json(event))], fields)
+            mine = json.loads(ours.getvalue())
+            assert mine == json.loads(reference.getvalue())
+            assert mine["text"] == render_access(fields)
+            assert mine["level"] == "info"
+            assert "unpersistable" not in ours.getvalue()
+
+    def test_json_observer_other_events(self) -> None:
+        """Events other than the access line carry their text and plain fields, written at once."""
+        ours = io.StringIO()
+        observer = JSONLogObserver(ours, clock=Clock())
+        log = Logger(namespace="capserv.tcp", observer=observer)
+        log.warn("Refused connection from {peer}: {limit} reached", peer="192.0.2.1:1", limit="max_connections")
+        event = json.loads(ours.getvalue())
+        assert event["limit"] == "max_connections" and event["level"] == "warn"
+        assert event["text"] == "Refused connection from 192.0.2.1:1: max_connections reached"
+        assert "unpersistable" not in ours.getvalue()
+
+    def test_access_lines_wait_for_the_timer_and_other_events_flush_them_in_order(self) -> None:
+        """
+        Access lines are written once the flush interval passes, not before;
+        another event writes the waiting lines first, then itself; no timer is
+        left once the buffer is empty.
+        """
+        clock = Clock()
+        out = io.StringIO()
+        observer = TextLogObserver(out, clock=clock, interval=1.0)
+        logged([observer], FIELDS[0])
+        logged([observer], FIELDS[1])
+        assert out.getvalue() == ""
+        assert observer.writer.waiting > 0
+        clock.advance(0.9)
+        assert out.getvalue() == ""
+        clock.advance(0.1)
+        assert out.getvalue().count("closed after") == 2
+        assert clock.getDelayedCalls() == []
+        logged([observer], FIELDS[2])
+        Logger(namespace="capserv", observer=observer).error("something {what}", what="bad")
+        lines = out.getvalue().splitlines()
+        assert "closed after" in lines[2] and "something bad" in lines[3]
+        assert clock.getDelayedCalls() == []
+
+    def test_a_full_buffer_is_written_at_once(self) -> None:
+        """Past the buffer's limit, what waits is written without waiting for the timer."""
+        clock = Clock()
+        out = io.StringIO()
+        observer = TextLogObserver(BufferedWriter(out, clock, interval=1.0, limit=1000))
+        for _ in range(20):
+            logged([observer], FIELDS[0])
+        assert out.getvalue().count("\n") >= 9
+        assert observer.writer.waiting < 1000
+
+    def test_flush_all(self) -> None:
+        """flush_all writes what every writer holds (the daemon's stop) and cancels their timers."""
+        clock = Clock()
+        first, second = io.StringIO(), io.StringIO()
+        a, b = TextLogObserver(first, clock=clock), JSONLogObserver(second, clock=clock)
+        logged([a, b], FIELDS[0])
+        assert (first.getvalue(), second.getvalue()) == ("", "")
+        flush_all()
+        assert "closed after" in first.getvalue() and json.loads(second.getvalue())["bytes_in"] == 64
+        logged([a, b], FIELDS[1])
+        flush_all()
+        assert first.getvalue().count("\n") == 2
+        assert clock.getDelayedCalls() == []
+
+    def test_a_broken_log_file_does_not_raise(self) -> None:
+        """Writing to a closed file is dropped, never an exception into the protocol."""
+        out = io.StringIO()
+        observer = TextLogObserver(out, clock=Clock(), interval=0)
+        out.close()
+        logged([observer], FIELDS[0])
+
+    def test_writes_from_another_thread_start_no_timer(self) -> None:
+        """A line from a thread other than the reactor's waits for the next flush instead of touching the clock."""
+        clock = Clock()
+        out = io.StringIO()
+        writer = BufferedWriter(out, clock)
+        thread = threading.Thread(target=writer.write, args=("from a thread\n",))
+        thread.start()
+        thread.join()
+        assert clock.getDelayedCalls() == [] and writer.waiting
+        writer.flush()
+        assert out.getvalue() == "from a thread\n"
+
+    def test_the_protocols_close_line_takes_the_fast_path(self) -> None:
+        """UppercaseProtocol's close line is the access format (by identity), with the fields the observers need."""
+        from twisted.internet.testing import StringTransport
+
+        from capserv.protocols.addresses import describe
+
+        clock = Clock()
+        out = io.StringIO()
+        observer = TextLogObserver(out, clock=clock, interval=0)
+        factory = UppercaseFactory(CapservConfig(), clock=clock)
+        events: list[dict[str, Any]] = []
+        from twisted.internet.address import IPv4Address
+        from twisted.logger import globalLogPublisher
+
+        def keep(event: dict[str, Any]) -> None:
+            if event.get("log_format") is ACCESS_FORMAT:
+                events.append(event)
+                observer(event)
+
+        globalLogPublisher.addObserver(keep)
+        try:
+            peer = IPv4Address("TCP", "192.0.2.7", 4000)
+            protocol = factory.buildProtocol(peer)
+            assert protocol is not None
+            protocol.makeConnection(StringTransport(peerAddress=peer))
+            protocol.dataReceived(b"abc")
+            protocol.connectionLost()
+        finally:
+            globalLogPublisher.removeObserver(keep)
+        (event,) = events
+        assert (event["peer"], event["bytes_in"], event["bytes_out"]) == (describe(peer), 3, 3)
+        line = f"{describe(peer)} closed after 0.000s: 3 bytes in, 3 bytes out (closed by peer)\n"
+        assert out.getvalue().endswith(line)
+
+    def test_logger_factories(self) -> None:
+        """capserv.daemon.logs' factories for twistd --logger build capserv's observers."""
+        assert isinstance(json_lines(), JSONLogObserver)
+        assert isinstance(text_lines(), TextLogObserver)
+
+    def test_log_connection_publishes_what_logger_info_would(self) -> None:
+        """
+        log_connection's event has the keys and values Logger.info's would
+        (fields, level, namespace, format), with a current time stamp, and
+        reaches the global publisher's observers.
+        """
+        import time
+
+        from twisted.logger import globalLogPublisher
+
+        from capserv.protocols.accesslog import log_connection
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            before = time.time()
+            log_connection(**FIELDS[0])
+            Logger(namespace="capserv.tcp.UppercaseProtocol").info(ACCESS_FORMAT, **FIELDS[0])
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        mine, theirs = (e for e in events if e.get("log_format") is ACCESS_FORMAT)
+        assert set(mine) == set(theirs)
+        ignore = {"log_time", "log_logger", "log_source", "time", "log_legacy"}  # the last two: the legacy bridge's
+        assert {k: v for k, v in mine.items() if k not in ignore} == {
+            k: v for k, v in theirs.items() if k not in ignore
+        }
+        assert before <= mine["log_time"] <= theirs["log_time"]
+        assert mine["log_source"] is None
+
+    def test_a_line_logged_while_the_writer_writes_neither_blocks_nor_repeats(self) -> None:
+        """
+        A log line written from inside a write (as Twisted's signal handlers
+        log, between any two bytecodes of the main thread) neither deadlocks
+        nor writes any line twice.
+        """
+        clock = Clock()
+        written: list[str] = []
+
+        class Interrupted:
+            def __init__(self) -> None:
+                self.writer: BufferedWriter | None = None
+                self.interrupted = False
+
+            def write(self, text: str) -> None:
+                if not self.interrupted and self.writer is not None:
+                    self.interrupted = True
+                    self.writer.write("Received SIGTERM, shutting down.\n", urgent=True)
+                written.append(text)
+
+            def flush(self) -> None:
+                pass
+
+        out = Interrupted()
+        writer = BufferedWriter(out, clock)
+        out.writer = writer
+        writer.write("a closed after...\n")
+        writer.write("b closed after...\n")
+        done = threading.Event()
+
+        def flush() -> None:
+            writer.flush()
+            done.set()
+
+        thread = threading.Thread(target=flush, daemon=True)
+        thread.start()
+        assert done.wait(5), "the writer deadlocked"
+        lines = "".join(written).splitlines()
+        assert sorted(lines) == sorted(["a closed after...", "b closed after...", "Received SIGTERM, shutting down."])
+        assert writer.waiting == 0 and clock.getDelayedCalls() == []
+
+    def test_flush_gives_up_on_a_writer_another_thread_holds(self) -> None:
+        """flush (what runs at stop and at exit) returns within about a second if another thread holds the writer."""
+        out = io.StringIO()
+        writer = BufferedWriter(out, Clock())
+        writer.write("waiting\n")
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with writer._lock:
+                held.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=hold, daemon=True)
+        thread.start()
+        assert held.wait(5)
+        try:
+            writer.flush()  # returns instead of waiting for the other thread
+            assert out.getvalue() == ""
+        finally:
+            release.set()
+            thread.join(5)
+        writer.flush()
+        assert out.getvalue() == "waiting\n"
