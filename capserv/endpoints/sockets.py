@@ -1,7 +1,4 @@
-"""
-The one socket factory: the bound socket for what `capserv.endpoints.grammar`
-read, for the daemon's listeners and the native endpoint alike.
-"""
+"""The one socket factory, for the daemon's listeners and the native endpoint alike."""
 
 from __future__ import annotations
 
@@ -20,12 +17,8 @@ __all__ = ["make_socket", "release"]
 
 def make_socket(address: Inet | Unix | Adopted, reuse_port: bool = False) -> socket.socket:
     """
-    The bound, non-blocking socket (listening, for streams).  A ``unix:``
-    socket takes Twisted's lock file (``PATH.lock``) unless ``lockfile=0``
-    and replaces a socket file no server answers on; `release` it once closed.
-
-    :param reuse_port: set ``SO_REUSEPORT``, for ``--workers`` sharing a port.
-    :raises OSError: if it cannot be bound.
+    The bound, non-blocking socket (listening, for streams; ``reuse_port`` for workers sharing a port).  A ``unix:``
+    one takes Twisted's lock file unless ``lockfile=0`` and replaces a dead socket file; `release` it once closed.
     """
     if isinstance(address, Adopted):
         sock = socket.socket(fileno=os.dup(systemd_descriptors()[address.index]))

@@ -1,8 +1,6 @@
 """
-Whether TLS can work here (pyOpenSSL and service-identity, capserv's ``tls``
-extra), the one line that says what to install when it cannot, and the TLS
-files read with one-line errors: an ``ssl:`` listener's, checked before
-serving, and a ``tls:`` client's trust roots and certificate.
+Whether TLS can work here (capserv's ``tls`` extra) and what to install if not; the TLS files of an
+``ssl:`` listener and a ``tls:`` client, read with one-line errors.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ __all__ = [
     "TLS_INSTALL_HINT",
     "check_server_files",
     "client_certificate",
-    "read_file",
     "tls_problem",
     "tls_unavailable_message",
     "trust_roots",
@@ -40,10 +37,7 @@ def tls_problem() -> str | None:
 
 
 def tls_unavailable_message(what: str) -> str | None:
-    """
-    The one-line error for ``what`` (the option and value as written, e.g.
-    ``"--listen 'ssl:50443'"``) when TLS cannot work here, or `None`.
-    """
+    """The one-line error for ``what`` (as written: ``"--listen 'ssl:50443'"``) if TLS cannot work here."""
     problem = tls_problem()
     if problem is None:
         return None
@@ -70,11 +64,8 @@ def check_server_files(
     dh_parameters: str | None = None,
 ) -> None:
     """
-    Read every file an ``ssl:`` listener names, as serving will, so that a bad
-    one stops the start instead of every handshake (Twisted reads some only
-    then).  Does nothing without TLS (`tls_unavailable_message` says so first).
-
-    :raises DescriptionError: one line, naming the parameter and what to write.
+    Read every file an ``ssl:`` listener names, so a bad one stops the start, not each handshake
+    (Twisted reads some only then).  Does nothing without TLS (`tls_unavailable_message` says so).
     """
     if tls_problem() is not None:
         return
@@ -84,10 +75,9 @@ def check_server_files(
     if sslmethod is not None and sslmethod not in methods:
         raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {sslmethod!r}; or leave it out")
     certificate = cert_key or private_key
-    files = dict(
-        privateKey=private_key, certKey=certificate, extraCertChain=extra_cert_chain, dhParameters=dh_parameters
-    )
-    texts = {name: read_file(name, path) for name, path in files.items() if path is not None}
+    files = {"privateKey": private_key, "certKey": certificate, "extraCertChain": extra_cert_chain}
+    files["dhParameters"] = dh_parameters
+    texts = {name: _read(name, path) for name, path in files.items() if path is not None}
     if "extraCertChain" in texts and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
         raise DescriptionError(
             f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}"
@@ -109,7 +99,7 @@ def check_server_files(
             raise DescriptionError(f"{name}: {files[name]} {problem}; {_HINTS[name]}") from None
 
 
-def read_file(name: str, path: str) -> bytes:
+def _read(name: str, path: str) -> bytes:
     """The bytes of the file the parameter ``name`` names, or one line saying it cannot be read."""
     try:
         with open(path, "rb") as f:
@@ -133,7 +123,7 @@ def trust_roots(path: str | None) -> Any:
     files = sorted(os.path.join(path, name) for name in os.listdir(path)) if os.path.isdir(path) else [path]
     certificates = []
     for name in filter(os.path.isfile, files):
-        for block in _PEM_CERTIFICATE.findall(read_file("trustRoots", name)):
+        for block in _PEM_CERTIFICATE.findall(_read("trustRoots", name)):
             try:
                 certificates.append(ssl.Certificate.loadPEM(block))
             except Exception:
@@ -151,9 +141,9 @@ def client_certificate(certificate: str | None, private_key: str | None) -> Any:
         return None
     from twisted.internet import ssl
 
-    pem = read_file("certificate", certificate)
+    pem = _read("certificate", certificate)
     if private_key is not None:
-        pem += b"\n" + read_file("privateKey", private_key)
+        pem += b"\n" + _read("privateKey", private_key)
     try:
         return ssl.PrivateCertificate.loadPEM(pem)
     except Exception:
