@@ -14,27 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from capserv.native import DEFAULT_BACKLOG
+from capserv.native import DEFAULT_BACKLOG as DEFAULT_BACKLOG
 from capserv.protocols._twisted import systemd_descriptors, systemd_names
-
-__all__ = [
-    "DEFAULT_BACKLOG",
-    "SERVER_KINDS",
-    "Adopted",
-    "DescriptionError",
-    "Inet",
-    "Proxy",
-    "Twisted",
-    "Unix",
-    "checked",
-    "form",
-    "host_name",
-    "kinds_hint",
-    "parse",
-    "seconds",
-    "twisted_description",
-    "whole",
-]
 
 
 class DescriptionError(ValueError):
@@ -276,14 +257,12 @@ def _adopted(index: int, kind: int) -> Adopted:
     if index >= len(descriptors):
         last = len(descriptors) - 1
         raise DescriptionError(f"systemd passed {last + 1} socket(s); write an index from 0 to {last}")
-    with socket.socket(fileno=descriptors[index]) as probe:
-        actual = probe.type
-        probe.detach()
-    if actual != kind:
-        wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
-        raise DescriptionError(
-            f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines"
-        )
+    with socket.socket(fileno=os.dup(descriptors[index])) as probe:  # a copy, closed after looking
+        if probe.type != kind:
+            wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
+            raise DescriptionError(
+                f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines"
+            )
     return Adopted(index, kind == socket.SOCK_DGRAM)
 
 

@@ -34,5 +34,4 @@ def native_endpoint(reactor: Any, description: str, native: bool = True) -> IStr
             port=port,
             cleanup=partial(release, address),
         )
-    endpoint: IStreamServerEndpoint = serverFromString(reactor, twisted_description(description))
-    return endpoint
+    return serverFromString(reactor, twisted_description(description))  # type: ignore[no-any-return]

@@ -22,45 +22,36 @@ def make_socket(address: Inet | Unix | Adopted, reuse_port: bool = False) -> soc
     """
     if isinstance(address, Adopted):
         sock = socket.socket(fileno=os.dup(systemd_descriptors()[address.index]))
-    elif isinstance(address, Unix):
-        sock = _unix(address)
-    else:
-        kind = socket.SOCK_DGRAM if address.datagram else socket.SOCK_STREAM
-        sock = socket.socket(address.family, kind)
-        try:
+        sock.setblocking(False)
+        return sock
+    path = address.path if isinstance(address, Unix) else None
+    real = path is not None and not path.startswith("\0")  # an abstract socket has no file
+    if isinstance(address, Unix) and real and address.lockfile and not FilesystemLock(f"{path}.lock").lock():
+        raise OSError(errno.EADDRINUSE, f"its lock file {path}.lock is held by a running process", path)
+    family = socket.AF_UNIX if isinstance(address, Unix) else address.family
+    sock = socket.socket(family, socket.SOCK_DGRAM if address.datagram else socket.SOCK_STREAM)
+    try:
+        if isinstance(address, Unix):
+            if real:
+                _remove_stale(address.path)
+            sock.bind(address.path)
+            if real:
+                os.chmod(address.path, address.mode)
+        else:
             if not address.datagram:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
-            where = address.host and socket.getaddrinfo(address.host, address.port, address.family, kind, 0, flags)
+            where = address.host and socket.getaddrinfo(address.host, address.port, family, sock.type, 0, flags)
             sock.bind(where[0][4] if where else ("", address.port))  # with an IPv6 scope, if any
-            if not address.datagram:
-                sock.listen(address.backlog)
-        except BaseException:
-            sock.close()
-            raise
-    sock.setblocking(False)
-    return sock
-
-
-def _unix(address: Unix) -> socket.socket:
-    path = address.path
-    abstract = path.startswith("\0")
-    if address.lockfile and not abstract and not FilesystemLock(path + ".lock").lock():
-        raise OSError(errno.EADDRINUSE, f"its lock file {path}.lock is held by a running process", path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        if not abstract:
-            _remove_stale(path)
-        sock.bind(path)
-        if not abstract:
-            os.chmod(path, address.mode)
-        sock.listen(address.backlog)
+        if not address.datagram:
+            sock.listen(address.backlog)
     except BaseException:
         sock.close()
         release(address)
         raise
+    sock.setblocking(False)
     return sock
 
 

@@ -12,15 +12,6 @@ from typing import Any
 
 from capserv.endpoints.grammar import DescriptionError
 
-__all__ = [
-    "TLS_INSTALL_HINT",
-    "check_server_files",
-    "client_certificate",
-    "tls_problem",
-    "tls_unavailable_message",
-    "trust_roots",
-]
-
 TLS_INSTALL_HINT = "pip install 'capserv[tls]'"
 
 
@@ -39,9 +30,8 @@ def tls_problem() -> str | None:
 def tls_unavailable_message(what: str) -> str | None:
     """The one-line error for ``what`` (as written: ``"--listen 'ssl:50443'"``) if TLS cannot work here."""
     problem = tls_problem()
-    if problem is None:
-        return None
-    return f"{what}: TLS needs pyOpenSSL and service-identity ({problem}); install them with: {TLS_INSTALL_HINT}"
+    hint = f"TLS needs pyOpenSSL and service-identity ({problem}); install them with: {TLS_INSTALL_HINT}"
+    return None if problem is None else f"{what}: {hint}"
 
 
 #: What to write instead, for each file of an ``ssl:`` listener.
@@ -56,13 +46,7 @@ _HINTS = {
 }
 
 
-def check_server_files(
-    private_key: str,
-    cert_key: str | None = None,
-    sslmethod: str | None = None,
-    extra_cert_chain: str | None = None,
-    dh_parameters: str | None = None,
-) -> None:
+def check_server_files(key: str, cert: str | None, method: str | None, chain: str | None, dh: str | None) -> None:
     """
     Read every file an ``ssl:`` listener names, so a bad one stops the start, not each handshake
     (Twisted reads some only then).  Does nothing without TLS (`tls_unavailable_message` says so).
@@ -72,24 +56,21 @@ def check_server_files(
     from OpenSSL import SSL
 
     methods = sorted(n for n in dir(SSL) if n.endswith("_METHOD") and "DTLS" not in n and "CLIENT" not in n)
-    if sslmethod is not None and sslmethod not in methods:
-        raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {sslmethod!r}; or leave it out")
-    certificate = cert_key or private_key
-    files = {"privateKey": private_key, "certKey": certificate, "extraCertChain": extra_cert_chain}
-    files["dhParameters"] = dh_parameters
+    if method is not None and method not in methods:
+        raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {method!r}; or leave it out")
+    certificate = cert or key
+    files = {"privateKey": key, "certKey": certificate, "extraCertChain": chain, "dhParameters": dh}
     texts = {name: _read(name, path) for name, path in files.items() if path is not None}
     if "extraCertChain" in texts and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
-        raise DescriptionError(
-            f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}"
-        )
+        raise DescriptionError(f"extraCertChain: {chain} holds no PEM certificate; {_HINTS['extraCertChain']}")
     context = SSL.Context(SSL.TLS_METHOD)
     steps = [
-        ("privateKey", "holds no PEM private key", lambda: context.use_privatekey_file(private_key)),
+        ("privateKey", "holds no PEM private key", lambda: context.use_privatekey_file(key)),
         ("certKey", "holds no PEM certificate", lambda: context.use_certificate_file(certificate)),
         ("privateKey", "is not the key of the certificate in certKey", context.check_privatekey),
     ]
-    if dh_parameters is not None:
-        steps.append(("dhParameters", "holds no PEM DH parameters", lambda: context.load_tmp_dh(dh_parameters)))
+    if dh is not None:
+        steps.append(("dhParameters", "holds no PEM DH parameters", lambda: context.load_tmp_dh(dh)))
     for name, problem, step in steps:
         try:
             step()
