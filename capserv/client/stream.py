@@ -101,14 +101,10 @@ class StreamSession(Protocol):
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
         self._clock, self._halfClose = cast(IReactorTime, clock or global_reactor()), half_close
         self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.bytes_sent = self.bytes_received = self._expected = 0
         self._predictor = Uppercaser(ascii_only=ascii_only)
-        self._expected = 0
-        self._finished = False
-        self._paused = False
+        self._finished = self._paused = self._closedByUs = False
         self._timer: IDelayedCall | None = None
-        self._closedByUs = False
         self._failure: Failure | None = None
         #: Whether the input ends by half-closing (known once connected).
         self.half_closes = False
