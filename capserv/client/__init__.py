@@ -1,7 +1,6 @@
 """
-capserv's client: a Deferred API (`tcp_request`, `udp_request`, `open_stream`)
-and the ``capserv-client`` command (`capserv.client.command`).  Cancelling a
-returned Deferred closes what the call opened; errors are `CapservClientError`.
+capserv's client: a Deferred API and the ``capserv-client`` command (`capserv.client.command`).
+Cancelling a returned Deferred closes what the call opened; errors are `CapservClientError`.
 """
 
 from capserv.client.datagram import (

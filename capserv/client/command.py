@@ -1,9 +1,4 @@
-"""
-The ``capserv-client`` command: the lesson's TCP and UDP clients as one tool
-on `capserv.client` (docs/client.rst).  Words are one message; with none,
-the lesson's prompt on a terminal, or from a pipe a byte stream (TCP) or a
-datagram per line (UDP).
-"""
+"""The ``capserv-client`` command (docs/client.rst): the lesson's TCP and UDP clients as one tool."""
 
 from __future__ import annotations
 
@@ -35,14 +30,13 @@ from capserv.client.console import (
     stdout_error,
     usage_message,
 )
-from capserv.client.datagram import MessageTooLongError, udp_request
+from capserv.client.datagram import MessageTooLongError, show_address, udp_request
 from capserv.client.stream import ClientReactor, open_stream, tcp_request
 from capserv.endpoints.grammar import DescriptionError, Twisted, checked, host_name, parse, seconds, whole
 from capserv.endpoints.tls import client_certificate, tls_unavailable_message, trust_roots
 
 PROMPT = b"Input lowercase sentence:"
 
-#: The ``--connect`` forms, for error messages.
 CONNECT_FORMS = (
     "tcp:HOST:PORT, tcp6:HOST:PORT, unix:PATH or tls:HOST:PORT[:trustRoots=PEM_FILE_OR_FOLDER], "
     "with an IPv6 address's colons escaped (tcp6:\\:\\:1:50007)"
@@ -124,12 +118,8 @@ class ClientOptions(usage.Options):
 
 def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 30) -> IStreamClientEndpoint:
     """
-    The endpoint for a ``--connect`` string: Twisted's client strings, with
-    ``tcp6:`` as ``tcp:`` (the daemon's form) and ``tls:`` taking a PEM file
-    or folder as ``trustRoots`` and an IP address as its host.
-
-    :param timeout: seconds to connect, unless the string says.
-    :raise ClientError: one line, for a string that cannot be used or TLS not installed.
+    The endpoint for a ``--connect`` string (Twisted's, ``tcp6:`` as ``tcp:``, ``tls:`` taking a PEM file or
+    folder as ``trustRoots``), connecting within ``timeout`` unless it says; `ClientError` if it cannot be used.
     """
     kind = description.split(":", 1)[0].lower()
     missing = tls_unavailable_message(f"--connect {description!r}") if kind in ("tls", "ssl") else None
@@ -219,8 +209,7 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
         reactor.callFromThread(running.cancel)
 
     def report(failure: Failure) -> None:
-        host = options["host"]
-        target = options["connect"] or (f"[{host}]" if ":" in host else host) + f":{options['port']}"
+        target = options["connect"] or show_address((options["host"], options["port"]))
         if interrupted and failure.check(CancelledError):
             code, message = EXIT_INTERRUPTED, "interrupted"
         elif failure.check(ClientError):

@@ -1,7 +1,4 @@
-"""
-``capserv-client`` on stdin and stdout: its exit statuses, one line for each
-failure, a piped TCP stream, and the line by line loop (prompt or UDP).
-"""
+"""``capserv-client`` on stdin and stdout: exit statuses, one line per failure, a piped stream, a line loop."""
 
 from __future__ import annotations
 
@@ -171,9 +168,8 @@ class StdinToStream(_ToStdout):
 @implementer(IHalfCloseableProtocol)
 class LineByLine(LineReceiver, _ToStdout):
     """
-    Each line of stdin as one request, in order, each reply on its own line;
-    with a prompt, the lesson's loop.  Reading pauses while a request is in
-    flight, so memory stays bounded.
+    Each line of stdin as one request, each reply on its own line (with a prompt, the lesson's loop);
+    reading pauses while a request is in flight, so memory stays bounded.
     """
 
     delimiter = b"\n"

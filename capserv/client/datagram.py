@@ -1,10 +1,6 @@
 """
-UDP requests for Twisted programs, with a timeout and retries.
-
-Each request sends every try from its own local port, so a late reply reaches
-a closed port and is never taken for the answer to a later request; replies
-from other addresses are ignored.  Replies are read whole up to 65,535 bytes
-(the port reads one byte more, so a longer one fails instead of arriving cut).
+UDP requests with a timeout and retries, each from its own port (a late reply is never taken for a later
+request's); replies from other addresses are ignored, and a reply over 65,535 bytes fails instead of arriving cut.
 """
 
 from __future__ import annotations
@@ -31,7 +27,7 @@ class NoReplyError(CapservClientError):
     def __init__(self, address: tuple[str, int], tries: int, timeout: float) -> None:
         #: What happened, without the address (for a caller that names it).
         self.reason = f"no reply after {tries} {'try' if tries == 1 else 'tries'} ({timeout:g}s each)"
-        super().__init__(f"{_show(address)}: {self.reason}")
+        super().__init__(f"{show_address(address)}: {self.reason}")
         self.address = address
         self.tries = tries
         self.timeout = timeout
@@ -55,7 +51,7 @@ def max_udp_message(host: str) -> int:
     return MAX_REPLY_IPV6 if ":" in host and not host.startswith("::ffff:") else MAX_REPLY_IPV4
 
 
-def _show(address: tuple[Any, ...]) -> str:
+def show_address(address: tuple[Any, ...]) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -86,8 +82,6 @@ class _UDPRequest(DatagramProtocol):
         self._send()
 
     def _send(self) -> None:
-        if self.result.called:
-            return
         self.sent += 1
         try:
             self.transport.write(self.data, self.address)  # type: ignore[union-attr]
@@ -107,12 +101,9 @@ class _UDPRequest(DatagramProtocol):
         if _normal(addr) != _normal(self.address):
             return
         if len(data) > MAX_UDP_REPLY:
-            self._done(ReplyTooLongError(f"the reply from {_show(addr)} was longer than {MAX_UDP_REPLY} bytes"))
+            self._done(ReplyTooLongError(f"the reply from {show_address(addr)} was longer than {MAX_UDP_REPLY} bytes"))
         else:
             self._done(data)
-
-    def connectionRefused(self) -> None:
-        pass  # ICMP port unreachable: keep trying; the server may be starting
 
     def _done(self, outcome: bytes | Exception) -> None:
         if self.result.called:
@@ -133,25 +124,20 @@ def resolve_udp(reactor: ClientReactor, host: str, port: int) -> Deferred[tuple[
     """Resolve a host name (or IP literal) for UDP, IPv4 or IPv6."""
     if isIPAddress(host) or isIPv6Address(host):
         return succeed((host, port))
-
-    def lookup() -> tuple[str, int]:
-        return str(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]), port
-
-    return threads.deferToThreadPool(cast(IReactorFromThreads, reactor), reactor.getThreadPool(), lookup)
+    pool, lookup = reactor.getThreadPool(), socket.getaddrinfo
+    found = threads.deferToThreadPool(
+        cast(IReactorFromThreads, reactor), pool, lookup, host, port, type=socket.SOCK_DGRAM
+    )
+    return found.addCallback(lambda infos: (str(infos[0][4][0]), port))
 
 
 def udp_request(
     reactor: ClientReactor, host: str, port: int, data: bytes, timeout: float = 1.0, retries: int = 3
 ) -> Deferred[bytes]:
     """
-    Send one datagram and fire with the reply, trying again after ``timeout``
-    seconds up to ``retries`` more times.  Cancelling it stops the retries
-    and closes the port.
-
-    :param host: an IP address or a name (resolved first).
-    :return: a `Deferred` firing with the whole reply, or failing with
-        `NoReplyError` after the last try, `MessageTooLongError` if ``data``
-        does not fit in one datagram, or `ReplyTooLongError`.
+    Send one datagram to ``host`` (a name or IP address) and fire with the reply, trying again after ``timeout``
+    seconds up to ``retries`` more times; cancelling stops the retries and closes the port.  Fails with
+    `NoReplyError` after the last try, `MessageTooLongError` if ``data`` does not fit, or `ReplyTooLongError`.
     """
 
     def send(address: tuple[str, int]) -> Deferred[bytes]:
@@ -161,7 +147,6 @@ def udp_request(
         request = _UDPRequest(cast(IReactorTime, reactor), address, data, timeout, retries + 1)
         interface = "::" if ":" in address[0] else "0.0.0.0"
         listening = reactor.listenUDP(0, request, interface=interface, maxPacketSize=MAX_UDP_REPLY + 1)
-
         return request.result.addBoth(
             lambda result: maybeDeferred(listening.stopListening).addCallback(lambda _: result)
         )

@@ -1,12 +1,7 @@
 """
-TCP requests and streaming sessions for Twisted programs, on any reactor.
-
-A reply is complete when the server closes after the client half-closed.
-TLS has no half-close in Twisted (``close_notify`` ends the session), so
-there the client predicts the reply's length with capserv's own codec and
-closes when that much has arrived, or after ``idle_timeout`` seconds of
-silence if the server uppercases differently.  Cancelling a returned
-Deferred closes the connection and stops every timer.
+TCP requests and sessions: a reply is complete when the server closes after the client half-closed.  TLS
+has no half-close in Twisted, so there the client predicts the reply's length with capserv's codec, or takes
+``idle_timeout`` seconds of silence as its end.  Cancelling a returned Deferred closes the connection.
 """
 
 from __future__ import annotations
@@ -79,20 +74,17 @@ class ServerClosedError(CapservClientError):
 
 class StreamSession(Protocol):
     """
-    A streaming TCP session: `write` bytes, receive the uppercase bytes through
-    ``on_data``, `finish` to end the input, and wait for `done` (cancelling it
-    aborts the connection).  Flow control is the transport's: register a
-    producer with ``session.transport``, and pause the session to stop reading.
+    A streaming TCP session: `write` bytes, receive the uppercase bytes through ``on_data``, `finish` the
+    input, and wait for `done` (cancelling it aborts).  Flow control is the transport's: register a producer
+    with ``session.transport``, and pause the session to stop reading.
 
     :param clock: for the timeouts; the global reactor if `None`.
-    :param idle_timeout: without half-close (TLS): seconds of silence after
-        `finish` before taking what arrived as the whole reply.
+    :param idle_timeout: without half-close (TLS): seconds of silence after `finish` that end the reply.
     :param ascii_only: the server runs with ``--ascii``.
-    :param half_close: end the input by half-closing; `None` decides from the
-        transport (not over TLS); `False` for transports that accept
-        ``loseWriteConnection`` but do not deliver it (``twisted.test.iosim``).
-    :param reply_timeout: seconds of unpaused silence after `finish` before
-        `done` fails with `ReplyTimeoutError`; `None` waits for the connection.
+    :param half_close: end the input by half-closing; `None` decides from the transport (not over TLS);
+        `False` where ``loseWriteConnection`` is accepted but not delivered (``twisted.test.iosim``).
+    :param reply_timeout: seconds of unpaused silence after `finish` before `done` fails with
+        `ReplyTimeoutError`; `None` waits for the connection.
     """
 
     def __init__(
@@ -109,14 +101,10 @@ class StreamSession(Protocol):
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
         self._clock, self._halfClose = cast(IReactorTime, clock or global_reactor()), half_close
         self._idleTimeout, self._replyTimeout = idle_timeout, reply_timeout
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.bytes_sent = self.bytes_received = self._expected = 0
         self._predictor = Uppercaser(ascii_only=ascii_only)
-        self._expected = 0
-        self._finished = False
-        self._paused = False
+        self._finished = self._paused = self._closedByUs = False
         self._timer: IDelayedCall | None = None
-        self._closedByUs = False
         self._failure: Failure | None = None
         #: Whether the input ends by half-closing (known once connected).
         self.half_closes = False
@@ -246,11 +234,8 @@ def tcp_request(
     half_close: bool | None = None,
 ) -> Deferred[bytes]:
     """
-    Send one message over a new connection and fire with the whole reply.
-
-    :param timeout: seconds for connecting and the whole reply, after which
-        the connection is aborted with `ReplyTimeoutError`; `None`: no limit.
-    :param half_close: see `StreamSession`; `False` under ``twisted.test.iosim``.
+    Send one message over a new connection and fire with the whole reply; after ``timeout`` seconds
+    (connecting included; `None`: no limit) abort with `ReplyTimeoutError`.  ``half_close``: see `StreamSession`.
     """
     received: list[bytes] = []
 

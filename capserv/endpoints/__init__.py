@@ -1,4 +1,1 @@
-"""
-The endpoint grammar shared by the daemon, the native endpoint and the
-client; the one socket factory; whether TLS is installed.
-"""
+"""The endpoint grammar shared by the daemon, the native endpoint and the client; sockets; TLS files."""

@@ -1,8 +1,6 @@
 """
-Endpoint descriptions: one tokenizer (Twisted's splitting and escapes), and one
-shape per kind: a function whose signature is its schema, as in Twisted's
-``_parseTCP(factory, port, interface="", backlog=50)``.  A parameter's name
-decides how its value is checked (`_VALUES`), the same for every kind.
+Endpoint descriptions: one tokenizer (Twisted's escapes), and one shape per kind, a function whose
+signature is its schema as in Twisted's ``_parseTCP``; a parameter's name decides its check (`_VALUES`).
 """
 
 from __future__ import annotations
@@ -16,27 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from capserv.native import DEFAULT_BACKLOG
+from capserv.native import DEFAULT_BACKLOG as DEFAULT_BACKLOG
 from capserv.protocols._twisted import systemd_descriptors, systemd_names
-
-__all__ = [
-    "DEFAULT_BACKLOG",
-    "SERVER_KINDS",
-    "Adopted",
-    "DescriptionError",
-    "Inet",
-    "Proxy",
-    "Twisted",
-    "Unix",
-    "checked",
-    "form",
-    "host_name",
-    "kinds_hint",
-    "parse",
-    "seconds",
-    "twisted_description",
-    "whole",
-]
 
 
 class DescriptionError(ValueError):
@@ -168,15 +147,12 @@ def _interface(text: str) -> str:
     return text
 
 
-def _socket_path(text: str) -> str:
+def _path(text: str, bound: bool = True) -> str:
+    """A socket's path; for one capserv binds (``bound``), in a folder that exists."""
     if not text:
         raise DescriptionError("no socket path; write unix:PATH")
-    return text
-
-
-def _path(text: str) -> str:
-    folder = os.path.dirname(os.path.abspath(_socket_path(text)))
-    if not text.startswith("\0") and not os.path.isdir(folder):
+    folder = os.path.dirname(os.path.abspath(text))
+    if bound and not text.startswith("\0") and not os.path.isdir(folder):
         raise DescriptionError(f"folder {folder} does not exist; create it (mkdir -p {folder}) or choose another path")
     return text
 
@@ -193,25 +169,19 @@ def host_name(text: str) -> str:
 
 
 _FLAG = {"0": False, "1": True}.get
+_OCTAL = re.compile("[0-7]{1,4}").fullmatch
 
-#: How each parameter's value is checked and what the forms call it; one not
-#: named here takes any text (a file name, say).
+#: Each parameter's check and what the forms call it; one not named here takes any text (a file name, say).
 _VALUES: dict[str, tuple[Callable[[str], Any], str]] = {
     "port": (_value("port must be a number from 0 to 65535", lambda t: whole(t, 0, 65535)), "PORT"),
     "interface": (_interface, "ADDRESS"),
     "backlog": (_value("backlog must be a whole number >= 1", lambda t: whole(t, 1)), "N"),
     "address": (_path, "PATH"),
-    "path": (_socket_path, "PATH"),
-    "mode": (
-        _value("mode must be octal permissions such as 660", lambda t: re.fullmatch("[0-7]{1,4}", t) and int(t, 8)),
-        "OCTAL",
-    ),
+    "path": (lambda text: _path(text, bound=False), "PATH"),
+    "mode": (_value("mode must be octal permissions such as 660", lambda t: int(t, 8) if _OCTAL(t) else None), "OCTAL"),
     "lockfile": (_value("lockfile must be 0 or 1", _FLAG), "0|1"),
     "checkPID": (_value("checkPID must be 0 or 1", _FLAG), "0|1"),
-    "domain": (
-        _value("domain must be INET, INET6 or UNIX", lambda t: t if t in ("INET", "INET6", "UNIX") else None),
-        "INET",
-    ),
+    "domain": (_value("domain must be INET, INET6 or UNIX", {d: d for d in ("INET", "INET6", "UNIX")}.get), "INET"),
     "privateKey": (str, "KEY.pem"),
     "certKey": (str, "CERT.pem"),
     "index": (_value("index must be a whole number >= 0", whole), "N"),
@@ -287,14 +257,12 @@ def _adopted(index: int, kind: int) -> Adopted:
     if index >= len(descriptors):
         last = len(descriptors) - 1
         raise DescriptionError(f"systemd passed {last + 1} socket(s); write an index from 0 to {last}")
-    with socket.socket(fileno=descriptors[index]) as probe:
-        actual = probe.type
-        probe.detach()
-    if actual != kind:
-        wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
-        raise DescriptionError(
-            f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines"
-        )
+    with socket.socket(fileno=os.dup(descriptors[index])) as probe:  # a copy, closed after looking
+        if probe.type != kind:
+            wanted = "stream" if kind == socket.SOCK_STREAM else "datagram"
+            raise DescriptionError(
+                f"systemd socket {index} is not a {wanted} socket; check the .socket unit's Listen lines"
+            )
     return Adopted(index, kind == socket.SOCK_DGRAM)
 
 
@@ -310,12 +278,7 @@ SERVER_KINDS: dict[str, Callable[..., Any]] = {
 
 
 def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS) -> Any:
-    """
-    Read a description against its kind's shape (`SERVER_KINDS`, or a client's kinds).
-
-    :return: what the shape makes, or `Twisted` for a kind with no shape here.
-    :raises DescriptionError: naming what is wrong and what to write.
-    """
+    """What a description's shape (in `SERVER_KINDS`, or a client's kinds) makes, or `Twisted` for another kind."""
     tokens = list(_tokens(description))
     kind = tokens[0][1].strip() if tokens[0][0] is None else ""
     if kind == "haproxy" and kinds is SERVER_KINDS:
@@ -341,11 +304,7 @@ def parse(description: str, kinds: dict[str, Callable[..., Any]] = SERVER_KINDS)
 
 
 def twisted_description(description: str) -> str:
-    """
-    The description for Twisted's ``serverFromString``, with capserv's
-    backlog when the kind takes one and none is given, so that a string
-    listens alike whichever of them binds it.
-    """
+    """The description for ``serverFromString``, with capserv's backlog where the kind takes one and none is given."""
     kind, *tokens = _tokens(description)
     names = list(inspect.signature(SERVER_KINDS[kind[1]]).parameters) if kind[1] in SERVER_KINDS else []
     given = {key for key, _ in tokens if key is not None} | set(names[: sum(key is None for key, _ in tokens)])
@@ -360,9 +319,7 @@ def _bind(kind: str, kinds: dict[str, Callable[..., Any]], tokens: list[tuple[st
     if len(values) > len(positional):
         raise DescriptionError(f"too many values; write {positional[0]} once")
     texts = {name: value for name, value in zip(positional, values, strict=False) if value}
-    for key, value in tokens:
-        if key is None:
-            continue
+    for key, value in ((key, value) for key, value in tokens if key is not None):
         if key not in parameters:
             raise DescriptionError(f"unknown parameter {key!r} (this kind takes {', '.join(parameters)})")
         if key in texts:

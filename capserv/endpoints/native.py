@@ -1,7 +1,4 @@
-"""
-`native_endpoint`: ``serverFromString`` with ``tcp:``, ``tcp6:`` and ``unix:``
-served on the event loop's own transports (`capserv.native`).
-"""
+"""`native_endpoint`: ``serverFromString`` with ``tcp:``, ``tcp6:`` and ``unix:`` on the event loop's transports."""
 
 from __future__ import annotations
 
@@ -20,11 +17,9 @@ __all__ = ["native_endpoint"]
 
 def native_endpoint(reactor: Any, description: str, native: bool = True) -> IStreamServerEndpoint:
     """
-    ``serverFromString`` for a description read as ``--listen`` reads it: on
-    the asyncio reactor (unless ``native=False``) ``tcp:``, ``tcp6:`` and
-    ``unix:`` give a `NativeSocketEndpoint`, anything else Twisted's endpoint.
-
-    :raises capserv.endpoints.grammar.DescriptionError: saying what to write instead.
+    ``serverFromString`` for a description read as ``--listen`` reads it: on the asyncio reactor (unless
+    ``native=False``) ``tcp:``, ``tcp6:`` and ``unix:`` give a `NativeSocketEndpoint`.
+    Errors are `capserv.endpoints.grammar.DescriptionError`, saying what to write instead.
     """
     address = parse(description)
     if isinstance(address, Inet) and address.datagram:
@@ -39,5 +34,4 @@ def native_endpoint(reactor: Any, description: str, native: bool = True) -> IStr
             port=port,
             cleanup=partial(release, address),
         )
-    endpoint: IStreamServerEndpoint = serverFromString(reactor, twisted_description(description))
-    return endpoint
+    return serverFromString(reactor, twisted_description(description))  # type: ignore[no-any-return]

@@ -1,7 +1,4 @@
-"""
-The one socket factory: the bound socket for what `capserv.endpoints.grammar`
-read, for the daemon's listeners and the native endpoint alike.
-"""
+"""The one socket factory, for the daemon's listeners and the native endpoint alike."""
 
 from __future__ import annotations
 
@@ -20,54 +17,41 @@ __all__ = ["make_socket", "release"]
 
 def make_socket(address: Inet | Unix | Adopted, reuse_port: bool = False) -> socket.socket:
     """
-    The bound, non-blocking socket (listening, for streams).  A ``unix:``
-    socket takes Twisted's lock file (``PATH.lock``) unless ``lockfile=0``
-    and replaces a socket file no server answers on; `release` it once closed.
-
-    :param reuse_port: set ``SO_REUSEPORT``, for ``--workers`` sharing a port.
-    :raises OSError: if it cannot be bound.
+    The bound, non-blocking socket (listening, for streams; ``reuse_port`` for workers sharing a port).  A ``unix:``
+    one takes Twisted's lock file unless ``lockfile=0`` and replaces a dead socket file; `release` it once closed.
     """
     if isinstance(address, Adopted):
         sock = socket.socket(fileno=os.dup(systemd_descriptors()[address.index]))
-    elif isinstance(address, Unix):
-        sock = _unix(address)
-    else:
-        kind = socket.SOCK_DGRAM if address.datagram else socket.SOCK_STREAM
-        sock = socket.socket(address.family, kind)
-        try:
+        sock.setblocking(False)
+        return sock
+    path = address.path if isinstance(address, Unix) else None
+    real = path is not None and not path.startswith("\0")  # an abstract socket has no file
+    if isinstance(address, Unix) and real and address.lockfile and not FilesystemLock(f"{path}.lock").lock():
+        raise OSError(errno.EADDRINUSE, f"its lock file {path}.lock is held by a running process", path)
+    family = socket.AF_UNIX if isinstance(address, Unix) else address.family
+    sock = socket.socket(family, socket.SOCK_DGRAM if address.datagram else socket.SOCK_STREAM)
+    try:
+        if isinstance(address, Unix):
+            if real:
+                _remove_stale(address.path)
+            sock.bind(address.path)
+            if real:
+                os.chmod(address.path, address.mode)
+        else:
             if not address.datagram:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
-            where = address.host and socket.getaddrinfo(address.host, address.port, address.family, kind, 0, flags)
+            where = address.host and socket.getaddrinfo(address.host, address.port, family, sock.type, 0, flags)
             sock.bind(where[0][4] if where else ("", address.port))  # with an IPv6 scope, if any
-            if not address.datagram:
-                sock.listen(address.backlog)
-        except BaseException:
-            sock.close()
-            raise
-    sock.setblocking(False)
-    return sock
-
-
-def _unix(address: Unix) -> socket.socket:
-    path = address.path
-    abstract = path.startswith("\0")
-    if address.lockfile and not abstract and not FilesystemLock(path + ".lock").lock():
-        raise OSError(errno.EADDRINUSE, f"its lock file {path}.lock is held by a running process", path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        if not abstract:
-            _remove_stale(path)
-        sock.bind(path)
-        if not abstract:
-            os.chmod(path, address.mode)
-        sock.listen(address.backlog)
+        if not address.datagram:
+            sock.listen(address.backlog)
     except BaseException:
         sock.close()
         release(address)
         raise
+    sock.setblocking(False)
     return sock
 
 

@@ -1,8 +1,6 @@
 """
-Whether TLS can work here (pyOpenSSL and service-identity, capserv's ``tls``
-extra), the one line that says what to install when it cannot, and the TLS
-files read with one-line errors: an ``ssl:`` listener's, checked before
-serving, and a ``tls:`` client's trust roots and certificate.
+Whether TLS can work here (capserv's ``tls`` extra) and what to install if not; the TLS files of an
+``ssl:`` listener and a ``tls:`` client, read with one-line errors.
 """
 
 from __future__ import annotations
@@ -13,16 +11,6 @@ import re
 from typing import Any
 
 from capserv.endpoints.grammar import DescriptionError
-
-__all__ = [
-    "TLS_INSTALL_HINT",
-    "check_server_files",
-    "client_certificate",
-    "read_file",
-    "tls_problem",
-    "tls_unavailable_message",
-    "trust_roots",
-]
 
 TLS_INSTALL_HINT = "pip install 'capserv[tls]'"
 
@@ -40,14 +28,10 @@ def tls_problem() -> str | None:
 
 
 def tls_unavailable_message(what: str) -> str | None:
-    """
-    The one-line error for ``what`` (the option and value as written, e.g.
-    ``"--listen 'ssl:50443'"``) when TLS cannot work here, or `None`.
-    """
+    """The one-line error for ``what`` (as written: ``"--listen 'ssl:50443'"``) if TLS cannot work here."""
     problem = tls_problem()
-    if problem is None:
-        return None
-    return f"{what}: TLS needs pyOpenSSL and service-identity ({problem}); install them with: {TLS_INSTALL_HINT}"
+    hint = f"TLS needs pyOpenSSL and service-identity ({problem}); install them with: {TLS_INSTALL_HINT}"
+    return None if problem is None else f"{what}: {hint}"
 
 
 #: What to write instead, for each file of an ``ssl:`` listener.
@@ -62,44 +46,31 @@ _HINTS = {
 }
 
 
-def check_server_files(
-    private_key: str,
-    cert_key: str | None = None,
-    sslmethod: str | None = None,
-    extra_cert_chain: str | None = None,
-    dh_parameters: str | None = None,
-) -> None:
+def check_server_files(key: str, cert: str | None, method: str | None, chain: str | None, dh: str | None) -> None:
     """
-    Read every file an ``ssl:`` listener names, as serving will, so that a bad
-    one stops the start instead of every handshake (Twisted reads some only
-    then).  Does nothing without TLS (`tls_unavailable_message` says so first).
-
-    :raises DescriptionError: one line, naming the parameter and what to write.
+    Read every file an ``ssl:`` listener names, so a bad one stops the start, not each handshake
+    (Twisted reads some only then).  Does nothing without TLS (`tls_unavailable_message` says so).
     """
     if tls_problem() is not None:
         return
     from OpenSSL import SSL
 
     methods = sorted(n for n in dir(SSL) if n.endswith("_METHOD") and "DTLS" not in n and "CLIENT" not in n)
-    if sslmethod is not None and sslmethod not in methods:
-        raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {sslmethod!r}; or leave it out")
-    certificate = cert_key or private_key
-    files = dict(
-        privateKey=private_key, certKey=certificate, extraCertChain=extra_cert_chain, dhParameters=dh_parameters
-    )
-    texts = {name: read_file(name, path) for name, path in files.items() if path is not None}
+    if method is not None and method not in methods:
+        raise DescriptionError(f"sslmethod must be one of {', '.join(methods)}, not {method!r}; or leave it out")
+    certificate = cert or key
+    files = {"privateKey": key, "certKey": certificate, "extraCertChain": chain, "dhParameters": dh}
+    texts = {name: _read(name, path) for name, path in files.items() if path is not None}
     if "extraCertChain" in texts and b"-----BEGIN CERTIFICATE-----" not in texts["extraCertChain"]:
-        raise DescriptionError(
-            f"extraCertChain: {extra_cert_chain} holds no PEM certificate; {_HINTS['extraCertChain']}"
-        )
+        raise DescriptionError(f"extraCertChain: {chain} holds no PEM certificate; {_HINTS['extraCertChain']}")
     context = SSL.Context(SSL.TLS_METHOD)
     steps = [
-        ("privateKey", "holds no PEM private key", lambda: context.use_privatekey_file(private_key)),
+        ("privateKey", "holds no PEM private key", lambda: context.use_privatekey_file(key)),
         ("certKey", "holds no PEM certificate", lambda: context.use_certificate_file(certificate)),
         ("privateKey", "is not the key of the certificate in certKey", context.check_privatekey),
     ]
-    if dh_parameters is not None:
-        steps.append(("dhParameters", "holds no PEM DH parameters", lambda: context.load_tmp_dh(dh_parameters)))
+    if dh is not None:
+        steps.append(("dhParameters", "holds no PEM DH parameters", lambda: context.load_tmp_dh(dh)))
     for name, problem, step in steps:
         try:
             step()
@@ -109,7 +80,7 @@ def check_server_files(
             raise DescriptionError(f"{name}: {files[name]} {problem}; {_HINTS[name]}") from None
 
 
-def read_file(name: str, path: str) -> bytes:
+def _read(name: str, path: str) -> bytes:
     """The bytes of the file the parameter ``name`` names, or one line saying it cannot be read."""
     try:
         with open(path, "rb") as f:
@@ -133,7 +104,7 @@ def trust_roots(path: str | None) -> Any:
     files = sorted(os.path.join(path, name) for name in os.listdir(path)) if os.path.isdir(path) else [path]
     certificates = []
     for name in filter(os.path.isfile, files):
-        for block in _PEM_CERTIFICATE.findall(read_file("trustRoots", name)):
+        for block in _PEM_CERTIFICATE.findall(_read("trustRoots", name)):
             try:
                 certificates.append(ssl.Certificate.loadPEM(block))
             except Exception:
@@ -151,9 +122,9 @@ def client_certificate(certificate: str | None, private_key: str | None) -> Any:
         return None
     from twisted.internet import ssl
 
-    pem = read_file("certificate", certificate)
+    pem = _read("certificate", certificate)
     if private_key is not None:
-        pem += b"\n" + read_file("privateKey", private_key)
+        pem += b"\n" + _read("privateKey", private_key)
     try:
         return ssl.PrivateCertificate.loadPEM(pem)
     except Exception:
