@@ -1,13 +1,11 @@
 """
-The ``twistd capserv`` command line: `Options` parses it once into one frozen
-`Settings`; `makeService` chooses the reactor, binds every listener (a taken
-port is told before twistd daemonizes) and wires them.
+The ``twistd capserv`` command line: `Options` parses it once into a frozen
+`Settings`; `makeService` chooses the reactor, binds every listener and wires them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import json
 import os
@@ -25,7 +23,7 @@ from capserv.daemon.listen import (
     STREAM_KINDS_HINT,
     Listener,
     ListenError,
-    ProxyListener,
+    bind_all,
     parse_listen,
 )
 from capserv.daemon.logs import follow_twistd
@@ -176,11 +174,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
-        """
-        A bad option is a `usage.UsageError` in capserv's words; under twistd,
-        one line and a pointer to ``--help`` on stderr, exit 1 (twistd would
-        print the whole help, and before 26.10 exit 0).
-        """
+        """Under twistd a bad option is one line and a pointer to ``--help``, exit 1 (not twistd's whole help)."""
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
@@ -271,11 +265,7 @@ def _check_workers(workers: int, listen: list[Listener]) -> None:
 
 
 def makeService(config: Options, reactor: Any = None) -> CapservService:
-    """
-    The service, every listener bound; the reactor is the daemon's choice
-    unless given. A listener that cannot be bound is one line and an exit,
-    nothing left bound.
-    """
+    """The service, every listener bound (or one line and an exit); the reactor is the daemon's unless given."""
     settings: Settings = config["settings"]
     follow_twistd(getattr(config, "parent", None))
     if reactor is None:
@@ -289,11 +279,7 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
 
 
 def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:
-    """
-    `makeService` for programs: a `ListenError` instead of an exit.
-
-    :param inherited: in a worker, its supervisor's listening sockets, one per listener.
-    """
+    """`makeService` for programs (a `ListenError`, not an exit); ``inherited``: a worker's sockets, one per listener."""
     config = settings.config
     factory = UppercaseFactory(config, clock=reactor)
     datagrams = DatagramState(config, clock=reactor)
@@ -328,46 +314,3 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
         if settings.report:
             FigureReport(factory, datagrams, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
-
-
-def bind_all(listeners: Sequence[Listener]) -> None:
-    """
-    Bind every listener, or none (`ListenError`); a port in use by an earlier
-    listener of this same command is told as that clash.
-    """
-    done: list[Listener] = []
-    try:
-        for listener in listeners:
-            try:
-                listener.bind()
-            except ListenError as e:
-                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
-                raise ListenError(clash, e.errno) if clash else e from None
-            done.append(listener)
-    except ListenError:
-        for listener in done:
-            listener.close()
-        raise
-
-
-def _port_and_kind(listener: Listener) -> tuple[int, bool, str] | None:
-    """A listener's IP port, whether datagram, and host; `None` without an IP port."""
-    listener = listener.inner if isinstance(listener, ProxyListener) else listener
-    port = getattr(listener, "port", None)
-    return (port, listener.datagram, str(getattr(listener, "host", ""))) if isinstance(port, int) and port else None
-
-
-def _clash(listener: Listener, done: list[Listener]) -> str | None:
-    mine = _port_and_kind(listener)
-    for earlier in done:
-        theirs = _port_and_kind(earlier)
-        if mine is None or theirs is None or theirs[:2] != mine[:2]:
-            continue
-        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
-        both = {mine[2], theirs[2]}
-        hint = " (on Linux, :: takes IPv4 too)" if "::" in both and any(":" not in h for h in both) else ""
-        return (
-            f"cannot listen on '{listener.description}': port {mine[0]} is already taken by "
-            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
-        )
-    return None

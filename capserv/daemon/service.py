@@ -113,8 +113,6 @@ class CapservService(MultiService):
         except (CannotListenError, ListenError, OSError) as e:
             for child in started:
                 child.stopService()
-            if isinstance(e, CannotListenError) and isinstance(e.socketError, ListenError):
-                e = e.socketError
             fatal("capserv: " + " ".join((str(e) or type(e).__name__).split()))
 
     def startService(self) -> None:
