@@ -207,7 +207,7 @@ class Listener:
         if not isinstance(self.address, Unix):
             return served
         unix = MultiService()
-        _RemoveOnStop(self.address).setServiceParent(unix)  # type: ignore[no-untyped-call, arg-type]
+        _RemoveOnStop(self.address).setServiceParent(unix)  # type: ignore[no-untyped-call]
         served.setServiceParent(unix)
         return unix
 

@@ -40,22 +40,20 @@ __all__ = ["Options", "Settings", "build_service", "makeService"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``twistd capserv`` was told, parsed once: what `build_service` wires."""
+    """
+    Everything ``twistd capserv`` was told, parsed once. ``reactor``: twistd's, for the workers;
+    ``worker``: this process's number (0: not a worker); ``report``: a worker that sends its figures.
+    """
 
     config: CapservConfig
     listen: tuple[Listener, ...]
     metrics: Listener | None = None
     workers: int = 1
     drain_delay: float = 0.0
-    #: Serve streams on the event loop's own transports where it has them (not ``--no-native``).
     native: bool = True
-    #: Run on uvloop when twistd was given no ``--reactor`` (not ``--no-uvloop``).
     uvloop: bool = True
-    #: twistd's ``--reactor``, for the workers to run the same one.
     reactor: str | None = None
-    #: This process's worker number; 0 for the supervisor or a single process.
     worker: int = 0
-    #: A worker whose supervisor serves ``--metrics``: it reports its figures.
     report: bool = False
 
     def for_workers(self) -> str:
@@ -108,22 +106,13 @@ _HELP = {
     "before the graceful stop: let a load balancer take this instance out first.",
 }
 _FLAGS = ("ascii", "no-uvloop", "no-native", "udp-allow-low-ports", "udp-rate-loopback")
-#: The options that are `CapservConfig` numbers, with their bounds beyond ">= 0".
-_LIMITS: dict[str, tuple[float, ...]] = {
-    "idle-timeout": (),
-    "abort-grace": (),
-    "max-connections": (),
-    "max-connections-per-ip": (),
-    "ipv4-prefix": (1, 32),
-    "ipv6-prefix": (1, 128),
-    "high-water": (1,),
-    "udp-rate": (),
-    "udp-burst": (),
-    "udp-byte-rate": (),
-    "udp-byte-burst": (),
-    "udp-rate-table-size": (1,),
-    "shutdown-timeout": (),
-}
+#: The options that are `CapservConfig` numbers, and the bounds beyond ">= 0" of some.
+_LIMITS = (
+    *("idle-timeout", "abort-grace", "max-connections", "max-connections-per-ip", "ipv4-prefix", "ipv6-prefix"),
+    *("high-water", "udp-rate", "udp-burst", "udp-byte-rate", "udp-byte-burst", "udp-rate-table-size"),
+    "shutdown-timeout",
+)
+_BOUNDS = {"ipv4-prefix": (1, 32), "ipv6-prefix": (1, 128), "high-water": (1,), "udp-rate-table-size": (1,)}
 
 
 def _parameter(name: str, default: Any, kind: Any = None, *bounds: float) -> list[Any]:
@@ -144,7 +133,10 @@ class Options(usage.Options):
     optFlags = [[name, None, _HELP[name]] for name in _FLAGS]
     optParameters = [
         _parameter("encoding", _DEFAULTS.encoding),
-        *(_parameter(name, getattr(_DEFAULTS, name.replace("-", "_")), None, *_LIMITS[name]) for name in _LIMITS),
+        *(
+            _parameter(name, getattr(_DEFAULTS, name.replace("-", "_")), None, *_BOUNDS.get(name, ()))
+            for name in _LIMITS
+        ),
         _parameter("metrics", None, str),
         _parameter("workers", 1, int, 1),
         _parameter("drain-delay", 0.0, float, 0, MAX_WAIT),
@@ -279,7 +271,7 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
 
 
 def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:
-    """`makeService` for programs (a `ListenError`, not an exit); ``inherited``: a worker's sockets, one per listener."""
+    """`makeService` for programs (a `ListenError`, not an exit); ``inherited``: a worker's sockets."""
     config = settings.config
     factory = UppercaseFactory(config, clock=reactor)
     datagrams = DatagramState(config, clock=reactor)

@@ -1,8 +1,7 @@
 """
-The daemon's service: every listener of one capserv, its readiness, and its
-stop: drain (``--drain-delay``: not ready, still serving), stop listening,
-let open connections finish for up to ``--shutdown-timeout``, close the
-rest. A second stop signal meanwhile aborts what is left at once.
+The daemon's service: every listener, readiness, and the stop: drain (not ready,
+still serving), stop listening, wait up to ``--shutdown-timeout``, close the rest.
+A second stop signal meanwhile aborts what is left at once.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -50,13 +48,8 @@ def plural(count: int, noun: str) -> str:
 
 class CapservService(MultiService):
     """
-    Every listener of one capserv, sharing one stream factory and one
-    datagram state, with a drain and a graceful stop.
-
-    :param notifier: tells systemd of readiness and the stop; by default
-        ``NOTIFY_SOCKET``'s, none in a worker (only the supervisor notifies).
-    :param worker: a worker of ``--workers``: its supervisor forces a stop
-        with `FORCE_SIGNAL`, and passes every other stop signal on.
+    Every listener of one capserv, sharing one stream factory and one datagram state.
+    ``worker``: a worker of ``--workers`` (no systemd notifications; forced by `FORCE_SIGNAL`).
     """
 
     def __init__(
@@ -66,24 +59,23 @@ class CapservService(MultiService):
         datagrams: DatagramState,
         reactor: Any,
         drain_delay: float = 0.0,
-        notifier: Notifier | None = None,
         worker: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config, self.factory, self.datagrams, self.reactor = config, factory, datagrams, reactor
-        self.drain_delay, self.notifier, self.worker = drain_delay, notifier, worker
+        self.drain_delay, self.worker = drain_delay, worker
+        self.notifier: Notifier | None = None
         #: Called when a second signal forces the stop (the worker supervisor passes it on).
         self.on_force: list[Callable[[], None]] = []
         self.forced = False
         #: Whether to take SIGHUP (a graceful stop) and SIGUSR1: the daemon's, not an embedding program's.
         self.takes_signals = False
         self._stopping = self._force_pending = self._listening = False
-        self._drain_call: IDelayedCall | None = None
-        self._drain_over: Deferred[None] | None = None
+        self._drain: Deferred[None] | None = None
 
     @property
     def state(self) -> str:
-        if self._drain_call is not None:
+        if self._drain is not None:
             return DRAINING
         if self._stopping:
             return STOPPING
@@ -91,7 +83,6 @@ class CapservService(MultiService):
 
     @property
     def ready(self) -> bool:
-        """What ``/readyz`` answers 200 for."""
         return self.state == READY
 
     def privilegedStartService(self) -> None:
@@ -124,7 +115,6 @@ class CapservService(MultiService):
         self.reactor.callWhenRunning(self._reactor_running)
 
     def _reactor_running(self) -> None:
-        """Every listener listens and the reactor's signal handlers are in: log the start, tell systemd."""
         _log.info(
             "capserv {version} started ({reactor}, pid {pid})",
             version=__version__,
@@ -143,14 +133,10 @@ class CapservService(MultiService):
             self.notifier.notify(**fields)
 
     def stopService(self) -> Deferred[None]:
-        """
-        Drain, stop listening, wait for open connections and close the rest;
-        the `Deferred` fires once done (twistd waits for it, serving meanwhile).
-        """
+        """Drain, stop listening, wait for open connections, close the rest; fires once done."""
         Service.stopService(self)
         self._stopping = True
         self._catch_second_signal()
-        # The worker supervisor stops alongside: its workers drain as this process does.
         parallel = [c for c in self if getattr(c, "stops_in_parallel", False)]
         others = [maybeDeferred(child.stopService) for child in parallel]
         listeners = [child for child in reversed(list(self)) if child not in parallel]
@@ -159,28 +145,19 @@ class CapservService(MultiService):
                 "Draining: not ready; still serving for {delay:g}s (--drain-delay), then stopping",
                 delay=self.drain_delay,
             )
-            self._notify(
-                STOPPING="1", STATUS=f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping"
-            )
-            self._drain_over = Deferred()
-            self._drain_call = self.reactor.callLater(self.drain_delay, self._end_drain)
-            own = self._drain_over.addCallback(lambda _: self._stop_listening(listeners))
+            status = f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping"
+            self._notify(STOPPING="1", STATUS=status)
+            self._drain = deferLater(self.reactor, self.drain_delay)
+            own = self._drain.addErrback(lambda f: f.trap(CancelledError)).addCallback(self._stop_listening, listeners)
         else:
             self._notify(STOPPING="1", STATUS="Stopping: waiting for open connections to finish")
-            own = self._stop_listening(listeners)
+            own = self._stop_listening(None, listeners)
         if self._force_pending:
             self.force_stop()
         return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
-    def _end_drain(self) -> None:
-        call, self._drain_call = self._drain_call, None
-        if call is not None and call.active():
-            call.cancel()
-        over, self._drain_over = self._drain_over, None
-        if over is not None:
-            over.callback(None)
-
-    def _stop_listening(self, listeners: list[Any]) -> Deferred[None]:
+    def _stop_listening(self, _: object, listeners: list[Any]) -> Deferred[None]:
+        self._drain = None
         self.factory.stop_accepting()  # refuse anything accepted before the listeners close
         stopped = DeferredList([maybeDeferred(child.stopService) for child in listeners], consumeErrors=True)
         return stopped.addCallback(self._wait_for_connections)
@@ -230,11 +207,7 @@ class CapservService(MultiService):
         flush_all()
 
     def _take_signals(self) -> None:
-        """
-        SIGHUP stops gracefully as SIGTERM does; SIGUSR1 with no log file to
-        rotate is ignored. A worker stops quietly on SIGTERM (the supervisor
-        logs it) and takes SIGHUP only through its supervisor.
-        """
+        """SIGHUP stops as SIGTERM does (a worker's: only via its supervisor); SIGUSR1 without a log file is ignored."""
         if not signal.getsignal(signal.SIGUSR1):
             self._install(signal.SIGUSR1, lambda: None)
         if self.worker:
@@ -256,16 +229,11 @@ class CapservService(MultiService):
             pass
 
     def _catch_second_signal(self) -> None:
-        """
-        From now on a stop signal forces the stop (the reactor is stopping
-        already); in a worker only `FORCE_SIGNAL` does, as a stop signal sent
-        to every process of the service may follow the supervisor's.
-        """
+        """A stop signal now forces the stop; in a worker only `FORCE_SIGNAL` does (a group's signal may follow)."""
         for signum in STOP_SIGNALS:
             self._install(signum, (lambda: None) if self.worker else self.force_stop)
 
     def _install(self, signum: int, action: Callable[[], None]) -> None:
-        """Run ``action`` in the reactor's thread when ``signum`` arrives."""
         try:
             signal.signal(signum, lambda number, frame: self.reactor.callFromThread(action))
         except (ValueError, OSError):  # not the main thread: embedding
@@ -291,17 +259,15 @@ class CapservService(MultiService):
         self.forced = True
         open_now = len(self.factory.connections)
         _log.warn(literal(f"Second stop signal: aborting {plural(open_now, 'open connection')} now"), open=open_now)
-        self._end_drain()
+        if self._drain is not None:
+            self._drain.cancel()
         for callback in self.on_force:
             callback()
         self.factory.abort_all()
 
 
 def fatal(message: str) -> NoReturn:
-    """
-    Exit with one line for the person who started the program: also on the
-    terminal's own stderr once twistd sends ``sys.stderr`` to the log.
-    """
+    """Exit with one line, also on the terminal's own stderr once twistd sends ``sys.stderr`` to the log."""
     real = sys.__stderr__
     if real is not None and sys.stderr is not real:
         real.write(message + "\n")

@@ -1,7 +1,4 @@
-"""
-The daemon's glue to the system: the reactor's choice, the open-file limit,
-systemd's readiness notification, and twistd's own options checked early.
-"""
+"""The daemon's glue to the system: the reactor, the open-file limit, sd_notify, twistd's options checked early."""
 
 from __future__ import annotations
 
@@ -32,11 +29,7 @@ _notify_log = Logger(namespace="capserv.sdnotify.Notifier")
 
 
 def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
-    """
-    Install the daemon's reactor unless twistd's ``--reactor`` installed one:
-    ``name`` (a worker runs its supervisor's), else asyncio on uvloop when
-    ``uvloop`` and importable, else twistd's default. Returns the reactor.
-    """
+    """Install, unless twistd's ``--reactor`` did, reactor ``name``, else asyncio on uvloop if wanted and importable."""
     if "twisted.internet.reactor" not in sys.modules:
         if name:
             from twisted.application.reactors import installReactor
@@ -77,10 +70,7 @@ def raise_file_limit(wanted: int) -> int:
 
 
 def notify_address(environ: Mapping[str, str] | None = None) -> str | bytes | None:
-    """
-    The UNIX socket ``NOTIFY_SOCKET`` names, ready for ``sendto`` (``@name``:
-    abstract); `None` if unset or another kind (``vsock:``).
-    """
+    """The UNIX socket ``NOTIFY_SOCKET`` names, for ``sendto`` (``@name``: abstract); `None` if unset or ``vsock:``."""
     value = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
@@ -88,26 +78,18 @@ def notify_address(environ: Mapping[str, str] | None = None) -> str | bytes | No
 
 
 class Notifier:
-    """
-    systemd's ``sd_notify`` protocol (a stable interface, sd_notify(3)): one
-    datagram of ``NAME=value`` lines; nothing when ``address`` is `None`.
-    """
+    """systemd's ``sd_notify(3)``: one datagram of ``NAME=value`` lines; nothing when ``address`` is `None`."""
 
     def __init__(self, address: str | bytes | None) -> None:
         self.address = address
-        #: Every message sent, in order.
-        self.sent: list[str] = []
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
-        return cls(notify_address(environ))
+        self.sent: list[str] = []  # every message sent, in order
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
     def notify(self, **fields: str) -> bool:
-        """Send ``notify(READY="1", STATUS="...")``; a failure is logged, never raised. Returns whether sent."""
+        """Send ``notify(READY="1", STATUS="...")``; a failure is logged, not raised. Returns whether sent."""
         if self.address is None:
             return False
         message = "".join(f"{name}={value}\n" for name, value in fields.items())
@@ -131,13 +113,7 @@ class TwistdOptionError(Exception):
 
 
 def check_twistd(parent: Mapping[str, Any]) -> None:
-    """
-    Check twistd's parsed options that twistd itself uses only later (some
-    after daemonizing, failing with a traceback): ``--logfile`` and
-    ``--pidfile`` folders, ``--uid``/``--gid``, ``--logger``.
-
-    :raises TwistdOptionError: naming the option and what to write instead.
-    """
+    """Check now twistd's options it uses only later (some after daemonizing, with a traceback): `TwistdOptionError`."""
     if not parent.get("chroot"):  # paths inside a chroot are not ours to check
         logfile = parent.get("logfile")
         if logfile is None and not parent.get("nodaemon") and not parent.get("syslog"):
@@ -166,8 +142,6 @@ def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
 
 def _check_ids(uid: int | None, gid: int | None) -> None:
     """twistd looks a uid number up only when it switches, after binding; only root may switch."""
-    if os.name != "posix":
-        return
     if uid is not None:
         import pwd
 
