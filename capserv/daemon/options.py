@@ -240,8 +240,6 @@ def _metrics_listener(description: str | None) -> Listener | None:
 
 
 def _check_workers(workers: int, listen: list[Listener]) -> None:
-    if os.name != "posix":
-        raise usage.UsageError("--workers needs a POSIX system (Linux, BSD, macOS); leave --workers out here")
     most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
     if workers > most:
         raise usage.UsageError(

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 
 from capserv._version import __version__
 from capserv.daemon.listen import ListenError
-from capserv.daemon.system import Notifier, describe_reactor, notify_address, raise_file_limit
+from capserv.daemon.system import Notifier, notify_address, raise_file_limit
+from capserv.native import asyncio_loop
 from capserv.protocols._twisted import clear_exit_signal, record_exit_signal
 from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
@@ -115,11 +116,13 @@ class CapservService(MultiService):
         self.reactor.callWhenRunning(self._reactor_running)
 
     def _reactor_running(self) -> None:
+        loop = asyncio_loop(self.reactor)
         _log.info(
             "capserv {version} started ({reactor}, pid {pid})",
             version=__version__,
             pid=os.getpid(),
-            reactor=describe_reactor(self.reactor),
+            reactor=type(self.reactor).__name__
+            + (f" on {type(loop).__module__}.{type(loop).__name__}" if loop else ""),
         )
         if self._stopping:
             return
@@ -222,7 +225,9 @@ class CapservService(MultiService):
             record_exit_signal(self.reactor, signal.SIGHUP)
             self._stop_reactor()
 
-    def _stop_reactor(self) -> None:
+    def _stop_reactor(self, unless_stopping: bool = False) -> None:
+        if unless_stopping and self._stopping:
+            return
         try:
             self.reactor.stop()
         except ReactorNotRunning:
@@ -246,11 +251,7 @@ class CapservService(MultiService):
             # The supervisor's SIGTERM came first and the stop for it is normally queued:
             # force as soon as it begins, and stop here only if none has begun a moment later.
             self._force_pending = True
-            self.reactor.callLater(0.5, self._stop_unless_stopping)
-
-    def _stop_unless_stopping(self) -> None:
-        if not self._stopping:
-            self._stop_reactor()
+            self.reactor.callLater(0.5, self._stop_reactor, True)
 
     def force_stop(self) -> None:
         """Abort every open connection now, ending a drain or a graceful stop at once."""

@@ -11,7 +11,6 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from capserv.native import asyncio_loop
 from capserv.protocols._twisted import global_reactor
 
 __all__ = [
@@ -19,7 +18,6 @@ __all__ = [
     "TwistdOptionError",
     "check_twistd",
     "choose_reactor",
-    "describe_reactor",
     "notify_address",
     "raise_file_limit",
 ]
@@ -46,13 +44,6 @@ def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
                 # Handed to the reactor, not set through asyncio's policy system (deprecated in 3.14).
                 asyncioreactor.install(_uvloop.new_event_loop())
     return global_reactor()
-
-
-def describe_reactor(reactor: Any) -> str:
-    """The reactor's class, and the asyncio one's loop: ``AsyncioSelectorReactor on uvloop.Loop``."""
-    loop = asyncio_loop(reactor)
-    where = f" on {type(loop).__module__}.{type(loop).__name__}" if loop is not None else ""
-    return type(reactor).__name__ + where
 
 
 def raise_file_limit(wanted: int) -> int:

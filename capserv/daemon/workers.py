@@ -204,8 +204,7 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         for call in self._pending.values():
-            if call.active():
-                call.cancel()
+            call.cancel()  # each is popped as it runs
         self._pending.clear()
         if not self.workers:
             self.close_sockets()
@@ -216,7 +215,6 @@ class WorkerPool(Service):
         return self._stopped
 
     def _kill(self) -> None:
-        self._kill_call = None
         _pool_log.warn("Killing {n} workers that did not stop in time", n=len(self.workers))
         self.force(signal.SIGKILL)
 
@@ -229,9 +227,8 @@ class WorkerPool(Service):
         self.close_sockets()
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
-        stopped, self._stopped, self._kill_call = self._stopped, None, None
-        if stopped is not None:
-            stopped.callback(None)
+        stopped, self._stopped = self._stopped, None
+        stopped.callback(None)  # type: ignore[union-attr]
 
 
 class OrphanWatch(TimerService):

@@ -1,7 +1,6 @@
 """
-``/healthz`` (200 while the process serves, draining included) and ``/readyz``
-(200 only when every listener listens and no stop has begun, else 503); each
-body is the state: ``ready``, ``starting``, ``draining``, ``stopping``.
+``/healthz`` (200 while serving, draining included) and ``/readyz`` (200 only when every
+listener listens and no stop has begun, else 503); the body is the state.
 """
 
 from __future__ import annotations
