@@ -137,12 +137,9 @@ class _Endpoint:
             return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        where, listener = describe(port.getHost()), self.listener
+        what, description, address = self.listener.what, self.listener.description, describe(port.getHost())
         _log.info(
-            "Listening for {what} on {address} ({description})",
-            what=listener.what,
-            address=where,
-            description=listener.description,
+            "Listening for {what} on {address} ({description})", what=what, address=address, description=description
         )
         return port
 
@@ -187,8 +184,7 @@ class Listener:
 
     def share(self) -> int:
         """A duplicate of the bound socket, for a worker."""
-        assert self._socket is not None, "bind() first"
-        return os.dup(self._socket.fileno())
+        return os.dup(self._socket.fileno())  # type: ignore[union-attr]
 
     def inherit(self, fd: int) -> None:
         """Serve ``fd``, a socket inherited from the supervisor, instead of binding."""

@@ -70,8 +70,7 @@ class _Worker(ProcessProtocol):
 
     def __init__(self, pool: WorkerPool, slot: int, started: float) -> None:
         self.pool, self.slot, self.started = pool, slot, started
-        self.ended = False
-        self.pid = 0
+        self.ended, self.pid = False, 0
         self._partial = {1: b"", 2: b""}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803 - Twisted's name
@@ -151,10 +150,7 @@ class WorkerPool(Service):
         if namespace == FIGURES_NAMESPACE and isinstance(record.get("figures"), dict):
             self.figures[worker.slot] = record["figures"]
             return
-        try:
-            level = LogLevel.levelWithName(str(record.pop("level", "info")))
-        except Exception:
-            level = LogLevel.info
+        level = {one.name: one for one in LogLevel.iterconstants()}.get(str(record.pop("level", "")), LogLevel.info)
         text = str(record.pop("text", ""))
         fields = {k: v for k, v in record.items() if not k.startswith("log_") and k not in ("time", "format", "level")}
         fields["worker"] = worker.slot
