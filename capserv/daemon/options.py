@@ -288,7 +288,6 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
         sockets = [listener.share() for listener in settings.listen]
         pool = WorkerPool(settings.workers, settings.for_workers(), reactor, stop_timeout, sockets)
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
-        service.on_force.append(pool.force)
     if settings.metrics is not None:
         from capserv.site.health import health_children
         from capserv.site.metrics import metrics_site

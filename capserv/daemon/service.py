@@ -66,8 +66,6 @@ class CapservService(MultiService):
         self.config, self.factory, self.datagrams, self.reactor = config, factory, datagrams, reactor
         self.drain_delay, self.worker = drain_delay, worker
         self.notifier: Notifier | None = None
-        #: Called when a second signal forces the stop (the worker supervisor passes it on).
-        self.on_force: list[Callable[[], None]] = []
         self.forced = False
         #: Whether to take SIGHUP (a graceful stop) and SIGUSR1: the daemon's, not an embedding program's.
         self.takes_signals = False
@@ -262,8 +260,9 @@ class CapservService(MultiService):
         _log.warn(literal(f"Second stop signal: aborting {plural(open_now, 'open connection')} now"), open=open_now)
         if self._drain is not None:
             self._drain.cancel()
-        for callback in self.on_force:
-            callback()
+        for child in self:
+            if getattr(child, "stops_in_parallel", False):
+                child.force()  # a worker supervisor passes it on
         self.factory.abort_all()
 
 

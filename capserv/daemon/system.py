@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 import socket
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.reflect import namedAny
 
 from capserv.protocols._twisted import global_reactor
 
@@ -113,9 +115,33 @@ def check_twistd(parent: Mapping[str, Any]) -> None:
             _check_writable("--logfile", logfile, "a log file")
         if parent.get("pidfile"):
             _check_writable("--pidfile", parent["pidfile"], "the pid file", ", or --pidfile= for none")
-    _check_ids(parent.get("uid"), parent.get("gid"))
-    if parent.get("logger"):
-        _check_logger(parent["logger"])
+    uid, gid, logger = parent.get("uid"), parent.get("gid"), parent.get("logger")
+    if uid is not None:  # twistd looks a number up only when it switches, after binding
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            raise TwistdOptionError(
+                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
+            ) from None
+    for option, wanted, mine, what in (("--uid", uid, os.getuid(), "user"), ("--gid", gid, os.getgid(), "group")):
+        if wanted is not None and wanted != mine and os.geteuid() != 0:
+            raise TwistdOptionError(
+                f"{option}={wanted}: only root can switch to another {what}; start as root, or leave {option} out"
+            )
+    target = logger
+    if isinstance(logger, str):
+        try:
+            target = namedAny(logger)
+        except Exception as e:  # whatever importing the module raises
+            raise TwistdOptionError(
+                f"--logger={logger}: cannot import it ({type(e).__name__}: {e}); "
+                "write module.function, such as capserv.logs.json_lines"
+            ) from None
+    if logger and not callable(target):
+        raise TwistdOptionError(
+            f"--logger={logger}: is not callable; write a function that makes a log observer, "
+            "such as capserv.logs.json_lines"
+        )
 
 
 def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
@@ -129,43 +155,3 @@ def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
     target = full if os.path.exists(full) else folder
     if not os.access(target, os.W_OK):
         raise TwistdOptionError(f"{option}={path}: no permission to write {target}{instead}")
-
-
-def _check_ids(uid: int | None, gid: int | None) -> None:
-    """twistd looks a uid number up only when it switches, after binding; only root may switch."""
-    if uid is not None:
-        import pwd
-
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            raise TwistdOptionError(
-                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
-            ) from None
-    if os.geteuid() == 0:
-        return
-    for option, wanted, mine, what in (("--uid", uid, os.getuid(), "user"), ("--gid", gid, os.getgid(), "group")):
-        if wanted is not None and wanted != mine:
-            raise TwistdOptionError(
-                f"{option}={wanted}: only root can switch to another {what}; start as root, or leave {option} out"
-            )
-
-
-def _check_logger(name: Any) -> None:
-    """``--logger`` names an importable, callable observer factory."""
-    target = name
-    if isinstance(name, str):
-        from twisted.python.reflect import namedAny
-
-        try:
-            target = namedAny(name)
-        except Exception as e:  # whatever importing the module raises
-            raise TwistdOptionError(
-                f"--logger={name}: cannot import it ({type(e).__name__}: {e}); "
-                "write module.function, such as capserv.logs.json_lines"
-            ) from None
-    if not callable(target):
-        raise TwistdOptionError(
-            f"--logger={name}: is not callable; write a function that makes a log observer, "
-            "such as capserv.logs.json_lines"
-        )
