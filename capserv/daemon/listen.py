@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -158,7 +159,6 @@ class Listener:
         self.what = "datagrams" if self.datagram else "streams"
 
     def __getattr__(self, name: str) -> Any:
-        # host, port, backlog, family, path...: the parsed address's.
         if name == "address":
             raise AttributeError(name)
         return getattr(self.address, name)
@@ -260,8 +260,6 @@ class EndpointListener(Listener):
 
     @classmethod
     def parse(cls, description: str, address: Twisted) -> EndpointListener:
-        from twisted.internet.endpoints import serverFromString
-
         kind = description.split(":", 1)[0]
         if kind == "ssl":
             from capserv.endpoints.tls import tls_unavailable_message
@@ -288,8 +286,6 @@ class EndpointListener(Listener):
         return listener
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        from twisted.internet.endpoints import serverFromString
-
         self.close()  # Twisted binds the port itself
         endpoint = serverFromString(reactor, twisted_description(self.description))
         return endpoint_service(_Endpoint(self, reactor, native, endpoint), handler)  # type: ignore[no-any-return]

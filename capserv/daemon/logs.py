@@ -22,7 +22,6 @@ __all__ = ["follow_twistd", "is_port_chatter", "json_lines", "text_lines", "twis
 #: twisted.internet's ports' ``log.msg`` lines: ``"%s starting on %s"``, ``"(%s Port %s Closed)"``.
 _PORT_CHATTER = re.compile(r".+ starting on (?:\d+|'.*'|\".*\")|\((?:[A-Z]+ )?Port .+ Closed\)")
 
-#: twistd's ``--logfile`` and ``-n``, as `follow_twistd` was told them.
 _twistd: dict[str, Any] = {}
 
 

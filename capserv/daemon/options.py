@@ -72,10 +72,8 @@ class Settings:
 
 _DEFAULTS = CapservConfig()
 
-#: What to write for --metrics when prometheus-client is missing.
 METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
 
-#: Every option's help but --listen's.
 _HELP = {
     "ascii": "Uppercase only a-z and leave every other byte alone (fastest).",
     "no-uvloop": "Keep twistd's default reactor even when uvloop is installed "

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
@@ -31,12 +32,10 @@ from capserv.protocols.udp import DatagramState
 
 __all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "fatal", "plural"]
 
-#: What `CapservService.state` says, and ``/readyz`` answers with.
 STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping"
 
 #: The signals that ask for a stop; a second one during the stop forces it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: What the supervisor sends its workers when a second signal forces a stop.
 FORCE_SIGNAL = signal.SIGUSR2
 
 _log = Logger(namespace="capserv.service.CapservService")
@@ -74,10 +73,8 @@ class CapservService(MultiService):
 
     @property
     def state(self) -> str:
-        if self._drain is not None:
-            return DRAINING
         if self._stopping:
-            return STOPPING
+            return STOPPING if self._drain is None else DRAINING
         return READY if self._listening and all(child.running for child in self) else STARTING
 
     @property
@@ -226,10 +223,8 @@ class CapservService(MultiService):
     def _stop_reactor(self, unless_stopping: bool = False) -> None:
         if unless_stopping and self._stopping:
             return
-        try:
+        with suppress(ReactorNotRunning):
             self.reactor.stop()
-        except ReactorNotRunning:
-            pass
 
     def _catch_second_signal(self) -> None:
         """A stop signal now forces the stop; in a worker only `FORCE_SIGNAL` does (a group's signal may follow)."""
@@ -237,17 +232,14 @@ class CapservService(MultiService):
             self._install(signum, (lambda: None) if self.worker else self.force_stop)
 
     def _install(self, signum: int, action: Callable[[], None]) -> None:
-        try:
+        with suppress(ValueError, OSError):  # not the main thread: embedding
             signal.signal(signum, lambda number, frame: self.reactor.callFromThread(action))
-        except (ValueError, OSError):  # not the main thread: embedding
-            pass
 
     def _forced_by_supervisor(self) -> None:
         if self._stopping:
             self.force_stop()
         else:
-            # The supervisor's SIGTERM came first and the stop for it is normally queued:
-            # force as soon as it begins, and stop here only if none has begun a moment later.
+            # The supervisor's SIGTERM is normally queued: force once it begins, or stop here.
             self._force_pending = True
             self.reactor.callLater(0.5, self._stop_reactor, True)
 

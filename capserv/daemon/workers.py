@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -31,11 +32,8 @@ __all__ = ["MAX_WORKERS_PER_CPU", "FigureReport", "OrphanWatch", "WorkerPool", "
 
 #: More workers than this many per CPU only add processes that wait.
 MAX_WORKERS_PER_CPU = 8
-#: Where a worker finds its number and its settings.
 WORKER_VARIABLE, SETTINGS_VARIABLE = "CAPSERV_WORKER", "CAPSERV_SETTINGS"
-#: The first descriptor a worker inherits a listening socket on.
 FIRST_SOCKET = 3
-#: A worker's figure lines, which the supervisor keeps instead of logging.
 FIGURES_NAMESPACE = "capserv.workers.figures"
 #: The figures that are gauges: a worker that exits stops counting in them.
 GAUGES = frozenset({"connections_active", "rate_table_size", "workers"})
@@ -192,10 +190,8 @@ class WorkerPool(Service):
     def force(self, signum: int = FORCE_SIGNAL) -> None:
         """Signal every worker: by default to abort its connections (a second stop signal)."""
         for _, transport in list(self.workers.values()):
-            try:
+            with suppress(ProcessExitedAlready, OSError):
                 transport.signalProcess(signum)
-            except (ProcessExitedAlready, OSError):
-                pass
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -239,10 +235,8 @@ class OrphanWatch(TimerService):
         if os.getppid() != self._parent:
             _orphan_log.warn("The supervising process {pid} has gone; stopping", pid=self._parent)
             self.stopService()  # type: ignore[no-untyped-call]
-            try:
+            with suppress(ReactorNotRunning):  # stopping already: that stop goes on
                 self.reactor.stop()
-            except ReactorNotRunning:
-                pass  # stopping already: that stop goes on
 
 
 class FigureReport(Service):

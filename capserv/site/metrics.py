@@ -70,7 +70,6 @@ class CapservCollector:
 
 _PAUSES = "Times reading from a TCP connection paused because its unsent reply passed --high-water."
 _SOURCES = "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size)."
-#: The metrics of one figure each: name, help, and where the figure is.
 _PLAIN = (
     ("capserv_connections_active", "TCP connections open now.", "tcp", "connections_active"),
     ("capserv_connections", "TCP connections accepted and served.", "tcp", "connections_total"),
