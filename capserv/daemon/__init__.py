@@ -1,5 +1,1 @@
-"""
-The ``twistd capserv`` daemon: options parsed into settings, the service with
-its drain and graceful stop, worker supervision, the reactor's choice and the
-system glue (open-file limit, systemd notification), and the log observers.
-"""
+"""The ``twistd capserv`` daemon: options, service, workers, system glue and log observers."""

@@ -1,10 +1,7 @@
 """
-What ``--listen`` says, parsed once into listener objects: `parse_listen`
-checks all it can without the network, `Listener.bind` takes the address
-(before twistd daemonizes, so a taken port is told on the terminal), and
-`Listener.service` serves it. Descriptions are Twisted's endpoint strings
-plus capserv's ``udp:``; every error is a `ListenError` naming the
-description and what to write instead.
+``--listen`` parsed once into listeners: `parse_listen` checks what it can
+without the network, `Listener.bind` takes the address before twistd
+daemonizes (a taken port is told on the terminal), `Listener.service` serves it.
 """
 
 from __future__ import annotations
@@ -13,13 +10,13 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -40,15 +37,14 @@ from capserv.protocols._twisted import endpoint_service, proxy_protocol_factory
 from capserv.protocols.addresses import describe
 from capserv.protocols.udp import MAX_DATAGRAM
 
-__all__ = ["DEFAULT_LISTEN", "ListenError", "Listener", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "ListenError", "Listener", "bind_all", "parse_listen"]
 
 #: With no ``--listen``: loopback only (an open UDP service on a public address is an amplifier).
 DEFAULT_LISTEN = ("tcp:50007:interface=127.0.0.1", "udp:50007:interface=127.0.0.1")
 
 _log = Logger(namespace="capserv.listen")
 
-KINDS_HINT = kinds_hint()
-STREAM_KINDS_HINT = kinds_hint(stream=True)
+KINDS_HINT, STREAM_KINDS_HINT = kinds_hint(), kinds_hint(stream=True)
 
 
 class ListenError(Exception):
@@ -67,22 +63,16 @@ def parse_listen(description: str) -> Listener:
         raise ListenError(f"--listen '{description}': {e}") from None
     if isinstance(address, Twisted):
         return EndpointListener.parse(description, address)
-    return _listener(description, address)
-
-
-def _listener(description: str, address: Inet | Unix | Adopted | Proxy) -> Listener:
     if isinstance(address, Proxy):
-        return ProxyListener(description, _listener(description, address.inner))  # type: ignore[arg-type]
+        return ProxyListener(description, address.inner)
     if isinstance(address, Unix):
         return UnixListener(description, address)
     if address.datagram:
         return DatagramListener(description, address)
-    if isinstance(address, Adopted):
-        return SystemdStreamListener(description, address)
-    return StreamListener(description, address)
+    return (SystemdStreamListener if isinstance(address, Adopted) else StreamListener)(description, address)
 
 
-def _bind_error(description: str, e: OSError, address: str, stream: bool = True) -> ListenError:
+def _bind_error(description: str, e: OSError, address: str, stream: bool) -> ListenError:
     """A failed bind as one line that says what to do (TIME_WAIT is a TCP state only)."""
     if isinstance(e.filename, str) or address.startswith(("/", ".")) or "systemd" in address:
         reasons = {
@@ -124,90 +114,57 @@ def _only_time_wait(address: str) -> bool:
 
 
 @implementer(IStreamServerEndpoint)
-class _Logged:
-    """An endpoint that logs where it listens, with the operator's description."""
+class _Endpoint:
+    """Serve ``listener``'s bound socket (or Twisted's ``inner`` endpoint) and log where, in the operator's words."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, description: str, what: str) -> None:
-        self.endpoint, self.description, self.what = endpoint, description, what
+    def __init__(self, listener: Listener, reactor: Any, native: bool, inner: Any = None) -> None:
+        self.listener, self.reactor, self.native, self.inner = listener, reactor, native, inner
 
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self.endpoint.listen(factory).addCallback(self._listening)
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        listening = self.inner.listen(factory) if self.inner else maybeDeferred(self._adopt, factory)
+        return listening.addCallback(self._listening)
+
+    def _adopt(self, factory: Any) -> Any:
+        take, reactor = self.listener.take_socket, self.reactor
+        if self.native and not self.listener.datagram:
+            from capserv.native import NativeSocketEndpoint
+
+            # A UNIX socket's file is the listener's to remove (a systemd socket's, systemd's).
+            backlog = getattr(self.listener.address, "backlog", DEFAULT_BACKLOG)
+            return NativeSocketEndpoint(reactor, take, backlog=backlog, unlink=False).listen(factory)
+        with take() as sock:  # Twisted holds its own duplicate
+            if self.listener.datagram:
+                return reactor.adoptDatagramPort(sock.fileno(), sock.family, factory, MAX_DATAGRAM)
+            return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        address = describe(port.getHost())
+        what, description, address = self.listener.what, self.listener.description, describe(port.getHost())
         _log.info(
-            "Listening for {what} on {address} ({description})",
-            what=self.what,
-            address=address,
-            description=self.description,
+            "Listening for {what} on {address} ({description})", what=what, address=address, description=description
         )
         return port
 
 
-@implementer(IStreamServerEndpoint)
-class SocketEndpoint:
-    """
-    Serve the bound socket ``make_socket`` returns on Twisted's transports
-    (``adoptStreamPort``, or ``adoptDatagramPort`` with a datagram protocol).
-    """
-
-    def __init__(self, reactor: Any, make_socket: Callable[[], socket.socket], datagram: bool = False) -> None:
-        self.reactor, self.make_socket, self.datagram = reactor, make_socket, datagram
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        try:
-            sock = self.make_socket()
-        except (OSError, ListenError) as e:
-            return fail(CannotListenError(None, None, e))
-        with sock:  # Twisted holds its own duplicate
-            if self.datagram:
-                return succeed(self.reactor.adoptDatagramPort(sock.fileno(), sock.family, factory, MAX_DATAGRAM))
-            return succeed(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
-
-
 class Listener:
     """
-    One parsed ``--listen``. ``datagram``: served by the datagram protocol;
-    ``shareable``: ``--workers`` can inherit it.
+    One parsed ``--listen`` and the socket it binds (`capserv.endpoints.sockets`).
+    ``datagram``: served by the datagram protocol; ``shareable``: ``--workers`` can inherit it.
     """
-
-    datagram = False
-    shareable = False
-    what = "streams"
-    #: `shareable` ones only: a duplicate of the bound socket for a worker; serve one inherited instead of binding.
-    share: Callable[[], int]
-    inherit: Callable[[int], None]
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-
-    def bind(self) -> None:
-        """Take the address now; raise `ListenError` if it cannot be taken."""
-
-    def close(self) -> None:
-        """Let go of a bound address that will not be served."""
-
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        """Serve the address with ``handler`` (a Factory, or a DatagramProtocol); ``native``: asyncio's transports."""
-        raise NotImplementedError
-
-
-class _SocketListener(Listener):
-    """A listener that binds its own socket (`capserv.endpoints.sockets`) and hands it to the reactor."""
 
     _socket: socket.socket | None = None
 
     def __init__(self, description: str, address: Inet | Unix | Adopted) -> None:
-        super().__init__(description)
-        self.address = address
+        self.description, self.address = description, address
+        self.datagram, self.shareable = address.datagram, isinstance(address, Inet)
+        self.what = "datagrams" if self.datagram else "streams"
 
     def __getattr__(self, name: str) -> Any:
-        # host, port, backlog, family, path, mode, index...: the parsed address's.
         if name == "address":
             raise AttributeError(name)
         return getattr(self.address, name)
 
     def bind(self) -> None:
+        """Take the address now; raise `ListenError` if it cannot be taken."""
         if self._socket is None:
             try:
                 self._socket = make_socket(self.address)
@@ -215,20 +172,22 @@ class _SocketListener(Listener):
                 raise _bind_error(self.description, e, self.address.where(), not self.datagram) from None
 
     def close(self) -> None:
+        """Let go of a bound address that will not be served."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        release(self.address)
 
     @property
     def bound(self) -> bool:
-        """Whether the address is held (bound, and not yet served or closed)."""
         return self._socket is not None
 
     def share(self) -> int:
-        assert self._socket is not None, "bind() first"
-        return os.dup(self._socket.fileno())
+        """A duplicate of the bound socket, for a worker."""
+        return os.dup(self._socket.fileno())  # type: ignore[union-attr]
 
     def inherit(self, fd: int) -> None:
+        """Serve ``fd``, a socket inherited from the supervisor, instead of binding."""
         self._socket = socket.socket(fileno=fd)
         self._socket.setblocking(False)
 
@@ -239,38 +198,14 @@ class _SocketListener(Listener):
         return sock  # type: ignore[return-value]
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        endpoint: IStreamServerEndpoint = SocketEndpoint(reactor, self.take_socket, self.datagram)
-        if native and not self.datagram:
-            from capserv.native import NativeSocketEndpoint
-
-            # A UNIX socket's file is UnixListener's to remove (a systemd socket's, systemd's).
-            backlog = getattr(self.address, "backlog", DEFAULT_BACKLOG)
-            endpoint = NativeSocketEndpoint(reactor, self.take_socket, backlog=backlog, unlink=False)
-        return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
-
-
-class StreamListener(_SocketListener):
-    """``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``."""
-
-    shareable = True
-
-
-class SystemdStreamListener(_SocketListener):
-    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
-
-
-class UnixListener(_SocketListener):
-    """``unix:PATH``: a stale socket file is replaced; its file and lock go when it stops."""
-
-    def close(self) -> None:
-        super().close()
-        release(self.address)
-
-    def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        served = MultiService()
-        _RemoveOnStop(self.address).setServiceParent(served)  # type: ignore[no-untyped-call, arg-type]
-        super().service(handler, reactor, native).setServiceParent(served)
-        return served
+        """Serve the address with ``handler`` (a Factory, or a DatagramProtocol); ``native``: asyncio's transports."""
+        served: IService = endpoint_service(_Endpoint(self, reactor, native), handler)
+        if not isinstance(self.address, Unix):
+            return served
+        unix = MultiService()
+        _RemoveOnStop(self.address).setServiceParent(unix)  # type: ignore[no-untyped-call]
+        served.setServiceParent(unix)
+        return unix
 
 
 class _RemoveOnStop(Service):
@@ -287,41 +222,36 @@ class _RemoveOnStop(Service):
         release(self.address)
 
 
-class DatagramListener(_SocketListener):
+class StreamListener(Listener):
+    """``tcp:PORT[:interface=ADDRESS][:backlog=N]`` and ``tcp6:...``."""
+
+
+class SystemdStreamListener(Listener):
+    """``systemd:DOMAIN:index=N`` (or ``name=NAME``): a stream socket systemd passed."""
+
+
+class UnixListener(Listener):
+    """``unix:PATH``: a stale socket file is replaced; its file and lock go when it stops."""
+
+
+class DatagramListener(Listener):
     """``udp:PORT[:interface=ADDRESS]``, or ``udp:systemd=N``: a datagram socket systemd passed."""
-
-    datagram = True
-    what = "datagrams"
-
-    def __init__(self, description: str, address: Inet | Adopted) -> None:
-        super().__init__(description, address)
-        self.shareable = isinstance(address, Inet)
 
 
 class ProxyListener(Listener):
     """
-    ``haproxy:INNER``: served with the client's real address, on whichever
-    transport the inner listener has (on uvloop the native one also sees the
-    reset that ends every HAProxy ``check-send-proxy`` health check).
+    ``haproxy:INNER``: served with the client's real address, on whichever transport INNER has
+    (on uvloop the native one also sees the reset that ends every HAProxy health check).
     """
-
-    def __init__(self, description: str, inner: StreamListener | UnixListener | SystemdStreamListener) -> None:
-        super().__init__(description)
-        self.inner = inner
-        self.shareable = inner.shareable
-        inner.description = description
-        self.bind, self.close = inner.bind, inner.close  # type: ignore[method-assign]
-        self.share, self.inherit = inner.share, inner.inherit
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        return self.inner.service(proxy_protocol_factory(handler), reactor, native=native)
+        return super().service(proxy_protocol_factory(handler), reactor, native)
 
 
-class EndpointListener(_SocketListener):
+class EndpointListener(Listener):
     """
-    A description Twisted serves (``ssl:``, endpoint plugins) through its own
-    endpoint; an ``ssl:`` port is held from `bind` until then, so a taken one
-    is told before daemonizing like any other.
+    A description Twisted serves (``ssl:``, endpoint plugins); an ``ssl:`` port is
+    held from `bind` until served, so a taken one is told before daemonizing.
     """
 
     def bind(self) -> None:
@@ -330,8 +260,6 @@ class EndpointListener(_SocketListener):
 
     @classmethod
     def parse(cls, description: str, address: Twisted) -> EndpointListener:
-        from twisted.internet.endpoints import serverFromString
-
         kind = description.split(":", 1)[0]
         if kind == "ssl":
             from capserv.endpoints.tls import tls_unavailable_message
@@ -353,11 +281,43 @@ class EndpointListener(_SocketListener):
                     "(a PEM private key in privateKey=, its certificate there or in certKey=)"
                 ) from None
             raise ListenError(f"--listen '{description}': {e or type(e).__name__}") from None
-        return cls(description, Inet("tcp", address.interface, address.port, 1))
+        listener = cls(description, Inet("tcp", address.interface, address.port, 1))
+        listener.shareable = False
+        return listener
 
     def service(self, handler: Any, reactor: Any, native: bool = False) -> IService:
-        from twisted.internet.endpoints import serverFromString
-
         self.close()  # Twisted binds the port itself
         endpoint = serverFromString(reactor, twisted_description(self.description))
-        return endpoint_service(_Logged(endpoint, self.description, self.what), handler)  # type: ignore[no-any-return]
+        return endpoint_service(_Endpoint(self, reactor, native, endpoint), handler)  # type: ignore[no-any-return]
+
+
+def bind_all(listeners: Sequence[Listener]) -> None:
+    """Bind every listener, or none (`ListenError`); a port an earlier one took is told as that clash."""
+    done: list[Listener] = []
+    try:
+        for listener in listeners:
+            try:
+                listener.bind()
+            except ListenError as e:
+                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
+                raise ListenError(clash, e.errno) if clash else e from None
+            done.append(listener)
+    except ListenError:
+        for listener in done:
+            listener.close()
+        raise
+
+
+def _clash(listener: Listener, done: list[Listener]) -> str | None:
+    port, host = getattr(listener.address, "port", 0), getattr(listener.address, "host", "")
+    for earlier in done:
+        if not port or (getattr(earlier.address, "port", 0), earlier.datagram) != (port, listener.datagram):
+            continue
+        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
+        both = {host, getattr(earlier.address, "host", "")}
+        hint = " (on Linux, :: takes IPv4 too)" if "::" in both and any(":" not in h for h in both) else ""
+        return (
+            f"cannot listen on '{listener.description}': port {port} is already taken by "
+            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
+        )
+    return None

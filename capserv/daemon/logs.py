@@ -1,11 +1,7 @@
 """
-Log observers for twistd's ``--logger``: ``json_lines`` (one JSON object per
-line, every plain-data field kept: Twisted's ``jsonFileLogObserver`` keeps
-only the format and starts records with RS) and ``text_lines`` (twistd's
-text format, for less CPU). Both write where twistd's observer would, rotated
-as twistd rotates, batch the per-connection lines
-(`capserv.protocols.accesslog`), and drop Twisted's per-port start and stop
-lines, which capserv's "Listening" and "stopped" lines say in its words.
+twistd ``--logger`` observers: ``json_lines`` (every plain field kept, unlike Twisted's) and
+``text_lines`` (twistd's format); both write and rotate where twistd would, batch the access
+lines, and drop Twisted's per-port start and stop lines (capserv's own say them).
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ __all__ = ["follow_twistd", "is_port_chatter", "json_lines", "text_lines", "twis
 #: twisted.internet's ports' ``log.msg`` lines: ``"%s starting on %s"``, ``"(%s Port %s Closed)"``.
 _PORT_CHATTER = re.compile(r".+ starting on (?:\d+|'.*'|\".*\")|\((?:[A-Z]+ )?Port .+ Closed\)")
 
-#: twistd's ``--logfile`` and ``-n``, as `follow_twistd` was told them.
 _twistd: dict[str, Any] = {}
 
 
@@ -43,26 +38,20 @@ def is_port_chatter(event: LogEvent) -> bool:
     )
 
 
-def _quiet(base: Any) -> Any:
-    """``base`` (an accesslog observer class) without Twisted's port chatter."""
-
-    class Quiet(base):  # type: ignore[misc]
-        def __call__(self, event: LogEvent) -> None:
-            if not is_port_chatter(event):
-                super().__call__(event)
-
-    return Quiet
+class _Quiet:
+    def __call__(self, event: LogEvent) -> None:
+        if not is_port_chatter(event):
+            super().__call__(event)  # type: ignore[misc]
 
 
-_QuietJSON, _QuietText = _quiet(JSONLogObserver), _quiet(TextLogObserver)
+class _QuietJSON(_Quiet, JSONLogObserver): ...
+
+
+class _QuietText(_Quiet, TextLogObserver): ...
 
 
 def follow_twistd(options: Mapping[str, Any] | None) -> None:
-    """
-    Remember twistd's ``--logfile`` and ``-n`` for observers made later
-    (twistd calls a ``--logger`` factory with no arguments, after
-    `makeService`); `None`: standard output.
-    """
+    """Remember twistd's ``--logfile`` and ``-n`` for the ``--logger`` factories, called later with no arguments."""
     _twistd.clear()
     if options is not None:
         _twistd.update(logfile=options.get("logfile") or "", nodaemon=bool(options.get("nodaemon")))
@@ -91,16 +80,16 @@ def _destination() -> Writable:
 
 def json_lines() -> ILogObserver:
     """JSON lines on twistd's log file, or standard output."""
-    return _QuietJSON(_destination())  # type: ignore[no-any-return]
+    return _QuietJSON(_destination())
 
 
 def text_lines() -> ILogObserver:
     """twistd's text format where twistd would write it."""
-    return _QuietText(_destination())  # type: ignore[no-any-return]
+    return _QuietText(_destination())
 
 
 def twisted_text() -> ILogObserver:
-    """twisted.logger's own text observer on standard output, for measuring what `text_lines` saves (bench)."""
+    """twisted.logger's text observer on standard output, for the bench."""
     from twisted.logger import textFileLogObserver
 
     return textFileLogObserver(sys.stdout)

@@ -1,13 +1,11 @@
 """
-The ``twistd capserv`` command line: `Options` parses it once into one frozen
-`Settings`; `makeService` chooses the reactor, binds every listener (a taken
-port is told before twistd daemonizes) and wires them.
+The ``twistd capserv`` command line: `Options` parses it once into a frozen
+`Settings`; `makeService` chooses the reactor, binds every listener and wires them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import json
 import os
@@ -25,7 +23,7 @@ from capserv.daemon.listen import (
     STREAM_KINDS_HINT,
     Listener,
     ListenError,
-    ProxyListener,
+    bind_all,
     parse_listen,
 )
 from capserv.daemon.logs import follow_twistd
@@ -42,22 +40,20 @@ __all__ = ["Options", "Settings", "build_service", "makeService"]
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``twistd capserv`` was told, parsed once: what `build_service` wires."""
+    """
+    Everything ``twistd capserv`` was told, parsed once. ``reactor``: twistd's, for the workers;
+    ``worker``: this process's number (0: not a worker); ``report``: a worker that sends its figures.
+    """
 
     config: CapservConfig
     listen: tuple[Listener, ...]
     metrics: Listener | None = None
     workers: int = 1
     drain_delay: float = 0.0
-    #: Serve streams on the event loop's own transports where it has them (not ``--no-native``).
     native: bool = True
-    #: Run on uvloop when twistd was given no ``--reactor`` (not ``--no-uvloop``).
     uvloop: bool = True
-    #: twistd's ``--reactor``, for the workers to run the same one.
     reactor: str | None = None
-    #: This process's worker number; 0 for the supervisor or a single process.
     worker: int = 0
-    #: A worker whose supervisor serves ``--metrics``: it reports its figures.
     report: bool = False
 
     def for_workers(self) -> str:
@@ -76,10 +72,8 @@ class Settings:
 
 _DEFAULTS = CapservConfig()
 
-#: What to write for --metrics when prometheus-client is missing.
 METRICS_INSTALL_HINT = "--metrics needs prometheus-client: pip install 'capserv[metrics]'"
 
-#: Every option's help but --listen's.
 _HELP = {
     "ascii": "Uppercase only a-z and leave every other byte alone (fastest).",
     "no-uvloop": "Keep twistd's default reactor even when uvloop is installed "
@@ -110,22 +104,13 @@ _HELP = {
     "before the graceful stop: let a load balancer take this instance out first.",
 }
 _FLAGS = ("ascii", "no-uvloop", "no-native", "udp-allow-low-ports", "udp-rate-loopback")
-#: The options that are `CapservConfig` numbers, with their bounds beyond ">= 0".
-_LIMITS: dict[str, tuple[float, ...]] = {
-    "idle-timeout": (),
-    "abort-grace": (),
-    "max-connections": (),
-    "max-connections-per-ip": (),
-    "ipv4-prefix": (1, 32),
-    "ipv6-prefix": (1, 128),
-    "high-water": (1,),
-    "udp-rate": (),
-    "udp-burst": (),
-    "udp-byte-rate": (),
-    "udp-byte-burst": (),
-    "udp-rate-table-size": (1,),
-    "shutdown-timeout": (),
-}
+#: The options that are `CapservConfig` numbers, and the bounds beyond ">= 0" of some.
+_LIMITS = (
+    *("idle-timeout", "abort-grace", "max-connections", "max-connections-per-ip", "ipv4-prefix", "ipv6-prefix"),
+    *("high-water", "udp-rate", "udp-burst", "udp-byte-rate", "udp-byte-burst", "udp-rate-table-size"),
+    "shutdown-timeout",
+)
+_BOUNDS = {"ipv4-prefix": (1, 32), "ipv6-prefix": (1, 128), "high-water": (1,), "udp-rate-table-size": (1,)}
 
 
 def _parameter(name: str, default: Any, kind: Any = None, *bounds: float) -> list[Any]:
@@ -146,7 +131,10 @@ class Options(usage.Options):
     optFlags = [[name, None, _HELP[name]] for name in _FLAGS]
     optParameters = [
         _parameter("encoding", _DEFAULTS.encoding),
-        *(_parameter(name, getattr(_DEFAULTS, name.replace("-", "_")), None, *_LIMITS[name]) for name in _LIMITS),
+        *(
+            _parameter(name, getattr(_DEFAULTS, name.replace("-", "_")), None, *_BOUNDS.get(name, ()))
+            for name in _LIMITS
+        ),
         _parameter("metrics", None, str),
         _parameter("workers", 1, int, 1),
         _parameter("drain-delay", 0.0, float, 0, MAX_WAIT),
@@ -176,11 +164,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
-        """
-        A bad option is a `usage.UsageError` in capserv's words; under twistd,
-        one line and a pointer to ``--help`` on stderr, exit 1 (twistd would
-        print the whole help, and before 26.10 exit 0).
-        """
+        """Under twistd a bad option is one line and a pointer to ``--help``, exit 1 (not twistd's whole help)."""
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
@@ -254,8 +238,6 @@ def _metrics_listener(description: str | None) -> Listener | None:
 
 
 def _check_workers(workers: int, listen: list[Listener]) -> None:
-    if os.name != "posix":
-        raise usage.UsageError("--workers needs a POSIX system (Linux, BSD, macOS); leave --workers out here")
     most = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
     if workers > most:
         raise usage.UsageError(
@@ -271,11 +253,7 @@ def _check_workers(workers: int, listen: list[Listener]) -> None:
 
 
 def makeService(config: Options, reactor: Any = None) -> CapservService:
-    """
-    The service, every listener bound; the reactor is the daemon's choice
-    unless given. A listener that cannot be bound is one line and an exit,
-    nothing left bound.
-    """
+    """The service, every listener bound (or one line and an exit); the reactor is the daemon's unless given."""
     settings: Settings = config["settings"]
     follow_twistd(getattr(config, "parent", None))
     if reactor is None:
@@ -289,11 +267,7 @@ def makeService(config: Options, reactor: Any = None) -> CapservService:
 
 
 def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = ()) -> CapservService:
-    """
-    `makeService` for programs: a `ListenError` instead of an exit.
-
-    :param inherited: in a worker, its supervisor's listening sockets, one per listener.
-    """
+    """`makeService` for programs (a `ListenError`, not an exit); ``inherited``: a worker's sockets."""
     config = settings.config
     factory = UppercaseFactory(config, clock=reactor)
     datagrams = DatagramState(config, clock=reactor)
@@ -312,7 +286,6 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
         sockets = [listener.share() for listener in settings.listen]
         pool = WorkerPool(settings.workers, settings.for_workers(), reactor, stop_timeout, sockets)
         pool.setServiceParent(service)  # type: ignore[no-untyped-call]
-        service.on_force.append(pool.force)
     if settings.metrics is not None:
         from capserv.site.health import health_children
         from capserv.site.metrics import metrics_site
@@ -328,46 +301,3 @@ def build_service(settings: Settings, reactor: Any, inherited: Sequence[int] = (
         if settings.report:
             FigureReport(factory, datagrams, reactor).setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
-
-
-def bind_all(listeners: Sequence[Listener]) -> None:
-    """
-    Bind every listener, or none (`ListenError`); a port in use by an earlier
-    listener of this same command is told as that clash.
-    """
-    done: list[Listener] = []
-    try:
-        for listener in listeners:
-            try:
-                listener.bind()
-            except ListenError as e:
-                clash = _clash(listener, done) if e.errno == errno.EADDRINUSE else None
-                raise ListenError(clash, e.errno) if clash else e from None
-            done.append(listener)
-    except ListenError:
-        for listener in done:
-            listener.close()
-        raise
-
-
-def _port_and_kind(listener: Listener) -> tuple[int, bool, str] | None:
-    """A listener's IP port, whether datagram, and host; `None` without an IP port."""
-    listener = listener.inner if isinstance(listener, ProxyListener) else listener
-    port = getattr(listener, "port", None)
-    return (port, listener.datagram, str(getattr(listener, "host", ""))) if isinstance(port, int) and port else None
-
-
-def _clash(listener: Listener, done: list[Listener]) -> str | None:
-    mine = _port_and_kind(listener)
-    for earlier in done:
-        theirs = _port_and_kind(earlier)
-        if mine is None or theirs is None or theirs[:2] != mine[:2]:
-            continue
-        default = " (a default)" if earlier.description in DEFAULT_LISTEN else ""
-        both = {mine[2], theirs[2]}
-        hint = " (on Linux, :: takes IPv4 too)" if "::" in both and any(":" not in h for h in both) else ""
-        return (
-            f"cannot listen on '{listener.description}': port {mine[0]} is already taken by "
-            f"--listen '{earlier.description}'{default} of this same command{hint}; drop one of them"
-        )
-    return None

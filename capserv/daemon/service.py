@@ -1,8 +1,7 @@
 """
-The daemon's service: every listener of one capserv, its readiness, and its
-stop: drain (``--drain-delay``: not ready, still serving), stop listening,
-let open connections finish for up to ``--shutdown-timeout``, close the
-rest. A second stop signal meanwhile aborts what is left at once.
+The daemon's service: every listener, readiness, and the stop: drain (not ready,
+still serving), stop listening, wait up to ``--shutdown-timeout``, close the rest.
+A second stop signal meanwhile aborts what is left at once.
 """
 
 from __future__ import annotations
@@ -11,18 +10,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from capserv._version import __version__
 from capserv.daemon.listen import ListenError
-from capserv.daemon.system import Notifier, describe_reactor, notify_address, raise_file_limit
+from capserv.daemon.system import Notifier, notify_address, raise_file_limit
+from capserv.native import asyncio_loop
 from capserv.protocols._twisted import clear_exit_signal, record_exit_signal
 from capserv.protocols.accesslog import flush_all
 from capserv.protocols.config import CapservConfig
@@ -32,12 +32,10 @@ from capserv.protocols.udp import DatagramState
 
 __all__ = ["DRAINING", "READY", "STARTING", "STOPPING", "CapservService", "fatal", "plural"]
 
-#: What `CapservService.state` says, and ``/readyz`` answers with.
 STARTING, READY, DRAINING, STOPPING = "starting", "ready", "draining", "stopping"
 
 #: The signals that ask for a stop; a second one during the stop forces it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: What the supervisor sends its workers when a second signal forces a stop.
 FORCE_SIGNAL = signal.SIGUSR2
 
 _log = Logger(namespace="capserv.service.CapservService")
@@ -50,13 +48,8 @@ def plural(count: int, noun: str) -> str:
 
 class CapservService(MultiService):
     """
-    Every listener of one capserv, sharing one stream factory and one
-    datagram state, with a drain and a graceful stop.
-
-    :param notifier: tells systemd of readiness and the stop; by default
-        ``NOTIFY_SOCKET``'s, none in a worker (only the supervisor notifies).
-    :param worker: a worker of ``--workers``: its supervisor forces a stop
-        with `FORCE_SIGNAL`, and passes every other stop signal on.
+    Every listener of one capserv, sharing one stream factory and one datagram state.
+    ``worker``: a worker of ``--workers`` (no systemd notifications; forced by `FORCE_SIGNAL`).
     """
 
     def __init__(
@@ -66,32 +59,26 @@ class CapservService(MultiService):
         datagrams: DatagramState,
         reactor: Any,
         drain_delay: float = 0.0,
-        notifier: Notifier | None = None,
         worker: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config, self.factory, self.datagrams, self.reactor = config, factory, datagrams, reactor
-        self.drain_delay, self.notifier, self.worker = drain_delay, notifier, worker
-        #: Called when a second signal forces the stop (the worker supervisor passes it on).
-        self.on_force: list[Callable[[], None]] = []
+        self.drain_delay, self.worker = drain_delay, worker
+        self.notifier: Notifier | None = None
         self.forced = False
         #: Whether to take SIGHUP (a graceful stop) and SIGUSR1: the daemon's, not an embedding program's.
         self.takes_signals = False
         self._stopping = self._force_pending = self._listening = False
-        self._drain_call: IDelayedCall | None = None
-        self._drain_over: Deferred[None] | None = None
+        self._drain: Deferred[None] | None = None
 
     @property
     def state(self) -> str:
-        if self._drain_call is not None:
-            return DRAINING
         if self._stopping:
-            return STOPPING
+            return STOPPING if self._drain is None else DRAINING
         return READY if self._listening and all(child.running for child in self) else STARTING
 
     @property
     def ready(self) -> bool:
-        """What ``/readyz`` answers 200 for."""
         return self.state == READY
 
     def privilegedStartService(self) -> None:
@@ -113,8 +100,6 @@ class CapservService(MultiService):
         except (CannotListenError, ListenError, OSError) as e:
             for child in started:
                 child.stopService()
-            if isinstance(e, CannotListenError) and isinstance(e.socketError, ListenError):
-                e = e.socketError
             fatal("capserv: " + " ".join((str(e) or type(e).__name__).split()))
 
     def startService(self) -> None:
@@ -126,12 +111,13 @@ class CapservService(MultiService):
         self.reactor.callWhenRunning(self._reactor_running)
 
     def _reactor_running(self) -> None:
-        """Every listener listens and the reactor's signal handlers are in: log the start, tell systemd."""
+        loop = asyncio_loop(self.reactor)
         _log.info(
             "capserv {version} started ({reactor}, pid {pid})",
             version=__version__,
             pid=os.getpid(),
-            reactor=describe_reactor(self.reactor),
+            reactor=type(self.reactor).__name__
+            + (f" on {type(loop).__module__}.{type(loop).__name__}" if loop else ""),
         )
         if self._stopping:
             return
@@ -145,14 +131,10 @@ class CapservService(MultiService):
             self.notifier.notify(**fields)
 
     def stopService(self) -> Deferred[None]:
-        """
-        Drain, stop listening, wait for open connections and close the rest;
-        the `Deferred` fires once done (twistd waits for it, serving meanwhile).
-        """
+        """Drain, stop listening, wait for open connections, close the rest; fires once done."""
         Service.stopService(self)
         self._stopping = True
         self._catch_second_signal()
-        # The worker supervisor stops alongside: its workers drain as this process does.
         parallel = [c for c in self if getattr(c, "stops_in_parallel", False)]
         others = [maybeDeferred(child.stopService) for child in parallel]
         listeners = [child for child in reversed(list(self)) if child not in parallel]
@@ -161,28 +143,19 @@ class CapservService(MultiService):
                 "Draining: not ready; still serving for {delay:g}s (--drain-delay), then stopping",
                 delay=self.drain_delay,
             )
-            self._notify(
-                STOPPING="1", STATUS=f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping"
-            )
-            self._drain_over = Deferred()
-            self._drain_call = self.reactor.callLater(self.drain_delay, self._end_drain)
-            own = self._drain_over.addCallback(lambda _: self._stop_listening(listeners))
+            status = f"Draining: not ready, still serving for {self.drain_delay:g}s, then stopping"
+            self._notify(STOPPING="1", STATUS=status)
+            self._drain = deferLater(self.reactor, self.drain_delay)
+            own = self._drain.addErrback(lambda f: f.trap(CancelledError)).addCallback(self._stop_listening, listeners)
         else:
             self._notify(STOPPING="1", STATUS="Stopping: waiting for open connections to finish")
-            own = self._stop_listening(listeners)
+            own = self._stop_listening(None, listeners)
         if self._force_pending:
             self.force_stop()
         return DeferredList([own, *others], consumeErrors=True).addCallback(self._stopped)
 
-    def _end_drain(self) -> None:
-        call, self._drain_call = self._drain_call, None
-        if call is not None and call.active():
-            call.cancel()
-        over, self._drain_over = self._drain_over, None
-        if over is not None:
-            over.callback(None)
-
-    def _stop_listening(self, listeners: list[Any]) -> Deferred[None]:
+    def _stop_listening(self, _: object, listeners: list[Any]) -> Deferred[None]:
+        self._drain = None
         self.factory.stop_accepting()  # refuse anything accepted before the listeners close
         stopped = DeferredList([maybeDeferred(child.stopService) for child in listeners], consumeErrors=True)
         return stopped.addCallback(self._wait_for_connections)
@@ -232,11 +205,7 @@ class CapservService(MultiService):
         flush_all()
 
     def _take_signals(self) -> None:
-        """
-        SIGHUP stops gracefully as SIGTERM does; SIGUSR1 with no log file to
-        rotate is ignored. A worker stops quietly on SIGTERM (the supervisor
-        logs it) and takes SIGHUP only through its supervisor.
-        """
+        """SIGHUP stops as SIGTERM does (a worker's: only via its supervisor); SIGUSR1 without a log file is ignored."""
         if not signal.getsignal(signal.SIGUSR1):
             self._install(signal.SIGUSR1, lambda: None)
         if self.worker:
@@ -251,40 +220,28 @@ class CapservService(MultiService):
             record_exit_signal(self.reactor, signal.SIGHUP)
             self._stop_reactor()
 
-    def _stop_reactor(self) -> None:
-        try:
+    def _stop_reactor(self, unless_stopping: bool = False) -> None:
+        if unless_stopping and self._stopping:
+            return
+        with suppress(ReactorNotRunning):
             self.reactor.stop()
-        except ReactorNotRunning:
-            pass
 
     def _catch_second_signal(self) -> None:
-        """
-        From now on a stop signal forces the stop (the reactor is stopping
-        already); in a worker only `FORCE_SIGNAL` does, as a stop signal sent
-        to every process of the service may follow the supervisor's.
-        """
+        """A stop signal now forces the stop; in a worker only `FORCE_SIGNAL` does (a group's signal may follow)."""
         for signum in STOP_SIGNALS:
             self._install(signum, (lambda: None) if self.worker else self.force_stop)
 
     def _install(self, signum: int, action: Callable[[], None]) -> None:
-        """Run ``action`` in the reactor's thread when ``signum`` arrives."""
-        try:
+        with suppress(ValueError, OSError):  # not the main thread: embedding
             signal.signal(signum, lambda number, frame: self.reactor.callFromThread(action))
-        except (ValueError, OSError):  # not the main thread: embedding
-            pass
 
     def _forced_by_supervisor(self) -> None:
         if self._stopping:
             self.force_stop()
         else:
-            # The supervisor's SIGTERM came first and the stop for it is normally queued:
-            # force as soon as it begins, and stop here only if none has begun a moment later.
+            # The supervisor's SIGTERM is normally queued: force once it begins, or stop here.
             self._force_pending = True
-            self.reactor.callLater(0.5, self._stop_unless_stopping)
-
-    def _stop_unless_stopping(self) -> None:
-        if not self._stopping:
-            self._stop_reactor()
+            self.reactor.callLater(0.5, self._stop_reactor, True)
 
     def force_stop(self) -> None:
         """Abort every open connection now, ending a drain or a graceful stop at once."""
@@ -293,17 +250,16 @@ class CapservService(MultiService):
         self.forced = True
         open_now = len(self.factory.connections)
         _log.warn(literal(f"Second stop signal: aborting {plural(open_now, 'open connection')} now"), open=open_now)
-        self._end_drain()
-        for callback in self.on_force:
-            callback()
+        if self._drain is not None:
+            self._drain.cancel()
+        for child in self:
+            if getattr(child, "stops_in_parallel", False):
+                child.force()  # a worker supervisor passes it on
         self.factory.abort_all()
 
 
 def fatal(message: str) -> NoReturn:
-    """
-    Exit with one line for the person who started the program: also on the
-    terminal's own stderr once twistd sends ``sys.stderr`` to the log.
-    """
+    """Exit with one line, also on the terminal's own stderr once twistd sends ``sys.stderr`` to the log."""
     real = sys.__stderr__
     if real is not None and sys.stderr is not real:
         real.write(message + "\n")

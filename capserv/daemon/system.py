@@ -1,11 +1,9 @@
-"""
-The daemon's glue to the system: the reactor's choice, the open-file limit,
-systemd's readiness notification, and twistd's own options checked early.
-"""
+"""The daemon's glue to the system: the reactor, the open-file limit, sd_notify, twistd's options checked early."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 import socket
 import sys
@@ -13,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.reflect import namedAny
 
-from capserv.native import asyncio_loop
 from capserv.protocols._twisted import global_reactor
 
 __all__ = [
@@ -22,7 +20,6 @@ __all__ = [
     "TwistdOptionError",
     "check_twistd",
     "choose_reactor",
-    "describe_reactor",
     "notify_address",
     "raise_file_limit",
 ]
@@ -32,11 +29,7 @@ _notify_log = Logger(namespace="capserv.sdnotify.Notifier")
 
 
 def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
-    """
-    Install the daemon's reactor unless twistd's ``--reactor`` installed one:
-    ``name`` (a worker runs its supervisor's), else asyncio on uvloop when
-    ``uvloop`` and importable, else twistd's default. Returns the reactor.
-    """
+    """Install, unless twistd's ``--reactor`` did, reactor ``name``, else asyncio on uvloop if wanted and importable."""
     if "twisted.internet.reactor" not in sys.modules:
         if name:
             from twisted.application.reactors import installReactor
@@ -55,13 +48,6 @@ def choose_reactor(uvloop: bool = True, name: str | None = None) -> Any:
     return global_reactor()
 
 
-def describe_reactor(reactor: Any) -> str:
-    """The reactor's class, and the asyncio one's loop: ``AsyncioSelectorReactor on uvloop.Loop``."""
-    loop = asyncio_loop(reactor)
-    where = f" on {type(loop).__module__}.{type(loop).__name__}" if loop is not None else ""
-    return type(reactor).__name__ + where
-
-
 def raise_file_limit(wanted: int) -> int:
     """Raise the soft open-file limit towards ``wanted`` (never past the hard one, never down); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -77,10 +63,7 @@ def raise_file_limit(wanted: int) -> int:
 
 
 def notify_address(environ: Mapping[str, str] | None = None) -> str | bytes | None:
-    """
-    The UNIX socket ``NOTIFY_SOCKET`` names, ready for ``sendto`` (``@name``:
-    abstract); `None` if unset or another kind (``vsock:``).
-    """
+    """The UNIX socket ``NOTIFY_SOCKET`` names, for ``sendto`` (``@name``: abstract); `None` if unset or ``vsock:``."""
     value = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
     if value.startswith("@"):
         return b"\0" + value[1:].encode()
@@ -88,26 +71,18 @@ def notify_address(environ: Mapping[str, str] | None = None) -> str | bytes | No
 
 
 class Notifier:
-    """
-    systemd's ``sd_notify`` protocol (a stable interface, sd_notify(3)): one
-    datagram of ``NAME=value`` lines; nothing when ``address`` is `None`.
-    """
+    """systemd's ``sd_notify(3)``: one datagram of ``NAME=value`` lines; nothing when ``address`` is `None`."""
 
     def __init__(self, address: str | bytes | None) -> None:
         self.address = address
-        #: Every message sent, in order.
-        self.sent: list[str] = []
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
-        return cls(notify_address(environ))
+        self.sent: list[str] = []  # every message sent, in order
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
     def notify(self, **fields: str) -> bool:
-        """Send ``notify(READY="1", STATUS="...")``; a failure is logged, never raised. Returns whether sent."""
+        """Send ``notify(READY="1", STATUS="...")``; a failure is logged, not raised. Returns whether sent."""
         if self.address is None:
             return False
         message = "".join(f"{name}={value}\n" for name, value in fields.items())
@@ -131,13 +106,7 @@ class TwistdOptionError(Exception):
 
 
 def check_twistd(parent: Mapping[str, Any]) -> None:
-    """
-    Check twistd's parsed options that twistd itself uses only later (some
-    after daemonizing, failing with a traceback): ``--logfile`` and
-    ``--pidfile`` folders, ``--uid``/``--gid``, ``--logger``.
-
-    :raises TwistdOptionError: naming the option and what to write instead.
-    """
+    """Check now twistd's options it uses only later (some after daemonizing, with a traceback): `TwistdOptionError`."""
     if not parent.get("chroot"):  # paths inside a chroot are not ours to check
         logfile = parent.get("logfile")
         if logfile is None and not parent.get("nodaemon") and not parent.get("syslog"):
@@ -146,9 +115,33 @@ def check_twistd(parent: Mapping[str, Any]) -> None:
             _check_writable("--logfile", logfile, "a log file")
         if parent.get("pidfile"):
             _check_writable("--pidfile", parent["pidfile"], "the pid file", ", or --pidfile= for none")
-    _check_ids(parent.get("uid"), parent.get("gid"))
-    if parent.get("logger"):
-        _check_logger(parent["logger"])
+    uid, gid, logger = parent.get("uid"), parent.get("gid"), parent.get("logger")
+    if uid is not None:  # twistd looks a number up only when it switches, after binding
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            raise TwistdOptionError(
+                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
+            ) from None
+    for option, wanted, mine, what in (("--uid", uid, os.getuid(), "user"), ("--gid", gid, os.getgid(), "group")):
+        if wanted is not None and wanted != mine and os.geteuid() != 0:
+            raise TwistdOptionError(
+                f"{option}={wanted}: only root can switch to another {what}; start as root, or leave {option} out"
+            )
+    target = logger
+    if isinstance(logger, str):
+        try:
+            target = namedAny(logger)
+        except Exception as e:  # whatever importing the module raises
+            raise TwistdOptionError(
+                f"--logger={logger}: cannot import it ({type(e).__name__}: {e}); "
+                "write module.function, such as capserv.logs.json_lines"
+            ) from None
+    if logger and not callable(target):
+        raise TwistdOptionError(
+            f"--logger={logger}: is not callable; write a function that makes a log observer, "
+            "such as capserv.logs.json_lines"
+        )
 
 
 def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
@@ -162,45 +155,3 @@ def _check_writable(option: str, path: str, what: str, other: str = "") -> None:
     target = full if os.path.exists(full) else folder
     if not os.access(target, os.W_OK):
         raise TwistdOptionError(f"{option}={path}: no permission to write {target}{instead}")
-
-
-def _check_ids(uid: int | None, gid: int | None) -> None:
-    """twistd looks a uid number up only when it switches, after binding; only root may switch."""
-    if os.name != "posix":
-        return
-    if uid is not None:
-        import pwd
-
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            raise TwistdOptionError(
-                f"--uid={uid}: no user has this number; write an existing user's name or number (id -u NAME)"
-            ) from None
-    if os.geteuid() == 0:
-        return
-    for option, wanted, mine, what in (("--uid", uid, os.getuid(), "user"), ("--gid", gid, os.getgid(), "group")):
-        if wanted is not None and wanted != mine:
-            raise TwistdOptionError(
-                f"{option}={wanted}: only root can switch to another {what}; start as root, or leave {option} out"
-            )
-
-
-def _check_logger(name: Any) -> None:
-    """``--logger`` names an importable, callable observer factory."""
-    target = name
-    if isinstance(name, str):
-        from twisted.python.reflect import namedAny
-
-        try:
-            target = namedAny(name)
-        except Exception as e:  # whatever importing the module raises
-            raise TwistdOptionError(
-                f"--logger={name}: cannot import it ({type(e).__name__}: {e}); "
-                "write module.function, such as capserv.logs.json_lines"
-            ) from None
-    if not callable(target):
-        raise TwistdOptionError(
-            f"--logger={name}: is not callable; write a function that makes a log observer, "
-            "such as capserv.logs.json_lines"
-        )

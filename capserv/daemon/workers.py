@@ -1,10 +1,7 @@
 """
-``--workers N``: the process twistd runs binds every listener once, and
-`WorkerPool` runs N-1 workers (`main`) beside it, each handed a duplicate of
-every bound socket (``spawnProcess(childFDs=...)``) and the parsed settings
-as one JSON value, never a command line. Workers log JSON lines (and, with
-``--metrics``, their figures) to a pipe this process reads and logs again.
-A stop passes SIGTERM on; a second stop signal passes `FORCE_SIGNAL`.
+``--workers N``: this process binds every listener once; `WorkerPool` runs N-1
+workers (`main`) handed the bound sockets and the parsed settings as JSON, never
+argv. Workers log JSON lines (and their figures) to a pipe this process relays.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -26,19 +24,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from capserv.daemon.service import FORCE_SIGNAL
+from capserv.daemon.service import FORCE_SIGNAL, plural
 from capserv.protocols.tcp import UppercaseFactory
 from capserv.protocols.udp import DatagramState
 
-__all__ = ["MAX_WORKERS_PER_CPU", "FigureReport", "OrphanWatch", "WorkerPool", "add_figures", "main", "process_figures"]
+__all__ = ["MAX_WORKERS_PER_CPU", "FigureReport", "OrphanWatch", "WorkerPool", "main", "process_figures"]
 
 #: More workers than this many per CPU only add processes that wait.
 MAX_WORKERS_PER_CPU = 8
-#: Where a worker finds its number and its settings.
 WORKER_VARIABLE, SETTINGS_VARIABLE = "CAPSERV_WORKER", "CAPSERV_SETTINGS"
-#: The first descriptor a worker inherits a listening socket on.
 FIRST_SOCKET = 3
-#: A worker's figure lines, which the supervisor keeps instead of logging.
 FIGURES_NAMESPACE = "capserv.workers.figures"
 #: The figures that are gauges: a worker that exits stops counting in them.
 GAUGES = frozenset({"connections_active", "rate_table_size", "workers"})
@@ -69,28 +64,18 @@ def add_figures(total: Figures, more: Figures, gauges: bool = True) -> Figures:
 
 
 class _Worker(ProcessProtocol):
-    """
-    One worker: relays its lines to the pool, and reaps it when its stdout
-    ends (uvloop takes the signal wakeup, so Twisted may miss SIGCHLD).
-    """
+    """One worker's lines, relayed; reaped when its stdout ends (under uvloop Twisted may miss SIGCHLD)."""
 
     def __init__(self, pool: WorkerPool, slot: int, started: float) -> None:
         self.pool, self.slot, self.started = pool, slot, started
-        self.ended = False
-        self.pid = 0
+        self.ended, self.pid = False, 0
         self._partial = {1: b"", 2: b""}
 
-    def outReceived(self, data: bytes) -> None:
-        self._lines(1, data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._lines(2, data)
-
-    def _lines(self, fd: int, data: bytes) -> None:
-        *lines, self._partial[fd] = (self._partial[fd] + data).split(b"\n")
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803 - Twisted's name
+        *lines, self._partial[childFD] = (self._partial[childFD] + data).split(b"\n")
         for line in lines:
             if line.strip():
-                self.pool.relay(self, line, fd == 2)
+                self.pool.relay(self, line, childFD == 2)
 
     def childConnectionLost(self, childFD: int) -> None:  # noqa: N803 - Twisted's name
         if childFD == 1:
@@ -110,10 +95,8 @@ class _Worker(ProcessProtocol):
 
 class WorkerPool(Service):
     """
-    Keep ``count - 1`` workers running beside this process, each given
-    ``settings`` (`capserv.daemon.options.Settings.for_workers`) and the bound
-    ``sockets`` from `FIRST_SOCKET` on; a stop waits ``stop_timeout`` seconds,
-    then kills.
+    Keep ``count - 1`` workers running, each given ``settings`` (`Settings.for_workers`)
+    and ``sockets`` from `FIRST_SOCKET` on; a stop waits ``stop_timeout`` seconds, then kills.
     """
 
     #: `capserv.daemon.service.CapservService` drains its own connections meanwhile.
@@ -134,8 +117,9 @@ class WorkerPool(Service):
     def startService(self) -> None:
         Service.startService(self)
         pids = [self._spawn(slot) for slot in range(1, self.count)]
-        more = f"{len(pids)} more worker" + ("" if len(pids) == 1 else "s")
-        _pool_log.info(f"Started {more}: {', '.join(map(str, pids))}", workers=len(pids), pids=pids)
+        _pool_log.info(
+            f"Started {plural(len(pids), 'more worker')}: {', '.join(map(str, pids))}", workers=len(pids), pids=pids
+        )
 
     def _spawn(self, slot: int) -> int:
         self._pending.pop(slot, None)
@@ -153,10 +137,7 @@ class WorkerPool(Service):
         return worker.pid
 
     def relay(self, worker: _Worker, line: bytes, error: bool = False) -> None:
-        """
-        Log a worker's line through this process's observers: its JSON event
-        (text, level, fields), or any other line (a crash) as is; keep a figure line.
-        """
+        """Log a worker's JSON event here (any other line, a crash, as is); keep its figures."""
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
@@ -167,10 +148,7 @@ class WorkerPool(Service):
         if namespace == FIGURES_NAMESPACE and isinstance(record.get("figures"), dict):
             self.figures[worker.slot] = record["figures"]
             return
-        try:
-            level = LogLevel.levelWithName(str(record.pop("level", "info")))
-        except Exception:
-            level = LogLevel.info
+        level = {one.name: one for one in LogLevel.iterconstants()}.get(str(record.pop("level", "")), LogLevel.info)
         text = str(record.pop("text", ""))
         fields = {k: v for k, v in record.items() if not k.startswith("log_") and k not in ("time", "format", "level")}
         fields["worker"] = worker.slot
@@ -209,38 +187,30 @@ class WorkerPool(Service):
     def _replace(self, slot: int) -> None:
         _pool_log.info("Started worker {slot} again: pid {pid}", slot=slot, pid=self._spawn(slot))
 
-    def force(self) -> None:
-        """A second stop signal: make every worker abort its connections."""
-        self.signal_all(FORCE_SIGNAL)
-
-    def signal_all(self, signum: int = signal.SIGTERM) -> None:
+    def force(self, signum: int = FORCE_SIGNAL) -> None:
+        """Signal every worker: by default to abort its connections (a second stop signal)."""
         for _, transport in list(self.workers.values()):
-            try:
+            with suppress(ProcessExitedAlready, OSError):
                 transport.signalProcess(signum)
-            except (ProcessExitedAlready, OSError):
-                pass
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         for call in self._pending.values():
-            if call.active():
-                call.cancel()
+            call.cancel()  # each is popped as it runs
         self._pending.clear()
         if not self.workers:
             self.close_sockets()
             return succeed(None)
         self._stopped = Deferred()
-        self.signal_all(signal.SIGTERM)
+        self.force(signal.SIGTERM)
         self._kill_call = self.reactor.callLater(self.stop_timeout, self._kill)
         return self._stopped
 
     def _kill(self) -> None:
-        self._kill_call = None
         _pool_log.warn("Killing {n} workers that did not stop in time", n=len(self.workers))
-        self.signal_all(signal.SIGKILL)
+        self.force(signal.SIGKILL)
 
     def close_sockets(self) -> None:
-        """Let go of the sockets kept for workers."""
         sockets, self.sockets = self.sockets, []
         for fd in sockets:
             os.close(fd)
@@ -249,9 +219,8 @@ class WorkerPool(Service):
         self.close_sockets()
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
-        stopped, self._stopped, self._kill_call = self._stopped, None, None
-        if stopped is not None:
-            stopped.callback(None)
+        stopped, self._stopped = self._stopped, None
+        stopped.callback(None)  # type: ignore[union-attr]
 
 
 class OrphanWatch(TimerService):
@@ -266,18 +235,12 @@ class OrphanWatch(TimerService):
         if os.getppid() != self._parent:
             _orphan_log.warn("The supervising process {pid} has gone; stopping", pid=self._parent)
             self.stopService()  # type: ignore[no-untyped-call]
-            try:
+            with suppress(ReactorNotRunning):  # stopping already: that stop goes on
                 self.reactor.stop()
-            except ReactorNotRunning:
-                pass  # stopping already: that stop goes on
 
 
 class FigureReport(Service):
-    """
-    In a worker whose supervisor serves ``--metrics``: send the figures down
-    the log pipe every ``interval`` seconds, through the drain, and once more
-    after the stop.
-    """
+    """A worker's figures down the log pipe each ``interval`` and once after the stop, for ``--metrics``."""
 
     def __init__(
         self, factory: UppercaseFactory, datagrams: DatagramState, reactor: Any, interval: float = 1.0
@@ -295,7 +258,6 @@ class FigureReport(Service):
         self.reactor.addSystemEventTrigger("after", "shutdown", self.finish)
 
     def finish(self) -> None:
-        """A last report, after the reactor has stopped everything."""
         if self._loop.running:
             self._loop.stop()
         self.report()

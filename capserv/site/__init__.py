@@ -1,4 +1,1 @@
-"""
-The ``--metrics`` site: Prometheus metrics, ``/healthz`` and ``/readyz``.
-Loaded only when the daemon is asked for it.
-"""
+"""The ``--metrics`` site (Prometheus metrics, ``/healthz``, ``/readyz``), loaded only when asked for."""

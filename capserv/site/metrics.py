@@ -1,7 +1,6 @@
 """
-Prometheus metrics for ``--metrics``: a collector reads capserv's counters
-at each scrape (nothing is updated per packet), every process's with
-``--workers``; prometheus-client is the optional extra ``capserv[metrics]``.
+``/metrics`` for ``--metrics``: a collector reads capserv's counters (every process's) at each
+scrape, nothing updated per packet; prometheus-client is the extra ``capserv[metrics]``.
 """
 
 from __future__ import annotations
@@ -22,15 +21,10 @@ __all__ = ["CapservCollector", "MetricsResource", "metrics_site"]
 
 
 class CapservCollector:
-    """
-    capserv's figures as metrics: ``figures`` returns ``{"tcp": ..., "udp":
-    ..., "workers": N}`` (`capserv.daemon.workers.process_figures`, summed);
-    ``config``'s prefix lengths label the per-source figures.
-    """
+    """``figures()``: ``{"tcp": ..., "udp": ..., "workers": N}`` (`process_figures`, summed) as metrics."""
 
     def __init__(self, figures: Callable[[], Mapping[str, Any]], config: CapservConfig) -> None:
-        self.figures = figures
-        self.config = config
+        self.figures, self.config = figures, config
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -76,7 +70,6 @@ class CapservCollector:
 
 _PAUSES = "Times reading from a TCP connection paused because its unsent reply passed --high-water."
 _SOURCES = "Source networks the UDP rate limiter remembers now (bounded by --udp-rate-table-size)."
-#: The metrics of one figure each: name, help, and where the figure is.
 _PLAIN = (
     ("capserv_connections_active", "TCP connections open now.", "tcp", "connections_active"),
     ("capserv_connections", "TCP connections accepted and served.", "tcp", "connections_total"),
@@ -92,20 +85,14 @@ _GAUGES = {"capserv_connections_active", "capserv_udp_rate_sources", "capserv_wo
 
 
 class _QuietSite(Site):
-    """A Site that does not log every scrape."""
-
     noisy = False
 
-    def log(self, request: Any) -> None:
+    def log(self, request: Any) -> None:  # not a line per scrape
         pass
 
 
 class MetricsResource(Resource):
-    """
-    ``/metrics`` in Prometheus's text format (or OpenMetrics if asked),
-    rendered in the reactor's thread: prometheus-client's own resource runs
-    a thread per scrape, and a scrape in flight at a stop hung twistd.
-    """
+    """``/metrics`` (OpenMetrics if asked), in the reactor's thread: its own thread per scrape hung stops."""
 
     isLeaf = True
 
@@ -128,10 +115,7 @@ def metrics_site(
     config: CapservConfig,
     children: Mapping[bytes, IResource] | None = None,
 ) -> Site:
-    """
-    A site serving a `CapservCollector` at ``/metrics`` from its own registry
-    (an embedding program's is not touched), and ``children`` beside it.
-    """
+    """A `CapservCollector` at ``/metrics`` from a registry of its own (not the process's), ``children`` beside it."""
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=True)

@@ -1,6 +1,6 @@
 """
 Tests for the drain before a stop (``--drain-delay``), the ``/healthz`` and
-``/readyz`` endpoints, and systemd's readiness protocol (`capserv.daemon.system`).
+``/readyz`` endpoints, and what the service tells systemd.
 
 The service's drain logic and the resources run in memory
 (``MemoryReactorClock``); a few daemon tests run the real ``twistd -n
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from capserv.daemon.service import DRAINING, READY, STARTING, STOPPING, CapservService
-from capserv.daemon.system import Notifier, notify_address
+from capserv.daemon.system import Notifier
 from capserv.protocols.tcp import UppercaseProtocol
 from capserv.site.health import HealthResource, ReadinessResource
 from capserv.tap import Options, makeService
@@ -303,65 +301,6 @@ class NotifyTests(ServiceTestCase):
         main.notifier = RecordingNotifier()
         main.stopService()
         self.reactor.advance(0)
-
-
-class NotifierTests(SynchronousTestCase):
-    """`capserv.daemon.system`: one datagram to the socket NOTIFY_SOCKET names."""
-
-    def test_addresses(self) -> None:
-        """A path as it is, an abstract name's @ as a NUL byte; nothing else."""
-        self.assertEqual(notify_address({"NOTIFY_SOCKET": "/run/systemd/notify"}), "/run/systemd/notify")
-        self.assertEqual(notify_address({"NOTIFY_SOCKET": "@capserv/notify"}), b"\0capserv/notify")
-        self.assertIsNone(notify_address({}))
-        self.assertIsNone(notify_address({"NOTIFY_SOCKET": ""}))
-        self.assertIsNone(notify_address({"NOTIFY_SOCKET": "vsock:2:1234"}))
-
-    def receiver(self, address: str | bytes) -> socket.socket:
-        """A datagram socket in systemd's place, closed after the test."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.addCleanup(sock.close)
-        sock.bind(address)
-        sock.settimeout(5)
-        return sock
-
-    def test_sends_one_datagram_to_a_path(self) -> None:
-        """The fields become NAME=value lines in one datagram."""
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
-        path = os.path.join(folder, "notify")
-        receiver = self.receiver(path)
-        notifier = Notifier.from_environment({"NOTIFY_SOCKET": path})
-        self.assertTrue(notifier.enabled)
-        self.assertTrue(notifier.notify(READY="1", STATUS="Serving"))
-        self.assertEqual(receiver.recv(4096), b"READY=1\nSTATUS=Serving\n")
-
-    def test_abstract_socket(self) -> None:
-        """An @name reaches the abstract socket of that name (Linux)."""
-        name = f"capserv-test-{os.getpid()}-{id(self)}"
-        try:
-            receiver = self.receiver(b"\0" + name.encode())
-        except OSError:
-            self.skipTest("no abstract UNIX sockets here")
-        Notifier.from_environment({"NOTIFY_SOCKET": "@" + name}).notify(STOPPING="1")
-        self.assertEqual(receiver.recv(4096), b"STOPPING=1\n")
-
-    def test_nothing_without_the_variable(self) -> None:
-        """Without NOTIFY_SOCKET nothing is sent and nothing fails."""
-        notifier = Notifier.from_environment({})
-        self.assertFalse(notifier.enabled)
-        self.assertFalse(notifier.notify(READY="1"))
-
-    def test_a_failure_is_logged_not_raised(self) -> None:
-        """A socket that is not there is one warning; the service goes on."""
-        lines: list[str] = []
-
-        def observe(event: LogEvent) -> None:
-            lines.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        self.assertFalse(Notifier("/nonexistent/notify").notify(READY="1"))
-        self.assertEqual(len([line for line in lines if "Could not tell systemd READY" in line]), 1, lines)
 
 
 class _State:

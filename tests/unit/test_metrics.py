@@ -126,8 +126,8 @@ class WorkerFiguresTests(SynchronousTestCase):
         logged: list[LogEvent] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        first.outReceived(one.report_line() + b"\n")
-        second.outReceived(two.report_line() + b"\n")
+        first.childDataReceived(1, one.report_line() + b"\n")
+        second.childDataReceived(1, two.report_line() + b"\n")
         self.assertEqual([e for e in logged if str(e.get("log_system")).startswith("worker")], [])
         supervisor.serve(connections=7)
         figures = samples(collector)
@@ -146,7 +146,7 @@ class WorkerFiguresTests(SynchronousTestCase):
         self.assertEqual(figures[("capserv_workers", ())], 2)
 
         two.serve(connections=1)
-        second.outReceived(two.report_line() + b"\n")
+        second.childDataReceived(1, two.report_line() + b"\n")
         self.assertEqual(samples(collector)[("capserv_connections_total", ())], 18)
         reactor.advance(1)  # the replacement starts and reports nothing yet
         self.assertEqual(samples(collector)[("capserv_connections_total", ())], 18)
