@@ -38,18 +38,6 @@ def is_port_chatter(event: LogEvent) -> bool:
     )
 
 
-class _Quiet:
-    def __call__(self, event: LogEvent) -> None:
-        if not is_port_chatter(event):
-            super().__call__(event)  # type: ignore[misc]
-
-
-class _QuietJSON(_Quiet, JSONLogObserver): ...
-
-
-class _QuietText(_Quiet, TextLogObserver): ...
-
-
 def follow_twistd(options: Mapping[str, Any] | None) -> None:
     """Remember twistd's ``--logfile`` and ``-n`` for the ``--logger`` factories, called later with no arguments."""
     _twistd.clear()
@@ -80,12 +68,12 @@ def _destination() -> Writable:
 
 def json_lines() -> ILogObserver:
     """JSON lines on twistd's log file, or standard output."""
-    return _QuietJSON(_destination())
+    return JSONLogObserver(_destination(), drop=is_port_chatter)
 
 
 def text_lines() -> ILogObserver:
     """twistd's text format where twistd would write it."""
-    return _QuietText(_destination())
+    return TextLogObserver(_destination(), drop=is_port_chatter)
 
 
 def twisted_text() -> ILogObserver:
