@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import WORKLOADS, Server, build_loadgen  # noqa: E402
+from run import WORKLOADS, Server, build_loadgen
 
 
 def strace_counts(path: Path) -> dict[str, tuple[int, int]]:
@@ -68,7 +68,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         loadgen = build_loadgen(Path(work))
         results = {name: measure(loadgen, name, args.workload, args.seconds) for name in names}
-    kinds = sorted({k for _, counts in results.values() for k in counts}, key=lambda k: -results[names[0]][1].get(k, (0, 0))[0])
+    kinds = sorted(
+        {k for _, counts in results.values() for k in counts}, key=lambda k: -results[names[0]][1].get(k, (0, 0))[0]
+    )
     print(f"{'calls/errors per unit':<18}" + "".join(f"{name:>16}" for name in names))
     for kind in kinds:
         row = ""

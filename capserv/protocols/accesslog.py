@@ -306,20 +306,16 @@ class JSONLogObserver:
             self.writer.write(event_as_json(event))
             return
         level, namespace = event.get("log_level"), event.get("log_namespace", "")
-        # Namespaces and most reasons repeat: each escaped once (bounded tables, as reasons may vary).
-        name = self._names.get(namespace) or _remember(self._names, namespace, _string(namespace))
-        why = self._reasons.get(reason) or _remember(self._reasons, reason, _string(reason)[1:-1])
+        name = self._names.get(namespace) or self._names.setdefault(namespace, _string(namespace))
+        why = self._reasons.get(reason)
+        if why is None:  # most reasons repeat: each escaped once, in a table emptied when full
+            if len(self._reasons) >= 256:
+                self._reasons.clear()
+            why = self._reasons[reason] = _string(reason)[1:-1]
         fields = (_string(peer)[1:-1], duration, bytes_in, bytes_out, why)
         self.writer.write(
             _JSON_ACCESS % (*fields, level.name if level else "info", *fields, name, event.get("log_time", 0.0))
         )
-
-
-def _remember(table: dict[str, str], key: str, value: str) -> str:
-    if len(table) >= 256:
-        table.clear()
-    table[key] = value
-    return value
 
 
 #: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).

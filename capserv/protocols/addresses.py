@@ -70,14 +70,10 @@ class SourceNetworks:
         """The network of an address as `host_key` takes it, or `None` if it has no IP address."""
         host = address[0] if isinstance(address, tuple) else getattr(address, "host", None)
         network = self._hosts.get(host) if isinstance(host, str) else None
-        if network is None:
-            key = host_key(address)
-            if key is None:
-                return None
-            network = self.network(key)
+        if network is None and (key := host_key(address)) is not None:
             if len(self._hosts) >= HOSTS_REMEMBERED:
                 self._hosts.clear()
-            self._hosts[host] = network  # type: ignore[index]
+            network = self._hosts[host] = self.network(key)  # type: ignore[index]
         return network
 
     def text(self, network: bytes) -> str:

@@ -72,7 +72,6 @@ class SourceNetworksTests(SynchronousTestCase):
         self.assertEqual(networks.text(b"not-an-address"), "not-an-address")
         self.assertIsNone(networks.key(UNIXAddress(b"/run/capserv.sock")))
 
-
     def test_key_remembers_hosts_within_bounds(self) -> None:
         """
         key gives the same network for a host seen before, also after more
