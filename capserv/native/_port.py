@@ -47,11 +47,8 @@ class NativeConnections:
 @implementer(IListeningPort)
 class NativePort:
     """
-    A listening socket served by the event loop (`NativeSocketEndpoint.listen`);
-    it stops and drops its connections at the reactor's shutdown, as Twisted's ports do.
-
-    :param path: a UNIX socket's path and inode, to remove its file.
-    :param cleanup: called once the port has stopped listening.
+    A listening socket served by the event loop; it stops and drops its connections at the reactor's
+    shutdown, as Twisted's ports do.  ``path``: a UNIX socket's path and inode, its file removed at stop.
     """
 
     def __init__(
@@ -108,11 +105,8 @@ class NativePort:
 
 def _run_now(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     """
-    Run to its end now, without the loop running, a coroutine that waits for
-    nothing but a bare ``yield`` (``loop.create_server``: CPython's yields
-    once after it serves, uvloop's never), so ``listen`` fires at once.
-
-    :return: ``(True, result)``, or ``(False, task)`` if it awaits a real future.
+    Run ``loop.create_server``'s coroutine to its end now, through bare ``yield``s, so ``listen``
+    fires at once: ``(True, result)``, or ``(False, task)`` if it awaits a real future.
     """
     for _ in range(100):
         try:
@@ -148,9 +142,7 @@ class NativeSocketEndpoint:
     :param reactor: Twisted's asyncio reactor (see `native_supported`).
     :param make_socket: returns a bound, listening, non-blocking TCP or UNIX
         stream socket, or raises `OSError` (or `CannotListenError`).
-    :param backlog: the listen backlog (the event loop sets it again).
-    :param interface: the address, for the error of a socket not made.
-    :param port: the port or path, for the same error.
+    :param interface: the address, and ``port`` the port or path, for the error of a socket not made.
     :param cleanup: called once the port has stopped listening (a lock file's release).
     :param unlink: remove a UNIX socket's file when the port stops, as Twisted
         does (`False` for a socket someone else owns, such as systemd's).

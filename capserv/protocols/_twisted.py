@@ -7,6 +7,7 @@ checks they look as expected, else falls back to the public behaviour
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,12 +44,11 @@ def unsent_bytes(transport: Any) -> int | None:
     Bytes written to a stream transport and not yet sent (native's
     ``write_buffer_size``, Twisted TCP's buffers), or `None` if it cannot tell.
     """
-    from twisted.internet import tcp
-
     size = getattr(transport, "write_buffer_size", None)
     if isinstance(size, int):
         return size
-    if not isinstance(transport, tcp.Connection):
+    tcp = sys.modules.get("twisted.internet.tcp")  # not imported: no transport is one of its
+    if tcp is None or not isinstance(transport, tcp.Connection):
         return None
     try:
         return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
@@ -62,9 +62,8 @@ def stream_writer(transport: Any, fast: bool = True) -> Any:
     waits (``write`` buffers until the next loop turn, twisted#5303), the rest
     through ``write``; other transports, or ``fast=False``, get ``write`` itself.
     """
-    from twisted.internet import tcp
-
-    if not fast or not isinstance(transport, tcp.Connection):
+    tcp = sys.modules.get("twisted.internet.tcp")
+    if not fast or tcp is None or not isinstance(transport, tcp.Connection):
         return transport.write
     needed = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "connected", "_writeDisconnected", "disconnecting")
     if not all(hasattr(transport, name) for name in needed):

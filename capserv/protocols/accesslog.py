@@ -293,29 +293,28 @@ class JSONLogObserver:
     ) -> None:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
         self._drop = drop
-        self._namespaces: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+        self._reasons: dict[str, str] = {}
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is not ACCESS_FORMAT:
             if self._drop is None or not self._drop(event):
                 self.writer.write(event_as_json(event), urgent=True)
             return
-        e = event
-        peer, duration, bytes_in, bytes_out, reason = (
-            e["peer"],
-            e["duration"],
-            e["bytes_in"],
-            e["bytes_out"],
-            e["reason"],
-        )
+        peer, duration, bytes_in, bytes_out, reason = _access_fields(event)
         if (type(peer), type(duration), type(bytes_in), type(bytes_out), type(reason)) != _ACCESS_TYPES:
             self.writer.write(event_as_json(event))
             return
         level, namespace = event.get("log_level"), event.get("log_namespace", "")
-        quoted = self._namespaces.get(namespace) or self._namespaces.setdefault(namespace, _string(namespace))
-        fields = (_string(peer)[1:-1], duration, bytes_in, bytes_out, _string(reason)[1:-1])
+        name = self._names.get(namespace) or self._names.setdefault(namespace, _string(namespace))
+        why = self._reasons.get(reason)
+        if why is None:  # most reasons repeat: each escaped once, in a table emptied when full
+            if len(self._reasons) >= 256:
+                self._reasons.clear()
+            why = self._reasons[reason] = _string(reason)[1:-1]
+        fields = (_string(peer)[1:-1], duration, bytes_in, bytes_out, why)
         self.writer.write(
-            _JSON_ACCESS % (*fields, level.name if level else "info", *fields, quoted, event.get("log_time", 0.0))
+            _JSON_ACCESS % (*fields, level.name if level else "info", *fields, name, event.get("log_time", 0.0))
         )
 
 

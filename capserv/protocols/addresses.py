@@ -11,6 +11,8 @@ import socket
 __all__ = ["SourceNetworks", "describe", "family", "host_key", "is_loopback"]
 
 _IPV6_LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")
+#: How many hosts `SourceNetworks.key` remembers the network of.
+HOSTS_REMEMBERED = 4096
 
 
 def host_key(address: object) -> str | None:
@@ -47,13 +49,15 @@ class SourceNetworks:
     address with the host bits zeroed (4 bytes for IPv4, 16 for IPv6).
     """
 
-    __slots__ = ("_masks", "ipv4_prefix", "ipv6_prefix")
+    __slots__ = ("_hosts", "_masks", "ipv4_prefix", "ipv6_prefix")
 
     def __init__(self, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> None:
         """:param ipv4_prefix: IPv4 prefix length counted as one source (`CapservConfig` checks both)."""
         self.ipv4_prefix = ipv4_prefix
         self.ipv6_prefix = ipv6_prefix
         self._masks = {4: (1 << 32) - (1 << (32 - ipv4_prefix)), 16: (1 << 128) - (1 << (128 - ipv6_prefix))}
+        # Most connections come from hosts seen a moment ago; emptied when full, so a many-source flood keeps it small.
+        self._hosts: dict[str, bytes] = {}
 
     def network(self, host: str) -> bytes:
         """The network of ``host`` (as `host_key` returns it); a host that is no IP address counts alone."""
@@ -64,8 +68,13 @@ class SourceNetworks:
 
     def key(self, address: object) -> bytes | None:
         """The network of an address as `host_key` takes it, or `None` if it has no IP address."""
-        host = host_key(address)
-        return None if host is None else self.network(host)
+        host = address[0] if isinstance(address, tuple) else getattr(address, "host", None)
+        network = self._hosts.get(host) if isinstance(host, str) else None
+        if network is None and (key := host_key(address)) is not None:
+            if len(self._hosts) >= HOSTS_REMEMBERED:
+                self._hosts.clear()
+            network = self._hosts[host] = self.network(key)  # type: ignore[index]
+        return network
 
     def text(self, network: bytes) -> str:
         """A network this object returned, as CIDR text: ``2001:db8::/64``."""

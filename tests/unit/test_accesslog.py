@@ -101,6 +101,20 @@ class AccessLogTests(SynchronousTestCase):
             assert mine["level"] == "info"
             assert "unpersistable" not in ours.getvalue()
 
+    def test_json_observer_escapes_repeated_and_many_reasons(self) -> None:
+        """
+        One observer's lines stay event_as_json's as reasons repeat (escaped
+        once, remembered) and as more distinct reasons come than it remembers.
+        """
+        ours, reference = io.StringIO(), io.StringIO()
+        observer = JSONLogObserver(ours, clock=Clock(), interval=0)
+        many = [{**FIELDS[0], "reason": f'lost: "{n}"'} for n in range(300)]
+        for fields in [*FIELDS, *FIELDS, *many, *many[:5]]:
+            logged([observer, lambda event, out=reference: out.write(event_as_json(event))], fields)
+        mine, theirs = ours.getvalue().splitlines(), reference.getvalue().splitlines()
+        assert len(mine) == len(theirs) == 2 * len(FIELDS) + 305
+        assert [json.loads(line) for line in mine] == [json.loads(line) for line in theirs]
+
     def test_json_observer_other_events(self) -> None:
         """Events other than the access line carry their text and plain fields, written at once."""
         ours = io.StringIO()

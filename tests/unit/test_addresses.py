@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.protocols.addresses import SourceNetworks, describe, family, host_key, is_loopback
+from capserv.protocols.addresses import HOSTS_REMEMBERED, SourceNetworks, describe, family, host_key, is_loopback
 
 
 class HostKeyTests(SynchronousTestCase):
@@ -71,6 +71,21 @@ class SourceNetworksTests(SynchronousTestCase):
         self.assertEqual(networks.network("not-an-address"), b"not-an-address")
         self.assertEqual(networks.text(b"not-an-address"), "not-an-address")
         self.assertIsNone(networks.key(UNIXAddress(b"/run/capserv.sock")))
+
+    def test_key_remembers_hosts_within_bounds(self) -> None:
+        """
+        key gives the same network for a host seen before, also after more
+        hosts than it remembers came (the table is emptied, not grown).
+        """
+        networks = SourceNetworks(24, 64)
+        first = networks.key(("192.0.2.77", 1))
+        for n in range(HOSTS_REMEMBERED + 10):
+            key = networks.key((f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 2))
+            assert key is not None and key[3] == 0
+        assert len(networks._hosts) <= HOSTS_REMEMBERED
+        self.assertEqual(networks.key(IPv4Address("TCP", "192.0.2.77", 3)), first)
+        self.assertEqual(networks.key(("::ffff:192.0.2.9", 4)), first)
+        self.assertEqual(networks.key(("fe80::1%eth0", 5)), networks.key(("fe80::2", 6)))
 
 
 class DescribeTests(SynchronousTestCase):
