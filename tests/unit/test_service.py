@@ -1,12 +1,9 @@
 """
-Tests for the drain before a stop (``--drain-delay``), the ``/healthz`` and
-``/readyz`` endpoints, and what the service tells systemd.
-
-The service's drain logic and the resources run in memory
-(``MemoryReactorClock``); a few daemon tests run the real ``twistd -n
-capserv`` and check what an orchestrator sees: a new connection served during
-the drain while ``/readyz`` says 503 and ``/healthz`` 200, a clean exit after,
-and ``READY=1``/``STOPPING=1`` on ``NOTIFY_SOCKET`` at the right moments.
+`capserv.daemon.service`: the service tree built from the options, the
+drain before a stop (``--drain-delay``), the graceful and the forced stop,
+the stop line, and what the service tells systemd.  In memory
+(``MemoryReactorClock``, listeners given `UnboundSocket`s): binding itself
+is tested in ``tests/integration/test_listen.py``.
 """
 
 from __future__ import annotations
@@ -14,14 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -29,49 +20,195 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import getChildForRequest
-from twisted.web.test.requesthelper import DummyRequest
 
-from capserv.daemon.service import DRAINING, READY, STARTING, STOPPING, CapservService
+from capserv.daemon.service import DRAINING, READY, STARTING, STOPPING, CapservService, plural
 from capserv.daemon.system import Notifier
+from capserv.protocols._twisted import clear_exit_signal
 from capserv.protocols.tcp import UppercaseProtocol
-from capserv.site.health import HealthResource, ReadinessResource
 from capserv.tap import Options, makeService
 
-from ..support.daemon import TCP0, Daemon
-from ..support.loopback import tcp_exchange
-
-LOCAL = "tcp:0:interface=127.0.0.1"
-LOCAL_UDP = "udp:0:interface=127.0.0.1"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def parse(*args: str) -> Options:
-    """Parse a capserv command line as ``twistd capserv`` would."""
-    options = Options()
-    options.parseOptions(list(args))
-    return options
+from ..support.daemon_fakes import (
+    LOCAL,
+    LOCAL_UDP,
+    STOP_SIGNALS,
+    AbortRecordingTransport,
+    RecordingNotifier,
+    parse,
+    without_sockets,
+)
 
 
-class AbortRecordingTransport(StringTransport):
-    """A StringTransport that records an abort."""
-
-    aborted = False
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        self.loseConnection()
+def started(options: Options, reactor: MemoryReactorClock) -> CapservService:
+    """A service built from ``options`` on ``reactor``, started."""
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    return service
 
 
-class RecordingNotifier(Notifier):
-    """A notifier that keeps its messages instead of sending them."""
+def stop_reading_lines(
+    service: CapservService, reactor: MemoryReactorClock, wait: float, protocols: list[Any]
+) -> list[str]:
+    """
+    Stop ``service``, let ``wait`` seconds pass, close ``protocols``' connections
+    and let the stop finish; return every log line written meanwhile.
+    """
+    lines: list[str] = []
 
-    def __init__(self) -> None:
-        super().__init__("/nonexistent/notify")
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
 
-    def notify(self, **fields: str) -> bool:
-        self.sent.append("".join(f"{name}={value}\n" for name, value in fields.items()))
-        return True
+    globalLogPublisher.addObserver(observe)
+    try:
+        service.stopService()
+        reactor.advance(wait)
+        for protocol in protocols:
+            protocol.connectionLost(None)
+        reactor.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return lines
+
+
+class ServiceTests(SynchronousTestCase):
+    """makeService binds every listener, then wires it; the graceful stop."""
+
+    def setUp(self) -> None:
+        without_sockets(self)
+
+    def test_listens_on_each_description(self) -> None:
+        """A stream and two datagram listeners are served; the datagram
+        protocols differ but share one state; datagrams are read whole."""
+        reactor = MemoryReactorClock()
+        service = started(parse("--listen", LOCAL, "--listen", LOCAL_UDP, "--listen", LOCAL_UDP), reactor)
+        stream = [p for p in reactor.adoptedPorts if len(p) == 3]
+        datagram = [p for p in reactor.adoptedPorts if len(p) == 4]
+        self.assertEqual(len(stream), 1)
+        self.assertIs(stream[0][2], service.factory)
+        self.assertEqual(len(datagram), 2)
+        first, second = datagram[0][2], datagram[1][2]
+        self.assertIsNot(first, second)
+        self.assertIs(first.state, second.state)
+        self.assertIs(first.state, service.datagrams)
+        self.assertEqual({p[3] for p in datagram}, {65535})
+        service.stopService()
+
+    def test_listening_lines_say_what_each_serves(self) -> None:
+        """Each listener's "Listening" line carries ``what`` as a field,
+        datagrams as streams."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = started(parse("--listen", LOCAL, "--listen", LOCAL_UDP), MemoryReactorClock())
+        listening = [e for e in events if e.get("log_namespace") == "capserv.listen"]
+        self.assertEqual([e["what"] for e in listening], ["streams", "datagrams"])
+        self.assertTrue(formatEvent(listening[1]).startswith("Listening for datagrams on "))
+        service.stopService()
+
+    def test_graceful_stop_waits_then_closes(self) -> None:
+        """A stop waits the shutdown timeout for open connections, then closes them."""
+        reactor = MemoryReactorClock()
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=5", "--abort-grace=1"), reactor)
+        factory = service.factory
+        address = IPv4Address("TCP", "192.0.2.1", 5000)
+        protocol = factory.buildProtocol(address)
+        assert protocol is not None
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        done: list[object] = []
+        service.stopService().addCallback(done.append)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(5)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        reactor.advance(0)
+        self.assertEqual(len(done), 1)
+
+    def test_clean_exit_after_signal(self) -> None:
+        """After a graceful stop the recorded signal is forgotten: twistd exits 0."""
+        reactor = MemoryReactorClock()
+        reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
+        service = started(parse("--listen", LOCAL), reactor)
+        service.stopService()
+        reactor.advance(0)
+        self.assertIsNone(reactor._exitSignal)  # type: ignore[attr-defined]
+
+    def test_internals_fallback(self) -> None:
+        """Without the private attribute, nothing happens and nothing breaks."""
+        self.assertFalse(clear_exit_signal(object()))
+
+    def test_second_signal_aborts_at_once(self) -> None:
+        """A forced stop aborts open connections without waiting for the
+        timeout, and keeps the signal so twistd exits by it."""
+        reactor = MemoryReactorClock()
+        reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=60"), reactor)
+        protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+        assert protocol is not None
+        transport = AbortRecordingTransport()
+        protocol.makeConnection(transport)
+        done: list[object] = []
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            service.stopService().addCallback(done.append)
+            self.assertIsNot(signal.getsignal(signal.SIGTERM), previous[signal.SIGTERM])
+            service.force_stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(None)  # type: ignore[arg-type]
+        reactor.advance(0)
+        self.assertEqual(len(done), 1)
+        self.assertEqual(reactor._exitSignal, signal.SIGTERM)  # type: ignore[attr-defined]
+
+    def test_stop_lines_read_well_and_come_last(self) -> None:
+        """'1 connection', not '1 connections'; 'capserv stopped' after the
+        last connection's close line; no object reprs."""
+        reactor = MemoryReactorClock()
+        service = started(parse("--listen", LOCAL, "--shutdown-timeout=5"), reactor)
+        protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5000))
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        lines = stop_reading_lines(service, reactor, 5, [protocol])
+        self.assertIn("Stopping: no longer listening; 1 connection open, waiting up to 5s for it to finish", lines)
+        closes = [i for i, line in enumerate(lines) if "closed after" in line]
+        stopped = [i for i, line in enumerate(lines) if line.startswith("capserv stopped")]
+        self.assertEqual(len(stopped), 1)
+        self.assertTrue(closes and closes[-1] < stopped[0], lines)
+        self.assertIn("1 TCP connection served and 0 datagrams answered", lines[stopped[0]])
+        self.assertFalse([line for line in lines if " object at 0x" in line])
+
+    def test_stop_line_counts_what_was_turned_away(self) -> None:
+        """Refusals and drops are logged throttled (one line per 10 s), so
+        the stop line gives their totals: none is lost from the log when
+        the process stops inside a throttle window; a worker says the
+        figures are its own."""
+        reactor = MemoryReactorClock()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        service = started(parse("--listen", LOCAL, "--max-connections-per-ip=1"), reactor)
+        service.worker = True
+        peer = IPv4Address("TCP", "192.0.2.1", 5000)
+        protocols = []
+        for port in (5000, 5001, 5002):
+            protocol = service.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", port))
+            assert protocol is not None
+            protocol.makeConnection(StringTransport(peerAddress=peer))
+            protocols.append(protocol)
+        service.datagrams.stats.drops["rate_limit"] += 30
+        lines = stop_reading_lines(
+            service, reactor, service.config.shutdown_timeout + service.config.abort_grace + 1, protocols
+        )
+        stopped = [line for line in lines if line.startswith("capserv stopped")]
+        self.assertEqual(len(stopped), 1, lines)
+        self.assertIn("2 connections refused and 30 datagrams dropped (metrics say why) by this process", stopped[0])
+
+    def test_plural(self) -> None:
+        """Counts read as English."""
+        self.assertEqual(plural(1, "datagram"), "1 datagram")
+        self.assertEqual(plural(0, "datagram"), "0 datagrams")
+        self.assertEqual(plural(2, "connection"), "2 connections")
 
 
 class ServiceTestCase(SynchronousTestCase):
@@ -86,6 +223,7 @@ class ServiceTestCase(SynchronousTestCase):
                 signal.signal(signum, handler)
 
         self.addCleanup(restore)
+        without_sockets(self)
         self.reactor = MemoryReactorClock()
 
     def start(self, *args: str, notifier: Notifier | None = None) -> CapservService:
@@ -301,130 +439,3 @@ class NotifyTests(ServiceTestCase):
         main.notifier = RecordingNotifier()
         main.stopService()
         self.reactor.advance(0)
-
-
-class _State:
-    """A service that is in one state."""
-
-    def __init__(self, state: str) -> None:
-        self.state = state
-        self.ready = state == READY
-
-
-class EndpointTests(SynchronousTestCase):
-    """``/healthz`` and ``/readyz``: status codes and bodies, by state."""
-
-    def get(self, resource: Any) -> tuple[int, bytes]:
-        request = DummyRequest([b""])
-        body = resource.render(request)
-        return request.responseCode, body
-
-    def test_readiness_by_state(self) -> None:
-        """/readyz: 200 "ready" when ready, 503 with the reason otherwise."""
-        for state, code in [(READY, 200), (STARTING, 503), (DRAINING, 503), (STOPPING, 503)]:
-            self.assertEqual(self.get(ReadinessResource(_State(state))), (code, f"{state}\n".encode()))
-
-    def test_health_while_serving(self) -> None:
-        """/healthz: 200 in every state the process serves in, draining included."""
-        for state in (STARTING, READY, DRAINING, STOPPING):
-            self.assertEqual(self.get(HealthResource(_State(state))), (200, f"{state}\n".encode()))
-
-    def test_plain_text_not_cached(self) -> None:
-        """The answer is plain text that no cache keeps."""
-        request = DummyRequest([b""])
-        ReadinessResource(_State(READY)).render(request)
-        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"])
-        self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
-
-    def test_mounted_beside_metrics(self) -> None:
-        """The daemon's metrics site serves both beside /metrics, following the service's state."""
-        reactor = MemoryReactorClock()
-        options = parse("--listen", LOCAL, "--metrics", LOCAL, "--drain-delay=3")
-        service = makeService(options, reactor=reactor)
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-        self.addCleanup(lambda: [signal.signal(s, h) for s, h in previous.items()])
-        service.privilegedStartService()
-        service.startService()
-        for f, args, kwargs in reactor.whenRunningHooks:
-            f(*args, **kwargs)
-        service.notifier = RecordingNotifier()
-        site = _site_of(service)
-        for path, expected in [(b"readyz", (200, b"ready\n")), (b"healthz", (200, b"ready\n"))]:
-            request = DummyRequest([path])
-            self.assertEqual(self.get(getChildForRequest(site.resource, request)), expected)
-        self.assertIn(b"metrics", site.resource.children)
-        service.stopService()
-        readyz = getChildForRequest(site.resource, DummyRequest([b"readyz"]))
-        healthz = getChildForRequest(site.resource, DummyRequest([b"healthz"]))
-        self.assertEqual(self.get(readyz), (503, b"draining\n"))
-        self.assertEqual(self.get(healthz), (200, b"draining\n"))
-        reactor.advance(3)
-        reactor.advance(0)
-
-
-def _site_of(service: CapservService) -> Any:
-    """The web site the metrics listener serves."""
-    for child in service:
-        factory = getattr(child, "factory", None)
-        if factory is not None and hasattr(factory, "resource"):
-            return factory
-    raise AssertionError("no metrics site")
-
-
-# -- the real daemon -----------------------------------------------------------------
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:PORT/PATH."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
-    """A socket in systemd's place, named by NOTIFY_SOCKET for the daemons started."""
-    path = tmp_path / "notify"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(20)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-@pytest.mark.daemon
-@pytest.mark.timeout(120)
-def test_drain_serves_while_not_ready_then_exits_0(notify_socket: socket.socket) -> None:
-    """The real daemon under a Type=notify unit's conditions: READY=1 comes
-    once the port answers; on SIGTERM, STOPPING=1, /readyz 503 and /healthz
-    200 while a new connection is still served; then a clean stop, status 0.
-
-    The drain lasts a few seconds: what is checked during it takes a few
-    milliseconds."""
-    pytest.importorskip("prometheus_client")
-    with Daemon(["--listen", TCP0, "--metrics", TCP0, "--drain-delay=4"]) as daemon:
-        ready = notify_socket.recv(4096).decode()
-        assert ready.startswith("READY=1\n"), ready
-        daemon.started()
-        host, port = daemon.address(0)
-        _, metrics = daemon.address(1)
-        assert tcp_exchange(host, port, b"before") == b"BEFORE"
-        assert http_get(metrics, "readyz") == (200, "ready\n")
-        assert http_get(metrics, "healthz") == (200, "ready\n")
-        daemon.signal(signal.SIGTERM)
-        stopping = notify_socket.recv(4096).decode()
-        assert stopping.startswith("STOPPING=1\n"), stopping
-        daemon.wait_for("Draining: not ready; still serving for 4s (--drain-delay), then stopping")
-        assert http_get(metrics, "readyz") == (503, "draining\n")
-        assert http_get(metrics, "healthz") == (200, "draining\n")
-        assert tcp_exchange(host, port, b"during the drain") == b"DURING THE DRAIN"
-        assert "capserv stopped" not in daemon.output, "the checks ran during the drain"
-        assert daemon.wait() == 0
-    assert "capserv stopped: 2 TCP connections served" in daemon.output
-    assert "Traceback" not in daemon.output
