@@ -165,7 +165,7 @@ def tls_half_close(tls: Any, end_of_input: Callable[[], object], notified: Calla
         shutdown()
         notified()
 
-    connection.recv = recv_until_notify  # type: ignore[method-assign]
+    connection.recv = recv_until_notify  # type: ignore[method-assign, assignment]
     tls._flushReceiveBIO = flush_then_end
     tls._shutdownTLS = shutdown_then_tell
     return True
