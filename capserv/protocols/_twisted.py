@@ -127,6 +127,50 @@ def reset_unnoticed(transport: Any) -> bool:
     return False
 
 
+def tls_half_close(tls: Any, end_of_input: Callable[[], object], notified: Callable[[], object]) -> bool:
+    """
+    Make a ``TLSMemoryBIOProtocol`` take the peer's close_notify as the end of
+    its input (``end_of_input()``, once, after the data before it) and keep
+    the connection for the reply: Twisted answers it at once, so a reply owed is
+    dropped. ``notified()`` runs each time TLS has sent this side's close_notify.
+    `False`, changing nothing, if its internals differ.
+    """
+    from OpenSSL import SSL
+
+    connection = getattr(tls, "_tlsConnection", None)
+    flush, shutdown = getattr(tls, "_flushReceiveBIO", None), getattr(tls, "_shutdownTLS", None)
+    if not isinstance(connection, SSL.Connection) or not callable(flush) or not callable(shutdown):
+        return False
+    recv = connection.recv
+    seen = told = False
+
+    def recv_until_notify(*args: Any) -> bytes:
+        nonlocal seen
+        try:
+            return recv(*args)
+        except SSL.ZeroReturnError:
+            if connection.get_shutdown() & SSL.SENT_SHUTDOWN:
+                raise  # the answer to this side's close_notify: Twisted closes, as it should
+            seen = True
+            raise SSL.WantReadError() from None  # ends Twisted's read loop, the connection kept
+
+    def flush_then_end() -> None:
+        nonlocal told
+        flush()
+        if seen and not told:
+            told = True
+            end_of_input()
+
+    def shutdown_then_tell() -> None:
+        shutdown()
+        notified()
+
+    connection.recv = recv_until_notify  # type: ignore[method-assign, assignment]
+    tls._flushReceiveBIO = flush_then_end
+    tls._shutdownTLS = shutdown_then_tell
+    return True
+
+
 def is_proxy_protocol(transport: Any) -> bool:
     """Whether a connection comes through Twisted's PROXY-protocol wrapper."""
     return hasattr(transport, "_proxyInfo") and hasattr(transport, "wrappedProtocol")

@@ -2,7 +2,8 @@
 The half-close contract behind Twisted's wrapper factories: a
 ``ProtocolWrapper`` (``TimeoutFactory``, ``ThrottlingFactory``, ``haproxy:``,
 TLS) is not ``IHalfCloseableProtocol``, so at a client's end of input Twisted
-would close the whole connection and drop the reply still owed.
+would close the whole connection and drop the reply still owed; TLS does
+the same at the peer's close_notify.
 """
 
 from __future__ import annotations
@@ -14,29 +15,41 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import alsoProvides
 
+from capserv.protocols._twisted import tls_half_close
+
 __all__ = ["lend_half_close"]
 
 
 def _lend_to_tls(tls: ProtocolWrapper, inner: IHalfCloseableProtocol) -> None:
     """
-    After the peer's TCP FIN no close_notify can come, so closing sends ours and
-    closes TCP beneath rather than wait for ever (the caller has unregistered
-    its producer, so TLS has passed every byte down).
+    The peer's close_notify or its TCP FIN ends the input, once; after a FIN no
+    close_notify can come, so once TLS has sent ours (after the reply: the caller
+    has unregistered its producer) close TCP beneath rather than wait for ever.
     """
-    ended = False
+    ended = fin = False
+
+    def end_of_input() -> None:
+        nonlocal ended
+        if not ended:
+            ended = True
+            inner.readConnectionLost()
 
     def read_lost() -> None:
-        nonlocal ended
-        ended = True
-        inner.readConnectionLost()
+        nonlocal fin
+        fin = True
+        end_of_input()
+
+    def close_tcp() -> None:
+        if fin and tls.transport is not None:
+            tls.transport.loseConnection()
 
     def lose() -> None:
         type(tls).loseConnection(tls)
-        if ended and tls.transport is not None:
-            tls.transport.loseConnection()
+        close_tcp()
 
     tls.readConnectionLost = read_lost  # type: ignore[attr-defined]
-    tls.loseConnection = lose  # type: ignore[method-assign]
+    if not tls_half_close(tls, end_of_input, close_tcp):
+        tls.loseConnection = lose  # type: ignore[method-assign]
 
 
 def lend_half_close(protocol: Protocol) -> None:

@@ -6,7 +6,8 @@ back when capserv's factory is wrapped by ``TimeoutFactory``,
 ``ThrottlingFactory``, ``TLSMemoryBIOFactory``, ``proxyEndpoint`` or a
 ``haproxy:`` description, small and 2 MB, on whichever reactor the run uses;
 and the access line counts the bytes that really left.  Under TLS the client
-ends its input with a TCP half-close (no close_notify), as ``nc -N`` does.
+ends its input with a TCP half-close (no close_notify), as ``nc -N`` does; or
+with close_notify then a TCP half-close, as ``socat`` does; or close_notify alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +93,79 @@ def _tls_exchange(raw: socket.socket, payload: bytes) -> bytes:
         reply = read_all(s)
         assert socket.socket.recv(s, 1) == b"", "the server closed TCP after its close_notify"
         return reply
+
+
+def _notify_exchange(port: int, payload: bytes, fin: bool) -> bytes:
+    """
+    Over TLS: send, then close_notify (then a TCP half-close if ``fin``), read
+    to the server's close_notify, then see the server close TCP.
+    """
+    context = ssl.create_default_context()
+    _ca().configure_trust(context)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                data = raw.recv(65536)
+                assert data, "TCP closed during the handshake"
+                incoming.write(data)
+        tls.write(payload)
+        # With no reply read yet, unwrap sends close_notify and discards nothing.
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.unwrap()
+        records = outgoing.read()
+
+        def send() -> None:
+            raw.sendall(records)
+            if fin:
+                raw.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        reply = bytearray()
+        try:
+            while True:
+                try:
+                    reply += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    data = raw.recv(65536)
+                    assert data, f"TCP closed before the server's close_notify, after {len(reply)} bytes"
+                    incoming.write(data)
+                except ssl.SSLZeroReturnError:
+                    break
+            assert raw.recv(1) == b"", "the server closed TCP after its close_notify"
+        finally:
+            sender.join()
+        return bytes(reply)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("fin", [True, False], ids=["close_notify then FIN", "close_notify alone"])
+@pytest.mark.parametrize("wrapper", ["TLSMemoryBIOFactory", "TimeoutFactory under TLS"])
+@pytest_twisted.inlineCallbacks
+def test_whole_reply_after_close_notify(wrapper: str, fin: bool, size: int) -> Any:
+    """
+    A TLS client that ends its input with close_notify (and a TCP half-close,
+    as ``socat`` does) gets its whole reply, then the server's close_notify,
+    then the end of TCP; the access line's bytes out are the bytes it read.
+    """
+    from twisted.internet import reactor
+
+    factory = UppercaseFactory(clock=reactor)
+    port: IListeningPort = yield WRAPPERS[wrapper][0](reactor, factory)
+    payload = ("hello, straße\n" * (size // 14 + 1)).encode()[:size]
+    try:
+        reply = yield in_thread(_notify_exchange, port.getHost().port, payload, fin)
+    finally:
+        yield port.stopListening()
+        yield factory.drain(timeout=5)
+    assert reply == payload.decode().upper().encode()
+    assert factory.stats.bytes_out == len(reply)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -20,10 +20,11 @@ from pathlib import Path
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 import capserv
 from capserv import UppercaseFactory
@@ -36,6 +37,7 @@ from capserv.protocols._twisted import (
     reset_unnoticed,
     stream_writer,
     systemd_descriptors,
+    tls_half_close,
     unsent_bytes,
 )
 
@@ -129,6 +131,142 @@ class InternalsTests(SynchronousTestCase):
     def test_systemd_descriptors_without_systemd(self) -> None:
         """Outside socket activation there are no inherited sockets."""
         self.assertEqual(systemd_descriptors(), [])
+
+
+class _Replier(Protocol):
+    """Records what arrives and whether input ended."""
+
+    def connectionMade(self) -> None:
+        self.received, self.ends, self.notified, self.lost = b"", 0, 0, False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerTLS:
+    """A server's TLS connections with a trustme certificate (Twisted's own options warn on pyOpenSSL 26)."""
+
+    def __init__(self) -> None:
+        from OpenSSL import SSL
+
+        self.context = SSL.Context(SSL.TLS_METHOD)
+        __import__("trustme").CA().issue_cert("localhost").configure_cert(self.context)
+
+    def serverConnectionForTLS(self, tls: object) -> object:
+        from OpenSSL import SSL
+
+        return SSL.Connection(self.context, None)
+
+
+class TLSHalfCloseTests(SynchronousTestCase):
+    """
+    `tls_half_close`: a server ``TLSMemoryBIOProtocol`` in memory, a pyOpenSSL
+    client on memory BIOs; Twisted's own answer to close_notify drops the reply.
+    """
+
+    def setUp(self) -> None:
+        from OpenSSL import SSL
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(_ServerTLS(), False, ServerFactory.forProtocol(_Replier), MemoryReactorClock())
+        self.tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        self.tcp = StringTransport()
+        self.tls.makeConnection(self.tcp)
+        self.app: _Replier = self.tls.wrappedProtocol
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        self.client.set_connect_state()
+        self.pump()
+
+    def pump(self) -> bytes:
+        """Move bytes both ways until neither side has more; what the client read."""
+        from OpenSSL import SSL
+
+        read = b""
+        while True:
+            try:
+                self.client.do_handshake()
+                while True:
+                    read += self.client.recv(65536)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass
+            to_server = b""
+            try:
+                while True:
+                    to_server += self.client.bio_read(65536)
+            except SSL.WantReadError:
+                pass
+            to_client = self.tcp.value()
+            self.tcp.clear()
+            if not to_server and not to_client:
+                return read
+            if to_server:
+                self.tls.dataReceived(to_server)
+            if to_client:
+                self.client.bio_write(to_client)
+
+    def lend(self) -> bool:
+        app = self.app
+
+        def ended() -> None:
+            app.ends += 1
+
+        def notified() -> None:
+            app.notified += 1
+
+        return tls_half_close(self.tls, ended, notified)
+
+    def test_reply_after_close_notify(self) -> None:
+        """
+        The peer's close_notify ends the input once, keeps the connection
+        open for the whole reply; closing then sends ours and closes TCP.
+        """
+        from OpenSSL import SSL
+
+        self.assertTrue(self.lend())
+        self.client.send(b"hello")
+        self.client.shutdown()
+        self.pump()
+        self.assertEqual((self.app.received, self.app.ends, self.app.lost), (b"hello", 1, False))
+        self.assertFalse(self.tcp.disconnecting)
+        self.tls.dataReceived(b"\x00")  # more after close_notify: not a second end
+        self.tls.write(b"HELLO" * 10_000)
+        self.tls.loseConnection()
+        self.assertEqual(self.pump(), b"HELLO" * 10_000)
+        self.assertEqual((self.app.ends, self.app.notified), (1, 1))
+        self.assertTrue(self.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+        self.assertTrue(self.tcp.disconnecting)
+
+    def test_twisted_alone_drops_the_reply(self) -> None:
+        """Without it, Twisted answers close_notify at once: the reply is lost (why it exists)."""
+        self.client.send(b"hello")
+        self.client.shutdown()
+        self.pump()
+        self.tls.write(b"HELLO")
+        self.tls.loseConnection()
+        self.assertEqual(self.pump(), b"")
+        self.assertTrue(self.tcp.disconnecting)
+
+    def test_close_notify_answering_ours(self) -> None:
+        """After this side's close_notify, the peer's closes as Twisted does, with no end of input."""
+        self.assertTrue(self.lend())
+        self.tls.loseConnection()
+        self.pump()
+        self.client.shutdown()
+        self.pump()
+        self.assertEqual((self.app.ends, self.app.notified), (0, 2))
+        self.assertTrue(self.tcp.disconnecting)
+
+    def test_other_internals_change_nothing(self) -> None:
+        """A wrapper without TLS's internals is left as it is."""
+        called: list[int] = []
+        self.assertFalse(tls_half_close(StringTransport(), lambda: called.append(1), lambda: called.append(2)))
+        del self.tls._tlsConnection
+        self.assertFalse(self.lend())
+        self.assertEqual(called, [])
 
 
 def _reset_pair() -> tuple[socket.socket, socket.socket]:
