@@ -150,6 +150,21 @@ class AccessLogTests(SynchronousTestCase):
         assert "closed after" in lines[2] and "something bad" in lines[3]
         assert clock.getDelayedCalls() == []
 
+    def test_a_pending_line_is_rendered_when_its_batch_is_written(self) -> None:
+        """A ``(render, item)`` pair waits unrendered, then is written in order with the text around it."""
+        clock, out, rendered = Clock(), io.StringIO(), []
+
+        def render(item: dict[str, str]) -> str:
+            rendered.append(item)
+            return item["line"]
+
+        writer = BufferedWriter(out, clock, interval=1.0)
+        writer.write("first\n")
+        writer.write((render, {"line": "second\n"}))
+        assert rendered == [] and writer.waiting > len("first\n")
+        writer.write("third\n", urgent=True)
+        assert out.getvalue() == "first\nsecond\nthird\n" and len(rendered) == 1
+
     def test_a_full_buffer_is_written_at_once(self) -> None:
         """Past the buffer's limit, what waits is written without waiting for the timer."""
         clock = Clock()
