@@ -126,7 +126,7 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
     folder as ``trustRoots``), connecting within ``timeout`` unless it says; `ClientError` if it cannot be used.
     """
     kind = description.split(":", 1)[0].lower()
-    missing = tls_unavailable_message(f"--connect {description!r}") if kind in ("tls", "ssl") else None
+    missing = tls_unavailable_message(f"--connect '{description}'") if kind in ("tls", "ssl") else None
     if missing is not None:
         raise ClientError(missing, EXIT_USAGE)
 
@@ -159,10 +159,10 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
             return made  # type: ignore[no-any-return]
         return endpoints.clientFromString(reactor, description)  # type: ignore[no-any-return]
     except DescriptionError as e:
-        raise ClientError(f"--connect {description!r}: {e}", EXIT_USAGE) from None
+        raise ClientError(f"--connect '{description}': {e}", EXIT_USAGE) from None
     except Exception as e:  # Twisted's parsers raise many kinds, some without text
         why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
-        raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
+        raise ClientError(f"--connect '{description}': {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
 
 
 def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:

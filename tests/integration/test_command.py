@@ -167,9 +167,9 @@ class ConnectEndpointTests(SynchronousTestCase):
             connect_endpoint(MemoryReactorClock(), description)
         self.assertEqual(caught.exception.code, EXIT_USAGE)
         message = str(caught.exception)
-        self.assertTrue(message.startswith(f"--connect {description!r}: "), message)
+        self.assertTrue(message.startswith(f"--connect '{description}': "), message)
         self.assertNotIn("\n", message)
-        return message.removeprefix(f"--connect {description!r}: ")
+        return message.removeprefix(f"--connect '{description}': ")
 
     def test_tls_shape(self) -> None:
         """tls: refuses port 0, a parameter it does not take, a timeout of 0 and a missing port."""
@@ -469,7 +469,7 @@ def test_timeout_zero_negative_or_not_a_number_one_rule(value: str) -> None:
         (["hi", "--port"], b"--port needs a value"),
         (["--host", "[::1"], b"--host"),
         (["--host", ":::1", "hi"], b"--host: ':::1'"),
-        (["--connect", "tcp:127.0.0.1:1\\", "hi"], b"a backslash at the end"),
+        (["--connect", "tcp:127.0.0.1:1\\", "hi"], b"--connect 'tcp:127.0.0.1:1\\': a backslash at the end"),
     ],
 )
 def test_usage_errors(args: list[str], culprit: bytes) -> None:
