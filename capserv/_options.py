@@ -1,14 +1,17 @@
 """
-Coercers for numeric command-line options, shared by ``twistd capserv`` and
-``capserv-client``: a bad value's error names the option (Twisted's does not).
+Command-line helpers shared by ``twistd capserv`` and ``capserv-client``: numeric
+coercers whose errors name the option (Twisted's do not), and ``--help`` output.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["number"]
+__all__ = ["number", "print_and_exit"]
 
 
 def number(option: str, kind: type, minimum: float = 0, maximum: float | None = None) -> Callable[[str], Any]:
@@ -31,3 +34,19 @@ def number(option: str, kind: type, minimum: float = 0, maximum: float | None = 
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+def print_and_exit(text: str, program: str, code: int) -> NoReturn:
+    """
+    Print ``text`` (``--help``) and exit 0; where stdout fails, exit ``code`` with no traceback: quietly
+    for a closed pipe (as ``ls --help | true``), else with one line.
+    """
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # so that Python's flush at exit does not fail again
+        if e.errno != errno.EPIPE:
+            sys.stderr.write(f"{program}: cannot write to stdout: {e.strerror}\n")
+        raise SystemExit(code) from None
+    raise SystemExit(0)

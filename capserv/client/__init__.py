@@ -1,6 +1,7 @@
 """
 capserv's client: a Deferred API and the ``capserv-client`` command (`capserv.client.command`).
-Cancelling a returned Deferred closes what the call opened; errors are `CapservClientError`.
+Cancelling a returned Deferred closes what the call opened; the errors the client detects are
+`CapservClientError`, while the endpoint's connection errors pass through as Twisted's (docs/client.rst).
 """
 
 from capserv.client.datagram import (

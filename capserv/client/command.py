@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from capserv._options import number
+from capserv._options import number, print_and_exit
 from capserv._version import __version__
 from capserv.client.console import (
     EXIT_INTERRUPTED,
@@ -27,6 +27,7 @@ from capserv.client.console import (
     StdinToStream,
     describe_failure,
     silence_stdout,
+    stdout_closed,
     stdout_error,
     usage_message,
 )
@@ -86,10 +87,13 @@ class ClientOptions(usage.Options):
         ["retries", "r", 3, "UDP: tries after the first before giving up.", number("retries", int)],
     ]
 
+    def opt_help(self) -> None:
+        """Display this help and exit."""
+        print_and_exit(str(self), "capserv-client", EXIT_LOCAL)
+
     def opt_version(self) -> None:
         """Print the version and exit."""
-        print(f"capserv-client {__version__}")
-        raise SystemExit(0)
+        print_and_exit(f"capserv-client {__version__}", "capserv-client", EXIT_LOCAL)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # GNU getopt takes options among the words; Twisted then reads them with the words after "--".
@@ -122,7 +126,7 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
     folder as ``trustRoots``), connecting within ``timeout`` unless it says; `ClientError` if it cannot be used.
     """
     kind = description.split(":", 1)[0].lower()
-    missing = tls_unavailable_message(f"--connect {description!r}") if kind in ("tls", "ssl") else None
+    missing = tls_unavailable_message(f"--connect '{description}'") if kind in ("tls", "ssl") else None
     if missing is not None:
         raise ClientError(missing, EXIT_USAGE)
 
@@ -155,10 +159,10 @@ def connect_endpoint(reactor: ClientReactor, description: str, timeout: float = 
             return made  # type: ignore[no-any-return]
         return endpoints.clientFromString(reactor, description)  # type: ignore[no-any-return]
     except DescriptionError as e:
-        raise ClientError(f"--connect {description!r}: {e}", EXIT_USAGE) from None
+        raise ClientError(f"--connect '{description}': {e}", EXIT_USAGE) from None
     except Exception as e:  # Twisted's parsers raise many kinds, some without text
         why = f"unknown endpoint type {kind!r}" if "Unknown endpoint type" in str(e) else "cannot connect to that"
-        raise ClientError(f"--connect {description!r}: {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
+        raise ClientError(f"--connect '{description}': {why}; write {CONNECT_FORMS}", EXIT_USAGE) from None
 
 
 def _endpoint(reactor: Any, options: ClientOptions) -> IStreamClientEndpoint:
@@ -230,6 +234,9 @@ def _main(reactor: Any, options: ClientOptions) -> Deferred[None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``capserv-client`` console script."""
+    if stdout_closed():  # before anything opens a file, which would take stdout's place
+        sys.stderr.write("capserv-client: stdout is closed; give the reply somewhere to go (> /dev/null drops it)\n")
+        raise SystemExit(EXIT_LOCAL)
     options = ClientOptions()  # type: ignore[no-untyped-call]
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

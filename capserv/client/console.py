@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import stat
+import sys
 from collections.abc import Callable
 
 from twisted.internet import error
@@ -50,6 +51,15 @@ def stdout_error(problem: OSError | None = None) -> ClientError:
         return ClientError("stdout was closed before the whole reply was written (broken pipe)", EXIT_LOCAL)
     why = f": {problem.strerror}" if problem is not None else " (disk full or device error?)"
     return ClientError(f"cannot write to stdout{why}", EXIT_LOCAL)
+
+
+def stdout_closed() -> bool:
+    """Whether stdout was closed when the client started (``>&-``): a socket opened then would take its place."""
+    try:
+        os.fstat(1)
+    except OSError:
+        return True
+    return sys.stdout is None
 
 
 def silence_stdout() -> None:

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
-from capserv.client.stream import CapservClientError, ClientReactor
+from capserv.client.stream import CapservClientError, ClientReactor, check_seconds
 from capserv.protocols.udp import MAX_DATAGRAM, MAX_REPLY_IPV4, MAX_REPLY_IPV6
 
 #: The longest UDP reply the client reads whole.
@@ -139,6 +139,9 @@ def udp_request(
     seconds up to ``retries`` more times; cancelling stops the retries and closes the port.  Fails with
     `NoReplyError` after the last try, `MessageTooLongError` if ``data`` does not fit, or `ReplyTooLongError`.
     """
+    check_seconds("timeout", timeout, optional=False)
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0 (tries after the first), not {retries!r}")
 
     def send(address: tuple[str, int]) -> Deferred[bytes]:
         limit = max_udp_message(address[0])

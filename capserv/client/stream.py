@@ -56,8 +56,17 @@ class ClientReactor(TypingProtocol):
     def getThreadPool(self) -> ThreadPool: ...
 
 
+def check_seconds(name: str, value: float | None, optional: bool = True) -> None:
+    """`ValueError` unless ``value`` is a finite number of seconds more than 0, or `None` if ``optional``."""
+    if value is None and optional:
+        return
+    if not (isinstance(value, (int, float)) and 0 < value < float("inf")):  # NaN too; Twisted would only assert
+        none = ", or None for no limit" if optional else ""
+        raise ValueError(f"{name} must be a number of seconds more than 0{none}; not {value!r}")
+
+
 class CapservClientError(Exception):
-    """The base of every error the client raises, for what happened on the wire or a message it cannot send."""
+    """The base of the errors the client detects itself; the endpoint's connection errors are Twisted's own."""
 
 
 class ReplyTimeoutError(CapservClientError):
@@ -96,6 +105,8 @@ class StreamSession(Protocol):
         half_close: bool | None = None,
         reply_timeout: float | None = None,
     ) -> None:
+        check_seconds("idle_timeout", idle_timeout, optional=False)
+        check_seconds("reply_timeout", reply_timeout)
         self.on_data = on_data
         #: Fires with `None` once the server closed after sending everything.
         self.done: Deferred[None] = Deferred(lambda _: self.abort())
@@ -216,6 +227,7 @@ def _connecting(
         Connect a `StreamSession` (made with the other arguments) and fire with
         it once connected; cancelling before then stops connecting.
         """
+        session(*args, **kwargs)  # one made now, to raise for bad arguments here rather than once connected
         return endpoint.connect(Factory.forProtocol(lambda: session(*args, **kwargs)))  # type: ignore[return-value]
 
     return open_stream
@@ -237,6 +249,7 @@ def tcp_request(
     Send one message over a new connection and fire with the whole reply; after ``timeout`` seconds
     (connecting included; `None`: no limit) abort with `ReplyTimeoutError`.  ``half_close``: see `StreamSession`.
     """
+    check_seconds("timeout", timeout)
     received: list[bytes] = []
 
     def connected(session: StreamSession) -> Deferred[None]:

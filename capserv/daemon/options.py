@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from capserv._options import number
+from capserv._options import number, print_and_exit
 from capserv._version import __version__
 from capserv.daemon.listen import (
     DEFAULT_LISTEN,
@@ -157,6 +157,10 @@ class Options(usage.Options):
         "haproxy:tcp:50007...) or udp:PORT[:interface=ADDRESS] for datagrams. "
         "Default: tcp:50007:interface=127.0.0.1 and udp:50007:interface=127.0.0.1."
     )
+
+    def opt_help(self) -> None:
+        """Display this help and exit."""
+        print_and_exit(str(self), "capserv", 1)
 
     def opt_version(self) -> None:
         """Print capserv's version and exit."""

@@ -29,7 +29,12 @@ def _tokens(description: str) -> Iterator[tuple[str | None, str]]:
     chars = iter(description)
     for char in chars:
         if char == "\\":
-            text.append(next(chars, ""))
+            escaped = next(chars, None)
+            if escaped is None:  # Twisted refuses it too: what was meant to follow is missing
+                raise DescriptionError(
+                    "a backslash at the end escapes nothing; remove it, or write \\\\ for a backslash"
+                )
+            text.append(escaped)
         elif char == ":":
             yield key, "".join(text)
             key, text = None, []
@@ -157,10 +162,18 @@ def _path(text: str, bound: bool = True) -> str:
     return text
 
 
+def _ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
 def host_name(text: str) -> str:
     """A host name or IP address, brackets around an IPv6 address taken off."""
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    if not host or "[" in host or "]" in host or any(c.isspace() for c in host):
+    bad = not host or "[" in host or "]" in host or any(c.isspace() for c in host)
+    if bad or (":" in host and not _ipv6(host)):  # a name has no colon: ':::1' is a mistyped address
         raise DescriptionError(
             f"host must be a host name or IP address, not {text!r}; "
             "escape an IPv6 address's colons (tcp6:\\:\\:1:50007)"

@@ -4,8 +4,8 @@ reactor.
 
     python docs/examples/asyncio_server.py [PORT]
 
-Listens on 127.0.0.1 (port 50007 by default) until Ctrl-C.  If the port
-cannot be taken, says so in one line and exits with status 1.
+Listens on 127.0.0.1 (port 50007 by default) until Ctrl-C.  A PORT that is
+not 0-65535, or cannot be taken, is one line on stderr and exit status 2 or 1.
 """
 
 import asyncio
@@ -26,7 +26,11 @@ installReactor(reactor)
 
 
 def main() -> int:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 50007
+    text = sys.argv[1] if len(sys.argv) > 1 else "50007"
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        print(f"PORT must be a number from 0 to 65535, not {text!r}", file=sys.stderr)
+        return 2
+    port = int(text)
     endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
     status = 0
 

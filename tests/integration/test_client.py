@@ -24,7 +24,7 @@ class ErrorsTests(SynchronousTestCase):
     """The client's errors share one base class."""
 
     def test_one_base_class(self) -> None:
-        """Every error the client API and command raise is a CapservClientError."""
+        """Every error class the client API and command define is a CapservClientError."""
         import capserv.client
         from capserv.client.command import ClientError
 

@@ -39,7 +39,7 @@ from ..support.client import (
     sleep,
     tls_server,
 )
-from ..support.daemon import memory_kib
+from ..support.daemon import memory_kib, run_with_bad_stdout
 from ..support.loopback import HOSTS, have_ipv6, in_thread, listen_tcp, listen_udp, stop_tcp
 
 pytestmark = pytest.mark.timeout(180)
@@ -116,6 +116,9 @@ class ClientOptionsTests(SynchronousTestCase):
         self.assertEqual(parse("-H", "[localhost]")["host"], "localhost")
         self.assertIn("--host: '[::1' is not a host name", usage_error("--host", "[::1"))
         self.assertIn("--host: '[]' is not a host name", usage_error("--host", "[]"))
+        self.assertEqual(
+            usage_error("--host", ":::1"), "--host: ':::1' is not a host name or IP address (IPv6: ::1 or [::1])"
+        )
 
     def test_timeout_one_rule(self) -> None:
         """
@@ -164,9 +167,9 @@ class ConnectEndpointTests(SynchronousTestCase):
             connect_endpoint(MemoryReactorClock(), description)
         self.assertEqual(caught.exception.code, EXIT_USAGE)
         message = str(caught.exception)
-        self.assertTrue(message.startswith(f"--connect {description!r}: "), message)
+        self.assertTrue(message.startswith(f"--connect '{description}': "), message)
         self.assertNotIn("\n", message)
-        return message.removeprefix(f"--connect {description!r}: ")
+        return message.removeprefix(f"--connect '{description}': ")
 
     def test_tls_shape(self) -> None:
         """tls: refuses port 0, a parameter it does not take, a timeout of 0 and a missing port."""
@@ -189,6 +192,13 @@ class ConnectEndpointTests(SynchronousTestCase):
             ("unix:/s.sock:bogus=1", "unknown parameter 'bogus' (this kind takes path, timeout, checkPID)"),
             ("unix:/s.sock:timeout=0", "timeout must be a number of seconds more than 0, not '0'"),
             ("TLS:h:1", "unknown kind 'TLS': kinds are lowercase, as in Twisted; write tls:"),
+            ("tcp:h:1\\", "a backslash at the end escapes nothing; remove it, or write \\\\ for a backslash"),
+            ("unix:/s.sock\\", "a backslash at the end escapes nothing; remove it, or write \\\\ for a backslash"),
+            (
+                "tcp6:\\:\\:\\:1:1",
+                "host must be a host name or IP address, not ':::1'; "
+                "escape an IPv6 address's colons (tcp6:\\:\\:1:50007)",
+            ),
         ]:
             self.assertEqual(self.refused(description), message, description)
 
@@ -458,6 +468,8 @@ def test_timeout_zero_negative_or_not_a_number_one_rule(value: str) -> None:
         (["hi", "--bogus"], b"unknown option --bogus"),
         (["hi", "--port"], b"--port needs a value"),
         (["--host", "[::1"], b"--host"),
+        (["--host", ":::1", "hi"], b"--host: ':::1'"),
+        (["--connect", "tcp:127.0.0.1:1\\", "hi"], b"--connect 'tcp:127.0.0.1:1\\': a backslash at the end"),
     ],
 )
 def test_usage_errors(args: list[str], culprit: bytes) -> None:
@@ -900,6 +912,34 @@ def test_command_names_local_failures_as_local() -> Any:
     finally:
         yield stop_tcp(factory, port)
         yield uport.stopListening()
+
+
+@pytest.mark.parametrize(("args", "stdin"), [(["hi"], b""), (["--udp", "hi"], b""), ([], b"abc"), (["--udp"], b"a\n")])
+def test_command_with_stdout_closed_from_the_start(args: list[str], stdin: bytes) -> None:
+    """
+    stdout closed before the client starts (``>&-``), in words, pipe and
+    line modes: one line saying so, exit 3, before anything is sent (no
+    server is blamed, nothing hangs).
+    """
+    result = run_with_bad_stdout([client_path(), "--port", "1", *args], "closed", stdin)
+    assert (result.returncode, result.stderr) == (
+        3,
+        b"capserv-client: stdout is closed; give the reply somewhere to go (> /dev/null drops it)\n",
+    )
+
+
+def test_help_or_version_into_a_closed_pipe_or_a_full_disk() -> None:
+    """
+    --help (and --version) whose stdout fails: exit 3 and no traceback;
+    quiet for a pipe whose reader left (``| true``), one line for /dev/full.
+    """
+    for option in ("--help", "--version"):
+        for stdout, says in [
+            ("pipe", b""),
+            ("/dev/full", b"capserv-client: cannot write to stdout: No space left on device\n"),
+        ]:
+            result = run_with_bad_stdout([client_path(), option], stdout)
+            assert (result.returncode, result.stderr) == (3, says), (option, stdout)
 
 
 def test_command_ctrl_c_says_interrupted() -> None:

@@ -165,6 +165,23 @@ class CancelTests(SynchronousTestCase):
         self.assertEqual(len(reactor.transport.sent), 1)
 
 
+class ArgumentTests(SynchronousTestCase):
+    """A bad argument is a ValueError at the call, naming it, before anything is sent."""
+
+    def test_bad_timeout_or_retries(self) -> None:
+        reactor = FakeUDPReactor()
+        for kwargs, says in [
+            *(({"timeout": v}, "timeout must be a number of seconds more than 0; not") for v in (-1, 0, float("nan"))),
+            ({"timeout": None}, "timeout must be a number of seconds more than 0; not None"),
+            ({"retries": -1}, "retries must be a whole number >= 0"),
+            ({"retries": 1.5}, "retries must be a whole number >= 0"),
+        ]:
+            with self.assertRaises(ValueError, msg=kwargs) as caught:
+                udp_request(reactor, "192.0.2.10", 50007, b"hi", **kwargs)  # type: ignore[arg-type]
+            self.assertIn(says, str(caught.exception))
+        self.assertEqual(reactor.transport.sent, [])
+
+
 @pytest_twisted.inlineCallbacks
 def test_api_udp_request() -> Any:
     """

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, error
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError, ConnectionAborted
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from capserv.client import ReplyTimeoutError, StreamSession, open_stream, tcp_request
+from capserv.client import CapservClientError, ReplyTimeoutError, StreamSession, open_stream, tcp_request
 
 from ..support.client import closed_all, listen_silent, sleep, until
 from ..support.loopback import in_thread, listen_tcp, stop_tcp
@@ -77,6 +77,26 @@ class CancelTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         session.connectionLost(Failure(ConnectionAborted()))
         self.failureResultOf(session.done, ReplyTimeoutError)
+
+
+class ArgumentTests(SynchronousTestCase):
+    """A bad argument is a ValueError at the call, naming it, before anything connects."""
+
+    def test_bad_timeouts(self) -> None:
+        """A timeout that is not a finite number of seconds above 0 names its parameter."""
+        reactor = MemoryReactorClock()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", 1)
+        calls = {
+            "timeout": lambda value: tcp_request(endpoint, b"x", reactor, timeout=value),
+            "idle_timeout": lambda value: tcp_request(endpoint, b"x", reactor, idle_timeout=value),
+            "reply_timeout": lambda value: open_stream(endpoint, print, reactor, reply_timeout=value),
+        }
+        for name, call in calls.items():
+            for value in (-1, 0, float("nan"), float("inf"), "1"):
+                with self.assertRaises(ValueError, msg=(name, value)) as caught:
+                    call(value)
+                self.assertTrue(str(caught.exception).startswith(f"{name} must be a number of seconds more than 0"))
+        self.assertEqual(reactor.tcpClients, [])
 
 
 class HalfClosing(StringTransport):
@@ -258,3 +278,17 @@ def test_documented_asyncio_example_runs() -> Any:
     finally:
         yield stop_tcp(factory, port)
     assert (result.returncode, result.stdout) == (0, "b'FROM ASYNCIO'\nb'IN TIME'\n"), result.stderr
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_errors_are_twisteds() -> Any:
+    """The endpoint's connection error passes through as Twisted's own, as
+    docs/client.rst says: a refused connection is ConnectionRefusedError."""
+    from twisted.internet import reactor
+
+    factory, port = yield listen_tcp("127.0.0.1")
+    number = port.getHost().port
+    yield stop_tcp(factory, port)
+    failures: list[Failure] = []
+    yield tcp_request(endpoints.HostnameEndpoint(reactor, "127.0.0.1", number), b"x").addErrback(failures.append)
+    assert failures[0].check(error.ConnectionRefusedError) and not failures[0].check(CapservClientError), failures

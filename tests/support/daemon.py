@@ -26,6 +26,21 @@ UDP0 = "udp:0:interface=127.0.0.1"
 _LISTENING = re.compile(r"Listening for (streams|datagrams|metrics \(HTTP\)) on (\S+) \((.*)\)$")
 
 
+def run_with_bad_stdout(command: Sequence[str], stdout: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """``command`` with stdout ``"closed"`` (``>&-``), a ``"pipe"`` whose reader has left, or a file (/dev/full)."""
+    if stdout == "closed":
+        return subprocess.run(command, input=stdin, stderr=subprocess.PIPE, timeout=60, preexec_fn=lambda: os.close(1))
+    if stdout == "pipe":
+        read, fd = os.pipe()
+        os.close(read)
+    else:
+        fd = os.open(stdout, os.O_WRONLY)
+    try:
+        return subprocess.run(command, input=stdin, stdout=fd, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(fd)
+
+
 def script_path(name: str) -> str:
     """An installed script (twistd, capserv-client) of the interpreter running the tests."""
     candidate = os.path.join(os.path.dirname(sys.executable), name)

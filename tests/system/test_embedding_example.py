@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ..support.daemon import default_signals
 from ..support.loopback import tcp_exchange
 
@@ -52,3 +54,12 @@ def test_example_says_when_it_cannot_listen() -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+@pytest.mark.parametrize("port", ["70000", "abc", "-1", ""])
+def test_example_refuses_a_bad_port(port: str) -> None:
+    """A PORT that is not a number from 0 to 65535: one line, exit 2, no traceback, no hang."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), port], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stderr) == (2, f"PORT must be a number from 0 to 65535, not {port!r}\n")

@@ -125,6 +125,31 @@ class TokenizerTests(SynchronousTestCase):
             self.assertEqual([value for key, value in tokens if key is None], args, description)
             self.assertEqual({key: value for key, value in tokens if key is not None}, kwargs, description)
 
+    def test_dangling_backslash_is_refused(self) -> None:
+        """A backslash that ends a description escapes nothing: Twisted refuses
+        it, and so does each of capserv's readers, in one line saying what to
+        write, instead of dropping it and serving what is left."""
+        from capserv.endpoints.native import native_endpoint
+
+        for description in ("tcp:50008\\", "tcp:50008:interface=\\:\\:1\\", "udp:50008\\", "unix:/tmp/a.sock\\"):
+            self.assertRaises((RuntimeError, ValueError), serverFromString, MemoryReactor(), description)
+            with self.assertRaises(ListenError, msg=description) as caught:
+                parse_listen(description)
+            self.assertEqual(
+                str(caught.exception),
+                f"--listen '{description}': a backslash at the end escapes nothing; "
+                "remove it, or write \\\\ for a backslash",
+            )
+        with self.assertRaises(DescriptionError):
+            native_endpoint(MemoryReactor(), "tcp:21310\\")
+        self.assertEqual(parse_listen("unix:/tmp/a\\\\b").path, "/tmp/a\\b")  # type: ignore[attr-defined]
+
+    def test_host_with_colons_is_an_ipv6_address(self) -> None:
+        """A host with a colon must be an IPv6 address (a name has none)."""
+        self.assertEqual(grammar.host_name("[fe80::1%lo]"), "fe80::1%lo")
+        for bad in (":::1", "1:2", "[::1:]"):
+            self.assertRaises(DescriptionError, grammar.host_name, bad)
+
 
 class ShapeTests(SynchronousTestCase):
     """One declared shape per kind: it parses, validates and documents."""

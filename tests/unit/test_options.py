@@ -7,6 +7,7 @@ words.  Parsing only: nothing is bound.
 from __future__ import annotations
 
 import io
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 
 from twisted.python import usage
@@ -16,6 +17,7 @@ from capserv import CapservConfig
 from capserv.daemon.listen import DEFAULT_LISTEN, DatagramListener, ProxyListener, StreamListener
 from capserv.tap import Options
 
+from ..support.daemon import run_with_bad_stdout
 from ..support.daemon_fakes import LOCAL, parse
 
 
@@ -163,3 +165,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("'lots' is not a whole number", lines[0])
         self.assertIn("--help", lines[1])
         self.assertEqual(out.getvalue(), "")
+
+    def test_help_into_a_closed_pipe_or_a_full_disk(self) -> None:
+        """``twistd capserv --help`` whose stdout fails: no traceback, exit 1; quiet
+        for a pipe whose reader left (``| head -5``), one line for /dev/full."""
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "capserv"]
+        for stdout, says in [
+            ("pipe", b""),
+            ("/dev/full", b"capserv: cannot write to stdout: No space left on device\n"),
+        ]:
+            result = run_with_bad_stdout([*twistd, "--help"], stdout)
+            self.assertEqual((result.returncode, result.stderr), (1, says), stdout)
