@@ -94,6 +94,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "-twisted": ([], {"CAPSERV_NATIVE": "0"}),
     "-twistdlog": (["--logger=capserv.logs.twisted_text"], {}),
     "-fastlog": (["--logger=capserv.logs.text_lines"], {}),
+    "-noaccess": (["--no-access-log"], {}),
     "-nofast": ([], {"CAPSERV_NO_FASTPATH": "1"}),
     "-nativeudp": ([], {"CAPSERV_NATIVE_UDP": "1"}),
 }

@@ -80,6 +80,7 @@ _HELP = {
     "(without --reactor, capserv runs Twisted's asyncio reactor on uvloop).",
     "no-native": "On the asyncio reactor, serve streams on Twisted's own transports instead of the event loop's "
     "(native transports are faster; see docs/operations).",
+    "no-access-log": "Write no line per TCP connection (refusals and errors are still logged).",
     "udp-allow-low-ports": "Answer datagrams from source ports below 1024 (off by default: loop guard).",
     "udp-rate-loopback": "Apply --udp-rate and --udp-byte-rate to loopback sources too (exempt by default).",
     "encoding": "Text encoding of client bytes: one where ASCII letters are themselves (utf-8, latin-1, cp1252...).",
@@ -103,7 +104,7 @@ _HELP = {
     "drain-delay": "Seconds a stop keeps accepting and serving while /readyz says not ready (503), "
     "before the graceful stop: let a load balancer take this instance out first.",
 }
-_FLAGS = ("ascii", "no-uvloop", "no-native", "udp-allow-low-ports", "udp-rate-loopback")
+_FLAGS = ("ascii", "no-access-log", "no-uvloop", "no-native", "udp-allow-low-ports", "udp-rate-loopback")
 #: The options that are `CapservConfig` numbers, and the bounds beyond ">= 0" of some.
 _LIMITS = (
     *("idle-timeout", "abort-grace", "max-connections", "max-connections-per-ip", "ipv4-prefix", "ipv6-prefix"),
@@ -164,8 +165,7 @@ class Options(usage.Options):
 
     def opt_version(self) -> None:
         """Print capserv's version and exit."""
-        print(f"capserv {__version__}")
-        raise SystemExit(0)
+        print_and_exit(f"capserv {__version__}", "capserv", 1)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Under twistd a bad option is one line and a pointer to ``--help``, exit 1 (not twistd's whole help)."""
@@ -201,6 +201,7 @@ class Options(usage.Options):
                 ascii_only=bool(self["ascii"]),
                 **{name.replace("-", "_"): self[name] for name in _LIMITS},
                 udp_rate_loopback=bool(self["udp-rate-loopback"]),
+                access_log=not self["no-access-log"],
                 udp_allow_low_ports=bool(self["udp-allow-low-ports"]),
                 # The daemon's switch for measuring the fast paths (bench -nofast).
                 fast_paths=os.environ.get("CAPSERV_NO_FASTPATH", "") in ("", "0"),

@@ -57,6 +57,7 @@ class OptionsTests(SynchronousTestCase):
             "--udp-rate-table-size=50",
             "--udp-allow-low-ports",
             "--shutdown-timeout=4",
+            "--no-access-log",
         )
         self.assertEqual(
             options["settings"].config,
@@ -78,6 +79,7 @@ class OptionsTests(SynchronousTestCase):
                 udp_rate_table_size=50,
                 udp_allow_low_ports=True,
                 shutdown_timeout=4,
+                access_log=False,
             ),
         )
 
