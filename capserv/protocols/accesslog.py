@@ -170,6 +170,9 @@ class BufferedWriter:
         try:
             self._out.write(text)
             self._out.flush()
+        except RuntimeError:  # a signal handler's line while the file is mid-write: io is not re-entrant
+            self._buffer.insert(0, text)
+            self._size += len(text)
         except (OSError, ValueError):
             pass  # a closed or full log file must not break the service
 

@@ -317,6 +317,43 @@ class AccessLogTests(SynchronousTestCase):
         assert sorted(lines) == sorted(["a closed after...", "b closed after...", "Received SIGTERM, shutting down."])
         assert writer.waiting == 0 and clock.getDelayedCalls() == []
 
+    def test_a_line_refused_by_a_file_mid_write_is_kept_for_the_next_write(self) -> None:
+        """
+        A file object that is mid-write refuses a second write with RuntimeError
+        (``reentrant call``: a signal handler logging while ``write`` runs); that
+        line waits for the next write instead of being lost.
+        """
+        written: list[str] = []
+
+        class MidWrite:
+            def __init__(self) -> None:
+                self.writer: BufferedWriter | None = None
+                self.busy = False
+
+            def write(self, text: str) -> None:
+                if self.busy:
+                    raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stdout>'>")
+                self.busy = True
+                try:
+                    if self.writer is not None and not written:
+                        self.writer.write("Received SIGTERM, shutting down.\n", urgent=True)
+                    written.append(text)
+                finally:
+                    self.busy = False
+
+            def flush(self) -> None:
+                pass
+
+        out = MidWrite()
+        writer = BufferedWriter(out, Clock())
+        out.writer = writer
+        writer.write("listening\n", urgent=True)
+        assert "".join(written) == "listening\n"
+        assert writer.waiting > 0
+        writer.write("capserv stopped\n", urgent=True)
+        assert "".join(written).splitlines() == ["listening", "Received SIGTERM, shutting down.", "capserv stopped"]
+        assert writer.waiting == 0
+
     def test_flush_gives_up_on_a_writer_another_thread_holds(self) -> None:
         """flush (what runs at stop and at exit) returns within about a second if another thread holds the writer."""
         out = io.StringIO()
