@@ -39,6 +39,15 @@ def record_exit_signal(reactor: Any, signum: int) -> None:
         reactor._exitSignal = signum
 
 
+def sole_observer(publisher: Any) -> object | None:
+    """
+    The one observer a ``LogPublisher`` forwards every event to (its
+    ``_observers``), or `None` if it has several, none, or no such list.
+    """
+    observers = getattr(publisher, "_observers", None)
+    return observers[0] if type(observers) is list and len(observers) == 1 else None
+
+
 def unsent_bytes(transport: Any) -> int | None:
     """
     Bytes written to a stream transport and not yet sent (native's

@@ -3,6 +3,7 @@ The per-connection log line, made cheap: a ``twisted.logger`` event (every
 observer gets its fields) that `TextLogObserver` and `JSONLogObserver` render
 from its fields in one format and write in batches (`BufferedWriter`: once a
 second, at 64 KiB and at stop, as nginx's ``access_log ... buffer= flush=``).
+When one of them is the only observer, it gets the fields without an event.
 Every other event is written at once, after the lines before it.
 """
 
@@ -32,10 +33,11 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from capserv.protocols._twisted import global_reactor
+from capserv.protocols._twisted import global_reactor, sole_observer
 
 __all__ = [
     "ACCESS_FORMAT",
+    "AccessFields",
     "BufferedWriter",
     "JSONLogObserver",
     "TextLogObserver",
@@ -69,12 +71,24 @@ def flush_all() -> None:
         writer.flush()
 
 
+#: An access line's fields: peer, duration, bytes in, bytes out, reason, and when it was logged.
+AccessFields = tuple[str, float, int, int, str, float]
+
 _connection_logger = Logger(namespace="capserv.tcp.UppercaseProtocol")
+_ACCESS_SYSTEM = f"{_connection_logger.namespace}#info"
 
 
 def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, reason: str) -> None:
-    """Publish the event ``Logger.info(ACCESS_FORMAT, peer=..., ...)`` would, built directly."""
+    """
+    Publish the event ``Logger.info(ACCESS_FORMAT, peer=..., ...)`` would,
+    built directly; if capserv's observer is the only one, hand it just the
+    fields (the same line, for a third of the cost inside the daemon).
+    """
     logger = _connection_logger
+    sole = sole_observer(logger.observer)
+    if isinstance(sole, _SINKS):
+        sole.access((peer, duration, bytes_in, bytes_out, reason, time.time()))
+        return
     logger.observer(
         {
             "peer": peer,
@@ -113,7 +127,7 @@ def render_access(event: LogEvent) -> str:
     return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % _access_fields(event)  # noqa: UP031 (faster)
 
 
-Pending = tuple[Callable[[LogEvent], str], LogEvent]  # rendered in its batch: cheaper than between syscalls
+Pending = tuple[Callable[[Any], str], Any]  # rendered in its batch: cheaper than between syscalls
 _access_fields = itemgetter("peer", "duration", "bytes_in", "bytes_out", "reason")
 
 
@@ -221,6 +235,14 @@ class TextLogObserver:
             self._second, self._text = second, formatTime(second, self._format)
         return self._text
 
+    def access(self, fields: AccessFields) -> None:
+        """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
+        self.writer.write((self._access_text, fields))
+
+    def _access_text(self, fields: AccessFields) -> str:
+        line = "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % fields[:5]  # noqa: UP031 (faster)
+        return f"{self._stamp(fields[5])} [{_ACCESS_SYSTEM}] {line}\n"
+
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
             system = event.get("log_system")
@@ -275,12 +297,6 @@ def event_as_json(event: LogEvent) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-#: `event_as_json`'s object for an access event, in one ``%`` format: text
-#: (its peer and reason escaped as below), level, fields, namespace, time.
-_JSON_ACCESS = (
-    '{"text": "%s closed after %.3fs: %d bytes in, %d bytes out (%s)", "level": "%s", "peer": "%s", '
-    '"duration": %r, "bytes_in": %d, "bytes_out": %d, "reason": "%s", "namespace": %s, "time": %r}\n'
-)
 _ACCESS_TYPES = (str, float, int, int, str)
 
 
@@ -302,24 +318,46 @@ class JSONLogObserver:
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
-            self.writer.write((self._access_line, event))
+            self.writer.write((self._access_event, event))
         elif self._drop is None or not self._drop(event):
             self.writer.write(event_as_json(event), urgent=True)
 
-    def _access_line(self, event: LogEvent) -> str:
-        peer, duration, bytes_in, bytes_out, reason = _access_fields(event)
-        if (type(peer), type(duration), type(bytes_in), type(bytes_out), type(reason)) != _ACCESS_TYPES:
+    def access(self, fields: AccessFields) -> None:
+        """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
+        self.writer.write((self._access_line, fields))
+
+    def _access_line(self, fields: AccessFields) -> str:
+        return self._line(fields[:5], "info", _connection_logger.namespace, fields[5])
+
+    def _access_event(self, event: LogEvent) -> str:
+        fields = _access_fields(event)
+        if (type(fields[0]), type(fields[1]), type(fields[2]), type(fields[3]), type(fields[4])) != _ACCESS_TYPES:
             return event_as_json(event)
-        level, namespace = event.get("log_level"), event.get("log_namespace", "")
+        level = event.get("log_level")
+        return self._line(
+            fields, level.name if level else "info", event.get("log_namespace", ""), event.get("log_time", 0.0)
+        )
+
+    def _line(self, fields: tuple[Any, ...], level: str, namespace: str, when: float) -> str:
+        """An access line; its peer and reason escaped as JSON, each reason once (most repeat)."""
+        peer, duration, bytes_in, bytes_out, reason = fields
         name = self._names.get(namespace) or self._names.setdefault(namespace, _string(namespace))
         why = self._reasons.get(reason)
-        if why is None:  # most reasons repeat: each escaped once, in a table emptied when full
+        if why is None:  # a table emptied when full
             if len(self._reasons) >= 256:
                 self._reasons.clear()
             why = self._reasons[reason] = _string(reason)[1:-1]
-        fields = (_string(peer)[1:-1], duration, bytes_in, bytes_out, why)
-        return _JSON_ACCESS % (*fields, level.name if level else "info", *fields, name, event.get("log_time", 0.0))
+        peer = _string(peer)[1:-1]
+        # event_as_json's object in one f-string (the fastest format): text, level, fields, namespace,
+        # time; time and duration to the microsecond (cheaper than repr's shortest exact digits).
+        return (
+            f'{{"text": "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({why})", '
+            f'"level": "{level}", "peer": "{peer}", "duration": {duration:.6f}, "bytes_in": {bytes_in}, '
+            f'"bytes_out": {bytes_out}, "reason": "{why}", "namespace": {name}, "time": {when:.6f}}}\n'
+        )
 
 
 #: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).
 _string: Callable[[str], str] = json.encoder.encode_basestring
+
+_SINKS = (JSONLogObserver, TextLogObserver)  # observers that take `log_connection`'s fields directly

@@ -51,6 +51,11 @@ FIELDS: list[dict[str, Any]] = [
 ]
 
 
+def to_the_microsecond(record: dict[str, Any]) -> dict[str, Any]:
+    """A JSON access record with its time and duration rounded as JSONLogObserver writes them."""
+    return {**record, "time": round(record["time"], 6), "duration": round(record["duration"], 6)}
+
+
 def logged(observers: list[Any], fields: dict[str, Any], when: float = 1795822516.25) -> None:
     """Log one access event, as UppercaseProtocol does, at a fixed time."""
     log = Logger(namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(*observers))
@@ -88,7 +93,7 @@ class AccessLogTests(SynchronousTestCase):
         """
         JSONLogObserver's fast access line is the object event_as_json writes
         for the same event: the rendered text, level, namespace, time and the
-        fields, and nothing unpersistable.
+        fields (time and duration to the microsecond), and nothing unpersistable.
         """
         for fields in FIELDS:
             ours, reference = io.StringIO(), io.StringIO()
@@ -96,7 +101,7 @@ class AccessLogTests(SynchronousTestCase):
 
             logged([observer, lambda event, out=reference: out.write(event_as_json(event))], fields)
             mine = json.loads(ours.getvalue())
-            assert mine == json.loads(reference.getvalue())
+            assert mine == to_the_microsecond(json.loads(reference.getvalue()))
             assert mine["text"] == render_access(fields)
             assert mine["level"] == "info"
             assert "unpersistable" not in ours.getvalue()
@@ -113,7 +118,7 @@ class AccessLogTests(SynchronousTestCase):
             logged([observer, lambda event, out=reference: out.write(event_as_json(event))], fields)
         mine, theirs = ours.getvalue().splitlines(), reference.getvalue().splitlines()
         assert len(mine) == len(theirs) == 2 * len(FIELDS) + 305
-        assert [json.loads(line) for line in mine] == [json.loads(line) for line in theirs]
+        assert [json.loads(line) for line in mine] == [to_the_microsecond(json.loads(line)) for line in theirs]
 
     def test_json_observer_other_events(self) -> None:
         """Events other than the access line carry their text and plain fields, written at once."""
@@ -275,6 +280,40 @@ class AccessLogTests(SynchronousTestCase):
         }
         assert before <= mine["log_time"] <= theirs["log_time"]
         assert mine["log_source"] is None
+
+    def test_a_sole_capserv_observer_gets_the_same_line_without_an_event(self) -> None:
+        """
+        When capserv's observer is the publisher's only one, log_connection
+        hands it the fields (no event) and it writes the line the event would
+        give; with another observer beside it, both get the event.
+        """
+        from capserv.protocols import accesslog
+
+        for kind in (TextLogObserver, JSONLogObserver):
+            for fields in FIELDS:
+                alone, beside, reference = io.StringIO(), io.StringIO(), io.StringIO()
+                events: list[dict[str, Any]] = []
+                sole = kind(alone, clock=Clock(), interval=0)
+                one_of_two = kind(beside, clock=Clock(), interval=0)
+                saved = accesslog._connection_logger
+                try:
+                    for observers in ([sole], [one_of_two, events.append]):
+                        accesslog._connection_logger = Logger(
+                            namespace=saved.namespace, observer=LogPublisher(*observers)
+                        )
+                        accesslog.log_connection(**fields)
+                finally:
+                    accesslog._connection_logger = saved
+                (event,) = events
+                one_of_two(event)  # written twice by it: once as the second observer, once again here
+                kind(reference, clock=Clock(), interval=0)(event)
+                assert beside.getvalue() == reference.getvalue() * 2
+                if kind is JSONLogObserver:
+                    mine, theirs = json.loads(alone.getvalue()), json.loads(reference.getvalue())
+                    assert abs(mine.pop("time") - theirs.pop("time")) < 5.0
+                    assert mine == theirs
+                else:  # the time stamp's second may differ
+                    assert alone.getvalue().split(" ", 1)[1] == reference.getvalue().split(" ", 1)[1]
 
     def test_a_line_logged_while_the_writer_writes_neither_blocks_nor_repeats(self) -> None:
         """

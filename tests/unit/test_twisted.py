@@ -111,6 +111,21 @@ class InternalsTests(SynchronousTestCase):
         transport = StringTransport()
         self.assertEqual(stream_writer(transport), transport.write)
 
+    def test_sole_observer(self) -> None:
+        """A LogPublisher's one observer; None for several, none, or a publisher without Twisted's list."""
+        from twisted.logger import LogPublisher
+
+        from capserv.protocols._twisted import sole_observer
+
+        def first(event: object) -> None: ...
+
+        def second(event: object) -> None: ...
+
+        self.assertIs(sole_observer(LogPublisher(first)), first)
+        self.assertIsNone(sole_observer(LogPublisher(first, second)))
+        self.assertIsNone(sole_observer(LogPublisher()))
+        self.assertIsNone(sole_observer(object()))
+
     def test_unsent_bytes(self) -> None:
         """
         A native transport's write_buffer_size is read; Twisted TCP's two buffers
