@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from socket import AF_UNIX
+from socket import AF_INET, AF_UNIX
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -101,7 +102,9 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
             # it, or the loop would keep the socket.
             transport.abort()  # type: ignore[attr-defined]
             return
-        peer = self._peer = address(listening.family, peername)
+        family = listening.family
+        # IPv4, the common case, built here: one call less a connection.
+        peer = self._peer = IPv4Address("TCP", *peername) if family == AF_INET else address(family, peername)
         try:
             protocol = listening.factory.buildProtocol(peer)
         except Exception:
@@ -181,7 +184,8 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
             # Every byte before the end, whatever a loop does.
             held, self._held = self._held[self._held_from :], b""
             self._deliver(held)
-        half = _half_close(self._protocol)
+        protocol = self._protocol
+        half: Any = protocol if _half_closeable(protocol) else IHalfCloseableProtocol(protocol, None)
         if half is None:
             return False  # the loop closes the connection
         try:
@@ -244,35 +248,16 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def write(self, data: bytes) -> None:
         """Send ``data`` (ignored once the write side is closed, as in Twisted)."""
-        if self._tls is None:
-            if self._write_open:
-                self._transport.write(data)
-        elif self.connected:
-            self._tls.write(data)
-
-    def writeSequence(self, data: Iterable[bytes]) -> None:
-        """Send each of ``data`` in order."""
-        if self._tls is None:
-            self._raw_write_sequence(data)
-        elif self.connected:
-            self._tls.writeSequence(data)
-
-    def _raw_write(self, data: bytes) -> None:
         if self._write_open:
             self._transport.write(data)
 
-    def _raw_write_sequence(self, data: Iterable[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Send each of ``data`` in order."""
         if self._write_open:
             self._transport.writelines(data)
 
     def loseConnection(self) -> None:
         """Close once all is sent and (as Twisted) a pull or paused producer is unregistered."""
-        if self._tls is None:
-            self._lose()
-        elif self.connected and not self.disconnecting:
-            self._tls.loseConnection()
-
-    def _lose(self) -> None:
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
@@ -324,12 +309,6 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """A streaming producer is paused while the buffer is over `bufferSize`; a pull one asked while under."""
-        if self._tls is not None:
-            self._tls.registerProducer(producer, streaming)
-        else:
-            self._raw_register(producer, streaming)
-
-    def _raw_register(self, producer: IProducer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(f"Cannot register producer {producer!r}, because {self._producer!r} is registered")
         if not self.connected:
@@ -344,12 +323,6 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def unregisterProducer(self) -> None:
         """Forget the producer (and close, if `loseConnection` was waiting for it)."""
-        if self._tls is not None:
-            self._tls.unregisterProducer()
-        else:
-            self._raw_unregister()
-
-    def _raw_unregister(self) -> None:
         self._producer = None
         if self.disconnecting and self.connected and not self._aborted and not self._transport.is_closing():
             self._close()

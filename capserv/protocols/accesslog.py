@@ -86,8 +86,8 @@ def log_connection(peer: str, duration: float, bytes_in: int, bytes_out: int, re
     """
     logger = _connection_logger
     sole = sole_observer(logger.observer)
-    if isinstance(sole, _SINKS):
-        sole.access((peer, duration, bytes_in, bytes_out, reason, time.time()))
+    if isinstance(sole, _SINKS):  # its `access`, inline
+        sole.writer.add(sole._render_fields, (peer, duration, bytes_in, bytes_out, reason, time.time()))
         return
     logger.observer(
         {
@@ -127,7 +127,8 @@ def render_access(event: LogEvent) -> str:
     return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % _access_fields(event)  # noqa: UP031 (faster)
 
 
-Pending = tuple[Callable[[Any], str], Any]  # rendered in its batch: cheaper than between syscalls
+#: Items waiting for one renderer, rendered together when their batch is written: cheaper than one by one.
+Pending = tuple[Callable[[list[Any]], str], list[Any]]
 _access_fields = itemgetter("peer", "duration", "bytes_in", "bytes_out", "reason")
 
 
@@ -158,18 +159,34 @@ class BufferedWriter:
             atexit.register(flush_all)
         _writers.add(self)
 
-    def write(self, text: str | Pending, urgent: bool = False) -> None:
-        """Keep ``text`` (a ``(render, item)`` pair: rendered in the batch) for the next batch, or write all now."""
+    def write(self, text: str, urgent: bool = False) -> None:
+        """Keep ``text`` for the next batch, or write all now if ``urgent``."""
         with self._lock:
             self._buffer.append(text)
-            self._size += len(text) if type(text) is str else 300  # about an access line
-            if urgent or self._size >= self.limit or self.interval <= 0:
-                self._write_out()
-                return
-            if self._timer is None and threading.get_ident() == self._reactor_thread:
-                if self._clock is None:
-                    self._clock = global_reactor()
-                self._timer = self._clock.callLater(self.interval, self.flush)
+            self._size += len(text)
+            self._keep(urgent)
+
+    def add(self, render: Callable[[list[Any]], str], item: Any) -> None:
+        """Keep ``item`` for the next batch, rendered with the items added just before it: ``render(items)``."""
+        with self._lock:
+            buffer = self._buffer
+            last = buffer[-1] if buffer else None
+            if type(last) is tuple and last[0] is render:
+                last[1].append(item)
+            else:
+                buffer.append((render, [item]))
+            self._size += 300  # about an access line
+            if self._size >= self.limit or self.interval <= 0 or self._timer is None:
+                self._keep(False)  # write out, or see that the timer will
+
+    def _keep(self, urgent: bool) -> None:
+        """Write all now if ``urgent`` or full, else see that a timer will (lock held)."""
+        if urgent or self._size >= self.limit or self.interval <= 0:
+            self._write_out()
+        elif self._timer is None and threading.get_ident() == self._reactor_thread:
+            if self._clock is None:
+                self._clock = global_reactor()
+            self._timer = self._clock.callLater(self.interval, self.flush)
 
     def _write_out(self) -> None:
         """Write what waits (lock held), swapped out first so a signal handler's line is written once."""
@@ -226,6 +243,7 @@ class TextLogObserver:
         self.writer = out if isinstance(out, BufferedWriter) else BufferedWriter(out, clock, interval)
         self._format, self._drop = time_format, drop
         self._second, self._text = -1, ""  # the last time stamp, for its second (the default's resolution)
+        self._render_fields = self._access_texts  # one bound method: `BufferedWriter.add` batches by identity
 
     def _stamp(self, when: float | None) -> str:
         if when is None or self._format != timeFormatRFC3339:
@@ -237,11 +255,17 @@ class TextLogObserver:
 
     def access(self, fields: AccessFields) -> None:
         """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
-        self.writer.write((self._access_text, fields))
+        self.writer.add(self._render_fields, fields)
 
-    def _access_text(self, fields: AccessFields) -> str:
-        line = "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % fields[:5]  # noqa: UP031 (faster)
-        return f"{self._stamp(fields[5])} [{_ACCESS_SYSTEM}] {line}\n"
+    def _access_texts(self, batch: list[AccessFields]) -> str:
+        stamp = self._stamp
+        return "".join(
+            [
+                f"{stamp(when)} [{_ACCESS_SYSTEM}] {peer} closed after {duration:.3f}s: "
+                f"{bytes_in} bytes in, {bytes_out} bytes out ({reason})\n"
+                for peer, duration, bytes_in, bytes_out, reason, when in batch
+            ]
+        )
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
@@ -315,46 +339,53 @@ class JSONLogObserver:
         self._drop = drop
         self._names: dict[str, str] = {}
         self._reasons: dict[str, str] = {}
+        self._render_fields = self._access_lines  # one bound method each: `BufferedWriter.add` batches by identity
+        self._render_events = self._access_events
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_format") is ACCESS_FORMAT:
-            self.writer.write((self._access_event, event))
+            self.writer.add(self._render_events, event)
         elif self._drop is None or not self._drop(event):
             self.writer.write(event_as_json(event), urgent=True)
 
     def access(self, fields: AccessFields) -> None:
         """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
-        self.writer.write((self._access_line, fields))
+        self.writer.add(self._render_fields, fields)
 
-    def _access_line(self, fields: AccessFields) -> str:
-        return self._line(fields[:5], "info", _connection_logger.namespace, fields[5])
+    def _access_events(self, events: list[LogEvent]) -> str:
+        lines = []
+        for event in events:
+            fields = _access_fields(event)
+            if tuple(map(type, fields)) != _ACCESS_TYPES:
+                lines.append(event_as_json(event))
+                continue
+            level, namespace = event.get("log_level"), event.get("log_namespace", "")
+            when = event.get("log_time", 0.0)
+            lines.append(self._access_lines([(*fields, when)], level.name if level else "info", namespace))
+        return "".join(lines)
 
-    def _access_event(self, event: LogEvent) -> str:
-        fields = _access_fields(event)
-        if (type(fields[0]), type(fields[1]), type(fields[2]), type(fields[3]), type(fields[4])) != _ACCESS_TYPES:
-            return event_as_json(event)
-        level = event.get("log_level")
-        return self._line(
-            fields, level.name if level else "info", event.get("log_namespace", ""), event.get("log_time", 0.0)
-        )
-
-    def _line(self, fields: tuple[Any, ...], level: str, namespace: str, when: float) -> str:
-        """An access line; its peer and reason escaped as JSON, each reason once (most repeat)."""
-        peer, duration, bytes_in, bytes_out, reason = fields
+    def _access_lines(
+        self, batch: list[AccessFields], level: str = "info", namespace: str = _connection_logger.namespace
+    ) -> str:
+        """Access lines; peers and reasons escaped as JSON, each reason once (most repeat)."""
         name = self._names.get(namespace) or self._names.setdefault(namespace, _string(namespace))
-        why = self._reasons.get(reason)
-        if why is None:  # a table emptied when full
-            if len(self._reasons) >= 256:
-                self._reasons.clear()
-            why = self._reasons[reason] = _string(reason)[1:-1]
-        peer = _string(peer)[1:-1]
-        # event_as_json's object in one f-string (the fastest format): text, level, fields, namespace,
-        # time; time and duration to the microsecond (cheaper than repr's shortest exact digits).
-        return (
-            f'{{"text": "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({why})", '
-            f'"level": "{level}", "peer": "{peer}", "duration": {duration:.6f}, "bytes_in": {bytes_in}, '
-            f'"bytes_out": {bytes_out}, "reason": "{why}", "namespace": {name}, "time": {when:.6f}}}\n'
-        )
+        reasons = self._reasons
+        lines = []
+        for peer, duration, bytes_in, bytes_out, reason, when in batch:
+            why = reasons.get(reason)
+            if why is None:  # a table emptied when full
+                if len(reasons) >= 256:
+                    reasons.clear()
+                why = reasons[reason] = _string(reason)[1:-1]
+            peer = _string(peer)[1:-1]
+            # event_as_json's object in one f-string (the fastest format): text, level, fields, namespace,
+            # time; time and duration to the microsecond (cheaper than repr's shortest exact digits).
+            lines.append(
+                f'{{"text": "{peer} closed after {duration:.3f}s: {bytes_in} bytes in, {bytes_out} bytes out ({why})", '
+                f'"level": "{level}", "peer": "{peer}", "duration": {duration:.6f}, "bytes_in": {bytes_in}, '
+                f'"bytes_out": {bytes_out}, "reason": "{why}", "namespace": {name}, "time": {when:.6f}}}\n'
+            )
+        return "".join(lines)
 
 
 #: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -62,16 +63,22 @@ class UppercaseProtocol(Protocol):
     _last_activity = 0.0
 
     def connectionMade(self) -> None:
-        lend_half_close(self)
         factory = self.factory
         transport = self.transport
-        clock = self._clock = factory.clock
+        clock = self._clock = factory._clock or factory.clock  # the property once, to find the reactor
         config = factory.config
         self._idle_timeout = config.idle_timeout
-        proxied = is_proxy_protocol(transport)
-        if not proxied and not factory._admit(self, self.peer):
-            self._refused()
-            return
+        proxied = False
+        if isinstance(transport, ProtocolWrapper):  # TLS, PROXY, timeouts...: not the common case
+            lend_half_close(self)
+            proxied = is_proxy_protocol(transport)
+        if not proxied:  # `UppercaseFactory._admit`, inline: every connection comes here
+            key = factory.limits.take(self.peer)
+            if key is None:
+                self._refused()
+                return
+            self._counted_host = key
+            factory.stats.connections_total += 1
         factory.connections.add(self)
         self.started = self._last_activity = clock.seconds()
         size = getattr(transport, "bufferSize", None)
@@ -144,13 +151,17 @@ class UppercaseProtocol(Protocol):
                 self.bytes_out += len(tail)
                 self.transport.write(tail)
         self._reason = "end of input"
-        self._finish(drain=True)
+        if not self.closing:  # close once what is owed is sent; if the reply backed up, once it has drained
+            if self.reading_paused:
+                self.closing = self._close_when_drained = True
+            else:
+                self._close_now(self._idle_timeout)
 
     def writeConnectionLost(self) -> None:
         """Nothing more can be sent; there is nothing left to do."""
         if not self.closing:
             self._reason = "output closed"
-        self._finish(drain=False)
+            self._close_now(self._idle_timeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
@@ -164,8 +175,9 @@ class UppercaseProtocol(Protocol):
         factory._unregister(self)
         if self._is_refused or not factory.config.access_log:
             return  # a refusal was logged (throttled); no line per refusal
-        # Never negative, even if the wall clock was stepped back meanwhile.
-        duration = max(0.0, self._clock.seconds() - self.started)
+        duration = self._clock.seconds() - self.started
+        if duration < 0.0:  # the wall clock was stepped back meanwhile
+            duration = 0.0
         if not self.closing or not self._reason:
             self._reason = lost_reason(reason)
         log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
@@ -192,22 +204,14 @@ class UppercaseProtocol(Protocol):
         """The connection is going away."""
         self.reading_paused = False
 
-    def _finish(self, drain: bool) -> None:
-        """Close once what is owed is sent; if the reply backed up, once it has drained."""
-        if self.closing:
-            return
-        self.closing = True
-        if drain and self.reading_paused:
-            self._close_when_drained = True
-        else:
-            self._close_now(self._idle_timeout)
-
     def _close_now(self, grace: float) -> None:
         """Stop reading, send what is buffered and close; abort after ``grace`` seconds (0: never)."""
         self.closing = True
         self._close_when_drained = False
-        self._unregister_throttle()
         transport = self.transport
+        if self._registered:  # as _unregister_throttle, inline: every connection comes here
+            self._registered = False
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
         # Nothing left to send cannot stall: no abort timer.
         if grace > 0 and self._abort_call is None and not self._lost and unsent_bytes(transport) != 0:
@@ -299,7 +303,7 @@ class UppercaseFactory(ServerFactory, SharedState):
         A `protocol`, or one that closes at once if a limit says no (not `None`:
         wrapping factories cannot wrap it); the per-IP limit waits for ``connectionMade``.
         """
-        refusal = self.limits.refusal(len(self.connections))
+        refusal = self.limits.refusal(len(self.connections._open))
         if refusal is not None:
             self.limits.refuse(addr, refusal)
             return _Refused()

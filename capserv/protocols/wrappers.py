@@ -60,8 +60,6 @@ def lend_half_close(protocol: Protocol) -> None:
     """
     inner: object = protocol
     transport = protocol.transport
-    if not isinstance(transport, ProtocolWrapper):
-        return  # the common case, at once
     # By sys.modules: without the TLS extra, importing it would fail for every connection.
     tls = sys.modules.get("twisted.protocols.tls")
     while isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is inner:

@@ -155,20 +155,27 @@ class AccessLogTests(SynchronousTestCase):
         assert "closed after" in lines[2] and "something bad" in lines[3]
         assert clock.getDelayedCalls() == []
 
-    def test_a_pending_line_is_rendered_when_its_batch_is_written(self) -> None:
-        """A ``(render, item)`` pair waits unrendered, then is written in order with the text around it."""
-        clock, out, rendered = Clock(), io.StringIO(), []
+    def test_items_wait_unrendered_and_are_rendered_together_in_order(self) -> None:
+        """
+        Items added wait unrendered; consecutive ones of one renderer are rendered in one call, in order
+        with the text around them, when their batch is written.
+        """
+        clock, out, calls = Clock(), io.StringIO(), []
 
-        def render(item: dict[str, str]) -> str:
-            rendered.append(item)
-            return item["line"]
+        def render(items: list[str]) -> str:
+            calls.append(list(items))
+            return "".join(items)
 
         writer = BufferedWriter(out, clock, interval=1.0)
         writer.write("first\n")
-        writer.write((render, {"line": "second\n"}))
-        assert rendered == [] and writer.waiting > len("first\n")
-        writer.write("third\n", urgent=True)
-        assert out.getvalue() == "first\nsecond\nthird\n" and len(rendered) == 1
+        writer.add(render, "second\n")
+        writer.add(render, "third\n")
+        writer.write("fourth\n")
+        writer.add(render, "fifth\n")
+        assert calls == [] and writer.waiting > len("first\nfourth\n")
+        writer.write("sixth\n", urgent=True)
+        assert out.getvalue() == "first\nsecond\nthird\nfourth\nfifth\nsixth\n"
+        assert calls == [["second\n", "third\n"], ["fifth\n"]]
 
     def test_a_full_buffer_is_written_at_once(self) -> None:
         """Past the buffer's limit, what waits is written without waiting for the timer."""
