@@ -22,7 +22,6 @@ from capserv.protocols._twisted import (
     unsent_bytes,
 )
 from capserv.protocols.accesslog import log_connection, lost_reason
-from capserv.protocols.addresses import describe
 from capserv.protocols.config import CapservConfig, Clock
 from capserv.protocols.connections import ConnectionSet
 from capserv.protocols.limits import Admission
@@ -81,15 +80,28 @@ class UppercaseProtocol(Protocol):
             factory.stats.connections_total += 1
         factory.connections.add(self)
         self.started = self._last_activity = clock.seconds()
-        size = getattr(transport, "bufferSize", None)
-        if isinstance(size, int) and size != config.high_water:
-            transport.bufferSize = config.high_water  # type: ignore[attr-defined]
+        if type(transport) in factory._plain_kinds:
+            self._write = transport.write
+        else:
+            self._write = self._set_up_writes(transport, config)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._registered = True
-        self._write = stream_writer(transport, config.fast_paths)
         if proxied:  # the client's address comes in the PROXY header: count it at the first data
             self._awaiting_header = True
             self.dataReceived = self._first_proxied_data  # type: ignore[method-assign]
+
+    def _set_up_writes(self, transport: ITransport, config: CapservConfig) -> Any:
+        """
+        The transport's write buffer at ``high_water``, and the ``write`` to use; a kind of transport
+        whose buffer already was and whose own ``write`` is used is remembered (`_plain_kinds`).
+        """
+        size = getattr(transport, "bufferSize", None)
+        if isinstance(size, int) and size != config.high_water:
+            transport.bufferSize = config.high_water  # type: ignore[attr-defined]
+        write = stream_writer(transport, config.fast_paths)
+        if size == config.high_water and getattr(write, "__self__", None) is transport:
+            self.factory._plain_kinds.add(type(transport))
+        return write
 
     def dataReceived(self, data: bytes) -> None:
         self._last_activity = self._clock.seconds()
@@ -180,7 +192,7 @@ class UppercaseProtocol(Protocol):
             duration = 0.0
         if not self.closing or not self._reason:
             self._reason = lost_reason(reason)
-        log_connection(describe(self.peer), duration, self.bytes_in, self.bytes_out, self._reason)
+        log_connection(self.peer, duration, self.bytes_in, self.bytes_out, self._reason)
 
     def pauseProducing(self) -> None:
         """The reply backed up past the high-water mark: stop reading."""
@@ -214,7 +226,12 @@ class UppercaseProtocol(Protocol):
             transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
         # Nothing left to send cannot stall: no abort timer.
-        if grace > 0 and self._abort_call is None and not self._lost and unsent_bytes(transport) != 0:
+        if grace > 0 and self._abort_call is None and not self._lost:
+            unsent = getattr(transport, "write_buffer_size", None)  # native's; unsent_bytes knows Twisted's
+            if type(unsent) is not int:
+                unsent = unsent_bytes(transport)
+            if unsent == 0:
+                return
             self._abort_call = self._clock.callLater(grace, self._abort)
 
     def _unregister_throttle(self) -> None:
@@ -293,6 +310,8 @@ class UppercaseFactory(ServerFactory, SharedState):
         self.connections = ConnectionSet(self)
         # bytes.upper alone serves ASCII (the encoding maps it to itself): no codec until other bytes.
         self.ascii_upper = self.config.ascii_only or is_ascii_compatible(lookup_encoding(self.config.encoding))
+        # Kinds of transport that need nothing set up (`UppercaseProtocol._set_up_writes`): one check per kind.
+        self._plain_kinds: set[type] = set()
 
     def codec(self) -> Uppercaser:
         """A new incremental codec for one connection's stream."""

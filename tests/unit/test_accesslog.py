@@ -291,13 +291,17 @@ class AccessLogTests(SynchronousTestCase):
     def test_a_sole_capserv_observer_gets_the_same_line_without_an_event(self) -> None:
         """
         When capserv's observer is the publisher's only one, log_connection
-        hands it the fields (no event) and it writes the line the event would
-        give; with another observer beside it, both get the event.
+        hands it the fields (no event; an address peer described when the
+        line is rendered) and it writes the line the event would give; with
+        another observer beside it, both get the event, its peer as text.
         """
+        from twisted.internet.address import IPv6Address
+
         from capserv.protocols import accesslog
 
+        addressed = {**FIELDS[0], "peer": IPv6Address("TCP", "::1", 4000)}  # described when rendered
         for kind in (TextLogObserver, JSONLogObserver):
-            for fields in FIELDS:
+            for fields in [*FIELDS, addressed]:
                 alone, beside, reference = io.StringIO(), io.StringIO(), io.StringIO()
                 events: list[dict[str, Any]] = []
                 sole = kind(alone, clock=Clock(), interval=0)

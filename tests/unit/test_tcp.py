@@ -158,6 +158,26 @@ class BackpressureTests(SynchronousTestCase):
         proto.makeConnection(tr)
         self.assertEqual(tr.bufferSize, 4096)  # type: ignore[attr-defined]
 
+        self.assertNotIn(AbortableTransport, h.factory._plain_kinds)  # it had to be set: checked every time
+        again = AbortableTransport(peerAddress=address)
+        again.bufferSize = 65536  # type: ignore[attr-defined]
+        h.factory.buildProtocol(address).makeConnection(again)
+        self.assertEqual(again.bufferSize, 4096)  # type: ignore[attr-defined]
+
+    def test_a_kind_of_transport_already_set_up_is_checked_once(self) -> None:
+        """A transport whose buffer is already at the mark and whose own write is used: its kind is remembered."""
+        h = Harness(high_water=4096)
+        address = peer()
+        tr = AbortableTransport(peerAddress=address)
+        tr.bufferSize = 4096  # type: ignore[attr-defined]
+        h.factory.buildProtocol(address).makeConnection(tr)
+        self.assertIn(AbortableTransport, h.factory._plain_kinds)
+        proto = h.factory.buildProtocol(address)
+        second = AbortableTransport(peerAddress=address)
+        proto.makeConnection(second)
+        proto.dataReceived(b"abc")
+        self.assertEqual(second.value(), b"ABC")
+
 
 class FastPathTests(SynchronousTestCase):
     def test_fast_paths_fall_back_for_other_transports(self) -> None:
