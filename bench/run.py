@@ -178,21 +178,23 @@ def server_command(name: str, port: int, workers: int) -> list[str]:
 
 
 class Server:
-    def __init__(self, name: str, workers: int = 1, cpu: int | None = 0) -> None:
+    def __init__(self, name: str, workers: int = 1, cpu: int | None = 0, prefix: list[str] | None = None) -> None:
+        """``prefix``: a command the server runs under (bench/instructions.py: valgrind), slow to start and stop."""
         self.name = name
+        self.slow = bool(prefix)
         self.port = free_port()
         self.log = tempfile.TemporaryFile()
         env = dict(os.environ)
         if name.startswith("capserv"):
             env.update(variant(name)[2])
         self.process = subprocess.Popen(
-            server_command(name, self.port, workers),
+            [*(prefix or []), *server_command(name, self.port, workers)],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=pinned(cpu),
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (300 if self.slow else 30)
         while time.monotonic() < deadline:
             self.log.seek(0)
             text = self.log.read().decode(errors="replace")
@@ -236,7 +238,7 @@ class Server:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(20)
+            self.process.wait(300 if self.slow else 20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
