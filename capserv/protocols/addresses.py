@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from twisted.internet.address import IPv4Address
+
 __all__ = ["SourceNetworks", "describe", "family", "host_key", "is_loopback"]
 
 _IPV6_LOOPBACK = socket.inet_pton(socket.AF_INET6, "::1")
@@ -68,8 +70,11 @@ class SourceNetworks:
 
     def key(self, address: object) -> bytes | None:
         """The network of an address as `host_key` takes it, or `None` if it has no IP address."""
-        host = address[0] if isinstance(address, tuple) else getattr(address, "host", None)
-        network = self._hosts.get(host) if isinstance(host, str) else None
+        if type(address) is IPv4Address:  # one a connection: this first
+            host: object = address.host
+        else:
+            host = address[0] if isinstance(address, tuple) else getattr(address, "host", None)
+        network = self._hosts.get(host) if type(host) is str else None
         if network is None and (key := host_key(address)) is not None:
             if len(self._hosts) >= HOSTS_REMEMBERED:
                 self._hosts.clear()
@@ -96,6 +101,8 @@ def describe(address: object) -> str:
     `IAddress` or a UDP tuple), a UNIX path, or ``unix client`` (a client's
     socket has no path).
     """
+    if type(address) is IPv4Address and type(address.port) is int:  # one line a connection: this first
+        return f"{address.host}:{address.port}"
     if isinstance(address, tuple):
         host, port = address[0], address[1]
     else:
