@@ -113,7 +113,7 @@ def main() -> None:
     json_observer = JSONLogObserver(BufferedWriter(capserv_json, clock=Clock()))
     results.append(("twisted.logger -> capserv JSONLogObserver (buffered)", per_event(n, logger_to([json_observer]))))
     results.append(("  of which: rendering the message (render_access)", per_event(n, lambda: render_access(event))))
-    # How capserv publishes the line: the event built directly, to each of its observers.
+    # How capserv logs the line: one of its observers alone gets the fields, without an event (log_connection).
     for name, observer in (("TextLogObserver", text_observer), ("JSONLogObserver", json_observer)):
         accesslog._connection_logger = Logger(
             namespace="capserv.tcp.UppercaseProtocol", observer=LogPublisher(observer)

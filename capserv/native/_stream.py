@@ -248,16 +248,35 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def write(self, data: bytes) -> None:
         """Send ``data`` (ignored once the write side is closed, as in Twisted)."""
-        if self._write_open:
-            self._transport.write(data)
+        if self._tls is None:
+            if self._write_open:
+                self._transport.write(data)
+        elif self.connected:
+            self._tls.write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         """Send each of ``data`` in order."""
+        if self._tls is None:
+            self._raw_write_sequence(data)
+        elif self.connected:
+            self._tls.writeSequence(data)
+
+    def _raw_write(self, data: bytes) -> None:
+        if self._write_open:
+            self._transport.write(data)
+
+    def _raw_write_sequence(self, data: Iterable[bytes]) -> None:
         if self._write_open:
             self._transport.writelines(data)
 
     def loseConnection(self) -> None:
         """Close once all is sent and (as Twisted) a pull or paused producer is unregistered."""
+        if self._tls is None:
+            self._lose()
+        elif self.connected and not self.disconnecting:
+            self._tls.loseConnection()
+
+    def _lose(self) -> None:
         if not self.connected or self.disconnecting:
             return
         self.disconnecting = True
@@ -309,6 +328,12 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """A streaming producer is paused while the buffer is over `bufferSize`; a pull one asked while under."""
+        if self._tls is not None:
+            self._tls.registerProducer(producer, streaming)
+        else:
+            self._raw_register(producer, streaming)
+
+    def _raw_register(self, producer: IProducer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(f"Cannot register producer {producer!r}, because {self._producer!r} is registered")
         if not self.connected:
@@ -323,6 +348,14 @@ class NativeTransport(_SocketMixin, asyncio.Protocol):  # type: ignore[override]
 
     def unregisterProducer(self) -> None:
         """Forget the producer (and close, if `loseConnection` was waiting for it)."""
+        if self._tls is not None:  # checked at each call, as Twisted's transport does: a saved method follows TLS
+            self._tls.unregisterProducer()
+            return
+        self._producer = None  # `_raw_unregister`, inline: every connection comes here
+        if self.disconnecting and self.connected and not self._aborted and not self._transport.is_closing():
+            self._close()
+
+    def _raw_unregister(self) -> None:
         self._producer = None
         if self.disconnecting and self.connected and not self._aborted and not self._transport.is_closing():
             self._close()

@@ -1,46 +1,15 @@
-"""
-``startTLS`` on a `NativeTransport`: a ``TLSMemoryBIOProtocol`` under its
-protocol, as in ``_newtls``; the connection becomes a `TLSNativeTransport`
-(its class changed), so plain connections pay nothing for TLS.
-"""
+"""``startTLS`` on a `NativeTransport`: a ``TLSMemoryBIOProtocol`` under its protocol, as in ``_newtls``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProducer, ISSLTransport
 from zope.interface import alsoProvides
 
-from capserv.native._stream import NativeTransport
-
-__all__ = ["TLSNativeTransport", "start_tls"]
-
-
-class TLSNativeTransport(NativeTransport):
-    """A `NativeTransport` after ``startTLS``: what its protocol writes, closes and produces goes through TLS."""
-
-    __slots__ = ()
-    # The base's slot, named here so zope keeps declarations per instance (it would put a class one here).
-    __provides__ = NativeTransport.__dict__["__provides__"]
-
-    def write(self, data: bytes) -> None:
-        if self.connected:
-            self._tls.write(data)
-
-    def writeSequence(self, data: Iterable[bytes]) -> None:
-        if self.connected:
-            self._tls.writeSequence(data)
-
-    def loseConnection(self) -> None:
-        if self.connected and not self.disconnecting:
-            self._tls.loseConnection()
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._tls.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._tls.unregisterProducer()
+if TYPE_CHECKING:
+    from capserv.native._stream import NativeTransport
 
 
 class _Raw:
@@ -55,19 +24,19 @@ class _Raw:
         return getattr(self._connection, name)
 
     def write(self, data: bytes) -> None:
-        NativeTransport.write(self._connection, data)
+        self._connection._raw_write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        NativeTransport.writeSequence(self._connection, data)
+        self._connection._raw_write_sequence(data)
 
     def loseConnection(self) -> None:
-        NativeTransport.loseConnection(self._connection)
+        self._connection._lose()
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        NativeTransport.registerProducer(self._connection, producer, streaming)
+        self._connection._raw_register(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        NativeTransport.unregisterProducer(self._connection)
+        self._connection._raw_unregister()
 
 
 def start_tls(connection: NativeTransport, context_factory: Any, normal: bool) -> None:
@@ -83,7 +52,6 @@ def start_tls(connection: NativeTransport, context_factory: Any, normal: bool) -
     factory = TLSMemoryBIOFactory(context_factory, not normal, None)  # type: ignore[arg-type]  # only its protocol is used
     tls = factory.protocol(factory, connection._protocol, False)
     connection._protocol = connection._tls = tls
-    connection.__class__ = TLSNativeTransport
     alsoProvides(connection, ISSLTransport)
     tls.makeConnection(_Raw(connection))
     if producer is not None:

@@ -89,7 +89,7 @@ def log_connection(peer: object, duration: float, bytes_in: int, bytes_out: int,
     """
     logger = _connection_logger
     sole = sole_observer(logger.observer)
-    if isinstance(sole, _SINKS):  # its `access`, inline
+    if type(sole) is JSONLogObserver or type(sole) is TextLogObserver:  # its `access`, inline; a subclass: the event
         sole.writer.add(sole._render_fields, (peer, duration, bytes_in, bytes_out, reason, time.time()))
         return
     logger.observer(
@@ -130,9 +130,30 @@ def render_access(event: LogEvent) -> str:
     return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % _access_fields(event)  # noqa: UP031 (faster)
 
 
-#: Items waiting for one renderer, rendered together when their batch is written: cheaper than one by one.
-Pending = tuple[Callable[[list[Any]], str], list[Any]]
+#: An item waiting for its renderer; a run of them is rendered in one call when the batch is written.
+Pending = tuple[Callable[[list[Any]], str], Any]
 _access_fields = itemgetter("peer", "duration", "bytes_in", "bytes_out", "reason")
+
+
+def _rendered(buffer: list[str | Pending]) -> list[str]:
+    """The texts of a batch: each run of items of one renderer rendered in one call."""
+    texts: list[str] = []
+    run: list[Any] = []
+    render: Callable[[list[Any]], str] | None = None
+    for part in buffer:
+        if isinstance(part, str) or part[0] is not render:
+            if run:
+                texts.append(render(run))  # type: ignore[misc]
+                run = []
+            if isinstance(part, str):
+                render = None
+                texts.append(part)
+                continue
+            render = part[0]
+        run.append(part[1])
+    if run:
+        texts.append(render(run))  # type: ignore[misc]
+    return texts
 
 
 class BufferedWriter:
@@ -172,12 +193,7 @@ class BufferedWriter:
     def add(self, render: Callable[[list[Any]], str], item: Any) -> None:
         """Keep ``item`` for the next batch, rendered with the items added just before it: ``render(items)``."""
         with self._lock:
-            buffer = self._buffer
-            last = buffer[-1] if buffer else None
-            if type(last) is tuple and last[0] is render:
-                last[1].append(item)
-            else:
-                buffer.append((render, [item]))
+            self._buffer.append((render, item))  # one step: a signal handler's write cannot split it
             self._size += 300  # about an access line
             if self._size >= self.limit or self.interval <= 0 or self._timer is None:
                 self._keep(False)  # write out, or see that the timer will
@@ -200,7 +216,7 @@ class BufferedWriter:
         if not buffer:
             return
         self._buffer, self._size = [], 0
-        text = "".join([part if isinstance(part, str) else part[0](part[1]) for part in buffer])
+        text = "".join(_rendered(buffer))
         try:
             self._out.write(text)
             self._out.flush()
@@ -360,11 +376,11 @@ class JSONLogObserver:
         lines = []
         for event in events:
             fields = _access_fields(event)
-            if tuple(map(type, fields)) != _ACCESS_TYPES:
+            when = event.get("log_time")
+            if tuple(map(type, fields)) != _ACCESS_TYPES or type(when) is not float:
                 lines.append(event_as_json(event))
                 continue
             level, namespace = event.get("log_level"), event.get("log_namespace", "")
-            when = event.get("log_time", 0.0)
             lines.append(self._access_lines([(*fields, when)], level.name if level else "info", namespace))
         return "".join(lines)
 
@@ -394,5 +410,3 @@ class JSONLogObserver:
 
 #: A JSON string literal for a str (the json module's own encoder, as `event_as_json`'s).
 _string: Callable[[str], str] = json.encoder.encode_basestring
-
-_SINKS = (JSONLogObserver, TextLogObserver)  # observers that take `log_connection`'s fields directly

@@ -93,7 +93,8 @@ class UppercaseProtocol(Protocol):
     def _set_up_writes(self, transport: ITransport, config: CapservConfig) -> Any:
         """
         The transport's write buffer at ``high_water``, and the ``write`` to use; a kind of transport
-        whose buffer already was and whose own ``write`` is used is remembered (`_plain_kinds`).
+        whose buffer already was and whose own ``write`` is used is remembered (`_plain_kinds`), as every
+        transport of a kind starts with the same buffer (Twisted's TCP: a class attribute; native: the loop's).
         """
         size = getattr(transport, "bufferSize", None)
         if isinstance(size, int) and size != config.high_water:

@@ -359,6 +359,40 @@ def test_start_tls(kind: str, serve: Callable[[Any], Any], certificate: Any) -> 
     assert reason.check(ConnectionDone)
 
 
+class SavedMethodsServer(StartTLSServer):
+    """StartTLSServer writing and closing through methods it saved before STARTTLS."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.write, self.close = self.transport.write, self.transport.loseConnection
+
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"quit":
+            self.close()
+        elif line != b"STARTTLS":
+            self.write(line.upper() + b"\r\n")
+        else:
+            super().lineReceived(line)
+
+
+@pytest_twisted.inlineCallbacks
+def test_start_tls_reaches_methods_saved_before(kind: str, serve: Callable[[Any], Any], certificate: Any) -> Any:
+    """
+    A transport method the protocol saved before startTLS writes and closes
+    over TLS after it: Twisted's transport decides at each call.
+    """
+    server = SavedMethodsServer()
+    server.context = certificate.options()
+    port = serve(single(server))
+    client = StartTLSClient()
+    client.context = client_tls()
+    yield connect(port, client)
+    client.transport.write(b"plain\r\nSTARTTLS\r\n")
+    yield within(client.lost)
+    assert client.data == b"PLAIN\r\nGO\r\nSECRET\r\n"
+    assert client.reason.check(ConnectionDone)
+
+
 # -- half-close --------------------------------------------------------------------
 
 

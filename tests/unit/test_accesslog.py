@@ -326,6 +326,90 @@ class AccessLogTests(SynchronousTestCase):
                 else:  # the time stamp's second may differ
                     assert alone.getvalue().split(" ", 1)[1] == reference.getvalue().split(" ", 1)[1]
 
+    def test_a_line_logged_at_any_line_of_add_loses_nothing(self) -> None:
+        """
+        An urgent line written from inside `add`, at any of its lines (as a
+        signal handler logs between any two bytecodes), loses no item and
+        repeats none.
+        """
+        import sys
+
+        code = BufferedWriter.add.__code__
+        lines: list[int] = []  # the lines a second add runs, found by a first pass
+
+        def record(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line":
+                lines.append(frame.f_lineno)
+            return record
+
+        previous = sys.gettrace()
+        probe = BufferedWriter(io.StringIO(), Clock(), interval=1.0)
+        probe.add("".join, "a\n")
+        sys.settrace(lambda frame, event, arg: record if frame.f_code is code else None)
+        try:
+            probe.add("".join, "b\n")
+        finally:
+            sys.settrace(previous)
+        assert len(lines) >= 3
+        for target in lines:
+            out = io.StringIO()
+            writer = BufferedWriter(out, Clock(), interval=1.0)
+
+            def render(items: list[str]) -> str:
+                return "".join(items)
+
+            writer.add(render, "a\n")
+            fired: list[int] = []
+
+            def local(
+                frame: Any,
+                event: str,
+                arg: Any,
+                target: int = target,
+                writer: BufferedWriter = writer,
+                fired: list[int] = fired,
+            ) -> Any:
+                if event == "line" and frame.f_lineno == target and not fired:
+                    fired.append(target)
+                    writer.write("SIGNAL\n", urgent=True)
+                return local
+
+            def tracer(frame: Any, event: str, arg: Any) -> Any:
+                return local if frame.f_code is code else None
+
+            sys.settrace(tracer)
+            try:
+                writer.add(render, "b\n")
+            finally:
+                sys.settrace(previous)
+            writer.flush()
+            assert fired == [target]
+            assert sorted(out.getvalue().splitlines()) == ["SIGNAL", "a", "b"], target
+
+    def test_the_shortcut_leaves_fields_not_an_event(self) -> None:
+        """
+        With capserv's observer alone, what waits in its writer is the fields
+        tuple for its renderer (no event was built), written in order around
+        an urgent event.
+        """
+        from capserv.protocols import accesslog
+
+        out = io.StringIO()
+        sole = JSONLogObserver(out, clock=Clock(), interval=1.0)
+        saved = accesslog._connection_logger
+        accesslog._connection_logger = Logger(namespace=saved.namespace, observer=LogPublisher(sole))
+        try:
+            accesslog.log_connection(**FIELDS[0])
+            ((render, item),) = sole.writer._buffer  # type: ignore[misc]
+            assert render == sole._render_fields and type(item) is tuple and item[:5] == tuple(FIELDS[0].values())
+            Logger(namespace="capserv.listen", observer=LogPublisher(sole)).warn("stopping")
+            accesslog.log_connection(**FIELDS[1])
+            sole.writer.flush()
+        finally:
+            accesslog._connection_logger = saved
+        texts = [json.loads(line)["text"] for line in out.getvalue().splitlines()]
+        assert texts == [render_access(FIELDS[0]), "stopping", render_access(FIELDS[1])]
+
     def test_a_line_logged_while_the_writer_writes_neither_blocks_nor_repeats(self) -> None:
         """
         A log line written from inside a write (as Twisted's signal handlers
