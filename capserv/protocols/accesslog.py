@@ -89,12 +89,12 @@ def log_connection(peer: object, duration: float, bytes_in: int, bytes_out: int,
     """
     logger = _connection_logger
     sole = sole_observer(logger.observer)
-    if type(sole) is JSONLogObserver or type(sole) is TextLogObserver:  # its `access`, inline; a subclass: the event
+    if type(sole) is JSONLogObserver or type(sole) is TextLogObserver:  # a subclass gets the event
         sole.writer.add(sole._render_fields, (peer, duration, bytes_in, bytes_out, reason, time.time()))
         return
     logger.observer(
         {
-            "peer": peer if type(peer) is str else describe(peer),
+            "peer": describe(peer),
             "duration": duration,
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
@@ -125,9 +125,14 @@ def lost_reason(reason: Failure | None) -> str:
     return f"lost: {type(value).__name__}: {value}"
 
 
+#: `ACCESS_FORMAT` as one ``%`` format (faster than ``formatEvent``): peer, duration, bytes in, bytes out, reason.
+_ACCESS_TEXT = "%s closed after %.3fs: %s bytes in, %s bytes out (%s)"
+
+
 def render_access(event: LogEvent) -> str:
-    """What ``formatEvent`` gives for an access event, from one ``%`` format."""
-    return "%s closed after %.3fs: %s bytes in, %s bytes out (%s)" % _access_fields(event)  # noqa: UP031 (faster)
+    """What ``formatEvent`` gives for an access event."""
+    text: str = _ACCESS_TEXT % _access_fields(event)
+    return text
 
 
 #: An item waiting for its renderer; a run of them is rendered in one call when the batch is written.
@@ -272,18 +277,12 @@ class TextLogObserver:
             self._second, self._text = second, formatTime(second, self._format)
         return self._text
 
-    def access(self, fields: AccessFields) -> None:
-        """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
-        self.writer.add(self._render_fields, fields)
-
     def _access_texts(self, batch: list[AccessFields]) -> str:
-        stamp = self._stamp
+        stamp, text = self._stamp, _ACCESS_TEXT
         return "".join(
             [
-                f"{stamp(when)} [{_ACCESS_SYSTEM}] {peer if type(peer) is str else describe(peer)} "
-                f"closed after {duration:.3f}s: "
-                f"{bytes_in} bytes in, {bytes_out} bytes out ({reason})\n"
-                for peer, duration, bytes_in, bytes_out, reason, when in batch
+                f"{stamp(when)} [{_ACCESS_SYSTEM}] {text % (describe(peer), duration, bytes_in, bytes_out, why)}\n"
+                for peer, duration, bytes_in, bytes_out, why, when in batch
             ]
         )
 
@@ -368,10 +367,6 @@ class JSONLogObserver:
         elif self._drop is None or not self._drop(event):
             self.writer.write(event_as_json(event), urgent=True)
 
-    def access(self, fields: AccessFields) -> None:
-        """An access line from its fields (`log_connection`'s shortcut), rendered in its batch."""
-        self.writer.add(self._render_fields, fields)
-
     def _access_events(self, events: list[LogEvent]) -> str:
         lines = []
         for event in events:
@@ -397,7 +392,7 @@ class JSONLogObserver:
                 if len(reasons) >= 256:
                     reasons.clear()
                 why = reasons[reason] = _string(reason)[1:-1]
-            peer = _string(peer if type(peer) is str else describe(peer))[1:-1]
+            peer = _string(describe(peer))[1:-1]
             # event_as_json's object in one f-string (the fastest format): text, level, fields, namespace,
             # time; time and duration to the microsecond (cheaper than repr's shortest exact digits).
             lines.append(

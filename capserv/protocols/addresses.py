@@ -103,6 +103,8 @@ def describe(address: object) -> str:
     """
     if type(address) is IPv4Address and type(address.port) is int:  # one line a connection: this first
         return f"{address.host}:{address.port}"
+    if type(address) is str:  # described already
+        return address
     if isinstance(address, tuple):
         host, port = address[0], address[1]
     else:
