@@ -337,14 +337,34 @@ class StartTLSClient(Recorder):
             self.transport.write(b"secret\r\nquit\r\n")
 
 
+class SavedMethodsServer(StartTLSServer):
+    """StartTLSServer writing and closing through methods it saved before STARTTLS."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.write, self.close = self.transport.write, self.transport.loseConnection
+
+    def sendLine(self, line: bytes) -> None:
+        self.write(line + self.delimiter)
+
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"quit":
+            self.close()
+        else:
+            super().lineReceived(line)
+
+
 @pytest_twisted.inlineCallbacks
-def test_start_tls(kind: str, serve: Callable[[Any], Any], certificate: Any) -> Any:
+@pytest.mark.parametrize("server_class", [StartTLSServer, SavedMethodsServer])
+def test_start_tls(kind: str, serve: Callable[[Any], Any], certificate: Any, server_class: type[StartTLSServer]) -> Any:
     """
     startTLS (ITLSTransport) layers TLS under the protocol on the open
     connection: lines before it go in the clear, lines after it over TLS,
-    and the transport then provides ISSLTransport (_newtls's startTLS).
+    and the transport then provides ISSLTransport (_newtls's startTLS); a
+    transport method saved before it goes over TLS after it too (Twisted's
+    transport decides at each call).
     """
-    server = StartTLSServer()
+    server = server_class()
     server.context = certificate.options()
     port = serve(single(server))
     client = StartTLSClient()
@@ -357,40 +377,6 @@ def test_start_tls(kind: str, serve: Callable[[Any], Any], certificate: Any) -> 
     assert server.secure == [False, True]
     assert server.transport.getPeerCertificate() is None  # the client sent none
     assert reason.check(ConnectionDone)
-
-
-class SavedMethodsServer(StartTLSServer):
-    """StartTLSServer writing and closing through methods it saved before STARTTLS."""
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.write, self.close = self.transport.write, self.transport.loseConnection
-
-    def lineReceived(self, line: bytes) -> None:
-        if line == b"quit":
-            self.close()
-        elif line != b"STARTTLS":
-            self.write(line.upper() + b"\r\n")
-        else:
-            super().lineReceived(line)
-
-
-@pytest_twisted.inlineCallbacks
-def test_start_tls_reaches_methods_saved_before(kind: str, serve: Callable[[Any], Any], certificate: Any) -> Any:
-    """
-    A transport method the protocol saved before startTLS writes and closes
-    over TLS after it: Twisted's transport decides at each call.
-    """
-    server = SavedMethodsServer()
-    server.context = certificate.options()
-    port = serve(single(server))
-    client = StartTLSClient()
-    client.context = client_tls()
-    yield connect(port, client)
-    client.transport.write(b"plain\r\nSTARTTLS\r\n")
-    yield within(client.lost)
-    assert client.data == b"PLAIN\r\nGO\r\nSECRET\r\n"
-    assert client.reason.check(ConnectionDone)
 
 
 # -- half-close --------------------------------------------------------------------
